@@ -1,0 +1,16 @@
+//! The code generated from `proto/user/v1/user.proto`.
+//!
+//! - [`user::v1`]: messages, the `UserService` client and server.
+//! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC reflection.
+//!
+//! Generated types stop at the handlers: services convert them into their own
+//! domain types at the edge.
+
+pub mod user {
+    pub mod v1 {
+        tonic::include_proto!("user.v1");
+    }
+}
+
+/// Encoded `FileDescriptorSet` of every file in `proto/`, served by gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("callchain_descriptor");

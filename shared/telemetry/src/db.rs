@@ -1,0 +1,27 @@
+//! The client span of one database statement, with the OpenTelemetry
+//! database attributes. The query text is the parameterised statement; values
+//! never reach a span.
+
+use tracing::Span;
+
+/// A `client` span named `OPERATION collection` (`INSERT users`).
+///
+/// ```
+/// use tracing::Instrument as _;
+/// # async fn run() {
+/// let span = callchain_telemetry::db::span("INSERT", "users", "INSERT INTO users (id) VALUES ($1)");
+/// async { /* execute the statement */ }.instrument(span).await;
+/// # }
+/// ```
+pub fn span(operation: &'static str, collection: &'static str, query: &'static str) -> Span {
+    tracing::info_span!(
+        "db.statement",
+        otel.name = %format_args!("{operation} {collection}"),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        db.system.name = "postgresql",
+        db.operation.name = operation,
+        db.collection.name = collection,
+        db.query.text = query,
+    )
+}

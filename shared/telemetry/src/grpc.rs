@@ -1,0 +1,198 @@
+//! gRPC spans and context propagation, as tower layers around tonic.
+//!
+//! - [`GrpcServerLayer`] wraps a tonic server: it continues the caller's trace
+//!   from the request metadata and opens a `server` span per call.
+//! - [`GrpcClientLayer`] wraps a tonic `Channel`: it opens a `client` span per
+//!   call and writes its context into the request metadata.
+//!
+//! Both name the span after the full method (`user.v1.UserService/CreateUser`)
+//! and record `rpc.system`, `rpc.service`, `rpc.method` and
+//! `rpc.grpc.status_code`. Infrastructure services (`grpc.health.v1`,
+//! reflection) get no span, so health probes do not flood the traces.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use ::http::{HeaderMap, Request, Response};
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::{Instrument as _, Span, field::Empty};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+/// `(service, method)` of a gRPC path such as `/user.v1.UserService/CreateUser`.
+fn split_path(path: &str) -> Option<(&str, &str)> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    (!service.is_empty() && !method.is_empty()).then_some((service, method))
+}
+
+fn is_infrastructure(service: &str) -> bool {
+    service.starts_with("grpc.")
+}
+
+fn rpc_span(kind: &'static str, service: &str, method: &str) -> Span {
+    tracing::info_span!(
+        "grpc",
+        otel.name = %format_args!("{service}/{method}"),
+        otel.kind = kind,
+        otel.status_code = Empty,
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = Empty,
+    )
+}
+
+/// The status code of a unary response: a failed call carries `grpc-status`
+/// in its headers (trailers-only); a successful one only in its trailers.
+fn status_code(headers: &HeaderMap) -> i32 {
+    headers
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0)
+}
+
+fn record_status(span: &Span, code: i32, server: bool) {
+    span.record("rpc.grpc.status_code", code);
+    // The semantic conventions count only these codes as errors of a server;
+    // a client counts every non-OK code.
+    let server_error = matches!(code, 2 | 4 | 12 | 13 | 14 | 15);
+    if (server && server_error) || (!server && code != 0) {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
+/// Opens a `server` span per call; see the module docs.
+#[derive(Debug, Clone, Default)]
+pub struct GrpcServerLayer;
+
+impl<S> Layer<S> for GrpcServerLayer {
+    type Service = GrpcServer<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcServer { inner }
+    }
+}
+
+/// The service made by [`GrpcServerLayer`].
+#[derive(Debug, Clone)]
+pub struct GrpcServer<S> {
+    inner: S,
+}
+
+impl<S, B, R> Service<Request<B>> for GrpcServer<S>
+where
+    S: Service<Request<B>, Response = Response<R>> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let span = match split_path(request.uri().path()) {
+            Some((service, method)) if !is_infrastructure(service) => rpc_span("server", service, method),
+            _ => Span::none(),
+        };
+        let _ = span.set_parent(crate::propagation::extract(request.headers()));
+        let future = span.in_scope(|| self.inner.call(request));
+        Box::pin(
+            async move {
+                let response = future.await?;
+                record_status(&Span::current(), status_code(response.headers()), true);
+                Ok(response)
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// Opens a `client` span per call and propagates its context; see the module docs.
+#[derive(Debug, Clone, Default)]
+pub struct GrpcClientLayer;
+
+impl<S> Layer<S> for GrpcClientLayer {
+    type Service = GrpcClient<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcClient { inner }
+    }
+}
+
+/// The service made by [`GrpcClientLayer`].
+#[derive(Debug, Clone)]
+pub struct GrpcClient<S> {
+    inner: S,
+}
+
+impl<S, B, R> Service<Request<B>> for GrpcClient<S>
+where
+    S: Service<Request<B>, Response = Response<R>> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let span = match split_path(request.uri().path()) {
+            Some((service, method)) => rpc_span("client", service, method),
+            None => Span::none(),
+        };
+        crate::propagation::inject(&span.context(), request.headers_mut());
+        let future = span.in_scope(|| self.inner.call(request));
+        Box::pin(
+            async move {
+                let span = Span::current();
+                match future.await {
+                    Ok(response) => {
+                        record_status(&span, status_code(response.headers()), false);
+                        Ok(response)
+                    }
+                    Err(error) => {
+                        // The call never got an answer: the server is unreachable.
+                        record_status(&span, 14, false);
+                        Err(error)
+                    }
+                }
+            }
+            .instrument(span),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_paths_split_into_service_and_method() {
+        assert_eq!(
+            split_path("/user.v1.UserService/CreateUser"),
+            Some(("user.v1.UserService", "CreateUser"))
+        );
+        assert_eq!(split_path("/nothing"), None);
+        assert_eq!(split_path("//Method"), None);
+    }
+
+    #[test]
+    fn status_comes_from_headers_and_defaults_to_ok() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(status_code(&headers), 0);
+        headers.insert("grpc-status", "6".parse().unwrap());
+        assert_eq!(status_code(&headers), 6);
+    }
+}

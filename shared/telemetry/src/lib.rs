@@ -1,0 +1,167 @@
+//! One telemetry init for every callchain binary, and the propagation of trace
+//! context across every hop.
+//!
+//! - [`init`] (binaries) and [`build`] (tests, which run several services in one
+//!   process) set up JSON logs on stdout and OTLP span export; the returned
+//!   [`TelemetryGuard`] flushes spans when dropped.
+//! - [`logs`]: the JSON line format: `timestamp`, `level`, `target`, `message`,
+//!   `service`, and inside a span its `trace_id` and `span_id`.
+//! - [`propagation`]: W3C TraceContext + Baggage in and out of HTTP headers and
+//!   gRPC metadata.
+//! - [`http`] and [`grpc`]: tower layers that open the server and client spans
+//!   and move the context across the wire, so no handler touches headers.
+//! - [`db`]: the client span of one database statement.
+
+pub mod db;
+pub mod grpc;
+pub mod http;
+pub mod logs;
+pub mod propagation;
+
+use std::sync::Once;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use tracing::Dispatch;
+use tracing_subscriber::{EnvFilter, fmt::MakeWriter, layer::SubscriberExt as _};
+
+/// Environment variables the telemetry reads, beside those the OpenTelemetry
+/// SDK reads itself (`OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`, ...).
+pub const ENV_VARS: &[&str] = &[
+    "RUST_LOG",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_SERVICE_NAME",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_BSP_MAX_QUEUE_SIZE",
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+];
+
+/// What a process's telemetry needs to know.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// `service.name` on every span and `service` on every log line.
+    pub service_name: String,
+    /// Where spans go (OTLP over gRPC); `None` exports nothing.
+    pub otlp_endpoint: Option<String>,
+    /// An `EnvFilter` directive, as in `RUST_LOG`.
+    pub log_filter: String,
+}
+
+impl TelemetryConfig {
+    /// Reads `OTEL_SERVICE_NAME` (default `service`), `OTEL_EXPORTER_OTLP_ENDPOINT`
+    /// and `RUST_LOG` (default `info`).
+    pub fn from_env(service: &str) -> Self {
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.trim().is_empty());
+        Self {
+            service_name: var("OTEL_SERVICE_NAME").unwrap_or_else(|| service.to_owned()),
+            otlp_endpoint: var("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            log_filter: var("RUST_LOG").unwrap_or_else(|| "info".to_owned()),
+        }
+    }
+
+    /// A config for `service` that exports to `otlp_endpoint` and logs at `info`.
+    pub fn new(service: &str, otlp_endpoint: Option<String>) -> Self {
+        Self {
+            service_name: service.to_owned(),
+            otlp_endpoint,
+            log_filter: "info".to_owned(),
+        }
+    }
+}
+
+/// Why telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("invalid RUST_LOG filter: {0}")]
+    Filter(#[from] tracing_subscriber::filter::ParseError),
+    #[error("cannot build the OTLP span exporter: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("a global tracing subscriber is already set")]
+    AlreadySet(#[from] tracing::dispatcher::SetGlobalDefaultError),
+}
+
+/// Flushes and shuts down span export when dropped, so the last spans of a
+/// process are not lost. Hold it until `main` returns.
+#[must_use = "dropping the guard shuts telemetry down"]
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+}
+
+impl TelemetryGuard {
+    /// Exports every finished span now. Blocks until the exporter answers.
+    pub fn flush(&self) {
+        if let Err(error) = self.provider.force_flush() {
+            eprintln!("telemetry: flushing spans failed: {error}");
+        }
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Err(error) = self.provider.shutdown() {
+            eprintln!("telemetry: shutting span export down failed: {error}");
+        }
+    }
+}
+
+/// Sets up telemetry for this process from the environment (see
+/// [`TelemetryConfig::from_env`]), logging to stdout. Call once, first thing in
+/// `main`, inside the Tokio runtime (the OTLP exporter runs on it).
+pub fn init(service: &str) -> Result<TelemetryGuard, TelemetryError> {
+    let config = TelemetryConfig::from_env(service);
+    let (dispatch, guard) = build(&config, std::io::stdout)?;
+    tracing::dispatcher::set_global_default(dispatch)?;
+    Ok(guard)
+}
+
+/// Builds a subscriber for one service without installing it: JSON logs to
+/// `writer`, spans to the configured OTLP endpoint. Tests use it to run several
+/// services in one process, each on its own runtime with its own dispatcher.
+/// Must be called inside a Tokio runtime when an endpoint is configured.
+pub fn build<W>(config: &TelemetryConfig, writer: W) -> Result<(Dispatch, TelemetryGuard), TelemetryError>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    install_propagator();
+
+    let resource = Resource::builder().with_service_name(config.service_name.clone()).build();
+    let mut provider = SdkTracerProvider::builder().with_resource(resource);
+    if let Some(endpoint) = &config.otlp_endpoint {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint.clone())
+            .build()?;
+        provider = provider.with_batch_exporter(exporter);
+    }
+    // Without an exporter spans are still created, so logs and the
+    // `traceparent` response header carry real trace ids.
+    let provider = provider.build();
+    let tracer = provider.tracer(config.service_name.clone());
+
+    let subscriber = tracing_subscriber::registry()
+        .with(EnvFilter::try_new(&config.log_filter)?)
+        .with(tracing_opentelemetry::layer().with_tracer(tracer).with_location(false))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .event_format(logs::JsonFormat::new(&config.service_name))
+                .with_writer(writer),
+        );
+    Ok((Dispatch::new(subscriber), TelemetryGuard { provider }))
+}
+
+/// W3C TraceContext and Baggage, process-wide. Idempotent.
+fn install_propagator() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        use opentelemetry::propagation::TextMapCompositePropagator;
+        use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+        opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
+            Box::new(TraceContextPropagator::new()),
+            Box::new(BaggagePropagator::new()),
+        ]));
+    });
+}

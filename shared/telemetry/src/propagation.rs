@@ -1,0 +1,107 @@
+//! W3C TraceContext and Baggage across the wire.
+//!
+//! HTTP headers and gRPC metadata are both an [`http::HeaderMap`] on the wire,
+//! so one pair of carriers serves both.
+
+use ::http::{HeaderMap, HeaderName, HeaderValue};
+use opentelemetry::{
+    Context,
+    propagation::{Extractor, Injector},
+    trace::TraceContextExt as _,
+};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+/// Reads a context from headers.
+pub struct HeaderExtractor<'a>(pub &'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+/// Writes a context into headers.
+pub struct HeaderInjector<'a>(pub &'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(key.as_bytes()), HeaderValue::from_str(&value)) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// The remote context carried by `headers` (empty when there is none).
+pub fn extract(headers: &HeaderMap) -> Context {
+    opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)))
+}
+
+/// Writes `context` into `headers` as `traceparent`, `tracestate` and `baggage`.
+pub fn inject(context: &Context, headers: &mut HeaderMap) {
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(context, &mut HeaderInjector(headers))
+    });
+}
+
+/// The `traceparent` value of a span, for answering clients.
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    let context = span.context();
+    let otel_span = context.span();
+    let span_context = otel_span.span_context();
+    span_context.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            span_context.trace_id(),
+            span_context.span_id(),
+            span_context.trace_flags().to_u8()
+        )
+    })
+}
+
+/// The trace id of a span, as 32 hex digits (`None` outside a trace).
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    let context = span.context();
+    let otel_span = context.span();
+    let span_context = otel_span.span_context();
+    span_context.is_valid().then(|| span_context.trace_id().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_traceparent_survives_a_round_trip_through_headers() {
+        crate::install_propagator();
+        let mut incoming = HeaderMap::new();
+        incoming.insert(
+            "traceparent",
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        incoming.insert("baggage", HeaderValue::from_static("tenant=acme"));
+        let context = extract(&incoming);
+        assert_eq!(
+            context.span().span_context().trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+
+        let mut outgoing = HeaderMap::new();
+        inject(&context, &mut outgoing);
+        assert_eq!(
+            outgoing["traceparent"],
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        assert_eq!(outgoing["baggage"], "tenant=acme");
+    }
+
+    #[test]
+    fn headers_without_context_extract_to_an_invalid_span() {
+        crate::install_propagator();
+        let context = extract(&HeaderMap::new());
+        assert!(!context.span().span_context().is_valid());
+    }
+}
