@@ -1,1 +1,148 @@
+//! The API service: REST over HTTP (axum), calling the user service over gRPC.
+//!
+//! - [`config`]: settings from the environment.
+//! - `users`: the handlers; bodies are parsed into domain types here.
+//! - `auth`: JWT bearer tokens and the roles.
+//! - `extract`: extractors that reject as problem+json, the request deadline,
+//!   the `Idempotency-Key` header.
+//! - `error`: the one error type, and the one gRPC → HTTP status mapping.
+//! - `openapi`: the OpenAPI document, generated from the handlers.
+//!
+//! [`run`] serves on a listener it is given until the shutdown future
+//! resolves, so `main` and the tests start it the same way.
 
+mod auth;
+pub mod config;
+mod error;
+mod extract;
+mod openapi;
+mod users;
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, MatchedPath, State},
+    http::{Extensions, StatusCode},
+    response::IntoResponse,
+    routing::{get, post},
+};
+use callchain_proto::user::v1::user_service_client::UserServiceClient;
+use callchain_telemetry::{
+    grpc::{GrpcClient, GrpcClientLayer},
+    http::HttpServerLayer,
+};
+use tonic::transport::{Channel, Endpoint};
+use tower::ServiceBuilder;
+use utoipa::OpenApi as _;
+
+pub use auth::Keys;
+pub use config::Config;
+use error::ApiError;
+
+/// What every handler shares: one gRPC channel to the user service, the
+/// token keys.
+#[derive(Clone)]
+pub struct AppState {
+    users: UserServiceClient<GrpcClient<Channel>>,
+    health: tonic_health::pb::health_client::HealthClient<Channel>,
+    keys: Keys,
+}
+
+impl AppState {
+    /// Connects lazily, so the API starts (and answers 503) while the user
+    /// service is still down, and recovers by itself when it comes back.
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let channel = Endpoint::from_shared(config.user_service_url.clone())?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let traced = ServiceBuilder::new().layer(GrpcClientLayer).service(channel.clone());
+        Ok(Self {
+            users: UserServiceClient::new(traced),
+            health: tonic_health::pb::health_client::HealthClient::new(channel),
+            keys: Keys::new(config.jwt_secret.as_bytes(), config.jwt_ttl),
+        })
+    }
+}
+
+/// The whole HTTP interface.
+pub fn router(state: AppState, config: &Config) -> Router {
+    let budget = config.request_timeout;
+    let api = Router::new()
+        .route("/v1/users", post(users::register).get(users::list_users))
+        .route(
+            "/v1/users/{id}",
+            get(users::get_user).patch(users::update_user).delete(users::delete_user),
+        )
+        .route("/v1/auth/login", post(users::login))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(axum::middleware::from_fn(move |request, next| extract::deadline(budget, request, next)))
+        .layer(HttpServerLayer::new(route_of));
+    // Probes stay out of the traces.
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(api)
+        .with_state(state)
+}
+
+fn route_of(extensions: &Extensions) -> Option<String> {
+    extensions.get::<MatchedPath>().map(|path| path.as_str().to_owned())
+}
+
+/// Serves the API on `listener` until `shutdown` resolves; in-flight
+/// requests drain first.
+pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let state = AppState::new(&config)?;
+    let app = router(state, &config);
+    tracing::info!(addr = %listener.local_addr()?, user_service = %config.user_service_url, "api listening");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    tracing::info!("api stopped");
+    Ok(())
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready when the user service answers its health check.
+async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    let mut health = state.health.clone();
+    let mut request = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
+        service: "user.v1.UserService".into(),
+    });
+    request.set_timeout(Duration::from_secs(1));
+    match health.check(request).await {
+        Ok(response) if response.get_ref().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 => {
+            Ok("ready")
+        }
+        _ => Err(ApiError::Unavailable("the user service is not serving".into())),
+    }
+}
+
+async fn openapi() -> impl IntoResponse {
+    axum::Json(openapi::ApiDoc::openapi())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such resource".into())
+}
+
+/// Probes `/readyz` on `addr`: the container health check, which needs no
+/// tool the image does not ship.
+pub async fn healthcheck(addr: SocketAddr) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+    let mut stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect((host.as_str(), addr.port()))).await??;
+    stream
+        .write_all(format!("GET /readyz HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer)).await??;
+    let status_line = String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_owned();
+    anyhow::ensure!(status_line.contains(&format!(" {} ", StatusCode::OK.as_u16())), "not ready: {status_line}");
+    Ok(())
+}

@@ -1,1 +1,112 @@
+//! The user service: `user.v1.UserService` over gRPC, on Postgres.
+//!
+//! - [`config`]: settings from the environment.
+//! - `service`: the gRPC handlers; requests are parsed into domain types here.
+//! - `store`: every SQL statement, each in its own database client span.
+//! - `password`: argon2id hashing, off the async workers.
+//! - `error`: the one error type and its mapping to gRPC status codes.
+//!
+//! [`run`] connects, migrates and serves on a listener it is given, until the
+//! shutdown future resolves, so `main` and the tests start it the same way.
 
+pub mod config;
+mod error;
+mod password;
+mod service;
+mod store;
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use anyhow::Context as _;
+use callchain_domain::{Email, Password, UserId, UserName};
+use callchain_proto::user::v1::user_service_server::UserServiceServer;
+use callchain_telemetry::grpc::GrpcServerLayer;
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use config::Config;
+pub use service::UserGrpc;
+
+/// Connects, migrates, creates the configured administrator, and serves on
+/// `listener` until `shutdown` resolves; in-flight calls drain first.
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    let pool = connect(&config).await?;
+    if let Some((email, password)) = &config.admin {
+        ensure_admin(&pool, email, password).await?;
+    }
+    serve(listener, pool, shutdown).await
+}
+
+/// A pool on `DATABASE_URL`, with the migrations applied.
+pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
+    let pool = PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        // A database that does not answer within this time makes calls fail
+        // fast with UNAVAILABLE instead of hanging.
+        .acquire_timeout(Duration::from_secs(3))
+        .connect(&config.database_url)
+        .await
+        .context("cannot connect to DATABASE_URL")?;
+    // The user service and the consumer may share a database, each with its
+    // own migrations: ignore those of the other.
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator.run(&pool).await.context("running the user service's migrations failed")?;
+    Ok(pool)
+}
+
+async fn ensure_admin(pool: &PgPool, email: &str, password: &str) -> anyhow::Result<()> {
+    let admin = store::NewUser {
+        id: UserId::new(),
+        email: Email::parse(email).context("ADMIN_EMAIL")?,
+        name: UserName::parse("Administrator")?,
+        password_hash: password::hash(Password::parse(password).context("ADMIN_PASSWORD")?).await?,
+        role: callchain_domain::Role::Admin,
+    };
+    let mut conn = pool.acquire().await?;
+    if store::ensure_admin(&mut conn, &admin).await? {
+        tracing::info!(user_id = %admin.id, "administrator created");
+    }
+    Ok(())
+}
+
+/// Serves `user.v1.UserService`, gRPC health and reflection on `listener`.
+pub async fn serve(listener: TcpListener, pool: PgPool, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<UserServiceServer<UserGrpc>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(callchain_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    tracing::info!(addr = %listener.local_addr()?, "user service listening");
+    tonic::transport::Server::builder()
+        .layer(GrpcServerLayer)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(UserServiceServer::new(UserGrpc::new(pool)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    tracing::info!("user service stopped");
+    Ok(())
+}
+
+/// Asks the service at `addr` whether it is serving (gRPC health): the
+/// container health check, which needs no tool the image does not ship.
+pub async fn healthcheck(addr: SocketAddr) -> anyhow::Result<()> {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{host}:{}", addr.port()))?
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .connect()
+        .await?;
+    let mut client = HealthClient::new(channel);
+    let response = client
+        .check(HealthCheckRequest {
+            service: "user.v1.UserService".into(),
+        })
+        .await?;
+    anyhow::ensure!(response.get_ref().status() == ServingStatus::Serving, "not serving");
+    Ok(())
+}

@@ -19,9 +19,26 @@ pub fn span(operation: &'static str, collection: &'static str, query: &'static s
         otel.name = %format_args!("{operation} {collection}"),
         otel.kind = "client",
         otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
         db.system.name = "postgresql",
         db.operation.name = operation,
         db.collection.name = collection,
         db.query.text = query,
     )
+}
+
+/// Runs a statement inside its span and marks the span as failed when the
+/// statement fails.
+pub async fn traced<F, T, E>(span: Span, statement: F) -> Result<T, E>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    use tracing::Instrument as _;
+    let result = statement.instrument(span.clone()).await;
+    if let Err(error) = &result {
+        span.record("otel.status_code", "ERROR");
+        span.record("otel.status_description", tracing::field::display(error));
+    }
+    result
 }

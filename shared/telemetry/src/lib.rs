@@ -11,10 +11,12 @@
 //! - [`http`] and [`grpc`]: tower layers that open the server and client spans
 //!   and move the context across the wire, so no handler touches headers.
 //! - [`db`]: the client span of one database statement.
+//! - [`lifecycle`]: the shutdown signal every binary waits for.
 
 pub mod db;
 pub mod grpc;
 pub mod http;
+pub mod lifecycle;
 pub mod logs;
 pub mod propagation;
 

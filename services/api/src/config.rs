@@ -1,0 +1,102 @@
+//! Settings, from environment variables.
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::Context as _;
+
+/// Every variable this service reads (beside the telemetry's own).
+pub const ENV_VARS: &[&str] = &[
+    "API_LISTEN_ADDR",
+    "USER_SERVICE_URL",
+    "JWT_SECRET",
+    "JWT_TTL_SECONDS",
+    "REQUEST_TIMEOUT_MS",
+    "MAX_BODY_BYTES",
+];
+
+/// The variables without which a release build does not start.
+pub const REQUIRED_ENV_VARS: &[&str] = &["JWT_SECRET"];
+
+/// The signing key debug builds use when `JWT_SECRET` is unset. Release
+/// builds have no default.
+#[cfg(debug_assertions)]
+const DEV_JWT_SECRET: &str = "callchain-development-secret-do-not-use-in-production";
+
+#[derive(Clone)]
+pub struct Config {
+    /// `API_LISTEN_ADDR`, default `0.0.0.0:8080`.
+    pub listen_addr: SocketAddr,
+    /// `USER_SERVICE_URL`, default `http://127.0.0.1:50051`.
+    pub user_service_url: String,
+    /// `JWT_SECRET`: the HMAC key tokens are signed with (at least 32 bytes).
+    pub jwt_secret: String,
+    /// `JWT_TTL_SECONDS`, default 3600.
+    pub jwt_ttl: Duration,
+    /// `REQUEST_TIMEOUT_MS`, default 10000: the budget of one request,
+    /// passed on to every call it makes.
+    pub request_timeout: Duration,
+    /// `MAX_BODY_BYTES`, default 16384.
+    pub max_body_bytes: usize,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen_addr", &self.listen_addr)
+            .field("user_service_url", &self.user_service_url)
+            .field("jwt_secret", &"***")
+            .field("jwt_ttl", &self.jwt_ttl)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish()
+    }
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn number<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
+    var(name)
+        .map(|v| v.parse::<T>())
+        .transpose()
+        .map_err(|_| anyhow::anyhow!("{name} must be a whole number"))
+        .map(|v| v.unwrap_or(default))
+}
+
+impl Config {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let jwt_secret = match var("JWT_SECRET") {
+            Some(secret) => secret,
+            #[cfg(debug_assertions)]
+            None => DEV_JWT_SECRET.to_owned(),
+            #[cfg(not(debug_assertions))]
+            None => anyhow::bail!("JWT_SECRET is required: the key API tokens are signed with (32 bytes or more)"),
+        };
+        anyhow::ensure!(jwt_secret.len() >= 32, "JWT_SECRET must be at least 32 bytes long");
+        Ok(Self {
+            listen_addr: var("API_LISTEN_ADDR")
+                .as_deref()
+                .unwrap_or("0.0.0.0:8080")
+                .parse()
+                .context("API_LISTEN_ADDR must be an address such as 0.0.0.0:8080")?,
+            user_service_url: var("USER_SERVICE_URL").unwrap_or_else(|| "http://127.0.0.1:50051".to_owned()),
+            jwt_secret,
+            jwt_ttl: Duration::from_secs(number("JWT_TTL_SECONDS", 3600)?),
+            request_timeout: Duration::from_millis(number("REQUEST_TIMEOUT_MS", 10_000)?),
+            max_body_bytes: number("MAX_BODY_BYTES", 16 * 1024)?,
+        })
+    }
+
+    /// Defaults for tests: the given user service, a fixed test key.
+    pub fn for_tests(user_service_url: String, jwt_secret: String) -> Self {
+        Self {
+            listen_addr: "127.0.0.1:0".parse().expect("a valid address"),
+            user_service_url,
+            jwt_secret,
+            jwt_ttl: Duration::from_secs(3600),
+            request_timeout: Duration::from_secs(10),
+            max_body_bytes: 16 * 1024,
+        }
+    }
+}

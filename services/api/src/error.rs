@@ -1,0 +1,250 @@
+//! The API's one error type, answered as `application/problem+json`
+//! (RFC 9457), and the one mapping of gRPC status codes to HTTP.
+
+use axum::{
+    Json,
+    extract::rejection::{JsonRejection, PathRejection, QueryRejection},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use callchain_domain::Invalid;
+use serde::Serialize;
+use tonic::Code;
+
+/// Seconds a client should wait before retrying after a `503`.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{detail}")]
+    BadRequest { field: Option<&'static str>, detail: String },
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            field: None,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(invalid: Invalid) -> Self {
+        ApiError::BadRequest {
+            field: Some(invalid.field),
+            detail: invalid.to_string(),
+        }
+    }
+}
+
+/// The mapping of DESIGN.md: gRPC status → HTTP status.
+impl From<tonic::Status> for ApiError {
+    fn from(status: tonic::Status) -> Self {
+        let message = status.message().to_owned();
+        match status.code() {
+            Code::InvalidArgument => {
+                // The user service names the field first: `email: must ...`.
+                let field = message.split_once(':').map(|(field, _)| field).and_then(known_field);
+                ApiError::BadRequest { field, detail: message }
+            }
+            Code::Unauthenticated => ApiError::Unauthenticated(message),
+            Code::PermissionDenied => ApiError::Forbidden(message),
+            Code::NotFound => ApiError::NotFound(message),
+            Code::AlreadyExists => ApiError::Conflict(message),
+            Code::DeadlineExceeded | Code::Cancelled => {
+                ApiError::DeadlineExceeded("the request ran out of time waiting for the user service".into())
+            }
+            Code::Unavailable => ApiError::Unavailable("the user service is unavailable; retry shortly".into()),
+            _ => ApiError::Internal(anyhow::Error::new(status)),
+        }
+    }
+}
+
+fn known_field(field: &str) -> Option<&'static str> {
+    ["email", "name", "password", "role", "id", "page_size", "page_token", "idempotency_key"]
+        .into_iter()
+        .find(|known| *known == field)
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge("the request body is too large".into()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                ApiError::UnsupportedMediaType("the request body must be JSON (Content-Type: application/json)".into())
+            }
+            _ => match rejection {
+                JsonRejection::JsonSyntaxError(error) => {
+                    ApiError::bad_request(format!("the request body is not valid JSON: {}", error.body_text_source()))
+                }
+                JsonRejection::JsonDataError(error) => {
+                    ApiError::bad_request(format!("the request body does not match the schema: {}", error.body_text_source()))
+                }
+                other => ApiError::bad_request(other.body_text()),
+            },
+        }
+    }
+}
+
+trait SourceText {
+    fn body_text_source(&self) -> String;
+}
+
+impl<E: std::error::Error> SourceText for E {
+    /// serde's own words (`missing field `password` at line 1 column 30`),
+    /// without axum's prefix.
+    fn body_text_source(&self) -> String {
+        let mut error: &dyn std::error::Error = self;
+        while let Some(source) = error.source() {
+            error = source;
+        }
+        error.to_string()
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::bad_request(rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::bad_request(rejection.body_text())
+    }
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// `about:blank`: the status says what kind of problem it is.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// The input field at fault, when one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<&'static str>,
+    /// The trace of this request, to find it in Jaeger or the logs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let trace_id = callchain_telemetry::propagation::trace_id(&tracing::Span::current());
+        let detail = match &self {
+            ApiError::Internal(cause) => {
+                // Logged once, here, inside the request span; the client gets
+                // nothing internal.
+                tracing::error!(error = &**cause as &dyn std::error::Error, "internal error");
+                "an internal error occurred; quote the trace_id when reporting it".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let field = match &self {
+            ApiError::BadRequest { field, .. } => *field,
+            _ => None,
+        };
+        let problem = Problem {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail,
+            field,
+            trace_id,
+        };
+        let mut response = (status, Json(problem)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        match status {
+            StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            StatusCode::UNAUTHORIZED => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_codes_map_to_the_http_statuses_of_the_design() {
+        let cases = [
+            (Code::InvalidArgument, StatusCode::BAD_REQUEST),
+            (Code::Unauthenticated, StatusCode::UNAUTHORIZED),
+            (Code::PermissionDenied, StatusCode::FORBIDDEN),
+            (Code::NotFound, StatusCode::NOT_FOUND),
+            (Code::AlreadyExists, StatusCode::CONFLICT),
+            (Code::DeadlineExceeded, StatusCode::GATEWAY_TIMEOUT),
+            (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
+            (Code::Internal, StatusCode::INTERNAL_SERVER_ERROR),
+            (Code::Unknown, StatusCode::INTERNAL_SERVER_ERROR),
+            (Code::DataLoss, StatusCode::INTERNAL_SERVER_ERROR),
+        ];
+        for (code, http) in cases {
+            assert_eq!(ApiError::from(tonic::Status::new(code, "x")).status(), http, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn unavailable_answers_with_retry_after_and_problem_json() {
+        let response = ApiError::from(tonic::Status::unavailable("down")).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");
+    }
+
+    #[test]
+    fn invalid_argument_keeps_the_field_it_names() {
+        match ApiError::from(tonic::Status::invalid_argument("email: must not be empty")) {
+            ApiError::BadRequest { field, detail } => {
+                assert_eq!(field, Some("email"));
+                assert_eq!(detail, "email: must not be empty");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

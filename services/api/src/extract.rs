@@ -1,0 +1,103 @@
+//! Extractors whose rejections are the API's own problem documents, the
+//! request's deadline, and the `Idempotency-Key` header.
+
+use std::time::{Duration, Instant};
+
+use axum::{
+    extract::{FromRequest, FromRequestParts, Request},
+    http::request::Parts,
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+
+use crate::error::ApiError;
+
+/// `axum::Json`, rejected as problem+json.
+#[derive(Debug, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Json<T>(pub T);
+
+impl<T: serde::Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// `axum::extract::Path`, rejected as problem+json.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
+
+/// `axum::extract::Query`, rejected as problem+json.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
+
+/// When the request's budget runs out. Every call the request makes is given
+/// what remains of it (gRPC carries it as `grpc-timeout`).
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(Instant);
+
+impl Deadline {
+    pub fn after(budget: Duration) -> Self {
+        Self(Instant::now() + budget)
+    }
+
+    pub fn remaining(&self) -> Duration {
+        self.0.saturating_duration_since(Instant::now())
+    }
+
+    /// A gRPC request that carries the remaining budget; `504` when none is left.
+    pub fn grpc<T>(&self, message: T) -> Result<tonic::Request<T>, ApiError> {
+        let remaining = self.remaining();
+        if remaining.is_zero() {
+            return Err(ApiError::DeadlineExceeded("the request ran out of time".into()));
+        }
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(remaining);
+        Ok(request)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Deadline {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Deadline>()
+            .copied()
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the deadline middleware is not installed")))
+    }
+}
+
+/// Gives each request its deadline, and answers `504` if the handler is still
+/// busy when it passes, so no client waits forever.
+pub async fn deadline(budget: Duration, mut request: Request, next: Next) -> Response {
+    request.extensions_mut().insert(Deadline::after(budget));
+    match tokio::time::timeout(budget, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::DeadlineExceeded("the request took longer than its time budget".into()).into_response(),
+    }
+}
+
+/// The optional `Idempotency-Key` header of a write.
+#[derive(Debug, Clone, Default)]
+pub struct IdempotencyKey(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get("idempotency-key") else {
+            return Ok(Self(None));
+        };
+        let key = value
+            .to_str()
+            .ok()
+            .map(str::trim)
+            .filter(|key| !key.is_empty() && key.len() <= 200)
+            .ok_or_else(|| ApiError::bad_request("Idempotency-Key must be 1 to 200 visible ASCII characters"))?;
+        Ok(Self(Some(key.to_owned())))
+    }
+}

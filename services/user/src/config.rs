@@ -1,0 +1,56 @@
+//! Settings, from environment variables.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+
+/// Every variable this service reads (beside the telemetry's own).
+pub const ENV_VARS: &[&str] = &[
+    "USER_LISTEN_ADDR",
+    "DATABASE_URL",
+    "DATABASE_MAX_CONNECTIONS",
+    "ADMIN_EMAIL",
+    "ADMIN_PASSWORD",
+];
+
+/// The variables without which it does not start.
+pub const REQUIRED_ENV_VARS: &[&str] = &["DATABASE_URL"];
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `USER_LISTEN_ADDR`, default `0.0.0.0:50051`.
+    pub listen_addr: SocketAddr,
+    /// `DATABASE_URL`, required.
+    pub database_url: String,
+    /// `DATABASE_MAX_CONNECTIONS`, default 10.
+    pub max_connections: u32,
+    /// `ADMIN_EMAIL` and `ADMIN_PASSWORD`: an administrator created at start
+    /// when no user has that email. Both or neither.
+    pub admin: Option<(String, String)>,
+}
+
+impl Config {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let admin = match (var("ADMIN_EMAIL"), var("ADMIN_PASSWORD")) {
+            (Some(email), Some(password)) => Some((email, password)),
+            (None, None) => None,
+            _ => anyhow::bail!("set both ADMIN_EMAIL and ADMIN_PASSWORD, or neither"),
+        };
+        Ok(Self {
+            listen_addr: var("USER_LISTEN_ADDR")
+                .as_deref()
+                .unwrap_or("0.0.0.0:50051")
+                .parse()
+                .context("USER_LISTEN_ADDR must be an address such as 0.0.0.0:50051")?,
+            database_url: var("DATABASE_URL")
+                .context("DATABASE_URL is required, e.g. postgres://callchain:callchain@127.0.0.1:5432/callchain")?,
+            max_connections: var("DATABASE_MAX_CONNECTIONS")
+                .map(|v| v.parse())
+                .transpose()
+                .context("DATABASE_MAX_CONNECTIONS must be a whole number")?
+                .unwrap_or(10),
+            admin,
+        })
+    }
+}

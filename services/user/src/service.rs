@@ -1,0 +1,290 @@
+//! `user.v1.UserService`: parses each request into domain types, does the
+//! work in one transaction, and answers with protobuf types.
+
+use callchain_domain::{Email, Invalid, Password, Role, UserId, UserName};
+use callchain_proto::user::v1::{
+    self as pb, AuthenticateRequest, AuthenticateResponse, Change, CreateUserRequest, CreateUserResponse,
+    DeleteUserRequest, DeleteUserResponse, GetUserRequest, GetUserResponse, ListUsersRequest, ListUsersResponse,
+    UpdateUserRequest, UpdateUserResponse, user_service_server::UserService,
+};
+use chrono::{DateTime, Utc};
+use prost::Message;
+use sqlx::PgPool;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    error::UserError,
+    password,
+    store::{self, NewUser, UserChanges, UserRow},
+};
+
+/// Page size of `ListUsers` when the caller gives none, and the most it may ask for.
+pub const DEFAULT_PAGE_SIZE: u32 = 20;
+pub const MAX_PAGE_SIZE: u32 = 100;
+
+/// The longest idempotency key accepted.
+const MAX_KEY_CHARS: usize = 200;
+
+#[derive(Clone)]
+pub struct UserGrpc {
+    pool: PgPool,
+}
+
+impl UserGrpc {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    async fn create(&self, request: CreateUserRequest) -> Result<CreateUserResponse, UserError> {
+        let email = Email::parse(&request.email)?;
+        let name = UserName::parse(&request.name)?;
+        let password = Password::parse(&request.password)?;
+        let key = idempotency_key(&request.idempotency_key)?;
+        let fingerprint = format!("{}\n{}", email.as_str().to_lowercase(), name.as_str());
+        let password_hash = password::hash(password).await?;
+
+        let mut tx = self.pool.begin().await?;
+        if let Some(key) = key
+            && let Some(stored) = store::claim_key(&mut tx, "CreateUser", key, &fingerprint).await?
+        {
+            return decode(&stored);
+        }
+        let user = NewUser {
+            id: UserId::new(),
+            email,
+            name,
+            password_hash,
+            role: Role::User,
+        };
+        let row = store::insert_user(&mut tx, &user).await?;
+        let response = CreateUserResponse {
+            user: Some(to_proto(&row)),
+            change: Some(change(row.updated_at)),
+        };
+        if let Some(key) = key {
+            store::complete_key(&mut tx, "CreateUser", key, &response.encode_to_vec()).await?;
+        }
+        tx.commit().await?;
+        tracing::info!(user_id = %row.id, "user created");
+        Ok(response)
+    }
+
+    async fn get(&self, request: GetUserRequest) -> Result<GetUserResponse, UserError> {
+        let id = UserId::parse(&request.id)?;
+        let mut conn = self.pool.acquire().await?;
+        let row = store::get_user(&mut conn, id).await?;
+        Ok(GetUserResponse {
+            user: Some(to_proto(&row)),
+        })
+    }
+
+    async fn update(&self, request: UpdateUserRequest) -> Result<UpdateUserResponse, UserError> {
+        let id = UserId::parse(&request.id)?;
+        let key = idempotency_key(&request.idempotency_key)?;
+        let mut changes = UserChanges {
+            email: request.email.as_deref().map(Email::parse).transpose()?,
+            name: request.name.as_deref().map(UserName::parse).transpose()?,
+            role: role_from_proto(request.role)?,
+            password_hash: None,
+        };
+        let password = request.password.as_deref().map(Password::parse).transpose()?;
+        // The password itself never enters the fingerprint; only whether it changes.
+        let fingerprint = format!(
+            "{id}\n{:?}\n{:?}\n{:?}\n{}",
+            changes.email.as_ref().map(|e| e.as_str().to_lowercase()),
+            changes.name.as_ref().map(UserName::as_str),
+            changes.role,
+            password.is_some()
+        );
+        if let Some(password) = password {
+            changes.password_hash = Some(password::hash(password).await?);
+        }
+
+        let mut tx = self.pool.begin().await?;
+        if let Some(key) = key
+            && let Some(stored) = store::claim_key(&mut tx, "UpdateUser", key, &fingerprint).await?
+        {
+            return decode(&stored);
+        }
+        let row = store::update_user(&mut tx, id, &changes).await?;
+        let response = UpdateUserResponse {
+            user: Some(to_proto(&row)),
+            change: Some(change(row.updated_at)),
+        };
+        if let Some(key) = key {
+            store::complete_key(&mut tx, "UpdateUser", key, &response.encode_to_vec()).await?;
+        }
+        tx.commit().await?;
+        tracing::info!(user_id = %row.id, "user updated");
+        Ok(response)
+    }
+
+    async fn delete(&self, request: DeleteUserRequest) -> Result<DeleteUserResponse, UserError> {
+        let id = UserId::parse(&request.id)?;
+        let key = idempotency_key(&request.idempotency_key)?;
+        let mut tx = self.pool.begin().await?;
+        if let Some(key) = key
+            && let Some(stored) = store::claim_key(&mut tx, "DeleteUser", key, &id.to_string()).await?
+        {
+            return decode(&stored);
+        }
+        let row = store::delete_user(&mut tx, id).await?;
+        let response = DeleteUserResponse {
+            user: Some(to_proto(&row)),
+            change: Some(change(Utc::now())),
+        };
+        if let Some(key) = key {
+            store::complete_key(&mut tx, "DeleteUser", key, &response.encode_to_vec()).await?;
+        }
+        tx.commit().await?;
+        tracing::info!(user_id = %row.id, "user deleted");
+        Ok(response)
+    }
+
+    async fn list(&self, request: ListUsersRequest) -> Result<ListUsersResponse, UserError> {
+        let page_size = match request.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n > MAX_PAGE_SIZE => {
+                return Err(Invalid::new("page_size", format!("must be at most {MAX_PAGE_SIZE}")).into());
+            }
+            n => n,
+        };
+        let after = match request.page_token.as_str() {
+            "" => None,
+            token => Some(UserId::parse(token).map_err(|_| Invalid::new("page_token", "is not a token this service gave"))?),
+        };
+        let mut conn = self.pool.acquire().await?;
+        // One more than asked tells whether another page follows.
+        let mut rows = store::list_users(&mut conn, after, page_size + 1).await?;
+        let next_page_token = if rows.len() > page_size as usize {
+            rows.truncate(page_size as usize);
+            rows.last().map(|row| row.id.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(ListUsersResponse {
+            users: rows.iter().map(to_proto).collect(),
+            next_page_token,
+        })
+    }
+
+    async fn authenticate(&self, request: AuthenticateRequest) -> Result<AuthenticateResponse, UserError> {
+        let mut conn = self.pool.acquire().await?;
+        let found = store::get_credentials(&mut conn, request.email.trim()).await?;
+        drop(conn);
+        let (user, hash) = match found {
+            Some((user, hash)) => (Some(user), Some(hash)),
+            None => (None, None),
+        };
+        if !password::verify(request.password, hash).await? {
+            return Err(UserError::BadCredentials);
+        }
+        let user = user.ok_or(UserError::BadCredentials)?;
+        tracing::info!(user_id = %user.id, "user authenticated");
+        Ok(AuthenticateResponse {
+            user: Some(to_proto(&user)),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl UserService for UserGrpc {
+    async fn create_user(&self, request: Request<CreateUserRequest>) -> Result<Response<CreateUserResponse>, Status> {
+        Ok(Response::new(self.create(request.into_inner()).await?))
+    }
+
+    async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<GetUserResponse>, Status> {
+        Ok(Response::new(self.get(request.into_inner()).await?))
+    }
+
+    async fn update_user(&self, request: Request<UpdateUserRequest>) -> Result<Response<UpdateUserResponse>, Status> {
+        Ok(Response::new(self.update(request.into_inner()).await?))
+    }
+
+    async fn delete_user(&self, request: Request<DeleteUserRequest>) -> Result<Response<DeleteUserResponse>, Status> {
+        Ok(Response::new(self.delete(request.into_inner()).await?))
+    }
+
+    async fn list_users(&self, request: Request<ListUsersRequest>) -> Result<Response<ListUsersResponse>, Status> {
+        Ok(Response::new(self.list(request.into_inner()).await?))
+    }
+
+    async fn authenticate(
+        &self,
+        request: Request<AuthenticateRequest>,
+    ) -> Result<Response<AuthenticateResponse>, Status> {
+        Ok(Response::new(self.authenticate(request.into_inner()).await?))
+    }
+}
+
+fn idempotency_key(key: &str) -> Result<Option<&str>, Invalid> {
+    match key.trim() {
+        "" => Ok(None),
+        key if key.chars().count() > MAX_KEY_CHARS => Err(Invalid::new(
+            "idempotency_key",
+            format!("must be at most {MAX_KEY_CHARS} characters"),
+        )),
+        key => Ok(Some(key)),
+    }
+}
+
+fn decode<M: Message + Default>(stored: &[u8]) -> Result<M, UserError> {
+    M::decode(stored).map_err(|error| UserError::Internal(error.into()))
+}
+
+fn change(occurred_at: DateTime<Utc>) -> Change {
+    Change {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        occurred_at: Some(timestamp(occurred_at)),
+    }
+}
+
+fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: at.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn to_proto(row: &UserRow) -> pb::User {
+    let role = match row.role.as_str() {
+        "ADMIN" => pb::Role::Admin,
+        _ => pb::Role::User,
+    };
+    pb::User {
+        id: row.id.to_string(),
+        email: row.email.clone(),
+        name: row.name.clone(),
+        role: role as i32,
+        created_at: Some(timestamp(row.created_at)),
+        updated_at: Some(timestamp(row.updated_at)),
+    }
+}
+
+fn role_from_proto(role: i32) -> Result<Option<Role>, Invalid> {
+    match pb::Role::try_from(role) {
+        Ok(pb::Role::Unspecified) => Ok(None),
+        Ok(pb::Role::User) => Ok(Some(Role::User)),
+        Ok(pb::Role::Admin) => Ok(Some(Role::Admin)),
+        Err(_) => Err(Invalid::new("role", "must be USER or ADMIN")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys_are_optional_and_bounded() {
+        assert_eq!(idempotency_key("  ").unwrap(), None);
+        assert_eq!(idempotency_key("abc").unwrap(), Some("abc"));
+        assert_eq!(idempotency_key(&"k".repeat(201)).unwrap_err().field, "idempotency_key");
+    }
+
+    #[test]
+    fn unknown_roles_are_invalid() {
+        assert_eq!(role_from_proto(0).unwrap(), None);
+        assert_eq!(role_from_proto(2).unwrap(), Some(Role::Admin));
+        assert!(role_from_proto(9).is_err());
+    }
+}

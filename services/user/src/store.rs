@@ -1,0 +1,166 @@
+//! The users table and the idempotency keys, one traced statement at a time.
+
+use callchain_domain::{Email, Role, UserId, UserName};
+use callchain_telemetry::db;
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+
+use crate::error::UserError;
+
+/// A user row, without its password hash.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UserRow {
+    pub id: uuid::Uuid,
+    pub email: String,
+    pub name: String,
+    pub role: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub struct NewUser {
+    pub id: UserId,
+    pub email: Email,
+    pub name: UserName,
+    pub password_hash: String,
+    pub role: Role,
+}
+
+#[derive(Default)]
+pub struct UserChanges {
+    pub email: Option<Email>,
+    pub name: Option<UserName>,
+    pub password_hash: Option<String>,
+    pub role: Option<Role>,
+}
+
+const INSERT_USER: &str = "INSERT INTO users (id, email, name, password_hash, role) VALUES ($1, $2, $3, $4, $5) \
+     RETURNING id, email, name, role, created_at, updated_at";
+
+pub async fn insert_user(conn: &mut PgConnection, user: &NewUser) -> Result<UserRow, UserError> {
+    let query = sqlx::query_as::<_, UserRow>(INSERT_USER)
+        .bind(user.id.as_uuid())
+        .bind(user.email.as_str())
+        .bind(user.name.as_str())
+        .bind(&user.password_hash)
+        .bind(user.role.as_str())
+        .fetch_one(conn);
+    Ok(db::traced(db::span("INSERT", "users", INSERT_USER), query).await?)
+}
+
+const INSERT_ADMIN: &str = "INSERT INTO users (id, email, name, password_hash, role) VALUES ($1, $2, $3, $4, 'ADMIN') \
+     ON CONFLICT ((lower(email))) DO NOTHING";
+
+/// Creates an administrator unless a user with that email exists.
+pub async fn ensure_admin(conn: &mut PgConnection, user: &NewUser) -> Result<bool, UserError> {
+    let query = sqlx::query(INSERT_ADMIN)
+        .bind(user.id.as_uuid())
+        .bind(user.email.as_str())
+        .bind(user.name.as_str())
+        .bind(&user.password_hash)
+        .execute(conn);
+    Ok(db::traced(db::span("INSERT", "users", INSERT_ADMIN), query).await?.rows_affected() == 1)
+}
+
+const SELECT_USER: &str = "SELECT id, email, name, role, created_at, updated_at FROM users WHERE id = $1";
+
+pub async fn get_user(conn: &mut PgConnection, id: UserId) -> Result<UserRow, UserError> {
+    let query = sqlx::query_as::<_, UserRow>(SELECT_USER).bind(id.as_uuid()).fetch_optional(conn);
+    db::traced(db::span("SELECT", "users", SELECT_USER), query)
+        .await?
+        .ok_or(UserError::NotFound(id))
+}
+
+const SELECT_CREDENTIALS: &str = "SELECT id, email, name, role, created_at, updated_at, password_hash FROM users \
+     WHERE lower(email) = lower($1)";
+
+pub async fn get_credentials(conn: &mut PgConnection, email: &str) -> Result<Option<(UserRow, String)>, UserError> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        user: UserRow,
+        password_hash: String,
+    }
+    let query = sqlx::query_as::<_, Row>(SELECT_CREDENTIALS).bind(email).fetch_optional(conn);
+    let row = db::traced(db::span("SELECT", "users", SELECT_CREDENTIALS), query).await?;
+    Ok(row.map(|row| (row.user, row.password_hash)))
+}
+
+const UPDATE_USER: &str = "UPDATE users SET email = COALESCE($2, email), name = COALESCE($3, name), \
+     password_hash = COALESCE($4, password_hash), role = COALESCE($5, role), updated_at = now() \
+     WHERE id = $1 RETURNING id, email, name, role, created_at, updated_at";
+
+pub async fn update_user(conn: &mut PgConnection, id: UserId, changes: &UserChanges) -> Result<UserRow, UserError> {
+    let query = sqlx::query_as::<_, UserRow>(UPDATE_USER)
+        .bind(id.as_uuid())
+        .bind(changes.email.as_ref().map(Email::as_str))
+        .bind(changes.name.as_ref().map(UserName::as_str))
+        .bind(changes.password_hash.as_deref())
+        .bind(changes.role.map(Role::as_str))
+        .fetch_optional(conn);
+    db::traced(db::span("UPDATE", "users", UPDATE_USER), query)
+        .await?
+        .ok_or(UserError::NotFound(id))
+}
+
+const DELETE_USER: &str = "DELETE FROM users WHERE id = $1 RETURNING id, email, name, role, created_at, updated_at";
+
+pub async fn delete_user(conn: &mut PgConnection, id: UserId) -> Result<UserRow, UserError> {
+    let query = sqlx::query_as::<_, UserRow>(DELETE_USER).bind(id.as_uuid()).fetch_optional(conn);
+    db::traced(db::span("DELETE", "users", DELETE_USER), query)
+        .await?
+        .ok_or(UserError::NotFound(id))
+}
+
+const LIST_USERS: &str = "SELECT id, email, name, role, created_at, updated_at FROM users \
+     WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2";
+
+/// A page of users in id order (ids are UUIDv7, so: creation order), after `after`.
+pub async fn list_users(conn: &mut PgConnection, after: Option<UserId>, limit: u32) -> Result<Vec<UserRow>, UserError> {
+    let query = sqlx::query_as::<_, UserRow>(LIST_USERS)
+        .bind(after.map(|id| id.as_uuid()))
+        .bind(i64::from(limit))
+        .fetch_all(conn);
+    Ok(db::traced(db::span("SELECT", "users", LIST_USERS), query).await?)
+}
+
+const CLAIM_KEY: &str = "INSERT INTO idempotency_keys (scope, key, fingerprint) VALUES ($1, $2, $3) \
+     ON CONFLICT (scope, key) DO NOTHING";
+const SELECT_KEY: &str = "SELECT fingerprint, response FROM idempotency_keys WHERE scope = $1 AND key = $2";
+const COMPLETE_KEY: &str = "UPDATE idempotency_keys SET response = $3 WHERE scope = $1 AND key = $2";
+
+/// Claims an idempotency key inside the caller's transaction. `Ok(None)`: the
+/// key is new and the write should go ahead. `Ok(Some(response))`: the write
+/// was done before; answer with its stored response. A concurrent claim of
+/// the same key waits here until the first transaction ends.
+pub async fn claim_key(
+    conn: &mut PgConnection,
+    scope: &str,
+    key: &str,
+    fingerprint: &str,
+) -> Result<Option<Vec<u8>>, UserError> {
+    let claim = sqlx::query(CLAIM_KEY).bind(scope).bind(key).bind(fingerprint).execute(&mut *conn);
+    if db::traced(db::span("INSERT", "idempotency_keys", CLAIM_KEY), claim).await?.rows_affected() == 1 {
+        return Ok(None);
+    }
+    let select = sqlx::query_as::<_, (String, Option<Vec<u8>>)>(SELECT_KEY)
+        .bind(scope)
+        .bind(key)
+        .fetch_one(&mut *conn);
+    let (stored_fingerprint, response) = db::traced(db::span("SELECT", "idempotency_keys", SELECT_KEY), select).await?;
+    if stored_fingerprint != fingerprint {
+        return Err(UserError::IdempotencyKeyReused);
+    }
+    // A claimed key is completed in the same transaction, so a visible one
+    // always has its response.
+    response
+        .map(Some)
+        .ok_or_else(|| UserError::Internal(anyhow::anyhow!("idempotency key {scope}/{key} has no response")))
+}
+
+/// Stores the response of a write under its key, in the write's transaction.
+pub async fn complete_key(conn: &mut PgConnection, scope: &str, key: &str, response: &[u8]) -> Result<(), UserError> {
+    let query = sqlx::query(COMPLETE_KEY).bind(scope).bind(key).bind(response).execute(conn);
+    db::traced(db::span("UPDATE", "idempotency_keys", COMPLETE_KEY), query).await?;
+    Ok(())
+}
