@@ -44,7 +44,10 @@ impl Keys {
 
     /// A token for `id` with `role`, and the seconds it stays valid.
     pub fn issue(&self, id: UserId, role: Role) -> Result<(String, u64), ApiError> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
         let claims = Claims {
             sub: id.to_string(),
             role,
@@ -162,12 +165,24 @@ mod tests {
     #[test]
     fn roles_decide_who_may_act_on_whom() {
         let me = UserId::new();
-        let user = Caller::User { id: me, role: Role::User };
+        let user = Caller::User {
+            id: me,
+            role: Role::User,
+        };
         assert!(user.require_self_or_admin(me).is_ok());
-        assert!(matches!(user.require_self_or_admin(UserId::new()), Err(ApiError::Forbidden(_))));
+        assert!(matches!(
+            user.require_self_or_admin(UserId::new()),
+            Err(ApiError::Forbidden(_))
+        ));
         assert!(matches!(user.require_admin(), Err(ApiError::Forbidden(_))));
-        assert!(matches!(Caller::Guest.require_admin(), Err(ApiError::Unauthenticated(_))));
-        let admin = Caller::User { id: me, role: Role::Admin };
+        assert!(matches!(
+            Caller::Guest.require_admin(),
+            Err(ApiError::Unauthenticated(_))
+        ));
+        let admin = Caller::User {
+            id: me,
+            role: Role::Admin,
+        };
         assert!(admin.require_admin().is_ok());
         assert!(admin.require_self_or_admin(UserId::new()).is_ok());
     }

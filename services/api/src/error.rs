@@ -17,7 +17,10 @@ pub const RETRY_AFTER_SECS: u64 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{detail}")]
-    BadRequest { field: Option<&'static str>, detail: String },
+    BadRequest {
+        field: Option<&'static str>,
+        detail: String,
+    },
     #[error("{0}")]
     Unauthenticated(String),
     #[error("{0}")]
@@ -95,9 +98,18 @@ impl From<tonic::Status> for ApiError {
 }
 
 fn known_field(field: &str) -> Option<&'static str> {
-    ["email", "name", "password", "role", "id", "page_size", "page_token", "idempotency_key"]
-        .into_iter()
-        .find(|known| *known == field)
+    [
+        "email",
+        "name",
+        "password",
+        "role",
+        "id",
+        "page_size",
+        "page_token",
+        "idempotency_key",
+    ]
+    .into_iter()
+    .find(|known| *known == field)
 }
 
 impl From<JsonRejection> for ApiError {
@@ -108,12 +120,14 @@ impl From<JsonRejection> for ApiError {
                 ApiError::UnsupportedMediaType("the request body must be JSON (Content-Type: application/json)".into())
             }
             _ => match rejection {
-                JsonRejection::JsonSyntaxError(error) => {
-                    ApiError::bad_request(format!("the request body is not valid JSON: {}", error.body_text_source()))
-                }
-                JsonRejection::JsonDataError(error) => {
-                    ApiError::bad_request(format!("the request body does not match the schema: {}", error.body_text_source()))
-                }
+                JsonRejection::JsonSyntaxError(error) => ApiError::bad_request(format!(
+                    "the request body is not valid JSON: {}",
+                    error.body_text_source()
+                )),
+                JsonRejection::JsonDataError(error) => ApiError::bad_request(format!(
+                    "the request body does not match the schema: {}",
+                    error.body_text_source()
+                )),
                 other => ApiError::bad_request(other.body_text()),
             },
         }
@@ -192,7 +206,10 @@ impl IntoResponse for ApiError {
         };
         let mut response = (status, Json(problem)).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         match status {
             StatusCode::SERVICE_UNAVAILABLE => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));

@@ -73,13 +73,17 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .route("/v1/users", post(users::register).get(users::list_users))
         .route(
             "/v1/users/{id}",
-            get(users::get_user).patch(users::update_user).delete(users::delete_user),
+            get(users::get_user)
+                .patch(users::update_user)
+                .delete(users::delete_user),
         )
         .route("/v1/auth/login", post(users::login))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
-        .layer(axum::middleware::from_fn(move |request, next| extract::deadline(budget, request, next)))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            extract::deadline(budget, request, next)
+        }))
         .layer(HttpServerLayer::new(route_of));
     // Probes stay out of the traces.
     Router::new()
@@ -95,7 +99,11 @@ fn route_of(extensions: &Extensions) -> Option<String> {
 
 /// Serves the API on `listener` until `shutdown` resolves; in-flight
 /// requests drain first.
-pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let state = AppState::new(&config)?;
     let app = router(state, &config);
     tracing::info!(addr = %listener.local_addr()?, user_service = %config.user_service_url, "api listening");
@@ -116,7 +124,9 @@ async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError>
     });
     request.set_timeout(Duration::from_secs(1));
     match health.check(request).await {
-        Ok(response) if response.get_ref().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 => {
+        Ok(response)
+            if response.get_ref().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 =>
+        {
             Ok("ready")
         }
         _ => Err(ApiError::Unavailable("the user service is not serving".into())),
@@ -135,14 +145,29 @@ async fn not_found() -> ApiError {
 /// tool the image does not ship.
 pub async fn healthcheck(addr: SocketAddr) -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
-    let mut stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect((host.as_str(), addr.port()))).await??;
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        addr.ip().to_string()
+    };
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect((host.as_str(), addr.port())),
+    )
+    .await??;
     stream
         .write_all(format!("GET /readyz HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
         .await?;
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer)).await??;
-    let status_line = String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_owned();
-    anyhow::ensure!(status_line.contains(&format!(" {} ", StatusCode::OK.as_u16())), "not ready: {status_line}");
+    let status_line = String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    anyhow::ensure!(
+        status_line.contains(&format!(" {} ", StatusCode::OK.as_u16())),
+        "not ready: {status_line}"
+    );
     Ok(())
 }

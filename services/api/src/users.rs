@@ -155,7 +155,11 @@ pub async fn register(
     let response = state.users.clone().create_user(request).await?.into_inner();
     let user = present(response.user)?;
     let location = format!("/v1/users/{}", user.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(UserBody::from(user))))
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(UserBody::from(user)),
+    ))
 }
 
 /// Exchange email and password for a bearer token.
@@ -239,7 +243,9 @@ pub async fn update_user(
         return Err(ApiError::Forbidden("only an administrator may change a role".into()));
     }
     if email.is_none() && name.is_none() && password.is_none() && role.is_none() {
-        return Err(ApiError::bad_request("nothing to update: give email, name, password or role"));
+        return Err(ApiError::bad_request(
+            "nothing to update: give email, name, password or role",
+        ));
     }
     let request = deadline.grpc(UpdateUserRequest {
         id: id.to_string(),

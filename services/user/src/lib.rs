@@ -30,7 +30,11 @@ pub use service::UserGrpc;
 
 /// Connects, migrates, creates the configured administrator, and serves on
 /// `listener` until `shutdown` resolves; in-flight calls drain first.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let pool = connect(&config).await?;
     if let Some((email, password)) = &config.admin {
         ensure_admin(&pool, email, password).await?;
@@ -52,7 +56,10 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
     // own migrations: ignore those of the other.
     let mut migrator = sqlx::migrate!("./migrations");
     migrator.set_ignore_missing(true);
-    migrator.run(&pool).await.context("running the user service's migrations failed")?;
+    migrator
+        .run(&pool)
+        .await
+        .context("running the user service's migrations failed")?;
     Ok(pool)
 }
 
@@ -72,7 +79,11 @@ async fn ensure_admin(pool: &PgPool, email: &str, password: &str) -> anyhow::Res
 }
 
 /// Serves `user.v1.UserService`, gRPC health and reflection on `listener`.
-pub async fn serve(listener: TcpListener, pool: PgPool, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    pool: PgPool,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<UserServiceServer<UserGrpc>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -96,7 +107,11 @@ pub async fn serve(listener: TcpListener, pool: PgPool, shutdown: impl Future<Ou
 /// container health check, which needs no tool the image does not ship.
 pub async fn healthcheck(addr: SocketAddr) -> anyhow::Result<()> {
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
-    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        addr.ip().to_string()
+    };
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{host}:{}", addr.port()))?
         .connect_timeout(std::time::Duration::from_secs(2))
         .connect()

@@ -151,7 +151,9 @@ impl UserGrpc {
         };
         let after = match request.page_token.as_str() {
             "" => None,
-            token => Some(UserId::parse(token).map_err(|_| Invalid::new("page_token", "is not a token this service gave"))?),
+            token => {
+                Some(UserId::parse(token).map_err(|_| Invalid::new("page_token", "is not a token this service gave"))?)
+            }
         };
         let mut conn = self.pool.acquire().await?;
         // One more than asked tells whether another page follows.

@@ -59,13 +59,18 @@ pub async fn ensure_admin(conn: &mut PgConnection, user: &NewUser) -> Result<boo
         .bind(user.name.as_str())
         .bind(&user.password_hash)
         .execute(conn);
-    Ok(db::traced(db::span("INSERT", "users", INSERT_ADMIN), query).await?.rows_affected() == 1)
+    Ok(db::traced(db::span("INSERT", "users", INSERT_ADMIN), query)
+        .await?
+        .rows_affected()
+        == 1)
 }
 
 const SELECT_USER: &str = "SELECT id, email, name, role, created_at, updated_at FROM users WHERE id = $1";
 
 pub async fn get_user(conn: &mut PgConnection, id: UserId) -> Result<UserRow, UserError> {
-    let query = sqlx::query_as::<_, UserRow>(SELECT_USER).bind(id.as_uuid()).fetch_optional(conn);
+    let query = sqlx::query_as::<_, UserRow>(SELECT_USER)
+        .bind(id.as_uuid())
+        .fetch_optional(conn);
     db::traced(db::span("SELECT", "users", SELECT_USER), query)
         .await?
         .ok_or(UserError::NotFound(id))
@@ -81,7 +86,9 @@ pub async fn get_credentials(conn: &mut PgConnection, email: &str) -> Result<Opt
         user: UserRow,
         password_hash: String,
     }
-    let query = sqlx::query_as::<_, Row>(SELECT_CREDENTIALS).bind(email).fetch_optional(conn);
+    let query = sqlx::query_as::<_, Row>(SELECT_CREDENTIALS)
+        .bind(email)
+        .fetch_optional(conn);
     let row = db::traced(db::span("SELECT", "users", SELECT_CREDENTIALS), query).await?;
     Ok(row.map(|row| (row.user, row.password_hash)))
 }
@@ -106,7 +113,9 @@ pub async fn update_user(conn: &mut PgConnection, id: UserId, changes: &UserChan
 const DELETE_USER: &str = "DELETE FROM users WHERE id = $1 RETURNING id, email, name, role, created_at, updated_at";
 
 pub async fn delete_user(conn: &mut PgConnection, id: UserId) -> Result<UserRow, UserError> {
-    let query = sqlx::query_as::<_, UserRow>(DELETE_USER).bind(id.as_uuid()).fetch_optional(conn);
+    let query = sqlx::query_as::<_, UserRow>(DELETE_USER)
+        .bind(id.as_uuid())
+        .fetch_optional(conn);
     db::traced(db::span("DELETE", "users", DELETE_USER), query)
         .await?
         .ok_or(UserError::NotFound(id))
@@ -139,8 +148,16 @@ pub async fn claim_key(
     key: &str,
     fingerprint: &str,
 ) -> Result<Option<Vec<u8>>, UserError> {
-    let claim = sqlx::query(CLAIM_KEY).bind(scope).bind(key).bind(fingerprint).execute(&mut *conn);
-    if db::traced(db::span("INSERT", "idempotency_keys", CLAIM_KEY), claim).await?.rows_affected() == 1 {
+    let claim = sqlx::query(CLAIM_KEY)
+        .bind(scope)
+        .bind(key)
+        .bind(fingerprint)
+        .execute(&mut *conn);
+    if db::traced(db::span("INSERT", "idempotency_keys", CLAIM_KEY), claim)
+        .await?
+        .rows_affected()
+        == 1
+    {
         return Ok(None);
     }
     let select = sqlx::query_as::<_, (String, Option<Vec<u8>>)>(SELECT_KEY)
@@ -160,7 +177,11 @@ pub async fn claim_key(
 
 /// Stores the response of a write under its key, in the write's transaction.
 pub async fn complete_key(conn: &mut PgConnection, scope: &str, key: &str, response: &[u8]) -> Result<(), UserError> {
-    let query = sqlx::query(COMPLETE_KEY).bind(scope).bind(key).bind(response).execute(conn);
+    let query = sqlx::query(COMPLETE_KEY)
+        .bind(scope)
+        .bind(key)
+        .bind(response)
+        .execute(conn);
     db::traced(db::span("UPDATE", "idempotency_keys", COMPLETE_KEY), query).await?;
     Ok(())
 }

@@ -212,7 +212,16 @@ mod tests {
 
     #[test]
     fn email_rejects_what_is_not_an_address_and_names_the_field() {
-        for bad in ["", "ada", "ada@", "@example.com", "ada@example", "a b@example.com", "ada@@example.com", "ada@example..com"] {
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@example",
+            "a b@example.com",
+            "ada@@example.com",
+            "ada@example..com",
+        ] {
             let error = Email::parse(bad).unwrap_err();
             assert_eq!(error.field, "email", "{bad:?}");
         }
@@ -224,7 +233,10 @@ mod tests {
         assert!(Password::parse("1234567").is_err());
         assert!(Password::parse("12345678").is_ok());
         assert!(Password::parse(&"x".repeat(129)).is_err());
-        assert_eq!(Password::parse("short").unwrap_err().to_string(), "password: must be at least 8 characters");
+        assert_eq!(
+            Password::parse("short").unwrap_err().to_string(),
+            "password: must be at least 8 characters"
+        );
     }
 
     #[test]

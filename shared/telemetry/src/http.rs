@@ -91,7 +91,8 @@ where
                 if status.is_server_error() {
                     span.record("otel.status_code", "ERROR");
                 }
-                if let Some(value) = crate::propagation::traceparent(&span).and_then(|v| HeaderValue::from_str(&v).ok()) {
+                if let Some(value) = crate::propagation::traceparent(&span).and_then(|v| HeaderValue::from_str(&v).ok())
+                {
                     response.headers_mut().insert("traceparent", value);
                 }
                 tracing::info!(status = status.as_u16(), "request finished");

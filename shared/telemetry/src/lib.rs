@@ -130,7 +130,9 @@ where
 {
     install_propagator();
 
-    let resource = Resource::builder().with_service_name(config.service_name.clone()).build();
+    let resource = Resource::builder()
+        .with_service_name(config.service_name.clone())
+        .build();
     let mut provider = SdkTracerProvider::builder().with_resource(resource);
     if let Some(endpoint) = &config.otlp_endpoint {
         let exporter = opentelemetry_otlp::SpanExporter::builder()

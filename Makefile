@@ -1,0 +1,37 @@
+# callchain: every command a user or CI runs. `make help` lists them.
+
+SHELL := bash
+# Tools installed by `make tools` (tansu) live in cargo's own bin directory.
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+# cargo-nextest runs each test in its own process; plain cargo test works too.
+TEST_RUNNER ?= $(shell command -v cargo-nextest >/dev/null 2>&1 && echo "cargo nextest run --no-fail-fast" || echo "cargo test --no-fail-fast")
+
+.DEFAULT_GOAL := help
+.PHONY: help tools postgres build test lint fmt ci dev dev-down bench
+
+help: ## List the commands
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+tools: ## Install what the tests need when missing (tansu, docker-compose)
+	@scripts/install-tools.sh
+
+postgres: ## Start the machine's Postgres and create the callchain role and database
+	@scripts/ensure-postgres.sh
+
+build: ## Build the three service binaries (release), the same way the Dockerfile does
+	scripts/build-services.sh
+
+test: tools postgres ## Run every test against real parts (tansu, Postgres, an OTLP receiver)
+	$(TEST_RUNNER) --workspace
+
+lint: ## cargo fmt --check and clippy with warnings denied
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code
+	cargo fmt --all
+
+ci: lint test ## What CI runs
+
+include mk/stack.mk

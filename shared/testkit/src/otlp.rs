@@ -1,0 +1,147 @@
+//! An OTLP/gRPC receiver inside the test: the collector's `TraceService` on a
+//! port-0 listener, keeping every span it is sent.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
+    common::v1::{AnyValue, KeyValue, any_value::Value},
+};
+use tonic::{Request, Response, Status};
+
+use crate::spans::{SpanKind, SpanRecord};
+
+/// Spans received so far.
+#[derive(Clone, Default)]
+struct Collected(Arc<Mutex<Vec<SpanRecord>>>);
+
+#[tonic::async_trait]
+impl TraceService for Collected {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let mut spans = Vec::new();
+        for resource_spans in request.into_inner().resource_spans {
+            let service = resource_spans
+                .resource
+                .as_ref()
+                .and_then(|resource| resource.attributes.iter().find(|kv| kv.key == "service.name"))
+                .and_then(|kv| kv.value.as_ref())
+                .map(render)
+                .unwrap_or_default();
+            for scope_spans in resource_spans.scope_spans {
+                for span in scope_spans.spans {
+                    spans.push(SpanRecord {
+                        trace_id: hex(&span.trace_id),
+                        span_id: hex(&span.span_id),
+                        parent_span_id: (!span.parent_span_id.is_empty()).then(|| hex(&span.parent_span_id)),
+                        name: span.name,
+                        kind: match span.kind {
+                            2 => SpanKind::Server,
+                            3 => SpanKind::Client,
+                            4 => SpanKind::Producer,
+                            5 => SpanKind::Consumer,
+                            _ => SpanKind::Internal,
+                        },
+                        service: service.clone(),
+                        attributes: attributes(&span.attributes),
+                        links: span.links.iter().map(|link| hex(&link.span_id)).collect(),
+                    });
+                }
+            }
+        }
+        self.0.lock().expect("span store").extend(spans);
+        Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn render(value: &AnyValue) -> String {
+    match &value.value {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
+}
+
+fn attributes(kvs: &[KeyValue]) -> std::collections::BTreeMap<String, String> {
+    kvs.iter()
+        .map(|kv| (kv.key.clone(), kv.value.as_ref().map(render).unwrap_or_default()))
+        .collect()
+}
+
+/// A running receiver. Point `OTEL_EXPORTER_OTLP_ENDPOINT` at [`Self::endpoint`].
+pub struct OtlpReceiver {
+    addr: SocketAddr,
+    spans: Collected,
+}
+
+impl OtlpReceiver {
+    /// Starts serving on `127.0.0.1:0` on the current runtime.
+    pub async fn start() -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let spans = Collected::default();
+        let service = TraceServiceServer::new(spans.clone());
+        tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            if let Err(error) = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await
+            {
+                eprintln!("OTLP receiver stopped: {error}");
+            }
+        });
+        Ok(Self { addr, spans })
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<SpanRecord> {
+        self.spans.0.lock().expect("span store").clone()
+    }
+
+    /// The spans of one trace.
+    pub fn trace(&self, trace_id: &str) -> Vec<SpanRecord> {
+        self.spans()
+            .into_iter()
+            .filter(|span| span.trace_id == trace_id)
+            .collect()
+    }
+
+    /// Waits until the spans of `trace_id` satisfy `done`, up to `timeout`;
+    /// returns them either way, for the test to assert on.
+    pub async fn wait_for_trace(
+        &self,
+        trace_id: &str,
+        timeout: Duration,
+        done: impl Fn(&[SpanRecord]) -> bool,
+    ) -> Vec<SpanRecord> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let spans = self.trace(trace_id);
+            if done(&spans) || tokio::time::Instant::now() >= deadline {
+                return spans;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

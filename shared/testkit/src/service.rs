@@ -1,0 +1,171 @@
+//! One service, in process, as if it were its own process: its own Tokio
+//! runtime, whose threads log and trace through the service's own telemetry
+//! (its `service.name`, its log buffer), on a port-0 listener.
+
+use std::{
+    future::Future,
+    io::Write,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use callchain_telemetry::{TelemetryConfig, TelemetryGuard};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+/// The JSON log lines a service wrote.
+#[derive(Clone, Default)]
+pub struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuffer {
+    /// The raw text, one JSON object per line.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
+    }
+
+    /// Every line, parsed. Panics on a line that is not JSON: that is a bug.
+    pub fn lines(&self) -> Vec<Value> {
+        self.text()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}")))
+            .collect()
+    }
+
+    /// The lines that carry `trace_id`.
+    pub fn lines_of_trace(&self, trace_id: &str) -> Vec<Value> {
+        self.lines()
+            .into_iter()
+            .filter(|line| line["trace_id"] == trace_id)
+            .collect()
+    }
+}
+
+/// A running service. Dropping it stops it abruptly.
+pub struct ServiceHandle {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    pub logs: LogBuffer,
+    runtime: Option<tokio::runtime::Runtime>,
+    shutdown: Option<oneshot::Sender<()>>,
+    finished: Option<oneshot::Receiver<anyhow::Result<()>>>,
+    telemetry: Option<Arc<TelemetryGuard>>,
+}
+
+impl ServiceHandle {
+    /// Starts `serve(listener, shutdown)` for `name` on a runtime of its own.
+    /// The telemetry exporter runs on the caller's runtime (it must outlive
+    /// the services' runtimes to flush their last spans).
+    pub fn spawn<F, Fut>(name: &'static str, otlp_endpoint: Option<String>, serve: F) -> anyhow::Result<Self>
+    where
+        F: FnOnce(tokio::net::TcpListener, oneshot::Receiver<()>) -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let logs = LogBuffer::default();
+        let writer = logs.clone();
+        let mut config = TelemetryConfig::new(name, otlp_endpoint);
+        config.log_filter = "info,sqlx=warn,h2=warn,tower=warn,hyper=warn".to_owned();
+        let (dispatch, telemetry) = callchain_telemetry::build(&config, move || writer.clone())?;
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(name)
+            .enable_all()
+            .on_thread_start(move || {
+                // Every thread of this runtime reports as this service, for
+                // its whole life.
+                std::mem::forget(tracing::dispatcher::set_default(&dispatch));
+            })
+            .build()?;
+
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let (shutdown_tx, shutdown_rx) = oneshot::channel();
+        let (finished_tx, finished_rx) = oneshot::channel();
+        runtime.spawn(async move {
+            let result = match tokio::net::TcpListener::from_std(std_listener) {
+                Ok(listener) => serve(listener, shutdown_rx).await,
+                Err(error) => Err(error.into()),
+            };
+            if let Err(error) = &result {
+                tracing::error!(error = %format!("{error:#}"), "service failed");
+            }
+            let _ = finished_tx.send(result);
+        });
+        Ok(Self {
+            name,
+            addr,
+            logs,
+            runtime: Some(runtime),
+            shutdown: Some(shutdown_tx),
+            finished: Some(finished_rx),
+            telemetry: Some(Arc::new(telemetry)),
+        })
+    }
+
+    /// Exports every span the service has finished. Blocks a blocking-pool
+    /// thread, not the caller's runtime.
+    pub async fn flush(&self) {
+        if let Some(telemetry) = self.telemetry.clone() {
+            let _ = tokio::task::spawn_blocking(move || telemetry.flush()).await;
+        }
+    }
+
+    /// Whether the service's task has ended (it failed or was stopped).
+    pub fn has_exited(&mut self) -> bool {
+        match &mut self.finished {
+            Some(finished) => !matches!(finished.try_recv(), Err(oneshot::error::TryRecvError::Empty)),
+            None => true,
+        }
+    }
+
+    /// Graceful stop: signals shutdown, waits for in-flight work to drain,
+    /// and flushes telemetry. Returns how the service ended.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        let result = match self.finished.take() {
+            Some(finished) => tokio::time::timeout(Duration::from_secs(15), finished)
+                .await
+                .map_err(|_| anyhow::anyhow!("{} did not stop within 15 s", self.name))?
+                .unwrap_or(Ok(())),
+            None => Ok(()),
+        };
+        if let Some(telemetry) = self.telemetry.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(telemetry)).await;
+        }
+        result
+    }
+
+    /// Abrupt stop, as a crash: every task is dropped where it stands.
+    pub fn kill(mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for ServiceHandle {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+        // The guard's drop flushes spans; it blocks, so not on a runtime thread.
+        if let Some(telemetry) = self.telemetry.take() {
+            let _ = std::thread::spawn(move || drop(telemetry)).join();
+        }
+    }
+}

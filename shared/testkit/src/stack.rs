@@ -1,0 +1,166 @@
+//! The services wired together on real parts, for one test: a fresh
+//! database, the OTLP receiver, the user service and the API.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde_json::{Value, json};
+
+use crate::{otlp::OtlpReceiver, postgres::TestDatabase, service::ServiceHandle};
+
+/// The administrator every test stack starts with.
+pub const ADMIN_EMAIL: &str = "admin@callchain.test";
+pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
+/// The token signing key of test stacks.
+pub const JWT_SECRET: &str = "callchain-test-secret-0123456789abcdef";
+
+pub struct Stack {
+    pub db: TestDatabase,
+    pub otlp: OtlpReceiver,
+    pub user: ServiceHandle,
+    pub api: ServiceHandle,
+    pub http: reqwest::Client,
+}
+
+impl Stack {
+    /// Starts everything and waits until the API is ready.
+    pub async fn start() -> anyhow::Result<Self> {
+        let db = TestDatabase::create().await?;
+        let otlp = OtlpReceiver::start().await?;
+
+        let user_config = callchain_user::Config {
+            listen_addr: "127.0.0.1:0".parse()?,
+            database_url: db.url().to_owned(),
+            max_connections: 5,
+            admin: Some((ADMIN_EMAIL.to_owned(), ADMIN_PASSWORD.to_owned())),
+        };
+        let mut user = ServiceHandle::spawn("user", Some(otlp.endpoint()), move |listener, shutdown| {
+            callchain_user::run(user_config, listener, async move {
+                let _ = shutdown.await;
+            })
+        })?;
+        let user_addr = user.addr;
+        wait_until(&mut user, || callchain_user::healthcheck(user_addr)).await?;
+
+        let api_config = callchain_api::Config::for_tests(format!("http://{}", user.addr), JWT_SECRET.to_owned());
+        let mut api = ServiceHandle::spawn("api", Some(otlp.endpoint()), move |listener, shutdown| {
+            callchain_api::run(api_config, listener, async move {
+                let _ = shutdown.await;
+            })
+        })?;
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+        let ready = format!("http://{}/readyz", api.addr);
+        let probe = http.clone();
+        wait_until(&mut api, || {
+            let (probe, ready) = (probe.clone(), ready.clone());
+            async move {
+                let response = probe.get(ready).send().await?;
+                anyhow::ensure!(response.status().is_success(), "not ready: {}", response.status());
+                Ok(())
+            }
+        })
+        .await?;
+
+        Ok(Self {
+            db,
+            otlp,
+            user,
+            api,
+            http,
+        })
+    }
+
+    /// The URL of `path` on the API.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.api.addr)
+    }
+
+    /// Exports every finished span of every service.
+    pub async fn flush(&self) {
+        self.user.flush().await;
+        self.api.flush().await;
+    }
+
+    /// Registers a user through the API; panics unless it answers 201.
+    pub async fn register(&self, email: &str, password: &str) -> Value {
+        let response = self
+            .http
+            .post(self.url("/v1/users"))
+            .json(&json!({ "email": email, "name": "Test User", "password": password }))
+            .send()
+            .await
+            .expect("POST /v1/users");
+        assert_eq!(
+            response.status(),
+            201,
+            "registering {email}: {}",
+            response.text().await.unwrap_or_default()
+        );
+        response.json().await.expect("a user body")
+    }
+
+    /// Logs in through the API and returns the bearer token.
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let response = self
+            .http
+            .post(self.url("/v1/auth/login"))
+            .json(&json!({ "email": email, "password": password }))
+            .send()
+            .await
+            .expect("POST /v1/auth/login");
+        assert_eq!(
+            response.status(),
+            200,
+            "logging in {email}: {}",
+            response.text().await.unwrap_or_default()
+        );
+        let body: Value = response.json().await.expect("a token body");
+        body["access_token"].as_str().expect("access_token").to_owned()
+    }
+
+    pub async fn admin_token(&self) -> String {
+        self.login(ADMIN_EMAIL, ADMIN_PASSWORD).await
+    }
+
+    /// Every JSON log line of every service, as text (for greps).
+    pub fn all_logs(&self) -> String {
+        [&self.user, &self.api]
+            .iter()
+            .map(|service| service.logs.text())
+            .collect()
+    }
+
+    /// How many users the database holds.
+    pub async fn user_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM users")
+            .fetch_one(self.db.pool())
+            .await
+            .expect("counting users")
+    }
+}
+
+/// Polls `probe` until it succeeds, for up to 30 s; fails early, with the
+/// service's logs, if the service exits.
+pub async fn wait_until<F, Fut>(service: &mut ServiceHandle, mut probe: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let error = match probe().await {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        if service.has_exited() || tokio::time::Instant::now() >= deadline {
+            return Err(error).with_context(|| {
+                format!(
+                    "{} did not become ready; its logs:\n{}",
+                    service.name,
+                    service.logs.text()
+                )
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,211 @@
+//! One request, one trace: the spans exported over OTLP and the JSON log
+//! lines of both services carry the same trace id.
+
+use std::time::Duration;
+
+use callchain_testkit::spans::{SpanKind, SpanRecord, Trace};
+use serde_json::json;
+
+use crate::helpers::{PASSWORD, email, stack};
+
+fn trace_id_of(traceparent: &str) -> String {
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "traceparent {traceparent:?}");
+    parts[1].to_owned()
+}
+
+fn has_chain(spans: &[SpanRecord]) -> bool {
+    ["POST /v1/users", "user.v1.UserService/CreateUser", "INSERT users"]
+        .iter()
+        .all(|name| spans.iter().any(|s| s.name == *name))
+        && spans
+            .iter()
+            .filter(|s| s.name == "user.v1.UserService/CreateUser")
+            .count()
+            == 2
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn register_yields_one_trace_across_api_and_user_with_the_right_shape() {
+    let stack = stack().await;
+    let response = stack
+        .http
+        .post(stack.url("/v1/users"))
+        .json(&json!({ "email": email("traced"), "name": "Traced", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let traceparent = response.headers()["traceparent"].to_str().unwrap().to_owned();
+    let trace_id = trace_id_of(&traceparent);
+
+    stack.flush().await;
+    let spans = stack
+        .otlp
+        .wait_for_trace(&trace_id, Duration::from_secs(10), has_chain)
+        .await;
+    let trace = Trace(&spans);
+
+    let http = trace.span("api", "POST /v1/users", SpanKind::Server);
+    let client = trace.span("api", "user.v1.UserService/CreateUser", SpanKind::Client);
+    let server = trace.span("user", "user.v1.UserService/CreateUser", SpanKind::Server);
+    let insert = trace.span("user", "INSERT users", SpanKind::Client);
+
+    assert_eq!(http.parent_span_id, None, "the API span is the root:\n{}", trace.draw());
+    trace.assert_parent(client, http);
+    trace.assert_parent(server, client);
+    trace.assert_parent(insert, server);
+    // The response's traceparent names the server span.
+    assert!(traceparent.contains(&http.span_id));
+
+    assert_eq!(http.attribute("http.request.method"), Some("POST"));
+    assert_eq!(http.attribute("http.route"), Some("/v1/users"));
+    assert_eq!(http.attribute("http.response.status_code"), Some("201"));
+    for span in [client, server] {
+        assert_eq!(span.attribute("rpc.system"), Some("grpc"), "{span:?}");
+        assert_eq!(span.attribute("rpc.service"), Some("user.v1.UserService"));
+        assert_eq!(span.attribute("rpc.method"), Some("CreateUser"));
+        assert_eq!(span.attribute("rpc.grpc.status_code"), Some("0"));
+    }
+    assert_eq!(insert.attribute("db.system.name"), Some("postgresql"));
+    assert_eq!(insert.attribute("db.operation.name"), Some("INSERT"));
+    assert_eq!(insert.attribute("db.collection.name"), Some("users"));
+    let query = insert.attribute("db.query.text").unwrap();
+    assert!(
+        query.starts_with("INSERT INTO users") && query.contains("$1"),
+        "{query}"
+    );
+
+    // `grep <trace-id>` over both services' logs finds the request.
+    for service in [&stack.api, &stack.user] {
+        let lines = service.logs.lines_of_trace(&trace_id);
+        assert!(
+            !lines.is_empty(),
+            "no log line of {} carries {trace_id}:\n{}",
+            service.name,
+            service.logs.text()
+        );
+        for line in &lines {
+            assert_eq!(line["service"], service.name);
+            for key in ["timestamp", "level", "target", "message", "span_id"] {
+                assert!(line.get(key).is_some(), "{key} missing from {line}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_incoming_traceparent_is_continued() {
+    let stack = stack().await;
+    let parent_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let response = stack
+        .http
+        .post(stack.url("/v1/users"))
+        .header("traceparent", format!("00-{parent_trace}-00f067aa0ba902b7-01"))
+        .json(&json!({ "email": email("continued"), "name": "Continued", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let traceparent = response.headers()["traceparent"].to_str().unwrap();
+    assert_eq!(trace_id_of(traceparent), parent_trace);
+
+    stack.flush().await;
+    let spans = stack
+        .otlp
+        .wait_for_trace(parent_trace, Duration::from_secs(10), has_chain)
+        .await;
+    let trace = Trace(&spans);
+    let http = trace.span("api", "POST /v1/users", SpanKind::Server);
+    assert_eq!(http.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
+    trace.span("user", "INSERT users", SpanKind::Client);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_call_is_traced_with_its_grpc_status() {
+    let stack = stack().await;
+    let address = email("twice");
+    stack.register(&address, PASSWORD).await;
+    let response = stack
+        .http
+        .post(stack.url("/v1/users"))
+        .json(&json!({ "email": address, "name": "Twice", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 409);
+    let problem: serde_json::Value = response.json().await.unwrap();
+    let trace_id = problem["trace_id"]
+        .as_str()
+        .expect("a problem names its trace")
+        .to_owned();
+
+    stack.flush().await;
+    let spans = stack
+        .otlp
+        .wait_for_trace(&trace_id, Duration::from_secs(10), |spans| {
+            spans
+                .iter()
+                .filter(|s| s.name == "user.v1.UserService/CreateUser")
+                .count()
+                == 2
+        })
+        .await;
+    let trace = Trace(&spans);
+    let http = trace.span("api", "POST /v1/users", SpanKind::Server);
+    assert_eq!(http.attribute("http.response.status_code"), Some("409"));
+    let server = trace.span("user", "user.v1.UserService/CreateUser", SpanKind::Server);
+    assert_eq!(server.attribute("rpc.grpc.status_code"), Some("6"), "ALREADY_EXISTS");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_password_or_hash_reaches_a_log_or_a_response() {
+    let stack = stack().await;
+    let address = email("secret");
+    let secret = "a very secret passphrase 42";
+    let created = stack
+        .http
+        .post(stack.url("/v1/users"))
+        .json(&json!({ "email": address, "name": "Secret", "password": secret }))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let token = stack.login(&address, secret).await;
+    let login_again = stack
+        .http
+        .post(stack.url("/v1/auth/login"))
+        .json(&json!({ "email": address, "password": secret }))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let wrong = stack
+        .http
+        .post(stack.url("/v1/auth/login"))
+        .json(&json!({ "email": address, "password": format!("{secret}!") }))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!token.is_empty());
+
+    let hash: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE email = $1")
+        .bind(&address)
+        .fetch_one(stack.db.pool())
+        .await
+        .unwrap();
+    let logs = stack.all_logs();
+    assert!(!logs.is_empty());
+    for text in [&logs, &created, &login_again, &wrong] {
+        assert!(!text.contains(secret), "the password leaked: {text}");
+        assert!(!text.contains(&hash), "the hash leaked: {text}");
+        assert!(!text.contains("$argon2"), "a hash leaked: {text}");
+    }
+}
