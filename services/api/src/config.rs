@@ -12,6 +12,8 @@ pub const ENV_VARS: &[&str] = &[
     "JWT_TTL_SECONDS",
     "REQUEST_TIMEOUT_MS",
     "MAX_BODY_BYTES",
+    "KAFKA_BROKERS",
+    "KAFKA_PUBLISH_TIMEOUT_MS",
 ];
 
 /// The variables without which a release build does not start.
@@ -37,6 +39,11 @@ pub struct Config {
     pub request_timeout: Duration,
     /// `MAX_BODY_BYTES`, default 16384.
     pub max_body_bytes: usize,
+    /// `KAFKA_BROKERS`, default `127.0.0.1:9092`.
+    pub kafka_brokers: String,
+    /// `KAFKA_PUBLISH_TIMEOUT_MS`, default 5000: how long a write waits for
+    /// the broker to acknowledge its event before answering 503.
+    pub publish_timeout: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -48,6 +55,8 @@ impl std::fmt::Debug for Config {
             .field("jwt_ttl", &self.jwt_ttl)
             .field("request_timeout", &self.request_timeout)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("kafka_brokers", &self.kafka_brokers)
+            .field("publish_timeout", &self.publish_timeout)
             .finish()
     }
 }
@@ -85,11 +94,13 @@ impl Config {
             jwt_ttl: Duration::from_secs(number("JWT_TTL_SECONDS", 3600)?),
             request_timeout: Duration::from_millis(number("REQUEST_TIMEOUT_MS", 10_000)?),
             max_body_bytes: number("MAX_BODY_BYTES", 16 * 1024)?,
+            kafka_brokers: var("KAFKA_BROKERS").unwrap_or_else(|| "127.0.0.1:9092".to_owned()),
+            publish_timeout: Duration::from_millis(number("KAFKA_PUBLISH_TIMEOUT_MS", 5_000)?),
         })
     }
 
-    /// Defaults for tests: the given user service, a fixed test key.
-    pub fn for_tests(user_service_url: String, jwt_secret: String) -> Self {
+    /// Defaults for tests: the given user service and broker, a fixed test key.
+    pub fn for_tests(user_service_url: String, kafka_brokers: String, jwt_secret: String) -> Self {
         Self {
             listen_addr: "127.0.0.1:0".parse().expect("a valid address"),
             user_service_url,
@@ -97,6 +108,8 @@ impl Config {
             jwt_ttl: Duration::from_secs(3600),
             request_timeout: Duration::from_secs(10),
             max_body_bytes: 16 * 1024,
+            kafka_brokers,
+            publish_timeout: Duration::from_secs(3),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! - [`config`]: settings from the environment.
 //! - `users`: the handlers; bodies are parsed into domain types here.
 //! - `auth`: JWT bearer tokens and the roles.
+//! - `events`: the user events published to Kafka after each write.
 //! - `extract`: extractors that reject as problem+json, the request deadline,
 //!   the `Idempotency-Key` header.
 //! - `error`: the one error type, and the one gRPC → HTTP status mapping.
@@ -14,11 +15,12 @@
 mod auth;
 pub mod config;
 mod error;
+mod events;
 mod extract;
 mod openapi;
 mod users;
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -40,12 +42,13 @@ pub use auth::Keys;
 pub use config::Config;
 use error::ApiError;
 
-/// What every handler shares: one gRPC channel to the user service, the
-/// token keys.
+/// What every handler shares: one gRPC channel to the user service, one
+/// Kafka producer, the token keys.
 #[derive(Clone)]
 pub struct AppState {
     users: UserServiceClient<GrpcClient<Channel>>,
     health: tonic_health::pb::health_client::HealthClient<Channel>,
+    events: Arc<events::Publisher>,
     keys: Keys,
 }
 
@@ -61,6 +64,7 @@ impl AppState {
         Ok(Self {
             users: UserServiceClient::new(traced),
             health: tonic_health::pb::health_client::HealthClient::new(channel),
+            events: Arc::new(events::Publisher::new(&config.kafka_brokers, config.publish_timeout)?),
             keys: Keys::new(config.jwt_secret.as_bytes(), config.jwt_ttl),
         })
     }
@@ -106,7 +110,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let state = AppState::new(&config)?;
     let app = router(state, &config);
-    tracing::info!(addr = %listener.local_addr()?, user_service = %config.user_service_url, "api listening");
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        user_service = %config.user_service_url,
+        kafka = %config.kafka_brokers,
+        "api listening"
+    );
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     tracing::info!("api stopped");
     Ok(())
@@ -116,8 +125,12 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready when the user service answers its health check.
+/// Ready when the user service answers its health check and the broker its
+/// metadata request.
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    if !state.events.ready().await {
+        return Err(ApiError::Unavailable("the event broker is not reachable".into()));
+    }
     let mut health = state.health.clone();
     let mut request = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
         service: "user.v1.UserService".into(),

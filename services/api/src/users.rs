@@ -14,10 +14,13 @@ use callchain_proto::user::v1::{
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use callchain_events::EventType;
+
 use crate::{
     AppState,
     auth::Caller,
     error::{ApiError, Problem},
+    events::event_of,
     extract::{Deadline, IdempotencyKey, Json, Path, Query},
 };
 
@@ -97,14 +100,17 @@ pub struct ListQuery {
     pub page_token: Option<String>,
 }
 
+pub(crate) fn datetime(timestamp: Option<prost_types::Timestamp>) -> Option<chrono::DateTime<chrono::Utc>> {
+    timestamp.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.try_into().unwrap_or(0)))
+}
+
 fn rfc3339(timestamp: Option<prost_types::Timestamp>) -> String {
-    timestamp
-        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.try_into().unwrap_or(0)))
+    datetime(timestamp)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
         .unwrap_or_default()
 }
 
-fn role_name(role: i32) -> &'static str {
+pub(crate) fn role_name(role: i32) -> &'static str {
     match pb::Role::try_from(role) {
         Ok(pb::Role::Admin) => Role::Admin.as_str(),
         _ => Role::User.as_str(),
@@ -154,6 +160,8 @@ pub async fn register(
     })?;
     let response = state.users.clone().create_user(request).await?.into_inner();
     let user = present(response.user)?;
+    let event = event_of(EventType::UserCreated, &user, response.change.as_ref())?;
+    state.events.publish(&event, &deadline).await?;
     let location = format!("/v1/users/{}", user.id);
     Ok((
         StatusCode::CREATED,
@@ -223,6 +231,7 @@ pub async fn get_user(
         (status = 403, description = "Not allowed", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The email is taken", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A dependency is down; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn update_user(
     State(state): State<AppState>,
@@ -261,6 +270,8 @@ pub async fn update_user(
     })?;
     let response = state.users.clone().update_user(request).await?.into_inner();
     let user = present(response.user)?;
+    let event = event_of(EventType::UserUpdated, &user, response.change.as_ref())?;
+    state.events.publish(&event, &deadline).await?;
     Ok(Json(user.into()))
 }
 
@@ -273,6 +284,7 @@ pub async fn update_user(
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an administrator", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A dependency is down; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn delete_user(
     State(state): State<AppState>,
@@ -288,7 +300,9 @@ pub async fn delete_user(
         idempotency_key: key.unwrap_or_default(),
     })?;
     let response = state.users.clone().delete_user(request).await?.into_inner();
-    present(response.user)?;
+    let user = present(response.user)?;
+    let event = event_of(EventType::UserDeleted, &user, response.change.as_ref())?;
+    state.events.publish(&event, &deadline).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -10,12 +10,16 @@
 //!   gRPC metadata.
 //! - [`http`] and [`grpc`]: tower layers that open the server and client spans
 //!   and move the context across the wire, so no handler touches headers.
+//! - `kafka` (feature `kafka`): the same for Kafka message headers, and the
+//!   producer and consumer spans.
 //! - [`db`]: the client span of one database statement.
 //! - [`lifecycle`]: the shutdown signal every binary waits for.
 
 pub mod db;
 pub mod grpc;
 pub mod http;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod lifecycle;
 pub mod logs;
 pub mod propagation;

@@ -133,7 +133,7 @@ impl ServiceHandle {
 
     /// Graceful stop: signals shutdown, waits for in-flight work to drain,
     /// and flushes telemetry. Returns how the service ended.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
@@ -151,7 +151,7 @@ impl ServiceHandle {
     }
 
     /// Abrupt stop, as a crash: every task is dropped where it stands.
-    pub fn kill(mut self) {
+    pub fn kill(&mut self) {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde_json::{Value, json};
 
-use crate::{otlp::OtlpReceiver, postgres::TestDatabase, service::ServiceHandle};
+use crate::{kafka::Broker, otlp::OtlpReceiver, postgres::TestDatabase, service::ServiceHandle};
 
 /// The administrator every test stack starts with.
 pub const ADMIN_EMAIL: &str = "admin@callchain.test";
@@ -17,6 +17,7 @@ pub const JWT_SECRET: &str = "callchain-test-secret-0123456789abcdef";
 pub struct Stack {
     pub db: TestDatabase,
     pub otlp: OtlpReceiver,
+    pub broker: Broker,
     pub user: ServiceHandle,
     pub api: ServiceHandle,
     pub http: reqwest::Client,
@@ -27,6 +28,7 @@ impl Stack {
     pub async fn start() -> anyhow::Result<Self> {
         let db = TestDatabase::create().await?;
         let otlp = OtlpReceiver::start().await?;
+        let broker = tokio::task::spawn_blocking(Broker::start).await??;
 
         let user_config = callchain_user::Config {
             listen_addr: "127.0.0.1:0".parse()?,
@@ -42,7 +44,11 @@ impl Stack {
         let user_addr = user.addr;
         wait_until(&mut user, || callchain_user::healthcheck(user_addr)).await?;
 
-        let api_config = callchain_api::Config::for_tests(format!("http://{}", user.addr), JWT_SECRET.to_owned());
+        let api_config = callchain_api::Config::for_tests(
+            format!("http://{}", user.addr),
+            broker.bootstrap(),
+            JWT_SECRET.to_owned(),
+        );
         let mut api = ServiceHandle::spawn("api", Some(otlp.endpoint()), move |listener, shutdown| {
             callchain_api::run(api_config, listener, async move {
                 let _ = shutdown.await;
@@ -64,6 +70,7 @@ impl Stack {
         Ok(Self {
             db,
             otlp,
+            broker,
             user,
             api,
             http,

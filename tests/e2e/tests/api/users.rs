@@ -225,14 +225,9 @@ async fn health_readiness_and_openapi_are_served() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn readyz_is_503_when_the_user_service_is_down() {
-    let callchain_testkit::Stack {
-        api,
-        user,
-        http,
-        db: _db,
-        otlp: _otlp,
-    } = stack().await;
-    user.stop().await.unwrap();
+    let mut stack = stack().await;
+    stack.user.stop().await.unwrap();
+    let (api, http) = (&stack.api, &stack.http);
     let response = http.get(format!("http://{}/readyz", api.addr)).send().await.unwrap();
     assert_eq!(response.status(), 503);
     assert!(response.headers().contains_key("retry-after"));

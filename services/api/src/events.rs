@@ -1,0 +1,160 @@
+//! Publishing user events to Kafka: after each write, before the answer.
+//!
+//! The producer is idempotent with `acks=all`, so an acknowledged event is
+//! durably in the topic exactly once per send. A write answers 2xx only after
+//! that acknowledgement; when the broker does not give it in time the write
+//! answers 503, and a retry with the same `Idempotency-Key` republishes the
+//! same `event_id` (the consumer keeps one row per event id).
+
+use std::{sync::RwLock, time::Duration};
+
+use callchain_events::{EventType, TOPIC, UserEvent, UserPayload, headers};
+use callchain_proto::user::v1::{self as pb, Change};
+use callchain_telemetry::kafka;
+use rdkafka::{
+    ClientConfig,
+    error::KafkaError,
+    message::{Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord, Producer as _},
+    util::Timeout,
+};
+use tracing::Instrument as _;
+
+use crate::{
+    error::ApiError,
+    extract::Deadline,
+    users::{datetime, role_name},
+};
+
+pub struct Publisher {
+    brokers: String,
+    timeout: Duration,
+    producer: RwLock<FutureProducer>,
+}
+
+impl Publisher {
+    pub fn new(brokers: &str, timeout: Duration) -> anyhow::Result<Self> {
+        Ok(Self {
+            brokers: brokers.to_owned(),
+            timeout,
+            producer: RwLock::new(producer(brokers, timeout)?),
+        })
+    }
+
+    /// Sends `event` and waits for the broker's acknowledgement, within the
+    /// publish timeout and the request's deadline.
+    pub async fn publish(&self, event: &UserEvent, deadline: &Deadline) -> Result<(), ApiError> {
+        let key = event.key();
+        let payload = event.to_json();
+        let span = kafka::producer_span(TOPIC, &key);
+        let event_id = event.event_id.to_string();
+        let headers = kafka::inject_span(
+            &span,
+            OwnedHeaders::new()
+                .insert(Header {
+                    key: headers::EVENT_ID,
+                    value: Some(event_id.as_str()),
+                })
+                .insert(Header {
+                    key: headers::EVENT_TYPE,
+                    value: Some(event.event_type.as_str()),
+                }),
+        );
+        let record = FutureRecord::to(TOPIC).key(&key).payload(&payload).headers(headers);
+        let budget = self.timeout.min(deadline.remaining());
+        let producer = self.producer.read().expect("producer lock").clone();
+
+        let sent = tokio::time::timeout(budget, producer.send(record, Timeout::After(budget)))
+            .instrument(span.clone())
+            .await;
+        match sent {
+            Ok(Ok(delivery)) => {
+                kafka::record_delivery(&span, delivery.partition, delivery.offset);
+                Ok(())
+            }
+            Ok(Err((error, _message))) => {
+                kafka::record_error(&span, &error);
+                self.recover_from(&producer, &error);
+                Err(self.unavailable(&span, &error.to_string()))
+            }
+            Err(_elapsed) => {
+                let reason = format!("no acknowledgement within {budget:?}");
+                kafka::record_error(&span, &reason);
+                if budget < self.timeout {
+                    return Err(ApiError::DeadlineExceeded(
+                        "the request ran out of time waiting for the event broker".into(),
+                    ));
+                }
+                Err(self.unavailable(&span, &reason))
+            }
+        }
+    }
+
+    fn unavailable(&self, span: &tracing::Span, reason: &str) -> ApiError {
+        span.in_scope(|| tracing::warn!(reason, "publishing an event failed"));
+        ApiError::Unavailable(
+            "the event broker did not acknowledge the event; the change is stored: retry with the same \
+             Idempotency-Key to publish it"
+                .into(),
+        )
+    }
+
+    /// An idempotent producer that hit a fatal error can send no more:
+    /// replace it, so the service recovers by itself.
+    fn recover_from(&self, producer: &FutureProducer, error: &KafkaError) {
+        if producer.client().fatal_error().is_none() {
+            return;
+        }
+        tracing::error!(error = %error, "the Kafka producer failed fatally; starting a new one");
+        match self::producer(&self.brokers, self.timeout) {
+            Ok(fresh) => *self.producer.write().expect("producer lock") = fresh,
+            Err(error) => tracing::error!(error = %error, "cannot start a new Kafka producer"),
+        }
+    }
+
+    /// Whether the broker answers a metadata request within a second.
+    pub async fn ready(&self) -> bool {
+        let producer = self.producer.read().expect("producer lock").clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(TOPIC), Duration::from_secs(1))
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+fn producer(brokers: &str, timeout: Duration) -> anyhow::Result<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        // Delivery fails (and the write answers 503) once this has passed.
+        .set("message.timeout.ms", timeout.as_millis().max(1).to_string())
+        // A short linger batches concurrent writes without adding latency.
+        .set("linger.ms", "2")
+        .set("reconnect.backoff.max.ms", "1000")
+        .create()?)
+}
+
+/// The event of a write the user service made.
+pub fn event_of(event_type: EventType, user: &pb::User, change: Option<&Change>) -> Result<UserEvent, ApiError> {
+    let internal = |what: &str| ApiError::Internal(anyhow::anyhow!("the user service answered {what}"));
+    let change = change.ok_or_else(|| internal("without a change"))?;
+    let event_id = uuid::Uuid::parse_str(&change.event_id).map_err(|_| internal("a malformed event id"))?;
+    let user_id = uuid::Uuid::parse_str(&user.id).map_err(|_| internal("a malformed user id"))?;
+    let occurred_at = datetime(change.occurred_at).ok_or_else(|| internal("a change without a time"))?;
+    Ok(UserEvent::new(
+        event_type,
+        event_id,
+        occurred_at,
+        user_id,
+        UserPayload {
+            email: user.email.clone(),
+            name: user.name.clone(),
+            role: role_name(user.role).to_owned(),
+        },
+    ))
+}

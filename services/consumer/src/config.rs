@@ -1,0 +1,70 @@
+//! Settings, from environment variables.
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::Context as _;
+
+/// Every variable this service reads (beside the telemetry's own).
+pub const ENV_VARS: &[&str] = &[
+    "CONSUMER_HEALTH_ADDR",
+    "DATABASE_URL",
+    "DATABASE_MAX_CONNECTIONS",
+    "KAFKA_BROKERS",
+    "KAFKA_GROUP_ID",
+    "CONSUMER_BATCH_SIZE",
+    "CONSUMER_BATCH_TIMEOUT_MS",
+];
+
+/// The variables without which it does not start.
+pub const REQUIRED_ENV_VARS: &[&str] = &["DATABASE_URL"];
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `CONSUMER_HEALTH_ADDR`, default `0.0.0.0:8081`: `/healthz` and `/readyz`.
+    pub health_addr: SocketAddr,
+    /// `DATABASE_URL`, required.
+    pub database_url: String,
+    /// `DATABASE_MAX_CONNECTIONS`, default 4.
+    pub max_connections: u32,
+    /// `KAFKA_BROKERS`, default `127.0.0.1:9092`.
+    pub brokers: String,
+    /// `KAFKA_GROUP_ID`, default `user-events-writer`.
+    pub group_id: String,
+    /// `CONSUMER_BATCH_SIZE`, default 500: most messages per transaction.
+    pub batch_size: usize,
+    /// `CONSUMER_BATCH_TIMEOUT_MS`, default 20: longest wait to fill a batch.
+    pub batch_timeout: Duration,
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn number<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
+    var(name)
+        .map(|v| v.parse::<T>())
+        .transpose()
+        .map_err(|_| anyhow::anyhow!("{name} must be a whole number"))
+        .map(|v| v.unwrap_or(default))
+}
+
+impl Config {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let batch_size = number("CONSUMER_BATCH_SIZE", 500usize)?;
+        anyhow::ensure!(batch_size > 0, "CONSUMER_BATCH_SIZE must be at least 1");
+        Ok(Self {
+            health_addr: var("CONSUMER_HEALTH_ADDR")
+                .as_deref()
+                .unwrap_or("0.0.0.0:8081")
+                .parse()
+                .context("CONSUMER_HEALTH_ADDR must be an address such as 0.0.0.0:8081")?,
+            database_url: var("DATABASE_URL")
+                .context("DATABASE_URL is required, e.g. postgres://callchain:callchain@127.0.0.1:5432/callchain")?,
+            max_connections: number("DATABASE_MAX_CONNECTIONS", 4)?,
+            brokers: var("KAFKA_BROKERS").unwrap_or_else(|| "127.0.0.1:9092".to_owned()),
+            group_id: var("KAFKA_GROUP_ID").unwrap_or_else(|| "user-events-writer".to_owned()),
+            batch_size,
+            batch_timeout: Duration::from_millis(number("CONSUMER_BATCH_TIMEOUT_MS", 20)?),
+        })
+    }
+}

@@ -1,0 +1,3 @@
+//! The consumer: user events from Kafka into Postgres.
+
+pub mod config;

@@ -1,0 +1,181 @@
+//! What travels on Kafka between the API and the consumer.
+//!
+//! - [`UserEvent`]: the envelope (`event_id`, `event_type`, `occurred_at`,
+//!   `user_id`, `schema_version`) and its payload, which holds no secret.
+//! - [`TOPIC`], [`DLQ_TOPIC`]: where events go, and where those the consumer
+//!   cannot read end up.
+//! - [`headers`]: the Kafka header names beside the trace context
+//!   (`traceparent`, `tracestate`, `baggage`, written by the telemetry).
+//!
+//! Messages are keyed by user id, so one user's events keep their order.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The topic of user events.
+pub const TOPIC: &str = "user-events";
+/// Messages the consumer cannot read, with their original headers and the reason.
+pub const DLQ_TOPIC: &str = "user-events.dlq";
+/// The envelope version this code writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Kafka header names.
+pub mod headers {
+    /// The event's id, so a message can be identified without parsing it.
+    pub const EVENT_ID: &str = "event-id";
+    /// `user.created`, `user.updated` or `user.deleted`.
+    pub const EVENT_TYPE: &str = "event-type";
+    /// On a dead letter: why the consumer refused the message.
+    pub const ERROR: &str = "error";
+    /// On a dead letter: where the message came from.
+    pub const ORIGINAL_TOPIC: &str = "original-topic";
+    pub const ORIGINAL_PARTITION: &str = "original-partition";
+    pub const ORIGINAL_OFFSET: &str = "original-offset";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventType {
+    #[serde(rename = "user.created")]
+    UserCreated,
+    #[serde(rename = "user.updated")]
+    UserUpdated,
+    #[serde(rename = "user.deleted")]
+    UserDeleted,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::UserCreated => "user.created",
+            EventType::UserUpdated => "user.updated",
+            EventType::UserDeleted => "user.deleted",
+        }
+    }
+}
+
+/// The user as the event tells it: never a password or a hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserPayload {
+    pub email: String,
+    pub name: String,
+    pub role: String,
+}
+
+/// One change to one user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserEvent {
+    /// Stable across retries of the same write: the consumer's dedup key.
+    pub event_id: Uuid,
+    pub event_type: EventType,
+    pub occurred_at: DateTime<Utc>,
+    pub user_id: Uuid,
+    pub schema_version: u32,
+    pub payload: UserPayload,
+}
+
+/// Why a message is not a user event this code can read.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("the message has no payload")]
+    Empty,
+    #[error("the payload is not a user event: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("schema version {0} is not one this consumer reads (it reads {SCHEMA_VERSION})")]
+    UnknownSchemaVersion(u64),
+}
+
+impl UserEvent {
+    pub fn new(
+        event_type: EventType,
+        event_id: Uuid,
+        occurred_at: DateTime<Utc>,
+        user_id: Uuid,
+        payload: UserPayload,
+    ) -> Self {
+        Self {
+            event_id,
+            event_type,
+            occurred_at,
+            user_id,
+            schema_version: SCHEMA_VERSION,
+            payload,
+        }
+    }
+
+    /// The message key: the user id, so one user's events stay in order.
+    pub fn key(&self) -> String {
+        self.user_id.to_string()
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a UserEvent always serialises")
+    }
+
+    /// Reads a message payload; the version is checked before the rest, so a
+    /// newer envelope is told apart from a broken one.
+    pub fn parse(payload: Option<&[u8]>) -> Result<Self, EventError> {
+        #[derive(Deserialize)]
+        struct Version {
+            schema_version: u64,
+        }
+        let payload = payload.filter(|p| !p.is_empty()).ok_or(EventError::Empty)?;
+        let Version { schema_version } = serde_json::from_slice(payload)?;
+        if schema_version != u64::from(SCHEMA_VERSION) {
+            return Err(EventError::UnknownSchemaVersion(schema_version));
+        }
+        Ok(serde_json::from_slice(payload)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> UserEvent {
+        UserEvent::new(
+            EventType::UserCreated,
+            Uuid::now_v7(),
+            Utc::now(),
+            Uuid::now_v7(),
+            UserPayload {
+                email: "ada@example.com".into(),
+                name: "Ada".into(),
+                role: "USER".into(),
+            },
+        )
+    }
+
+    #[test]
+    fn an_event_round_trips_through_json() {
+        let event = event();
+        let json = event.to_json();
+        let text = String::from_utf8(json.clone()).unwrap();
+        assert!(text.contains(r#""event_type":"user.created""#), "{text}");
+        assert!(text.contains(r#""schema_version":1"#), "{text}");
+        assert_eq!(UserEvent::parse(Some(&json)).unwrap(), event);
+    }
+
+    #[test]
+    fn garbage_an_empty_message_and_a_future_version_are_refused_apart() {
+        assert!(matches!(UserEvent::parse(None), Err(EventError::Empty)));
+        assert!(matches!(
+            UserEvent::parse(Some(b"{not json")),
+            Err(EventError::Malformed(_))
+        ));
+        let mut future = serde_json::to_value(event()).unwrap();
+        future["schema_version"] = 2.into();
+        let bytes = serde_json::to_vec(&future).unwrap();
+        let error = UserEvent::parse(Some(&bytes)).unwrap_err();
+        assert!(matches!(error, EventError::UnknownSchemaVersion(2)));
+        assert!(error.to_string().contains("schema version 2"));
+    }
+
+    #[test]
+    fn a_missing_field_is_malformed() {
+        let mut value = serde_json::to_value(event()).unwrap();
+        value.as_object_mut().unwrap().remove("user_id");
+        let error = UserEvent::parse(Some(&serde_json::to_vec(&value).unwrap())).unwrap_err();
+        assert!(error.to_string().contains("user_id"), "{error}");
+    }
+}

@@ -1,0 +1,176 @@
+//! Trace context in Kafka message headers, and the messaging spans.
+//!
+//! The producer opens a `producer` span `send <topic>` and writes its context
+//! into the message's headers (`traceparent`, `tracestate`, `baggage`). The
+//! consumer opens a `consumer` span `process <topic>` that is a child of that
+//! context (one trace holds the whole chain) and also links to it, as the
+//! OpenTelemetry messaging conventions ask.
+
+use opentelemetry::{
+    Context,
+    propagation::{Extractor, Injector},
+    trace::TraceContextExt as _,
+};
+use rdkafka::message::{BorrowedHeaders, Header, Headers as _, OwnedHeaders};
+use tracing::{Span, field::Empty};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+struct HeaderInjector(Option<OwnedHeaders>);
+
+impl Injector for HeaderInjector {
+    fn set(&mut self, key: &str, value: String) {
+        let headers = self.0.take().unwrap_or_default();
+        self.0 = Some(headers.insert(Header {
+            key,
+            value: Some(value.as_bytes()),
+        }));
+    }
+}
+
+/// Reads the context from a message's headers. Header values are bytes;
+/// those that are not UTF-8 are ignored.
+pub struct HeaderExtractor<'a>(pub Option<&'a BorrowedHeaders>);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0?
+            .iter()
+            .find(|header| header.key.eq_ignore_ascii_case(key))
+            .and_then(|header| header.value)
+            .and_then(|value| std::str::from_utf8(value).ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .map(|headers| headers.iter().map(|h| h.key).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Adds `context` to `headers` as `traceparent`, `tracestate` and `baggage`.
+pub fn inject(context: &Context, headers: OwnedHeaders) -> OwnedHeaders {
+    let mut injector = HeaderInjector(Some(headers));
+    opentelemetry::global::get_text_map_propagator(|propagator| propagator.inject_context(context, &mut injector));
+    injector.0.unwrap_or_default()
+}
+
+/// Adds the context of `span` to `headers`: the producer side.
+pub fn inject_span(span: &Span, headers: OwnedHeaders) -> OwnedHeaders {
+    inject(&span.context(), headers)
+}
+
+/// The context a message's headers carry (empty when they carry none).
+pub fn extract(headers: Option<&BorrowedHeaders>) -> Context {
+    opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)))
+}
+
+/// The `producer` span of sending one message; record the broker's answer
+/// with [`record_delivery`].
+pub fn producer_span(topic: &str, key: &str) -> Span {
+    tracing::info_span!(
+        "kafka.send",
+        otel.name = %format_args!("send {topic}"),
+        otel.kind = "producer",
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+        messaging.system = "kafka",
+        messaging.operation.type = "send",
+        messaging.operation.name = "send",
+        messaging.destination.name = topic,
+        messaging.kafka.message.key = key,
+        messaging.destination.partition.id = Empty,
+        messaging.kafka.offset = Empty,
+    )
+}
+
+/// Where the broker stored the message.
+pub fn record_delivery(span: &Span, partition: i32, offset: i64) {
+    span.record("messaging.destination.partition.id", partition.to_string());
+    span.record("messaging.kafka.offset", offset);
+}
+
+/// Marks a messaging span as failed.
+pub fn record_error(span: &Span, error: &dyn std::fmt::Display) {
+    span.record("otel.status_code", "ERROR");
+    span.record("otel.status_description", tracing::field::display(error));
+}
+
+/// Where a received message came from.
+#[derive(Clone, Copy)]
+pub struct Received<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub headers: Option<&'a BorrowedHeaders>,
+}
+
+/// The `consumer` span `process <topic>` of one message: a child of the
+/// context in its headers, with a link to it too.
+pub fn process_span(message: Received<'_>, consumer_group: &str) -> Span {
+    let key = message.key.map(String::from_utf8_lossy);
+    let span = tracing::info_span!(
+        "kafka.process",
+        otel.name = %format_args!("process {}", message.topic),
+        otel.kind = "consumer",
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+        messaging.system = "kafka",
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.destination.name = message.topic,
+        messaging.consumer.group.name = consumer_group,
+        messaging.destination.partition.id = %message.partition,
+        messaging.kafka.offset = message.offset,
+        messaging.kafka.message.key = key.as_deref(),
+    );
+    let parent = extract(message.headers);
+    let producer = parent.span().span_context().clone();
+    if producer.is_valid() {
+        span.add_link(producer);
+        let _ = span.set_parent(parent);
+    }
+    span
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::{Message as _, OwnedMessage, Timestamp};
+
+    #[test]
+    fn context_injected_into_headers_is_extracted_from_them() {
+        crate::install_propagator();
+        let mut incoming = ::http::HeaderMap::new();
+        incoming.insert(
+            "traceparent",
+            ::http::HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        let context = crate::propagation::extract(&incoming);
+
+        let headers = inject(
+            &context,
+            OwnedHeaders::new().insert(Header {
+                key: "event-id",
+                value: Some("e1"),
+            }),
+        );
+        let message = OwnedMessage::new(None, None, "t".into(), Timestamp::NotAvailable, 0, 0, Some(headers));
+        let borrowed = message.headers().map(|h| h.as_borrowed());
+        let extracted = extract(borrowed);
+        let span_context = extracted.span().span_context().clone();
+        assert_eq!(span_context.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(span_context.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(span_context.is_remote());
+        // The headers we had are kept.
+        let extractor = HeaderExtractor(borrowed);
+        let keys = extractor.keys();
+        assert!(keys.contains(&"event-id") && keys.contains(&"traceparent"), "{keys:?}");
+    }
+
+    #[test]
+    fn a_message_without_context_extracts_to_nothing() {
+        crate::install_propagator();
+        assert!(!extract(None).span().span_context().is_valid());
+    }
+}
