@@ -43,5 +43,7 @@ COPY --from=build /out/api /out/user /out/consumer /usr/local/bin/
 USER 10001
 
 # Health checks run `<binary> --healthcheck` (exec form): the binary probes
-# itself, so the image needs no curl, wget or shell for them.
+# itself, so the image needs no curl, wget or shell for them. docker-compose.yml
+# sets the check of each service; this one fits the default command.
+HEALTHCHECK --interval=5s --timeout=3s --retries=20 CMD ["/usr/local/bin/api", "--healthcheck"]
 CMD ["api"]

@@ -34,4 +34,10 @@ fmt: ## Format the code
 
 ci: lint test ## What CI runs
 
+dev: ## Run everything on this machine without Docker (tansu, Postgres, the services); Ctrl-C stops it
+	@scripts/dev.sh
+
+dev-down: ## Stop what `DEV_DETACH=1 make dev` started
+	@scripts/dev.sh down
+
 include mk/stack.mk
