@@ -34,6 +34,9 @@ fmt: ## Format the code
 
 ci: lint test ## What CI runs
 
+bench: tools postgres ## Print the performance figures (consumer events/s, write-to-row lag, read rate); optimised build
+	cargo bench -p callchain-e2e --bench pipeline
+
 dev: ## Run everything on this machine without Docker (tansu, Postgres, the services); Ctrl-C stops it
 	@scripts/dev.sh
 

@@ -6,14 +6,17 @@
 //! answers 503, and a retry with the same `Idempotency-Key` republishes the
 //! same `event_id` (the consumer keeps one row per event id).
 
-use std::{sync::RwLock, time::Duration};
+use std::{
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use callchain_events::{EventType, TOPIC, UserEvent, UserPayload, headers};
 use callchain_proto::user::v1::{self as pb, Change};
 use callchain_telemetry::kafka;
 use rdkafka::{
     ClientConfig,
-    error::KafkaError,
+    error::{KafkaError, RDKafkaErrorCode},
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord, Producer as _},
     util::Timeout,
@@ -29,7 +32,7 @@ use crate::{
 pub struct Publisher {
     brokers: String,
     timeout: Duration,
-    producer: RwLock<FutureProducer>,
+    producer: RwLock<Arc<FutureProducer>>,
 }
 
 impl Publisher {
@@ -37,7 +40,7 @@ impl Publisher {
         Ok(Self {
             brokers: brokers.to_owned(),
             timeout,
-            producer: RwLock::new(producer(brokers, timeout)?),
+            producer: RwLock::new(Arc::new(producer(brokers, timeout)?)),
         })
     }
 
@@ -99,15 +102,34 @@ impl Publisher {
         )
     }
 
-    /// An idempotent producer that hit a fatal error can send no more:
-    /// replace it, so the service recovers by itself.
-    fn recover_from(&self, producer: &FutureProducer, error: &KafkaError) {
-        if producer.client().fatal_error().is_none() {
+    /// An idempotent producer that hit a fatal error, or whose producer id
+    /// the broker no longer accepts (a broker that lost its state fences it),
+    /// can send no more: replace it, so the service recovers by itself.
+    fn recover_from(&self, producer: &Arc<FutureProducer>, error: &KafkaError) {
+        let fenced = matches!(
+            error.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+                    | RDKafkaErrorCode::UnknownProducerId
+                    | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                    | RDKafkaErrorCode::InvalidProducerIdMapping
+            )
+        );
+        if !fenced && producer.client().fatal_error().is_none() {
             return;
         }
-        tracing::error!(error = %error, "the Kafka producer failed fatally; starting a new one");
+        let mut current = self.producer.write().expect("producer lock");
+        if !Arc::ptr_eq(&current, producer) {
+            return; // a concurrent failure replaced it already
+        }
+        tracing::error!(error = %error, "the Kafka producer can send no more; starting a new one");
         match self::producer(&self.brokers, self.timeout) {
-            Ok(fresh) => *self.producer.write().expect("producer lock") = fresh,
+            Ok(fresh) => {
+                let old = std::mem::replace(&mut *current, Arc::new(fresh));
+                // Dropping a producer blocks briefly while it purges.
+                tokio::task::spawn_blocking(move || drop(old));
+            }
             Err(error) => tracing::error!(error = %error, "cannot start a new Kafka producer"),
         }
     }

@@ -1,1 +1,16 @@
-fn main() {}
+use callchain_consumer::Config;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::from_env()?;
+    if std::env::args().any(|arg| arg == "--healthcheck") {
+        return callchain_consumer::healthcheck(config.health_addr).await;
+    }
+    let _telemetry = callchain_telemetry::init("consumer")?;
+    let listener = tokio::net::TcpListener::bind(config.health_addr).await?;
+    let result = callchain_consumer::run(config, listener, callchain_telemetry::lifecycle::shutdown_signal()).await;
+    if let Err(error) = &result {
+        tracing::error!(error = &**error as &dyn std::error::Error, "consumer failed");
+    }
+    result
+}

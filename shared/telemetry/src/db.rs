@@ -24,7 +24,35 @@ pub fn span(operation: &'static str, collection: &'static str, query: &'static s
         db.operation.name = operation,
         db.collection.name = collection,
         db.query.text = query,
+        db.operation.batch.size = tracing::field::Empty,
     )
+}
+
+/// The span of one message's share in a multi-row statement: the same client
+/// span as [`span`], a child of `parent` (the span of the message the row
+/// came from), carrying how many rows the statement holds. Each message of a
+/// batch so keeps its own trace.
+///
+/// `db.operation.batch.size` is recorded only for two rows or more, as the
+/// OpenTelemetry conventions ask.
+pub fn batch_span(
+    parent: &Span,
+    operation: &'static str,
+    collection: &'static str,
+    query: &'static str,
+    batch_size: usize,
+) -> Span {
+    let span = parent.in_scope(|| span(operation, collection, query));
+    if batch_size > 1 {
+        span.record("db.operation.batch.size", batch_size);
+    }
+    span
+}
+
+/// Marks a statement's span as failed.
+pub fn record_error(span: &Span, error: &dyn std::fmt::Display) {
+    span.record("otel.status_code", "ERROR");
+    span.record("otel.status_description", tracing::field::display(error));
 }
 
 /// Runs a statement inside its span and marks the span as failed when the
@@ -37,8 +65,7 @@ where
     use tracing::Instrument as _;
     let result = statement.instrument(span.clone()).await;
     if let Err(error) = &result {
-        span.record("otel.status_code", "ERROR");
-        span.record("otel.status_description", tracing::field::display(error));
+        record_error(&span, error);
     }
     result
 }

@@ -96,7 +96,9 @@ impl OtlpReceiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let spans = Collected::default();
-        let service = TraceServiceServer::new(spans.clone());
+        // Large batches (benchmarks export thousands of spans at once) exceed
+        // tonic's default 4 MiB message limit.
+        let service = TraceServiceServer::new(spans.clone()).max_decoding_message_size(256 * 1024 * 1024);
         tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             if let Err(error) = tonic::transport::Server::builder()
@@ -117,6 +119,11 @@ impl OtlpReceiver {
     /// Every span received so far.
     pub fn spans(&self) -> Vec<SpanRecord> {
         self.spans.0.lock().expect("span store").clone()
+    }
+
+    /// How many spans have arrived.
+    pub fn count(&self) -> usize {
+        self.spans.0.lock().expect("span store").len()
     }
 
     /// The spans of one trace.

@@ -20,7 +20,35 @@ pub struct Stack {
     pub broker: Broker,
     pub user: ServiceHandle,
     pub api: ServiceHandle,
+    pub consumer: ServiceHandle,
     pub http: reqwest::Client,
+}
+
+/// The consumer's settings for a test database and broker.
+pub fn consumer_config(db: &TestDatabase, broker: &Broker) -> callchain_consumer::Config {
+    callchain_consumer::Config {
+        health_addr: "127.0.0.1:0".parse().expect("a valid address"),
+        database_url: db.url().to_owned(),
+        max_connections: 4,
+        brokers: broker.bootstrap(),
+        group_id: "user-events-writer".to_owned(),
+        batch_size: 500,
+        batch_timeout: Duration::from_millis(20),
+    }
+}
+
+/// Starts the consumer on `db` and `broker`, and waits until it is healthy.
+pub fn spawn_consumer(
+    db: &TestDatabase,
+    broker: &Broker,
+    otlp_endpoint: Option<String>,
+) -> anyhow::Result<ServiceHandle> {
+    let config = consumer_config(db, broker);
+    ServiceHandle::spawn("consumer", otlp_endpoint, move |listener, shutdown| {
+        callchain_consumer::run(config, listener, async move {
+            let _ = shutdown.await;
+        })
+    })
 }
 
 impl Stack {
@@ -54,6 +82,10 @@ impl Stack {
                 let _ = shutdown.await;
             })
         })?;
+        let mut consumer = spawn_consumer(&db, &broker, Some(otlp.endpoint()))?;
+        let consumer_addr = consumer.addr;
+        wait_until(&mut consumer, || callchain_consumer::healthcheck(consumer_addr)).await?;
+
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
         let ready = format!("http://{}/readyz", api.addr);
         let probe = http.clone();
@@ -73,6 +105,7 @@ impl Stack {
             broker,
             user,
             api,
+            consumer,
             http,
         })
     }
@@ -86,6 +119,7 @@ impl Stack {
     pub async fn flush(&self) {
         self.user.flush().await;
         self.api.flush().await;
+        self.consumer.flush().await;
     }
 
     /// Registers a user through the API; panics unless it answers 201.
@@ -135,6 +169,26 @@ impl Stack {
             .iter()
             .map(|service| service.logs.text())
             .collect()
+    }
+
+    /// Waits (up to 20 s) until `user_id` has `count` event rows, and returns
+    /// them as `(event_type, trace_id)`, oldest first.
+    pub async fn events_of(&self, user_id: &str, count: usize) -> Vec<(String, Option<String>)> {
+        let user_id: uuid::Uuid = user_id.parse().expect("a user id");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+                "SELECT event_type, trace_id FROM user_events WHERE user_id = $1 ORDER BY occurred_at, written_at",
+            )
+            .bind(user_id)
+            .fetch_all(self.db.pool())
+            .await
+            .expect("reading user_events");
+            if rows.len() >= count || tokio::time::Instant::now() >= deadline {
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     /// How many users the database holds.

@@ -1,0 +1,89 @@
+//! The Kafka clients, configured, with librdkafka's own logs and errors
+//! routed into our JSON logs.
+
+use rdkafka::{
+    ClientConfig, ClientContext, TopicPartitionList,
+    config::RDKafkaLogLevel,
+    consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer},
+    error::{KafkaError, KafkaResult, RDKafkaErrorCode},
+    producer::FutureProducer,
+};
+
+use crate::config::Config;
+
+/// rdkafka reports through the `log` crate by default, which nothing here
+/// listens to; this context reports through `tracing` instead. Broker outages
+/// arrive here as errors: librdkafka reconnects by itself, so they are logged
+/// and nothing else.
+pub struct KafkaLogs;
+
+impl ClientContext for KafkaLogs {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", facility, "{message}")
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", facility, "{message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(target: "librdkafka", error = %error, "kafka client error: {reason}");
+    }
+}
+
+impl ConsumerContext for KafkaLogs {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => tracing::info!(partitions = ?partition_ids(partitions), "partitions assigned"),
+            Rebalance::Revoke(partitions) => tracing::info!(partitions = ?partition_ids(partitions), "partitions revoked"),
+            Rebalance::Error(error) => tracing::warn!(error = %error, "rebalancing failed"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        match result {
+            // An auto-commit with nothing stored since the last one.
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => tracing::warn!(
+                error = %error,
+                "committing offsets failed; the next commit carries them, or they are replayed"
+            ),
+        }
+    }
+}
+
+fn partition_ids(partitions: &TopicPartitionList) -> Vec<i32> {
+    partitions.elements().iter().map(|p| p.partition()).collect()
+}
+
+/// The group consumer of `user-events`. Offsets are committed automatically,
+/// but only those the pipeline stored, and it stores them only once their
+/// rows are committed in Postgres (or their dead letters acknowledged).
+pub fn consumer(config: &Config) -> KafkaResult<StreamConsumer<KafkaLogs>> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", &config.group_id)
+        .set("client.id", "consumer")
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .create_with_context(KafkaLogs)
+}
+
+/// The producer of dead letters: idempotent and acknowledged by every
+/// in-sync replica, like the API's. A delivery that has not succeeded within
+/// `message.timeout.ms` fails, and the pipeline retries it.
+pub fn dead_letter_producer(config: &Config) -> KafkaResult<FutureProducer<KafkaLogs>> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("client.id", "consumer-dlq")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", "10000")
+        .create_with_context(KafkaLogs)
+}

@@ -1,0 +1,440 @@
+//! The consume loop: batches from `user-events` into Postgres, unreadable
+//! messages to `user-events.dlq`, offsets stored only once both are done.
+//!
+//! A batch is handled in three steps, each retried until it succeeds:
+//!
+//! 1. its readable events are written in one transaction;
+//! 2. its dead letters (unreadable messages, and events Postgres refused)
+//!    are sent and acknowledged;
+//! 3. the highest offset of each partition is stored; librdkafka commits
+//!    stored offsets in the background, and once more at shutdown.
+//!
+//! A crash anywhere before step 3 replays the batch, which is harmless: rows
+//! are written `ON CONFLICT (event_id) DO NOTHING`.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use callchain_events::{TOPIC, UserEvent};
+use callchain_telemetry::kafka::{self, Received};
+use opentelemetry::trace::TraceContextExt as _;
+use rdkafka::{
+    Message as _,
+    consumer::{CommitMode, Consumer as _, StreamConsumer},
+    error::{KafkaError, KafkaResult, RDKafkaErrorCode},
+    message::{BorrowedHeaders, BorrowedMessage, OwnedMessage},
+};
+use sqlx::PgPool;
+use tokio::time::Instant;
+use tracing::Span;
+
+use crate::{
+    batch::{Backoff, EventRow, Offsets},
+    broker::{self, KafkaLogs},
+    config::Config,
+    dead_letter::DeadLetters,
+    health::Health,
+    shutdown::Shutdown,
+    store::{self, WriteError},
+};
+
+/// One message in hand, from receipt until its offset is stored; its
+/// `process user-events` span lives as long.
+pub struct Consumed {
+    pub message: OwnedMessage,
+    pub span: Span,
+}
+
+impl Consumed {
+    fn new(message: &BorrowedMessage<'_>, group: &str) -> Self {
+        let span = kafka::process_span(
+            Received {
+                topic: message.topic(),
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message.key(),
+                headers: message.headers(),
+            },
+            group,
+        );
+        Self {
+            message: message.detach(),
+            span,
+        }
+    }
+
+    fn headers(&self) -> Option<&BorrowedHeaders> {
+        self.message.headers().map(|headers| headers.as_borrowed())
+    }
+
+    /// The row this message becomes, or why it cannot become one.
+    fn read(self) -> Result<Readable, DeadLetter> {
+        match UserEvent::parse(self.message.payload()) {
+            Ok(event) => Ok(Readable {
+                row: EventRow {
+                    event,
+                    trace_id: trace_id(self.headers()),
+                    partition: self.message.partition(),
+                    offset: self.message.offset(),
+                },
+                consumed: self,
+            }),
+            Err(error) => Err(self.dead_letter(error.to_string())),
+        }
+    }
+
+    fn dead_letter(self, reason: String) -> DeadLetter {
+        DeadLetter {
+            consumed: self,
+            reason,
+            sent: AtomicBool::new(false),
+        }
+    }
+}
+
+/// The trace id of the context in a message's headers, if it carries one.
+fn trace_id(headers: Option<&BorrowedHeaders>) -> Option<String> {
+    let context = kafka::extract(headers);
+    let span_context = context.span().span_context().clone();
+    span_context.is_valid().then(|| span_context.trace_id().to_string())
+}
+
+/// A message that parsed into an event.
+pub struct Readable {
+    pub consumed: Consumed,
+    pub row: EventRow,
+}
+
+/// A message bound for the dead-letter topic, and why.
+pub struct DeadLetter {
+    consumed: Consumed,
+    reason: String,
+    /// Acknowledged by the broker, so a retry does not send it twice.
+    sent: AtomicBool,
+}
+
+/// The consume loop: where messages come from, and where they go.
+pub struct Pipeline {
+    source: Source,
+    sink: Sink,
+}
+
+/// The Kafka side: batches in, offsets out.
+struct Source {
+    kafka: StreamConsumer<KafkaLogs>,
+    group_id: String,
+    batch_size: usize,
+    batch_timeout: Duration,
+    /// Messages that arrived while a batch was being retried; the next
+    /// batches start with them.
+    held: VecDeque<Consumed>,
+    shutdown: Shutdown,
+}
+
+/// Where events go.
+struct Sink {
+    pool: PgPool,
+    dead_letters: DeadLetters,
+    health: Arc<Health>,
+}
+
+impl Pipeline {
+    pub fn new(config: &Config, pool: PgPool, health: Arc<Health>, shutdown: Shutdown) -> anyhow::Result<Self> {
+        let kafka = broker::consumer(config).context("cannot create the Kafka consumer")?;
+        let producer = broker::dead_letter_producer(config).context("cannot create the dead-letter producer")?;
+        Ok(Self {
+            source: Source {
+                kafka,
+                group_id: config.group_id.clone(),
+                batch_size: config.batch_size,
+                batch_timeout: config.batch_timeout,
+                held: VecDeque::new(),
+                shutdown,
+            },
+            sink: Sink {
+                pool,
+                dead_letters: DeadLetters::new(producer),
+                health,
+            },
+        })
+    }
+
+    /// Consumes until shutdown; the batch in hand is finished first, unless
+    /// it is being retried, and the stored offsets are committed before it
+    /// returns.
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        self.source
+            .kafka
+            .subscribe(&[TOPIC])
+            .with_context(|| format!("cannot subscribe to {TOPIC}"))?;
+        tracing::info!(topic = TOPIC, group = %self.source.group_id, "consuming");
+        while let Some(batch) = self.source.next_batch().await {
+            if self.handle(batch).await.is_none() {
+                tracing::info!("stopped while retrying; the batch in hand will be replayed");
+                break;
+            }
+        }
+        self.source.commit();
+        Ok(())
+    }
+
+    /// Writes a batch, dead-letters what cannot be written, then stores its
+    /// offsets. `None` when shutdown came first: nothing is stored.
+    async fn handle(&mut self, batch: Vec<Consumed>) -> Option<()> {
+        let mut offsets = Offsets::default();
+        let mut readable = Vec::with_capacity(batch.len());
+        let mut dead = Vec::new();
+        for consumed in batch {
+            let message = &consumed.message;
+            offsets.handled(message.topic(), message.partition(), message.offset());
+            match consumed.read() {
+                Ok(event) => readable.push(event),
+                Err(letter) => dead.push(letter),
+            }
+        }
+        dead.extend(self.write(readable).await?);
+        self.send_dead_letters(dead).await?;
+        self.source.store(&offsets);
+        Some(())
+    }
+
+    /// Writes the events; returns those Postgres refused, as dead letters.
+    async fn write(&mut self, events: Vec<Readable>) -> Option<Vec<DeadLetter>> {
+        if events.is_empty() {
+            return Some(Vec::new());
+        }
+        let Err(error) = self.write_retrying(&events).await? else {
+            return Some(Vec::new());
+        };
+        if events.len() == 1 {
+            return Some(events.into_iter().map(|event| refused(event, &error)).collect());
+        }
+        // One row spoils the statement for all: write them one at a time to
+        // find which, so the others are not held back by it.
+        tracing::warn!(error = %error, events = events.len(), "Postgres refused a batch; writing its events one by one");
+        let mut rejected = Vec::new();
+        for event in events {
+            if let Err(error) = self.write_retrying(std::slice::from_ref(&event)).await? {
+                rejected.push(refused(event, &error));
+            }
+        }
+        Some(rejected)
+    }
+
+    /// One write, retried while Postgres is unavailable. The inner result
+    /// is Postgres refusing the rows, which no retry can change.
+    async fn write_retrying(&mut self, events: &[Readable]) -> Option<Result<(), WriteError>> {
+        let Sink { pool, health, .. } = &self.sink;
+        self.source
+            .retry("writing events to Postgres", || write_once(pool, health, events))
+            .await
+    }
+
+    /// Sends the dead letters and waits for every acknowledgement; those
+    /// that fail are sent again.
+    async fn send_dead_letters(&mut self, letters: Vec<DeadLetter>) -> Option<()> {
+        for letter in &letters {
+            let message = &letter.consumed.message;
+            letter.consumed.span.in_scope(|| {
+                tracing::warn!(
+                    reason = %letter.reason,
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    "unreadable message: sending it to the dead-letter topic"
+                );
+            });
+            kafka::record_error(&letter.consumed.span, &letter.reason);
+        }
+        let sink = &self.sink;
+        self.source
+            .retry("sending dead letters", || send_unsent(sink, &letters))
+            .await
+    }
+}
+
+/// One attempt at a write. `Err` when Postgres is unavailable, `Ok(Err)`
+/// when it refused the rows.
+async fn write_once(pool: &PgPool, health: &Health, events: &[Readable]) -> Result<Result<(), WriteError>, WriteError> {
+    match store::insert(pool, events).await {
+        Ok(rows) => {
+            health.written(rows);
+            Ok(Ok(()))
+        }
+        Err(error @ WriteError::Rejected(_)) => {
+            health.database_answered();
+            Ok(Err(error))
+        }
+        Err(error) => {
+            health.database_failed();
+            Err(error)
+        }
+    }
+}
+
+/// Sends, all at once, the dead letters the broker has not acknowledged yet.
+async fn send_unsent(sink: &Sink, letters: &[DeadLetter]) -> Result<(), KafkaError> {
+    let sends = letters
+        .iter()
+        .filter(|letter| !letter.sent.load(Ordering::Relaxed))
+        .map(|letter| async move {
+            let consumed = &letter.consumed;
+            sink.dead_letters
+                .send(&consumed.message, &letter.reason, &consumed.span)
+                .await?;
+            letter.sent.store(true, Ordering::Relaxed);
+            sink.health.dead_lettered();
+            Ok(())
+        });
+    futures::future::join_all(sends).await.into_iter().collect()
+}
+
+fn refused(event: Readable, error: &WriteError) -> DeadLetter {
+    event.consumed.dead_letter(error.to_string())
+}
+
+impl Source {
+    /// Waits for a first message, then gathers up to `batch_size` messages
+    /// or until `batch_timeout` has passed. `None` at shutdown.
+    async fn next_batch(&mut self) -> Option<Vec<Consumed>> {
+        let held = self.held.len().min(self.batch_size);
+        let mut batch: Vec<Consumed> = self.held.drain(..held).collect();
+        while batch.is_empty() {
+            tokio::select! {
+                biased;
+                () = self.shutdown.wait() => return None,
+                received = self.kafka.recv() => batch.extend(self.accept(received)),
+            }
+        }
+        let deadline = Instant::now() + self.batch_timeout;
+        while batch.len() < self.batch_size {
+            tokio::select! {
+                biased;
+                received = self.kafka.recv() => batch.extend(self.accept(received)),
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        Some(batch)
+    }
+
+    /// A received message, with its process span opened; errors are logged:
+    /// librdkafka recovers from them by itself.
+    fn accept(&self, received: KafkaResult<BorrowedMessage<'_>>) -> Option<Consumed> {
+        match received {
+            Ok(message) => Some(Consumed::new(&message, &self.group_id)),
+            Err(error) => {
+                tracing::warn!(error = %error, "receiving from Kafka failed");
+                None
+            }
+        }
+    }
+
+    /// Runs `attempt` until it succeeds, with a growing pause between
+    /// attempts, and logs each failure. While it fails, the assignment is
+    /// paused so no more messages pile up. `None` when shutdown comes while
+    /// retrying; the first attempt is always let finish.
+    async fn retry<T, E, F>(&mut self, what: &str, mut attempt: impl FnMut() -> F) -> Option<T>
+    where
+        E: std::fmt::Display,
+        F: Future<Output = Result<T, E>>,
+    {
+        let mut backoff = Backoff::new();
+        let mut failures = 0u32;
+        loop {
+            let result = if failures == 0 {
+                attempt().await
+            } else {
+                tokio::select! {
+                    biased;
+                    () = self.shutdown.wait() => return None,
+                    result = attempt() => result,
+                }
+            };
+            match result {
+                Ok(value) => {
+                    if failures > 0 {
+                        self.set_paused(false);
+                        tracing::info!(failures, "{what} succeeded again; consuming resumes");
+                    }
+                    return Some(value);
+                }
+                Err(error) => {
+                    failures += 1;
+                    let delay = backoff.next_delay();
+                    tracing::warn!(
+                        error = %error,
+                        attempt = failures,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "{what} failed; nothing is committed until it succeeds"
+                    );
+                    // Every time, to cover partitions assigned since.
+                    self.set_paused(true);
+                    if !self.idle(delay).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits `delay`, still polling the consumer: librdkafka takes a consumer
+    /// that is not polled for `max.poll.interval.ms` for dead and gives its
+    /// partitions away. What arrives meanwhile (fetched before the pause)
+    /// is held for the next batch. `false` at shutdown.
+    async fn idle(&mut self, delay: Duration) -> bool {
+        let deadline = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.wait() => return false,
+                () = tokio::time::sleep_until(deadline) => return true,
+                received = self.kafka.recv() => {
+                    let consumed = self.accept(received);
+                    self.held.extend(consumed);
+                }
+            }
+        }
+    }
+
+    fn set_paused(&self, paused: bool) {
+        let result = self.kafka.assignment().and_then(|assignment| {
+            if paused {
+                self.kafka.pause(&assignment)
+            } else {
+                self.kafka.resume(&assignment)
+            }
+        });
+        if let Err(error) = result {
+            tracing::warn!(error = %error, paused, "pausing or resuming the assignment failed");
+        }
+    }
+
+    /// Stores the offsets of a handled batch, for the next commit.
+    fn store(&self, offsets: &Offsets) {
+        for (topic, partition, offset) in offsets.iter() {
+            // librdkafka stores `offset + 1`: the next message to read.
+            if let Err(error) = self.kafka.store_offset(topic, partition, offset) {
+                // The partition was revoked meanwhile: its new owner replays
+                // from the last commit, harmlessly.
+                tracing::warn!(error = %error, topic, partition, offset, "storing an offset failed");
+            }
+        }
+    }
+
+    /// Commits the stored offsets before leaving (with no offsets given,
+    /// librdkafka commits those stored, not the position).
+    fn commit(&self) {
+        match self.kafka.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => tracing::info!("offsets committed"),
+            // Nothing stored since the last auto-commit.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => tracing::warn!(error = %error, "committing offsets failed; the last events will be replayed"),
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The `user_events` table: a pool with the migrations applied, and the one
+//! statement that writes a batch.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use callchain_telemetry::db;
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use tracing::Span;
+
+use crate::{batch::Columns, config::Config, pipeline::Readable};
+
+/// A pool on `DATABASE_URL`, with the migrations applied.
+pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
+    let pool = PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        // While Postgres is down a write fails within this time, and is
+        // retried, instead of hanging.
+        .acquire_timeout(Duration::from_secs(3))
+        .connect(&config.database_url)
+        .await
+        .context("cannot connect to DATABASE_URL")?;
+    // The user service and the consumer may share a database, each with its
+    // own migrations: ignore those of the other.
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator
+        .run(&pool)
+        .await
+        .context("running the consumer's migrations failed")?;
+    Ok(pool)
+}
+
+/// The longest a whole write (connection, statement, commit) may take before
+/// it counts as failed and is retried.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Every row of a batch in one statement; a replayed event hits the primary
+/// key and is skipped.
+const INSERT_EVENTS: &str = "INSERT INTO user_events \
+     (event_id, event_type, user_id, occurred_at, schema_version, payload, trace_id, kafka_partition, kafka_offset) \
+     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::timestamptz[], $5::integer[], \
+     $6::text[]::jsonb[], $7::text[], $8::integer[], $9::bigint[]) \
+     ON CONFLICT (event_id) DO NOTHING";
+
+/// Why a write failed, which decides what happens next.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Postgres refused the rows themselves (a data or constraint error):
+    /// writing them again cannot succeed.
+    #[error("Postgres refused the rows: {0}")]
+    Rejected(#[source] sqlx::Error),
+    /// Postgres is unreachable or failed: the same write may succeed later.
+    #[error("Postgres is unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("Postgres did not finish the write within {WRITE_TIMEOUT:?}")]
+    TimedOut,
+}
+
+impl From<sqlx::Error> for WriteError {
+    fn from(error: sqlx::Error) -> Self {
+        let refused = match &error {
+            // SQLSTATE class 22 is "data exception" (a NUL in a string, a
+            // date out of range), class 23 "integrity constraint violation".
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+            sqlx::Error::Encode(_) => true,
+            _ => false,
+        };
+        if refused {
+            Self::Rejected(error)
+        } else {
+            Self::Unavailable(error)
+        }
+    }
+}
+
+/// Writes `events` in one transaction with one statement, and returns how
+/// many rows were new. Each event's `INSERT user_events` span is a child of
+/// its own process span, and lasts as long as the statement.
+pub async fn insert(pool: &PgPool, events: &[Readable]) -> Result<u64, WriteError> {
+    tokio::time::timeout(WRITE_TIMEOUT, insert_in_transaction(pool, events))
+        .await
+        .unwrap_or(Err(WriteError::TimedOut))
+}
+
+async fn insert_in_transaction(pool: &PgPool, events: &[Readable]) -> Result<u64, WriteError> {
+    let columns: Columns = events.iter().map(|event| &event.row).collect();
+    let mut transaction = pool.begin().await?;
+
+    let spans: Vec<Span> = events
+        .iter()
+        .map(|event| db::batch_span(&event.consumed.span, "INSERT", "user_events", INSERT_EVENTS, events.len()))
+        .collect();
+    let result = sqlx::query(INSERT_EVENTS)
+        .bind(columns.event_ids)
+        .bind(columns.event_types)
+        .bind(columns.user_ids)
+        .bind(columns.occurred_at)
+        .bind(columns.schema_versions)
+        .bind(columns.payloads)
+        .bind(columns.trace_ids)
+        .bind(columns.partitions)
+        .bind(columns.offsets)
+        .execute(&mut *transaction)
+        .await;
+    if let Err(error) = &result {
+        spans.iter().for_each(|span| db::record_error(span, error));
+    }
+    drop(spans);
+
+    let rows = result?.rows_affected();
+    transaction.commit().await?;
+    Ok(rows)
+}

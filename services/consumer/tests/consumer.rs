@@ -1,0 +1,589 @@
+//! The consumer against real parts: a tansu broker, the machine's Postgres,
+//! and (for the spans) the in-process OTLP receiver.
+
+use std::{collections::BTreeSet, future::Future, time::Duration};
+
+use callchain_events::{DLQ_TOPIC, EventType, TOPIC, UserEvent, UserPayload, headers};
+use callchain_testkit::{
+    kafka::Broker,
+    otlp::OtlpReceiver,
+    postgres::{TestDatabase, admin_url},
+    service::ServiceHandle,
+    spans::{SpanKind, Trace},
+    stack::{consumer_config, wait_until},
+};
+use chrono::Utc;
+use rdkafka::{
+    ClientConfig, Message as _,
+    Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer as _, StreamConsumer},
+    message::{Header, Headers as _, OwnedHeaders, OwnedMessage},
+    producer::{FutureProducer, FutureRecord},
+};
+use sqlx::{Connection as _, Executor as _, PgConnection};
+use uuid::Uuid;
+
+/// How long any wait in these tests may last before it fails.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A broker and a database for one test, and a producer onto the broker.
+struct Parts {
+    db: TestDatabase,
+    broker: Broker,
+    producer: FutureProducer,
+}
+
+impl Parts {
+    async fn start() -> Self {
+        let db = TestDatabase::create().await.expect("a test database");
+        let broker = tokio::task::spawn_blocking(Broker::start)
+            .await
+            .unwrap()
+            .expect("a tansu broker");
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap())
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", "30000")
+            // tansu 0.6 answers a fetch that starts inside a record batch
+            // with nothing, so a partition whose committed offset falls
+            // inside one never moves again; real Kafka returns the whole
+            // batch. One message per batch keeps every offset a boundary.
+            .set("batch.num.messages", "1")
+            .create()
+            .expect("a producer");
+        Self { db, broker, producer }
+    }
+
+    /// Starts a consumer (group `user-events-writer`, batches of
+    /// `batch_size`) and waits until it answers `/healthz`.
+    async fn consumer(&self, batch_size: usize, otlp_endpoint: Option<String>) -> ServiceHandle {
+        let mut config = consumer_config(&self.db, &self.broker);
+        config.batch_size = batch_size;
+        let mut consumer = ServiceHandle::spawn("consumer", otlp_endpoint, move |listener, shutdown| {
+            callchain_consumer::run(config, listener, async move {
+                let _ = shutdown.await;
+            })
+        })
+        .expect("the consumer starts");
+        let addr = consumer.addr;
+        wait_until(&mut consumer, || callchain_consumer::healthcheck(addr))
+            .await
+            .expect("the consumer is healthy");
+        consumer
+    }
+
+    /// Produces one message to `topic`; returns its partition and offset.
+    async fn produce(&self, key: &str, payload: &[u8], headers: OwnedHeaders) -> (i32, i64) {
+        let record = FutureRecord::to(TOPIC).key(key).payload(payload).headers(headers);
+        let delivery = self
+            .producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|(error, _)| panic!("producing to {TOPIC} failed: {error}"));
+        (delivery.partition, delivery.offset)
+    }
+
+    /// Produces `event` as the API does: keyed by user, with its id, type and
+    /// (when given) trace context in the headers.
+    async fn produce_event(&self, event: &UserEvent, traceparent: Option<&str>) -> (i32, i64) {
+        self.produce(&event.key(), &event.to_json(), event_headers(event, traceparent))
+            .await
+    }
+
+    async fn row_count(&self) -> i64 {
+        // Until the consumer has migrated, the table does not exist: none.
+        sqlx::query_scalar("SELECT count(*) FROM user_events")
+            .fetch_one(self.db.pool())
+            .await
+            .unwrap_or(0)
+    }
+
+    /// Waits until the row of `event_id` is there and returns its
+    /// `(trace_id, kafka_partition, kafka_offset)`.
+    async fn row_of(&self, event_id: Uuid) -> (Option<String>, i32, i64) {
+        eventually(&format!("the row of event {event_id}"), || async {
+            sqlx::query_as("SELECT trace_id, kafka_partition, kafka_offset FROM user_events WHERE event_id = $1")
+                .bind(event_id)
+                .fetch_optional(self.db.pool())
+                .await
+                .ok()
+                .flatten()
+        })
+        .await
+    }
+
+    async fn rows_of(&self, event_id: Uuid) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM user_events WHERE event_id = $1")
+            .bind(event_id)
+            .fetch_one(self.db.pool())
+            .await
+            .expect("counting an event's rows")
+    }
+
+    /// The offset the consumer's group has committed on `partition` of
+    /// `user-events`, if any: asked as the group, without joining it.
+    async fn committed_offset(&self, partition: i32) -> Option<i64> {
+        let group = consumer_config(&self.db, &self.broker).group_id;
+        let probe: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.broker.bootstrap())
+            .set("group.id", group)
+            .create()
+            .expect("an offset probe");
+        let mut partitions = TopicPartitionList::new();
+        partitions.add_partition(TOPIC, partition);
+        let committed = tokio::task::spawn_blocking(move || probe.committed_offsets(partitions, Duration::from_secs(10)))
+            .await
+            .unwrap()
+            .expect("reading the committed offsets");
+        match committed.find_partition(TOPIC, partition)?.offset() {
+            Offset::Offset(offset) => Some(offset),
+            _ => None,
+        }
+    }
+
+    /// Waits for the first dead letter and returns it.
+    async fn first_dead_letter(&self) -> OwnedMessage {
+        let reader: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.broker.bootstrap())
+            .set("group.id", format!("dlq-reader-{}", Uuid::new_v4()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("a DLQ reader");
+        reader.subscribe(&[DLQ_TOPIC]).expect("subscribing to the DLQ");
+        let message = tokio::time::timeout(PATIENCE, reader.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no message on {DLQ_TOPIC} within {PATIENCE:?}"))
+            .expect("reading the DLQ");
+        message.detach()
+    }
+}
+
+fn user_event(user_id: Uuid) -> UserEvent {
+    UserEvent::new(
+        EventType::UserCreated,
+        Uuid::now_v7(),
+        Utc::now(),
+        user_id,
+        UserPayload {
+            email: "ada@example.com".into(),
+            name: "Ada".into(),
+            role: "USER".into(),
+        },
+    )
+}
+
+fn event_headers(event: &UserEvent, traceparent: Option<&str>) -> OwnedHeaders {
+    let event_id = event.event_id.to_string();
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: headers::EVENT_ID,
+            value: Some(&event_id),
+        })
+        .insert(Header {
+            key: headers::EVENT_TYPE,
+            value: Some(event.event_type.as_str()),
+        });
+    match traceparent {
+        Some(traceparent) => headers.insert(Header {
+            key: "traceparent",
+            value: Some(traceparent),
+        }),
+        None => headers,
+    }
+}
+
+/// A fresh W3C trace context: `(traceparent, trace id, span id)`.
+fn trace_context() -> (String, String, String) {
+    let trace_id = Uuid::new_v4().simple().to_string();
+    let span_id = trace_id[..16].to_owned();
+    (format!("00-{trace_id}-{span_id}-01"), trace_id, span_id)
+}
+
+fn header(message: &OwnedMessage, key: &str) -> Option<String> {
+    message
+        .headers()?
+        .iter()
+        .filter(|h| h.key == key)
+        .last()
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Polls `probe` until it yields something, up to [`PATIENCE`].
+async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited {PATIENCE:?} for {what}, in vain"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn get_json(url: String) -> Option<(u16, serde_json::Value)> {
+    let response = reqwest::get(url).await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.json().await.ok()?))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_produced_event_is_written_once_with_its_trace_id() {
+    let parts = Parts::start().await;
+    let _consumer = parts.consumer(500, None).await;
+    let user_id = Uuid::now_v7();
+    let event = user_event(user_id);
+    let (traceparent, trace_id, _) = trace_context();
+
+    let (partition, offset) = parts.produce_event(&event, Some(&traceparent)).await;
+    let row = parts.row_of(event.event_id).await;
+    assert_eq!(row, (Some(trace_id), partition, offset));
+
+    // The same event again, then another of the same user (same partition,
+    // so read after it): once that one is written, the replay was handled.
+    parts.produce_event(&event, Some(&traceparent)).await;
+    let next = user_event(user_id);
+    parts.produce_event(&next, None).await;
+    let (next_trace_id, ..) = parts.row_of(next.event_id).await;
+
+    assert_eq!(parts.rows_of(event.event_id).await, 1, "a replayed event is written once");
+    assert_eq!(next_trace_id, None, "an event without trace context has no trace id");
+    let (event_type, payload): (String, serde_json::Value) =
+        sqlx::query_as("SELECT event_type, payload FROM user_events WHERE event_id = $1")
+            .bind(event.event_id)
+            .fetch_one(parts.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(event_type, "user.created");
+    assert_eq!(
+        payload,
+        serde_json::json!({ "email": "ada@example.com", "name": "Ada", "role": "USER" })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_message_goes_to_the_dlq_with_its_headers_and_the_next_one_is_written() {
+    let parts = Parts::start().await;
+    let consumer = parts.consumer(500, None).await;
+    let user_id = Uuid::now_v7();
+    let key = user_id.to_string();
+    let (traceparent, ..) = trace_context();
+    let garbage_headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "traceparent",
+            value: Some(&traceparent),
+        })
+        .insert(Header {
+            key: "x-custom",
+            value: Some("kept as it was"),
+        });
+
+    let (partition, offset) = parts.produce(&key, b"{not json", garbage_headers).await;
+    let good = user_event(user_id);
+    parts.produce_event(&good, None).await;
+
+    let (_, good_partition, _) = parts.row_of(good.event_id).await;
+    assert_eq!(good_partition, partition, "both messages share their key's partition");
+    let dead = parts.first_dead_letter().await;
+    assert_eq!(dead.key(), Some(key.as_bytes()));
+    assert_eq!(dead.payload(), Some(&b"{not json"[..]));
+    assert_eq!(header(&dead, "traceparent"), Some(traceparent));
+    assert_eq!(header(&dead, "x-custom").as_deref(), Some("kept as it was"));
+    let error = header(&dead, headers::ERROR).expect("an error header");
+    assert!(error.contains("not a user event"), "error header: {error}");
+    assert_eq!(header(&dead, headers::ORIGINAL_TOPIC).as_deref(), Some(TOPIC));
+    assert_eq!(header(&dead, headers::ORIGINAL_PARTITION), Some(partition.to_string()));
+    assert_eq!(header(&dead, headers::ORIGINAL_OFFSET), Some(offset.to_string()));
+
+    let (status, health) = get_json(format!("http://{}/healthz", consumer.addr))
+        .await
+        .expect("/healthz answers");
+    assert_eq!(status, 200);
+    assert_eq!(health["dead_letters"], 1, "{health}");
+    assert_eq!(health["events_written"], 1, "{health}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_schema_version_goes_to_the_dlq() {
+    let parts = Parts::start().await;
+    let _consumer = parts.consumer(500, None).await;
+    let user_id = Uuid::now_v7();
+    let future = user_event(user_id);
+    let mut json = serde_json::to_value(&future).unwrap();
+    json["schema_version"] = 2.into();
+
+    let (_, offset) = parts
+        .produce(&future.key(), &serde_json::to_vec(&json).unwrap(), event_headers(&future, None))
+        .await;
+    let next = user_event(user_id);
+    parts.produce_event(&next, None).await;
+    parts.row_of(next.event_id).await;
+
+    let dead = parts.first_dead_letter().await;
+    let error = header(&dead, headers::ERROR).expect("an error header");
+    assert!(error.contains("schema version 2"), "error header: {error}");
+    assert_eq!(header(&dead, headers::EVENT_ID), Some(future.event_id.to_string()));
+    assert_eq!(header(&dead, headers::ORIGINAL_OFFSET), Some(offset.to_string()));
+    assert_eq!(parts.rows_of(future.event_id).await, 0, "an unread event is not written");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_postgres_refuses_goes_to_the_dlq_and_the_rest_of_its_batch_is_written() {
+    let parts = Parts::start().await;
+    let user_id = Uuid::now_v7();
+    // A NUL parses as JSON, but Postgres cannot store it in jsonb.
+    let mut poisoned = user_event(user_id);
+    poisoned.payload.name = "Ada\u{0}".into();
+    let before = user_event(user_id);
+    let after = user_event(user_id);
+    for event in [&before, &poisoned, &after] {
+        parts.produce_event(event, None).await;
+    }
+
+    // Started after producing, so the three most likely arrive in one batch.
+    let _consumer = parts.consumer(500, None).await;
+    parts.row_of(before.event_id).await;
+    parts.row_of(after.event_id).await;
+
+    let dead = parts.first_dead_letter().await;
+    assert_eq!(header(&dead, headers::EVENT_ID), Some(poisoned.event_id.to_string()));
+    let error = header(&dead, headers::ERROR).expect("an error header");
+    assert!(error.contains("Postgres refused"), "error header: {error}");
+    assert_eq!(parts.rows_of(poisoned.event_id).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_consumer_replays_and_every_event_is_stored_exactly_once() {
+    const EVENTS: usize = 2_000;
+    let parts = Parts::start().await;
+    let events: Vec<UserEvent> = (0..EVENTS).map(|i| user_event(Uuid::from_u128(i as u128 % 97 + 1))).collect();
+    let sends = events.iter().map(|event| parts.produce_event(event, None));
+    futures::future::join_all(sends).await;
+
+    // Small batches, so there is a middle of the stream to kill it in.
+    let mut first = parts.consumer(10, None).await;
+    let written_before_kill = eventually("some rows, from the first consumer", || async {
+        let count = parts.row_count().await;
+        (count > 0).then_some(count)
+    })
+    .await;
+    first.kill();
+    assert!(
+        (written_before_kill as usize) < EVENTS,
+        "the first consumer wrote all {EVENTS} rows before it could be killed"
+    );
+
+    let _second = parts.consumer(500, None).await;
+    eventually(&format!("{EVENTS} rows"), || async {
+        (parts.row_count().await as usize >= EVENTS).then_some(())
+    })
+    .await;
+
+    let stored: Vec<Uuid> = sqlx::query_scalar("SELECT event_id FROM user_events")
+        .fetch_all(parts.db.pool())
+        .await
+        .unwrap();
+    let produced: BTreeSet<Uuid> = events.iter().map(|event| event.event_id).collect();
+    assert_eq!(stored.len(), EVENTS, "every event exactly once");
+    assert_eq!(stored.into_iter().collect::<BTreeSet<_>>(), produced);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn while_postgres_is_unreachable_nothing_is_committed_and_writing_resumes() {
+    let parts = Parts::start().await;
+    let consumer = parts.consumer(500, None).await;
+    let readyz = format!("http://{}/readyz", consumer.addr);
+    let (status, _) = get_json(readyz.clone()).await.expect("/readyz answers");
+    assert_eq!(status, 200, "ready while Postgres answers");
+
+    // Postgres refuses the consumer's database from now on.
+    let database = parts.db.url().rsplit('/').next().unwrap().to_owned();
+    let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            r#"ALTER DATABASE "{database}" ALLOW_CONNECTIONS false"#
+        )))
+        .await
+        .unwrap();
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
+        )))
+        .await
+        .unwrap();
+    let response = eventually("/readyz to answer 503", || async {
+        let response = reqwest::get(&readyz).await.ok()?;
+        (response.status() == 503).then_some(response)
+    })
+    .await;
+    assert_eq!(response.headers()["retry-after"], "1");
+
+    let user_id = Uuid::now_v7();
+    let events: Vec<UserEvent> = (0..20).map(|_| user_event(user_id)).collect();
+    let mut produced = Vec::new();
+    for event in &events {
+        produced.push(parts.produce_event(event, None).await);
+    }
+    let (partition, first_offset) = produced[0];
+    let (_, last_offset) = produced[produced.len() - 1];
+    // The consumer tries, fails, and says so.
+    eventually("a failed write in the consumer's logs", || async {
+        consumer
+            .logs
+            .text()
+            .contains("writing events to Postgres failed")
+            .then_some(())
+    })
+    .await;
+    let (_, health) = get_json(format!("http://{}/healthz", consumer.addr))
+        .await
+        .expect("/healthz answers while Postgres is down");
+    assert_eq!(health["database"], "failing", "{health}");
+    let committed = parts.committed_offset(partition).await;
+    assert!(
+        committed.is_none_or(|offset| offset <= first_offset),
+        "nothing may be committed while Postgres is down, yet offset {committed:?} is (first event at {first_offset})"
+    );
+
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            r#"ALTER DATABASE "{database}" ALLOW_CONNECTIONS true"#
+        )))
+        .await
+        .unwrap();
+    for event in &events {
+        parts.row_of(event.event_id).await;
+    }
+    assert_eq!(parts.row_count().await, 20);
+    eventually("the offsets to be committed after the rows", || async {
+        (parts.committed_offset(partition).await == Some(last_offset + 1)).then_some(())
+    })
+    .await;
+    eventually("/readyz to answer 200 again", || async {
+        let (status, _) = get_json(readyz.clone()).await?;
+        (status == 200).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_process_span_is_a_child_of_the_producer_context_and_links_to_it() {
+    let parts = Parts::start().await;
+    let otlp = OtlpReceiver::start().await.expect("an OTLP receiver");
+    let consumer = parts.consumer(500, Some(otlp.endpoint())).await;
+    let event = user_event(Uuid::now_v7());
+    let (traceparent, trace_id, producer_span_id) = trace_context();
+
+    let (partition, offset) = parts.produce_event(&event, Some(&traceparent)).await;
+    parts.row_of(event.event_id).await;
+    consumer.flush().await;
+    let spans = otlp
+        .wait_for_trace(&trace_id, PATIENCE, |spans| {
+            spans.iter().any(|s| s.name == "INSERT user_events") && spans.iter().any(|s| s.name == "process user-events")
+        })
+        .await;
+
+    let trace = Trace(&spans);
+    let process = trace.span("consumer", "process user-events", SpanKind::Consumer);
+    assert_eq!(
+        process.parent_span_id.as_deref(),
+        Some(producer_span_id.as_str()),
+        "the process span's parent is the producer's span:\n{}",
+        trace.draw()
+    );
+    assert_eq!(process.links, [producer_span_id.clone()], "the process span links to the producer's span");
+    for (key, value) in [
+        ("messaging.system", "kafka"),
+        ("messaging.operation.type", "process"),
+        ("messaging.destination.name", TOPIC),
+        ("messaging.destination.partition.id", &partition.to_string()),
+        ("messaging.kafka.offset", &offset.to_string()),
+        ("messaging.consumer.group.name", "user-events-writer"),
+    ] {
+        assert_eq!(process.attribute(key), Some(value), "{key} on {process:?}");
+    }
+
+    let insert = trace.span("consumer", "INSERT user_events", SpanKind::Client);
+    trace.assert_parent(insert, process);
+    assert_eq!(insert.attribute("db.system.name"), Some("postgresql"));
+    assert_eq!(insert.attribute("db.operation.name"), Some("INSERT"));
+    assert_eq!(insert.attribute("db.collection.name"), Some("user_events"));
+    let query = insert.attribute("db.query.text").expect("db.query.text");
+    assert!(
+        query.starts_with("INSERT INTO user_events") && !query.contains(&event.event_id.to_string()),
+        "the parameterised statement, never values: {query}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn zz_probe_pause_resume_mid_batch() {
+    let parts = Parts::start().await;
+    let batching: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", parts.broker.bootstrap())
+        .set("linger.ms", "50")
+        .create()
+        .unwrap();
+    let consumer = parts.consumer(500, None).await;
+    let database = parts.db.url().rsplit('/').next().unwrap().to_owned();
+    let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
+    admin.execute(sqlx::AssertSqlSafe(format!(r#"ALTER DATABASE "{database}" ALLOW_CONNECTIONS false"#))).await.unwrap();
+    admin.execute(sqlx::AssertSqlSafe(format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"))).await.unwrap();
+    let user = Uuid::now_v7();
+    let events: Vec<UserEvent> = (0..600).map(|_| user_event(user)).collect();
+    let sends = events.iter().map(|e| {
+        let payload = e.to_json();
+        let key = e.key();
+        let batching = &batching;
+        async move { batching.send(FutureRecord::to(TOPIC).key(&key).payload(&payload), Duration::from_secs(5)).await.unwrap() }
+    });
+    futures::future::join_all(sends).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    admin.execute(sqlx::AssertSqlSafe(format!(r#"ALTER DATABASE "{database}" ALLOW_CONNECTIONS true"#))).await.unwrap();
+    for _ in 0..20 { eprintln!("rows {}", parts.row_count().await); tokio::time::sleep(Duration::from_secs(1)).await; }
+    eprintln!("{}", consumer.logs.text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn zz_probe_mid_batch_fetch() {
+    let parts = Parts::start().await;
+    let batching: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", parts.broker.bootstrap())
+        .set("linger.ms", "50")
+        .create()
+        .unwrap();
+    let user = Uuid::now_v7();
+    let events: Vec<UserEvent> = (0..50).map(|_| user_event(user)).collect();
+    let sends = events.iter().map(|e| {
+        let payload = e.to_json();
+        let key = e.key();
+        let batching = &batching;
+        async move { batching.send(FutureRecord::to(TOPIC).key(&key).payload(&payload), Duration::from_secs(5)).await.unwrap() }
+    });
+    let produced = futures::future::join_all(sends).await;
+    let partition = produced[0].partition;
+    for start in [0i64, 10, 49] {
+        let bootstrap = parts.broker.bootstrap();
+        let n = tokio::task::spawn_blocking(move || {
+            let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", format!("g{}", Uuid::new_v4())).create().unwrap();
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(TOPIC, partition, Offset::Offset(start)).unwrap();
+            c.assign(&tpl).unwrap();
+            let mut n = 0; let mut first = None;
+            let deadline = std::time::Instant::now() + Duration::from_secs(6);
+            while std::time::Instant::now() < deadline {
+                if let Some(m) = c.poll(Duration::from_millis(200)) { let m = m.unwrap(); first.get_or_insert(m.offset()); n += 1; }
+            }
+            (n, first)
+        }).await.unwrap();
+        eprintln!("from {start}: {n:?}");
+    }
+}

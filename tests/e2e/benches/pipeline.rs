@@ -1,0 +1,333 @@
+//! `make bench`: the figures of DESIGN.md, measured on real parts (tansu,
+//! Postgres, the in-process OTLP receiver) with the load generator in the
+//! same process. It prints figures; it asserts no time.
+//!
+//! 1. Consumer throughput: events fed straight into the topic, then the
+//!    consumer started; events per second written into Postgres, with and
+//!    without span export, and whether every span arrived.
+//! 2. Lag at a steady write rate: `PATCH /v1/users/{id}` (updates: argon2
+//!    makes registrations slow on purpose) at a fixed rate; lag from the API's
+//!    answer to the committed event row, p50 and p99.
+//! 3. Reads: `GET /v1/users/{id}` with a fixed number of connections.
+//!
+//! Sizes can be changed with BENCH_EVENTS, BENCH_WRITE_RATE,
+//! BENCH_WRITE_SECONDS, BENCH_READ_SECONDS.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use callchain_events::{EventType, TOPIC, UserEvent, UserPayload};
+use callchain_testkit::{Stack, kafka::Broker, otlp::OtlpReceiver, postgres::TestDatabase, stack::spawn_consumer};
+use rdkafka::{
+    ClientConfig,
+    message::{Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord},
+    util::Timeout,
+};
+use serde_json::json;
+
+fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn main() -> anyhow::Result<()> {
+    // Every span must reach the receiver: a queue large enough for a whole
+    // run, and large export batches. Set before any thread starts.
+    // SAFETY: nothing else runs yet.
+    unsafe {
+        std::env::set_var("OTEL_BSP_MAX_QUEUE_SIZE", "1000000");
+        std::env::set_var("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2048");
+        std::env::set_var("OTEL_BSP_SCHEDULE_DELAY", "200");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        println!(
+            "callchain benchmark ({} cores)\n",
+            std::thread::available_parallelism()?.get()
+        );
+        let events = setting("BENCH_EVENTS", 100_000);
+        consumer_throughput(events, true).await?;
+        consumer_throughput(events, false).await?;
+        write_lag(setting("BENCH_WRITE_RATE", 500), setting("BENCH_WRITE_SECONDS", 10)).await?;
+        reads(setting("BENCH_READ_SECONDS", 10)).await?;
+        Ok(())
+    })
+}
+
+/// Feeds `count` events into the topic, then times the consumer writing them.
+async fn consumer_throughput(count: u64, export: bool) -> anyhow::Result<()> {
+    let label = if export {
+        "with every span exported"
+    } else {
+        "without span export"
+    };
+    println!("== consumer: {count} events fed into `{TOPIC}`, {label}");
+    let db = TestDatabase::create().await?;
+    let broker = tokio::task::spawn_blocking(Broker::start).await??;
+    let otlp = OtlpReceiver::start().await?;
+
+    let fed = Instant::now();
+    feed(&broker.bootstrap(), count).await?;
+    println!("   fed in {:.1} s", fed.elapsed().as_secs_f64());
+
+    let started = Instant::now();
+    let endpoint = export.then(|| otlp.endpoint());
+    let mut consumer = spawn_consumer(&db, &broker, endpoint)?;
+    let mut last_report = Instant::now();
+    loop {
+        let written: i64 = sqlx::query_scalar("SELECT count(*) FROM user_events")
+            .fetch_one(db.pool())
+            .await?;
+        if written as u64 >= count {
+            break;
+        }
+        if last_report.elapsed() > Duration::from_secs(5) {
+            println!("   ... {written} written");
+            last_report = Instant::now();
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "only {written} of {count} after 10 min"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let (first, last): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as("SELECT min(written_at), max(written_at) FROM user_events")
+            .fetch_one(db.pool())
+            .await?;
+    let writing = (last - first).num_microseconds().unwrap_or(1) as f64 / 1e6;
+    println!(
+        "   {:.0} events/s while writing ({count} rows in {writing:.2} s); {:.0} events/s from consumer start ({wall:.2} s)",
+        count as f64 / writing,
+        count as f64 / wall
+    );
+    if export {
+        let flushed = Instant::now();
+        consumer.flush().await;
+        let expected = 2 * count as usize; // `process user-events` and `INSERT user_events` per event
+        while otlp.count() < expected && flushed.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let spans = otlp.spans();
+        let process = spans.iter().filter(|s| s.name == "process user-events").count();
+        let insert = spans.iter().filter(|s| s.name == "INSERT user_events").count();
+        println!(
+            "   spans received: {process} `process user-events`, {insert} `INSERT user_events` (expected {count} each; dropped: {})",
+            (2 * count as usize).saturating_sub(process + insert)
+        );
+    }
+    consumer.stop().await?;
+    println!();
+    Ok(())
+}
+
+/// Produces `count` well-formed events, each in a trace of its own.
+async fn feed(brokers: &str, count: u64) -> anyhow::Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let producer = Arc::new(producer);
+    let mut pending = Vec::with_capacity(10_000);
+    for n in 0..count {
+        let user_id = uuid::Uuid::now_v7();
+        let event = UserEvent::new(
+            EventType::UserUpdated,
+            uuid::Uuid::now_v7(),
+            chrono::Utc::now(),
+            user_id,
+            UserPayload {
+                email: format!("bench{n}@example.com"),
+                name: format!("Bench {n}"),
+                role: "USER".into(),
+            },
+        );
+        let traceparent = format!("00-{:032x}-{:016x}-01", uuid::Uuid::new_v4().as_u128(), n + 1);
+        let producer = producer.clone();
+        pending.push(tokio::spawn(async move {
+            let key = event.key();
+            let payload = event.to_json();
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "traceparent",
+                value: Some(traceparent.as_str()),
+            });
+            let record = FutureRecord::to(TOPIC).key(&key).payload(&payload).headers(headers);
+            producer
+                .send(record, Timeout::After(Duration::from_secs(30)))
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e)
+        }));
+        if pending.len() == 10_000 {
+            for sent in pending.drain(..) {
+                sent.await??;
+            }
+        }
+    }
+    for sent in pending {
+        sent.await??;
+    }
+    Ok(())
+}
+
+/// Updates at a steady `rate` for `seconds`; the lag from each answer to its
+/// event row.
+async fn write_lag(rate: u64, seconds: u64) -> anyhow::Result<()> {
+    println!("== lag: PATCH /v1/users/{{id}} at {rate}/s for {seconds} s, answer -> committed event row");
+    let stack = Stack::start().await?;
+    let admin = stack.admin_token().await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let user = stack
+            .register(&format!("lag{i}@example.com"), "benchmark password")
+            .await;
+        ids.push(user["id"].as_str().unwrap_or_default().to_owned());
+    }
+    let total = rate * seconds;
+    let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut requests = Vec::with_capacity(total as usize);
+    let started = Instant::now();
+    for n in 0..total {
+        interval.tick().await;
+        let (http, url, admin) = (
+            stack.http.clone(),
+            stack.url(&format!("/v1/users/{}", ids[n as usize % ids.len()])),
+            admin.clone(),
+        );
+        requests.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let response = http
+                .patch(url)
+                .bearer_auth(admin)
+                .json(&json!({ "name": format!("w{n}") }))
+                .send()
+                .await;
+            let answered = SystemTime::now();
+            let ok = matches!(&response, Ok(r) if r.status() == 200);
+            (n, ok, sent.elapsed(), answered)
+        }));
+    }
+    let mut answered_at = std::collections::HashMap::new();
+    let mut latencies = Vec::new();
+    let mut failed = 0;
+    for request in requests {
+        let (n, ok, latency, answered) = request.await?;
+        if ok {
+            answered_at.insert(format!("w{n}"), answered);
+            latencies.push(latency.as_secs_f64() * 1000.0);
+        } else {
+            failed += 1;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // Wait for the last rows.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rows: Vec<(String, chrono::DateTime<chrono::Utc>)> = loop {
+        let rows: Vec<(String, chrono::DateTime<chrono::Utc>)> =
+            sqlx::query_as("SELECT payload->>'name', written_at FROM user_events WHERE event_type = 'user.updated'")
+                .fetch_all(stack.db.pool())
+                .await?;
+        if rows.len() >= answered_at.len() || Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut lags: Vec<f64> = rows
+        .iter()
+        .filter_map(|(name, written)| {
+            let answered = answered_at.get(name)?;
+            let written = SystemTime::from(*written);
+            // A row committed before the client read its answer has no lag.
+            Some(
+                written
+                    .duration_since(*answered)
+                    .map(|d| d.as_secs_f64() * 1000.0)
+                    .unwrap_or(0.0),
+            )
+        })
+        .collect();
+    lags.sort_by(f64::total_cmp);
+    latencies.sort_by(f64::total_cmp);
+    println!(
+        "   {} answered 200 in {elapsed:.1} s ({:.0}/s), {failed} failed; rows found for {} of them",
+        answered_at.len(),
+        answered_at.len() as f64 / elapsed,
+        lags.len()
+    );
+    println!(
+        "   lag answer -> row: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        percentile(&lags, 50.0),
+        percentile(&lags, 99.0),
+        lags.last().copied().unwrap_or(f64::NAN)
+    );
+    println!(
+        "   PATCH latency: p50 {:.1} ms, p99 {:.1} ms\n",
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0)
+    );
+    Ok(())
+}
+
+/// `GET /v1/users/{id}` from 32 connections for `seconds`.
+async fn reads(seconds: u64) -> anyhow::Result<()> {
+    println!("== reads: GET /v1/users/{{id}} from 32 connections for {seconds} s");
+    let stack = Stack::start().await?;
+    let user = stack.register("reader@example.com", "benchmark password").await;
+    let token = stack.login("reader@example.com", "benchmark password").await;
+    let url = stack.url(&format!("/v1/users/{}", user["id"].as_str().unwrap_or_default()));
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let mut workers = Vec::new();
+    for _ in 0..32 {
+        let (http, url, token) = (stack.http.clone(), url.clone(), token.clone());
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut failed = 0u64;
+            while Instant::now() < until {
+                let sent = Instant::now();
+                match http.get(&url).bearer_auth(&token).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        let _ = r.bytes().await;
+                        latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    _ => failed += 1,
+                }
+            }
+            (latencies, failed)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut failed = 0;
+    for worker in workers {
+        let (l, f) = worker.await?;
+        latencies.extend(l);
+        failed += f;
+    }
+    latencies.sort_by(f64::total_cmp);
+    println!(
+        "   {:.0} requests/s, p50 {:.1} ms, p99 {:.1} ms, {failed} failed\n",
+        latencies.len() as f64 / seconds as f64,
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0)
+    );
+    drop(stack);
+    Ok(())
+}

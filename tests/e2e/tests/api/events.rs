@@ -1,0 +1,223 @@
+//! The whole chain: API → Kafka → consumer → Postgres, in one trace, and the
+//! guarantees of a write: a 2xx means the event is in Kafka; a retry with the
+//! same `Idempotency-Key` applies once.
+
+use std::time::{Duration, Instant};
+
+use callchain_testkit::spans::{SpanKind, Trace, assert_registration_chain, has_registration_chain};
+use serde_json::{Value, json};
+
+use crate::helpers::{PASSWORD, email, stack};
+
+fn trace_id(response: &reqwest::Response) -> String {
+    let traceparent = response.headers()["traceparent"].to_str().unwrap();
+    traceparent.split('-').nth(1).unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn register_yields_the_whole_trace_across_three_services_and_the_row_holds_its_trace_id() {
+    let stack = stack().await;
+    let response = stack
+        .http
+        .post(stack.url("/v1/users"))
+        .json(&json!({ "email": email("chain"), "name": "Chain", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let trace_id = trace_id(&response);
+    let user: Value = response.json().await.unwrap();
+    let user_id = user["id"].as_str().unwrap();
+
+    let rows = stack.events_of(user_id, 1).await;
+    assert_eq!(rows, vec![("user.created".to_owned(), Some(trace_id.clone()))]);
+
+    stack.flush().await;
+    let spans = stack
+        .otlp
+        .wait_for_trace(&trace_id, Duration::from_secs(15), has_registration_chain)
+        .await;
+    assert_registration_chain(&spans);
+
+    for service in [&stack.api, &stack.user, &stack.consumer] {
+        assert!(
+            !service.logs.lines_of_trace(&trace_id).is_empty(),
+            "no log line of {} carries the trace id {trace_id}:\n{}",
+            service.name,
+            service.logs.text()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn update_and_delete_publish_their_events_each_in_its_own_trace() {
+    let stack = stack().await;
+    let user = stack.register(&email("lifecycle"), PASSWORD).await;
+    let id = user["id"].as_str().unwrap();
+    let admin = stack.admin_token().await;
+
+    let updated = stack
+        .http
+        .patch(stack.url(&format!("/v1/users/{id}")))
+        .bearer_auth(&admin)
+        .json(&json!({ "name": "Renamed" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(updated.status(), 200);
+    let update_trace = trace_id(&updated);
+
+    let deleted = stack
+        .http
+        .delete(stack.url(&format!("/v1/users/{id}")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let delete_trace = trace_id(&deleted);
+
+    let rows = stack.events_of(id, 3).await;
+    let types: Vec<&str> = rows.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(types, ["user.created", "user.updated", "user.deleted"]);
+    assert_eq!(rows[1].1.as_deref(), Some(update_trace.as_str()));
+    assert_eq!(rows[2].1.as_deref(), Some(delete_trace.as_str()));
+
+    stack.flush().await;
+    for (trace_id, route) in [
+        (&update_trace, "PATCH /v1/users/{id}"),
+        (&delete_trace, "DELETE /v1/users/{id}"),
+    ] {
+        let spans = stack
+            .otlp
+            .wait_for_trace(trace_id, Duration::from_secs(15), |spans| {
+                spans.iter().any(|s| s.name == "INSERT user_events")
+            })
+            .await;
+        let trace = Trace(&spans);
+        let http = trace.span("api", route, SpanKind::Server);
+        let send = trace.span("api", "send user-events", SpanKind::Producer);
+        let process = trace.span("consumer", "process user-events", SpanKind::Consumer);
+        let write = trace.span("consumer", "INSERT user_events", SpanKind::Client);
+        trace.assert_parent(send, http);
+        trace.assert_parent(process, send);
+        trace.assert_parent(write, process);
+        assert_eq!(send.attribute("messaging.kafka.message.key"), Some(id));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_post_twice_with_one_idempotency_key_makes_one_user_one_event_and_the_same_answer() {
+    let stack = stack().await;
+    let body = json!({ "email": email("once"), "name": "Once", "password": PASSWORD });
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let response = stack
+            .http
+            .post(stack.url("/v1/users"))
+            .header("idempotency-key", "register-once-1")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let location = response.headers()["location"].to_str().unwrap().to_owned();
+        answers.push((location, response.json::<Value>().await.unwrap()));
+    }
+    assert_eq!(answers[0], answers[1], "the retry answers exactly as the first call");
+    assert_eq!(stack.user_count().await, 2, "the admin and one user");
+
+    let id = answers[0].1["id"].as_str().unwrap();
+    let rows = stack.events_of(id, 1).await;
+    assert_eq!(rows.len(), 1);
+    // Both publishes were consumed: still one row.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        stack.events_of(id, 2).await.len(),
+        1,
+        "one event row, however often it was published"
+    );
+
+    // The same key with another body is refused, and changes nothing.
+    let other = json!({ "email": email("other"), "name": "Other", "password": PASSWORD });
+    let response = stack
+        .http
+        .post(stack.url("/v1/users"))
+        .header("idempotency-key", "register-once-1")
+        .json(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(stack.user_count().await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_broker_down_a_write_answers_503_fast_and_a_retry_with_its_key_ends_with_one_user_and_one_event() {
+    let mut stack = stack().await;
+    stack.broker.stop();
+    let body = json!({ "email": email("outage"), "name": "Outage", "password": PASSWORD });
+
+    let started = Instant::now();
+    let response = stack
+        .http
+        .post(stack.url("/v1/users"))
+        .header("idempotency-key", "outage-1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(response.status(), 503, "{:?}", response.text().await);
+    assert!(
+        took < Duration::from_secs(5),
+        "the publish bound is 3 s in tests; took {took:?}"
+    );
+
+    stack.broker.restart().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let user = loop {
+        let response = stack
+            .http
+            .post(stack.url("/v1/users"))
+            .header("idempotency-key", "outage-1")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 201 {
+            break response.json::<Value>().await.unwrap();
+        }
+        assert_eq!(response.status(), 503, "only 503 while the broker comes back");
+        assert!(
+            Instant::now() < deadline,
+            "the API did not recover within 30 s; its logs:\n{}",
+            stack.api.logs.text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(stack.user_count().await, 2, "the admin and one user");
+    let rows = stack.events_of(user["id"].as_str().unwrap(), 1).await;
+    assert_eq!(rows.len(), 1, "exactly one event row");
+    assert_eq!(rows[0].0, "user.created");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_503_carries_retry_after() {
+    let mut stack = stack().await;
+    stack.broker.stop();
+    let response = stack
+        .http
+        .post(stack.url("/v1/users"))
+        .json(&json!({ "email": email("retry"), "name": "Retry", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    let problem: Value = response.json().await.unwrap();
+    assert!(problem["detail"].as_str().unwrap().contains("Idempotency-Key"));
+    let ready = stack.http.get(stack.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+}

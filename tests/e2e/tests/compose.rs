@@ -1,0 +1,173 @@
+//! The Docker Compose stack (`make up`), checked without a Docker engine: the
+//! compose file gives each service exactly the variables it reads, its
+//! structure holds together, and traces have a path from the services to
+//! Jaeger. The variable lists come from the services' own crates, so renaming
+//! a setting in the code without renaming it in `docker-compose.yml` fails here.
+
+use std::io::ErrorKind;
+use std::process::Command;
+
+use callchain_e2e::compose::{
+    STACK_REQUIRED_ENV_VARS, check_collector_config, check_env, check_jaeger_config, check_structure,
+    read_workspace_file, workspace_root,
+};
+use serde_yaml_ng::Value;
+
+fn compose_file() -> String {
+    read_workspace_file("docker-compose.yml").unwrap()
+}
+
+/// What a service reads: its own variables and the telemetry's.
+fn reads(service_vars: &[&'static str]) -> Vec<&'static str> {
+    service_vars
+        .iter()
+        .chain(callchain_telemetry::ENV_VARS)
+        .copied()
+        .collect()
+}
+
+/// What the stack must give a service: its own required variables and the
+/// ones that route its spans to Jaeger.
+fn requires(service_required: &[&'static str]) -> Vec<&'static str> {
+    service_required
+        .iter()
+        .chain(STACK_REQUIRED_ENV_VARS)
+        .copied()
+        .collect()
+}
+
+fn api_problems(yaml: &str) -> Vec<String> {
+    check_env(
+        yaml,
+        "api",
+        &reads(callchain_api::config::ENV_VARS),
+        &requires(callchain_api::config::REQUIRED_ENV_VARS),
+    )
+}
+
+fn user_problems(yaml: &str) -> Vec<String> {
+    check_env(
+        yaml,
+        "user",
+        &reads(callchain_user::config::ENV_VARS),
+        &requires(callchain_user::config::REQUIRED_ENV_VARS),
+    )
+}
+
+fn consumer_problems(yaml: &str) -> Vec<String> {
+    check_env(
+        yaml,
+        "consumer",
+        &reads(callchain_consumer::config::ENV_VARS),
+        &requires(callchain_consumer::config::REQUIRED_ENV_VARS),
+    )
+}
+
+fn assert_no_problems(problems: Vec<String>) {
+    assert!(problems.is_empty(), "problems:\n- {}", problems.join("\n- "));
+}
+
+#[test]
+fn compose_gives_api_every_variable_it_needs_and_none_it_does_not_read() {
+    assert_no_problems(api_problems(&compose_file()));
+}
+
+#[test]
+fn compose_gives_user_every_variable_it_needs_and_none_it_does_not_read() {
+    assert_no_problems(user_problems(&compose_file()));
+}
+
+#[test]
+fn compose_gives_consumer_every_variable_it_needs_and_none_it_does_not_read() {
+    assert_no_problems(consumer_problems(&compose_file()));
+}
+
+#[test]
+fn a_misspelled_variable_in_the_compose_file_is_reported() {
+    let misspelled = compose_file().replace("JWT_SECRET", "JWT_SECRTE");
+    let problems = api_problems(&misspelled);
+    assert!(
+        problems.contains(&"service `api` is given `JWT_SECRTE`, which it does not read".to_owned()),
+        "{problems:#?}"
+    );
+    assert!(
+        problems.contains(&"service `api` needs `JWT_SECRET`, which the compose file does not give it".to_owned()),
+        "{problems:#?}"
+    );
+}
+
+#[test]
+fn a_required_variable_missing_from_the_compose_file_is_reported() {
+    let without = remove_env(&compose_file(), "user", "DATABASE_URL");
+    let problems = user_problems(&without);
+    assert!(
+        problems.contains(&"service `user` needs `DATABASE_URL`, which the compose file does not give it".to_owned()),
+        "{problems:#?}"
+    );
+}
+
+#[test]
+fn compose_has_every_service_waits_only_on_visible_health_and_publishes_the_documented_ports() {
+    assert_no_problems(check_structure(&compose_file()));
+}
+
+#[test]
+fn the_collector_forwards_otlp_traces_to_jaeger() {
+    assert_no_problems(check_collector_config(
+        &read_workspace_file("observability/otel-collector.yaml").unwrap(),
+    ));
+}
+
+#[test]
+fn jaeger_receives_otlp_and_serves_its_query_api_on_16686() {
+    assert_no_problems(check_jaeger_config(
+        &read_workspace_file("observability/jaeger.yaml").unwrap(),
+    ));
+}
+
+/// `docker-compose config -q` validates the file against the Compose schema
+/// and resolves it without a Docker engine.
+#[test]
+fn docker_compose_accepts_the_compose_file() {
+    let output = Command::new("docker-compose")
+        .args(["--file", "docker-compose.yml", "config", "--quiet"])
+        .current_dir(workspace_root())
+        .output();
+    let output = match output {
+        Ok(output) => output,
+        Err(err) if err.kind() == ErrorKind::NotFound => panic!(
+            "`docker-compose` is not installed, so docker-compose.yml cannot be validated: \
+             run `make tools` (it installs Debian's docker-compose package)"
+        ),
+        Err(err) => panic!("cannot run `docker-compose`: {err}"),
+    };
+    assert!(
+        output.status.success(),
+        "`docker-compose config --quiet` rejects docker-compose.yml:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+}
+
+/// The compose file with one variable taken out of one service's environment.
+fn remove_env(yaml: &str, service: &str, name: &str) -> String {
+    let mut doc: Value = serde_yaml_ng::from_str(yaml).unwrap();
+    let environment = doc
+        .get_mut("services")
+        .and_then(|services| services.get_mut(service))
+        .and_then(|definition| definition.get_mut("environment"))
+        .unwrap_or_else(|| panic!("service `{service}` has no environment"));
+    match environment {
+        Value::Mapping(map) => {
+            map.remove(name)
+                .unwrap_or_else(|| panic!("`{service}` is not given `{name}`"));
+        }
+        Value::Sequence(entries) => {
+            let before = entries.len();
+            entries.retain(|entry| entry.as_str().is_none_or(|entry| entry.split('=').next() != Some(name)));
+            assert!(entries.len() < before, "`{service}` is not given `{name}`");
+        }
+        other => panic!("unexpected environment: {other:?}"),
+    }
+    serde_yaml_ng::to_string(&doc).unwrap()
+}
