@@ -103,8 +103,10 @@ impl Publisher {
     }
 
     /// An idempotent producer that hit a fatal error, or whose producer id
-    /// the broker no longer accepts (a broker that lost its state fences it),
-    /// can send no more: replace it, so the service recovers by itself.
+    /// the broker no longer accepts (a broker that lost or garbled its
+    /// producer state fences it, or fails every send with an unknown server
+    /// error), can send no more: replace it, so the service recovers by
+    /// itself. A new producer registers a new producer id.
     fn recover_from(&self, producer: &Arc<FutureProducer>, error: &KafkaError) {
         let fenced = matches!(
             error.rdkafka_error_code(),
@@ -114,6 +116,7 @@ impl Publisher {
                     | RDKafkaErrorCode::UnknownProducerId
                     | RDKafkaErrorCode::OutOfOrderSequenceNumber
                     | RDKafkaErrorCode::InvalidProducerIdMapping
+                    | RDKafkaErrorCode::Unknown
             )
         );
         if !fenced && producer.client().fatal_error().is_none() {

@@ -134,9 +134,15 @@ mod tests {
         assert_eq!(columns.event_ids, [rows[0].event.event_id, rows[1].event.event_id]);
         assert_eq!(columns.event_types, ["user.updated", "user.updated"]);
         assert_eq!(columns.user_ids, [rows[0].event.user_id, rows[1].event.user_id]);
-        assert_eq!(columns.occurred_at, [rows[0].event.occurred_at, rows[1].event.occurred_at]);
+        assert_eq!(
+            columns.occurred_at,
+            [rows[0].event.occurred_at, rows[1].event.occurred_at]
+        );
         assert_eq!(columns.schema_versions, [1, 1]);
-        assert_eq!(columns.trace_ids, [Some("4bf92f3577b34da6a3ce929d0e0e4736".to_owned()), None]);
+        assert_eq!(
+            columns.trace_ids,
+            [Some("4bf92f3577b34da6a3ce929d0e0e4736".to_owned()), None]
+        );
         assert_eq!(columns.partitions, [0, 2]);
         assert_eq!(columns.offsets, [7, 3]);
         let payload: serde_json::Value = serde_json::from_str(&columns.payloads[0]).unwrap();

@@ -39,8 +39,12 @@ impl ClientContext for KafkaLogs {
 impl ConsumerContext for KafkaLogs {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(partitions) => tracing::info!(partitions = ?partition_ids(partitions), "partitions assigned"),
-            Rebalance::Revoke(partitions) => tracing::info!(partitions = ?partition_ids(partitions), "partitions revoked"),
+            Rebalance::Assign(partitions) => {
+                tracing::info!(partitions = ?partition_ids(partitions), "partitions assigned")
+            }
+            Rebalance::Revoke(partitions) => {
+                tracing::info!(partitions = ?partition_ids(partitions), "partitions revoked")
+            }
             Rebalance::Error(error) => tracing::warn!(error = %error, "rebalancing failed"),
         }
     }

@@ -43,7 +43,12 @@ pub fn dead_letter_headers(
         (headers::ORIGINAL_OFFSET, offset.as_str()),
     ]
     .into_iter()
-    .fold(out, |out, (key, value)| out.insert(Header { key, value: Some(value) }))
+    .fold(out, |out, (key, value)| {
+        out.insert(Header {
+            key,
+            value: Some(value),
+        })
+    })
 }
 
 /// Sends dead letters and waits for the broker's acknowledgement.
@@ -98,7 +103,12 @@ mod tests {
     fn header_pairs(headers: &OwnedHeaders) -> Vec<(String, Option<String>)> {
         headers
             .iter()
-            .map(|h| (h.key.to_owned(), h.value.map(|v| String::from_utf8_lossy(v).into_owned())))
+            .map(|h| {
+                (
+                    h.key.to_owned(),
+                    h.value.map(|v| String::from_utf8_lossy(v).into_owned()),
+                )
+            })
             .collect()
     }
 
@@ -117,7 +127,15 @@ mod tests {
                 key: "x-null",
                 value: None,
             });
-        let message = OwnedMessage::new(None, None, "user-events".into(), Timestamp::NotAvailable, 2, 41, Some(original));
+        let message = OwnedMessage::new(
+            None,
+            None,
+            "user-events".into(),
+            Timestamp::NotAvailable,
+            2,
+            41,
+            Some(original),
+        );
 
         let headers = dead_letter_headers(
             message.headers().map(|h| h.as_borrowed()),
@@ -154,6 +172,9 @@ mod tests {
     fn a_message_without_headers_gets_only_the_dead_letter_headers() {
         let headers = dead_letter_headers(None, "the message has no payload", "user-events", 0, 0);
         let keys: Vec<String> = header_pairs(&headers).into_iter().map(|(key, _)| key).collect();
-        assert_eq!(keys, ["error", "original-topic", "original-partition", "original-offset"]);
+        assert_eq!(
+            keys,
+            ["error", "original-topic", "original-partition", "original-offset"]
+        );
     }
 }

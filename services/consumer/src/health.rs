@@ -108,3 +108,64 @@ fn unavailable() -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    /// A pool that never connects: these answers must not need Postgres.
+    fn unreachable_pool() -> PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(100))
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap()
+    }
+
+    async fn get(health: Arc<Health>, path: &str) -> (StatusCode, header::HeaderMap, serde_json::Value) {
+        let request = axum::http::Request::get(path).body(Body::empty()).unwrap();
+        let response = router(health, unreachable_pool()).oneshot(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let body = axum::body::to_bytes(body, 64 * 1024).await.unwrap();
+        (parts.status, parts.headers, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn healthz_reports_the_counters_and_the_database_state() {
+        let health = Arc::new(Health::default());
+        health.written(3);
+        health.written(0);
+        health.dead_lettered();
+        health.database_failed();
+
+        let (status, _, body) = get(health, "/healthz").await;
+
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            json!({ "status": "ok", "database": "failing", "events_written": 3, "dead_letters": 1 })
+        );
+    }
+
+    #[tokio::test]
+    async fn readyz_answers_503_with_retry_after_while_writes_fail() {
+        let health = Arc::new(Health::default());
+        health.database_failed();
+
+        let (status, headers, body) = get(health, "/readyz").await;
+
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers[header::RETRY_AFTER], "1");
+        assert_eq!(body["status"], "unavailable");
+    }
+
+    #[tokio::test]
+    async fn readyz_answers_503_when_postgres_does_not_answer_the_probe() {
+        let (status, headers, _) = get(Arc::new(Health::default()), "/readyz").await;
+
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers[header::RETRY_AFTER], "1");
+    }
+}

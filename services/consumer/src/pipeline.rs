@@ -22,7 +22,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use callchain_events::{TOPIC, UserEvent};
+use callchain_events::{EventError, TOPIC, UserEvent};
 use callchain_telemetry::kafka::{self, Received};
 use opentelemetry::trace::TraceContextExt as _;
 use rdkafka::{
@@ -75,19 +75,13 @@ impl Consumed {
     }
 
     /// The row this message becomes, or why it cannot become one.
-    fn read(self) -> Result<Readable, DeadLetter> {
-        match UserEvent::parse(self.message.payload()) {
-            Ok(event) => Ok(Readable {
-                row: EventRow {
-                    event,
-                    trace_id: trace_id(self.headers()),
-                    partition: self.message.partition(),
-                    offset: self.message.offset(),
-                },
-                consumed: self,
-            }),
-            Err(error) => Err(self.dead_letter(error.to_string())),
-        }
+    fn read(&self) -> Result<EventRow, EventError> {
+        Ok(EventRow {
+            event: UserEvent::parse(self.message.payload())?,
+            trace_id: trace_id(self.headers()),
+            partition: self.message.partition(),
+            offset: self.message.offset(),
+        })
     }
 
     fn dead_letter(self, reason: String) -> DeadLetter {
@@ -102,7 +96,8 @@ impl Consumed {
 /// The trace id of the context in a message's headers, if it carries one.
 fn trace_id(headers: Option<&BorrowedHeaders>) -> Option<String> {
     let context = kafka::extract(headers);
-    let span_context = context.span().span_context().clone();
+    let span = context.span();
+    let span_context = span.span_context();
     span_context.is_valid().then(|| span_context.trace_id().to_string())
 }
 
@@ -195,8 +190,8 @@ impl Pipeline {
             let message = &consumed.message;
             offsets.handled(message.topic(), message.partition(), message.offset());
             match consumed.read() {
-                Ok(event) => readable.push(event),
-                Err(letter) => dead.push(letter),
+                Ok(row) => readable.push(Readable { consumed, row }),
+                Err(error) => dead.push(consumed.dead_letter(error.to_string())),
             }
         }
         dead.extend(self.write(readable).await?);
@@ -240,6 +235,9 @@ impl Pipeline {
     /// Sends the dead letters and waits for every acknowledgement; those
     /// that fail are sent again.
     async fn send_dead_letters(&mut self, letters: Vec<DeadLetter>) -> Option<()> {
+        if letters.is_empty() {
+            return Some(());
+        }
         for letter in &letters {
             let message = &letter.consumed.message;
             letter.consumed.span.in_scope(|| {
@@ -247,7 +245,7 @@ impl Pipeline {
                     reason = %letter.reason,
                     partition = message.partition(),
                     offset = message.offset(),
-                    "unreadable message: sending it to the dead-letter topic"
+                    "sending the message to the dead-letter topic"
                 );
             });
             kafka::record_error(&letter.consumed.span, &letter.reason);
@@ -265,6 +263,21 @@ async fn write_once(pool: &PgPool, health: &Health, events: &[Readable]) -> Resu
     match store::insert(pool, events).await {
         Ok(rows) => {
             health.written(rows);
+            // One line per event, inside its span: `grep <trace-id>` over the
+            // logs finds where each request's event ended up.
+            for event in events {
+                let row = &event.row;
+                event.consumed.span.in_scope(|| {
+                    tracing::info!(
+                        event_id = %row.event.event_id,
+                        event_type = row.event.event_type.as_str(),
+                        user_id = %row.event.user_id,
+                        partition = row.partition,
+                        offset = row.offset,
+                        "event stored"
+                    );
+                });
+            }
             Ok(Ok(()))
         }
         Err(error @ WriteError::Rejected(_)) => {

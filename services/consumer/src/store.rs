@@ -91,7 +91,15 @@ async fn insert_in_transaction(pool: &PgPool, events: &[Readable]) -> Result<u64
 
     let spans: Vec<Span> = events
         .iter()
-        .map(|event| db::batch_span(&event.consumed.span, "INSERT", "user_events", INSERT_EVENTS, events.len()))
+        .map(|event| {
+            db::batch_span(
+                &event.consumed.span,
+                "INSERT",
+                "user_events",
+                INSERT_EVENTS,
+                events.len(),
+            )
+        })
         .collect();
     let result = sqlx::query(INSERT_EVENTS)
         .bind(columns.event_ids)

@@ -14,8 +14,7 @@ use callchain_testkit::{
 };
 use chrono::Utc;
 use rdkafka::{
-    ClientConfig, Message as _,
-    Offset, TopicPartitionList,
+    ClientConfig, Message as _, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer as _, StreamConsumer},
     message::{Header, Headers as _, OwnedHeaders, OwnedMessage},
     producer::{FutureProducer, FutureRecord},
@@ -45,11 +44,6 @@ impl Parts {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", "30000")
-            // tansu 0.6 answers a fetch that starts inside a record batch
-            // with nothing, so a partition whose committed offset falls
-            // inside one never moves again; real Kafka returns the whole
-            // batch. One message per batch keeps every offset a boundary.
-            .set("batch.num.messages", "1")
             .create()
             .expect("a producer");
         Self { db, broker, producer }
@@ -132,10 +126,11 @@ impl Parts {
             .expect("an offset probe");
         let mut partitions = TopicPartitionList::new();
         partitions.add_partition(TOPIC, partition);
-        let committed = tokio::task::spawn_blocking(move || probe.committed_offsets(partitions, Duration::from_secs(10)))
-            .await
-            .unwrap()
-            .expect("reading the committed offsets");
+        let committed =
+            tokio::task::spawn_blocking(move || probe.committed_offsets(partitions, Duration::from_secs(10)))
+                .await
+                .unwrap()
+                .expect("reading the committed offsets");
         match committed.find_partition(TOPIC, partition)?.offset() {
             Offset::Offset(offset) => Some(offset),
             _ => None,
@@ -255,7 +250,11 @@ async fn a_produced_event_is_written_once_with_its_trace_id() {
     parts.produce_event(&next, None).await;
     let (next_trace_id, ..) = parts.row_of(next.event_id).await;
 
-    assert_eq!(parts.rows_of(event.event_id).await, 1, "a replayed event is written once");
+    assert_eq!(
+        parts.rows_of(event.event_id).await,
+        1,
+        "a replayed event is written once"
+    );
     assert_eq!(next_trace_id, None, "an event without trace context has no trace id");
     let (event_type, payload): (String, serde_json::Value) =
         sqlx::query_as("SELECT event_type, payload FROM user_events WHERE event_id = $1")
@@ -322,7 +321,11 @@ async fn an_unknown_schema_version_goes_to_the_dlq() {
     json["schema_version"] = 2.into();
 
     let (_, offset) = parts
-        .produce(&future.key(), &serde_json::to_vec(&json).unwrap(), event_headers(&future, None))
+        .produce(
+            &future.key(),
+            &serde_json::to_vec(&json).unwrap(),
+            event_headers(&future, None),
+        )
         .await;
     let next = user_event(user_id);
     parts.produce_event(&next, None).await;
@@ -333,7 +336,11 @@ async fn an_unknown_schema_version_goes_to_the_dlq() {
     assert!(error.contains("schema version 2"), "error header: {error}");
     assert_eq!(header(&dead, headers::EVENT_ID), Some(future.event_id.to_string()));
     assert_eq!(header(&dead, headers::ORIGINAL_OFFSET), Some(offset.to_string()));
-    assert_eq!(parts.rows_of(future.event_id).await, 0, "an unread event is not written");
+    assert_eq!(
+        parts.rows_of(future.event_id).await,
+        0,
+        "an unread event is not written"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -365,7 +372,9 @@ async fn an_event_postgres_refuses_goes_to_the_dlq_and_the_rest_of_its_batch_is_
 async fn a_killed_consumer_replays_and_every_event_is_stored_exactly_once() {
     const EVENTS: usize = 2_000;
     let parts = Parts::start().await;
-    let events: Vec<UserEvent> = (0..EVENTS).map(|i| user_event(Uuid::from_u128(i as u128 % 97 + 1))).collect();
+    let events: Vec<UserEvent> = (0..EVENTS)
+        .map(|i| user_event(Uuid::from_u128(i as u128 % 97 + 1)))
+        .collect();
     let sends = events.iter().map(|event| parts.produce_event(event, None));
     futures::future::join_all(sends).await;
 
@@ -488,7 +497,8 @@ async fn the_process_span_is_a_child_of_the_producer_context_and_links_to_it() {
     consumer.flush().await;
     let spans = otlp
         .wait_for_trace(&trace_id, PATIENCE, |spans| {
-            spans.iter().any(|s| s.name == "INSERT user_events") && spans.iter().any(|s| s.name == "process user-events")
+            spans.iter().any(|s| s.name == "INSERT user_events")
+                && spans.iter().any(|s| s.name == "process user-events")
         })
         .await;
 
@@ -500,7 +510,11 @@ async fn the_process_span_is_a_child_of_the_producer_context_and_links_to_it() {
         "the process span's parent is the producer's span:\n{}",
         trace.draw()
     );
-    assert_eq!(process.links, [producer_span_id.clone()], "the process span links to the producer's span");
+    assert_eq!(
+        process.links,
+        [producer_span_id.as_str()],
+        "the process span links to the producer's span"
+    );
     for (key, value) in [
         ("messaging.system", "kafka"),
         ("messaging.operation.type", "process"),
@@ -522,68 +536,4 @@ async fn the_process_span_is_a_child_of_the_producer_context_and_links_to_it() {
         query.starts_with("INSERT INTO user_events") && !query.contains(&event.event_id.to_string()),
         "the parameterised statement, never values: {query}"
     );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn zz_probe_pause_resume_mid_batch() {
-    let parts = Parts::start().await;
-    let batching: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", parts.broker.bootstrap())
-        .set("linger.ms", "50")
-        .create()
-        .unwrap();
-    let consumer = parts.consumer(500, None).await;
-    let database = parts.db.url().rsplit('/').next().unwrap().to_owned();
-    let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
-    admin.execute(sqlx::AssertSqlSafe(format!(r#"ALTER DATABASE "{database}" ALLOW_CONNECTIONS false"#))).await.unwrap();
-    admin.execute(sqlx::AssertSqlSafe(format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"))).await.unwrap();
-    let user = Uuid::now_v7();
-    let events: Vec<UserEvent> = (0..600).map(|_| user_event(user)).collect();
-    let sends = events.iter().map(|e| {
-        let payload = e.to_json();
-        let key = e.key();
-        let batching = &batching;
-        async move { batching.send(FutureRecord::to(TOPIC).key(&key).payload(&payload), Duration::from_secs(5)).await.unwrap() }
-    });
-    futures::future::join_all(sends).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    admin.execute(sqlx::AssertSqlSafe(format!(r#"ALTER DATABASE "{database}" ALLOW_CONNECTIONS true"#))).await.unwrap();
-    for _ in 0..20 { eprintln!("rows {}", parts.row_count().await); tokio::time::sleep(Duration::from_secs(1)).await; }
-    eprintln!("{}", consumer.logs.text());
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn zz_probe_mid_batch_fetch() {
-    let parts = Parts::start().await;
-    let batching: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", parts.broker.bootstrap())
-        .set("linger.ms", "50")
-        .create()
-        .unwrap();
-    let user = Uuid::now_v7();
-    let events: Vec<UserEvent> = (0..50).map(|_| user_event(user)).collect();
-    let sends = events.iter().map(|e| {
-        let payload = e.to_json();
-        let key = e.key();
-        let batching = &batching;
-        async move { batching.send(FutureRecord::to(TOPIC).key(&key).payload(&payload), Duration::from_secs(5)).await.unwrap() }
-    });
-    let produced = futures::future::join_all(sends).await;
-    let partition = produced[0].partition;
-    for start in [0i64, 10, 49] {
-        let bootstrap = parts.broker.bootstrap();
-        let n = tokio::task::spawn_blocking(move || {
-            let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", format!("g{}", Uuid::new_v4())).create().unwrap();
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(TOPIC, partition, Offset::Offset(start)).unwrap();
-            c.assign(&tpl).unwrap();
-            let mut n = 0; let mut first = None;
-            let deadline = std::time::Instant::now() + Duration::from_secs(6);
-            while std::time::Instant::now() < deadline {
-                if let Some(m) = c.poll(Duration::from_millis(200)) { let m = m.unwrap(); first.get_or_insert(m.offset()); n += 1; }
-            }
-            (n, first)
-        }).await.unwrap();
-        eprintln!("from {start}: {n:?}");
-    }
 }

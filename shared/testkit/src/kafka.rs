@@ -1,5 +1,14 @@
-//! A real Kafka-protocol broker for tests: tansu, started on a free port
-//! with in-memory storage, one per test.
+//! A real Kafka-protocol broker for tests: tansu, started on a free port,
+//! one per test, storing in a SQLite file of its own.
+//!
+//! Why SQLite by default: tansu 0.6's memory storage answers nothing to a
+//! fetch that starts inside a record batch, so a consumer resuming from such
+//! an offset (after a restart, or a pause) would wait forever. SQLite storage
+//! serves it, and keeps the data across a broker restart, as Kafka does.
+//!
+//! Why memory for broker restarts: after a restart tansu 0.6's SQLite storage
+//! panics on the next idempotent produce and serves no more; memory storage
+//! comes back empty, which a client sees as a broker that lost its state.
 
 use std::{
     net::{SocketAddr, TcpStream},
@@ -36,32 +45,60 @@ pub fn tansu_bin() -> anyhow::Result<PathBuf> {
     anyhow::bail!(HOW_TO_GET_TANSU)
 }
 
-/// A running tansu broker. Dropping it kills the broker.
+/// A running tansu broker. Dropping it kills the broker and removes its data.
 pub struct Broker {
     addr: SocketAddr,
+    data: PathBuf,
+    in_memory: bool,
     child: Option<Child>,
 }
 
 impl Broker {
-    /// Starts a broker with `memory://` storage on a free port and creates
+    /// Starts a broker on SQLite storage on a free port and creates
     /// `user-events` (3 partitions) and `user-events.dlq`.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(false)
+    }
+
+    /// The same on memory storage: for tests that restart the broker.
+    pub fn start_in_memory() -> anyhow::Result<Self> {
+        Self::start_with(true)
+    }
+
+    fn start_with(in_memory: bool) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let data = std::env::temp_dir().join(format!("callchain-tansu-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&data)?;
         let mut broker = Self {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            data,
+            in_memory,
             child: None,
         };
         broker.launch()?;
-        broker.create_topic("user-events", 3)?;
-        broker.create_topic("user-events.dlq", 1)?;
+        broker.create_topics()?;
         Ok(broker)
+    }
+
+    fn create_topics(&self) -> anyhow::Result<()> {
+        self.create_topic("user-events", 3)?;
+        self.create_topic("user-events.dlq", 1)
     }
 
     fn launch(&mut self) -> anyhow::Result<()> {
         let url = format!("tcp://{}", self.addr);
         let child = Command::new(tansu_bin()?)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
+            // tansu reads a SQLite path relative to its working directory.
+            .current_dir(&self.data)
+            .args([
+                "--storage-engine",
+                if self.in_memory {
+                    "memory://tansu/"
+                } else {
+                    "sqlite://tansu.db"
+                },
+            ])
             // The broker's own spans would land in the tests' receiver.
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env("RUST_LOG", "warn")
@@ -113,18 +150,21 @@ impl Broker {
         }
     }
 
-    /// Starts it again on the same port (empty: storage is in memory) with
-    /// the topics re-created.
+    /// Starts it again on the same port: with the data it had on SQLite,
+    /// empty (topics re-created) in memory.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
         self.launch()?;
-        self.create_topic("user-events", 3)?;
-        self.create_topic("user-events.dlq", 1)
+        if self.in_memory {
+            self.create_topics()?;
+        }
+        Ok(())
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
+        let _ = std::fs::remove_dir_all(&self.data);
     }
 }

@@ -135,7 +135,12 @@ pub fn assert_registration_chain(spans: &[SpanRecord]) {
         .iter()
         .map(|s| s.trace_id.as_str())
         .collect();
-    assert_eq!(trace_ids.len(), 1, "one trace id for the whole chain:\n{}", trace.draw());
+    assert_eq!(
+        trace_ids.len(),
+        1,
+        "one trace id for the whole chain:\n{}",
+        trace.draw()
+    );
 
     trace.assert_parent(client, http);
     trace.assert_parent(server, client);
@@ -150,7 +155,13 @@ pub fn assert_registration_chain(spans: &[SpanRecord]) {
     );
 
     let expect = |span: &SpanRecord, key: &str, value: &str| {
-        assert_eq!(span.attribute(key), Some(value), "{key} of `{}` ({})", span.name, span.service);
+        assert_eq!(
+            span.attribute(key),
+            Some(value),
+            "{key} of `{}` ({})",
+            span.name,
+            span.service
+        );
     };
     expect(http, "http.request.method", "POST");
     expect(http, "http.route", "/v1/users");
@@ -172,9 +183,17 @@ pub fn assert_registration_chain(spans: &[SpanRecord]) {
         expect(span, "messaging.system", "kafka");
         expect(span, "messaging.operation.type", operation);
         expect(span, "messaging.destination.name", "user-events");
-        for key in ["messaging.kafka.message.key", "messaging.destination.partition.id", "messaging.kafka.offset"] {
+        for key in [
+            "messaging.kafka.message.key",
+            "messaging.destination.partition.id",
+            "messaging.kafka.offset",
+        ] {
             assert!(span.attribute(key).is_some(), "{key} missing on `{}`", span.name);
         }
     }
-    expect(send, "messaging.kafka.offset", process.attribute("messaging.kafka.offset").unwrap_or_default());
+    expect(
+        send,
+        "messaging.kafka.offset",
+        process.attribute("messaging.kafka.offset").unwrap_or_default(),
+    );
 }

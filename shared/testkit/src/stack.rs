@@ -54,9 +54,13 @@ pub fn spawn_consumer(
 impl Stack {
     /// Starts everything and waits until the API is ready.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_on(tokio::task::spawn_blocking(Broker::start).await??).await
+    }
+
+    /// The same, on the broker given.
+    pub async fn start_on(broker: Broker) -> anyhow::Result<Self> {
         let db = TestDatabase::create().await?;
         let otlp = OtlpReceiver::start().await?;
-        let broker = tokio::task::spawn_blocking(Broker::start).await??;
 
         let user_config = callchain_user::Config {
             listen_addr: "127.0.0.1:0".parse()?,
