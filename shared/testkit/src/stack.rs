@@ -37,18 +37,22 @@ pub fn consumer_config(db: &TestDatabase, broker: &Broker) -> callchain_consumer
     }
 }
 
-/// Starts the consumer on `db` and `broker`, and waits until it is healthy.
-pub fn spawn_consumer(
+/// Starts the consumer on `db` and `broker`, and waits until it is healthy
+/// (its migrations have run).
+pub async fn spawn_consumer(
     db: &TestDatabase,
     broker: &Broker,
     otlp_endpoint: Option<String>,
 ) -> anyhow::Result<ServiceHandle> {
     let config = consumer_config(db, broker);
-    ServiceHandle::spawn("consumer", otlp_endpoint, move |listener, shutdown| {
+    let mut consumer = ServiceHandle::spawn("consumer", otlp_endpoint, move |listener, shutdown| {
         callchain_consumer::run(config, listener, async move {
             let _ = shutdown.await;
         })
-    })
+    })?;
+    let addr = consumer.addr;
+    wait_until(&mut consumer, || callchain_consumer::healthcheck(addr)).await?;
+    Ok(consumer)
 }
 
 impl Stack {
@@ -86,9 +90,7 @@ impl Stack {
                 let _ = shutdown.await;
             })
         })?;
-        let mut consumer = spawn_consumer(&db, &broker, Some(otlp.endpoint()))?;
-        let consumer_addr = consumer.addr;
-        wait_until(&mut consumer, || callchain_consumer::healthcheck(consumer_addr)).await?;
+        let consumer = spawn_consumer(&db, &broker, Some(otlp.endpoint())).await?;
 
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
         let ready = format!("http://{}/readyz", api.addr);
