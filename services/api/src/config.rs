@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use anyhow::Context as _;
+use callchain_telemetry::env::{parse_or, var};
 
 /// Every variable this service reads (beside the telemetry's own).
 pub const ENV_VARS: &[&str] = &[
@@ -61,18 +61,6 @@ impl std::fmt::Debug for Config {
     }
 }
 
-fn var(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-fn number<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
-    var(name)
-        .map(|v| v.parse::<T>())
-        .transpose()
-        .map_err(|_| anyhow::anyhow!("{name} must be a whole number"))
-        .map(|v| v.unwrap_or(default))
-}
-
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
         let jwt_secret = match var("JWT_SECRET") {
@@ -84,18 +72,18 @@ impl Config {
         };
         anyhow::ensure!(jwt_secret.len() >= 32, "JWT_SECRET must be at least 32 bytes long");
         Ok(Self {
-            listen_addr: var("API_LISTEN_ADDR")
-                .as_deref()
-                .unwrap_or("0.0.0.0:8080")
-                .parse()
-                .context("API_LISTEN_ADDR must be an address such as 0.0.0.0:8080")?,
+            listen_addr: parse_or(
+                "API_LISTEN_ADDR",
+                "an address such as 0.0.0.0:8080",
+                ([0, 0, 0, 0], 8080).into(),
+            )?,
             user_service_url: var("USER_SERVICE_URL").unwrap_or_else(|| "http://127.0.0.1:50051".to_owned()),
             jwt_secret,
-            jwt_ttl: Duration::from_secs(number("JWT_TTL_SECONDS", 3600)?),
-            request_timeout: Duration::from_millis(number("REQUEST_TIMEOUT_MS", 10_000)?),
-            max_body_bytes: number("MAX_BODY_BYTES", 16 * 1024)?,
+            jwt_ttl: Duration::from_secs(parse_or("JWT_TTL_SECONDS", "a whole number", 3600)?),
+            request_timeout: Duration::from_millis(parse_or("REQUEST_TIMEOUT_MS", "a whole number", 10_000)?),
+            max_body_bytes: parse_or("MAX_BODY_BYTES", "a whole number", 16 * 1024)?,
             kafka_brokers: var("KAFKA_BROKERS").unwrap_or_else(|| "127.0.0.1:9092".to_owned()),
-            publish_timeout: Duration::from_millis(number("KAFKA_PUBLISH_TIMEOUT_MS", 5_000)?),
+            publish_timeout: Duration::from_millis(parse_or("KAFKA_PUBLISH_TIMEOUT_MS", "a whole number", 5_000)?),
         })
     }
 

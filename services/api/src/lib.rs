@@ -25,7 +25,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use axum::{
     Router,
     extract::{DefaultBodyLimit, MatchedPath, State},
-    http::{Extensions, StatusCode},
+    http::Extensions,
     response::IntoResponse,
     routing::{get, post},
 };
@@ -154,33 +154,7 @@ async fn not_found() -> ApiError {
     ApiError::NotFound("no such resource".into())
 }
 
-/// Probes `/readyz` on `addr`: the container health check, which needs no
-/// tool the image does not ship.
+/// Probes `/readyz` on `addr`: the container health check.
 pub async fn healthcheck(addr: SocketAddr) -> anyhow::Result<()> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let host = if addr.ip().is_unspecified() {
-        "127.0.0.1".to_owned()
-    } else {
-        addr.ip().to_string()
-    };
-    let mut stream = tokio::time::timeout(
-        Duration::from_secs(2),
-        tokio::net::TcpStream::connect((host.as_str(), addr.port())),
-    )
-    .await??;
-    stream
-        .write_all(format!("GET /readyz HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await?;
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer)).await??;
-    let status_line = String::from_utf8_lossy(&answer)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    anyhow::ensure!(
-        status_line.contains(&format!(" {} ", StatusCode::OK.as_u16())),
-        "not ready: {status_line}"
-    );
-    Ok(())
+    Ok(callchain_telemetry::lifecycle::http_probe(addr, "/readyz").await?)
 }

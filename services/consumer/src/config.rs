@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
+use callchain_telemetry::env::{parse_or, var};
 
 /// Every variable this service reads (beside the telemetry's own).
 pub const ENV_VARS: &[&str] = &[
@@ -36,35 +37,23 @@ pub struct Config {
     pub batch_timeout: Duration,
 }
 
-fn var(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-fn number<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
-    var(name)
-        .map(|v| v.parse::<T>())
-        .transpose()
-        .map_err(|_| anyhow::anyhow!("{name} must be a whole number"))
-        .map(|v| v.unwrap_or(default))
-}
-
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
-        let batch_size = number("CONSUMER_BATCH_SIZE", 500usize)?;
+        let batch_size = parse_or("CONSUMER_BATCH_SIZE", "a whole number", 500usize)?;
         anyhow::ensure!(batch_size > 0, "CONSUMER_BATCH_SIZE must be at least 1");
         Ok(Self {
-            health_addr: var("CONSUMER_HEALTH_ADDR")
-                .as_deref()
-                .unwrap_or("0.0.0.0:8081")
-                .parse()
-                .context("CONSUMER_HEALTH_ADDR must be an address such as 0.0.0.0:8081")?,
+            health_addr: parse_or(
+                "CONSUMER_HEALTH_ADDR",
+                "an address such as 0.0.0.0:8081",
+                ([0, 0, 0, 0], 8081).into(),
+            )?,
             database_url: var("DATABASE_URL")
                 .context("DATABASE_URL is required, e.g. postgres://callchain:callchain@127.0.0.1:5432/callchain")?,
-            max_connections: number("DATABASE_MAX_CONNECTIONS", 4)?,
+            max_connections: parse_or("DATABASE_MAX_CONNECTIONS", "a whole number", 4)?,
             brokers: var("KAFKA_BROKERS").unwrap_or_else(|| "127.0.0.1:9092".to_owned()),
             group_id: var("KAFKA_GROUP_ID").unwrap_or_else(|| "user-events-writer".to_owned()),
             batch_size,
-            batch_timeout: Duration::from_millis(number("CONSUMER_BATCH_TIMEOUT_MS", 20)?),
+            batch_timeout: Duration::from_millis(parse_or("CONSUMER_BATCH_TIMEOUT_MS", "a whole number", 20)?),
         })
     }
 }

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
+use callchain_telemetry::env::{parse_or, var};
 
 /// Every variable this service reads (beside the telemetry's own).
 pub const ENV_VARS: &[&str] = &[
@@ -31,25 +32,20 @@ pub struct Config {
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let admin = match (var("ADMIN_EMAIL"), var("ADMIN_PASSWORD")) {
             (Some(email), Some(password)) => Some((email, password)),
             (None, None) => None,
             _ => anyhow::bail!("set both ADMIN_EMAIL and ADMIN_PASSWORD, or neither"),
         };
         Ok(Self {
-            listen_addr: var("USER_LISTEN_ADDR")
-                .as_deref()
-                .unwrap_or("0.0.0.0:50051")
-                .parse()
-                .context("USER_LISTEN_ADDR must be an address such as 0.0.0.0:50051")?,
+            listen_addr: parse_or(
+                "USER_LISTEN_ADDR",
+                "an address such as 0.0.0.0:50051",
+                ([0, 0, 0, 0], 50051).into(),
+            )?,
             database_url: var("DATABASE_URL")
                 .context("DATABASE_URL is required, e.g. postgres://callchain:callchain@127.0.0.1:5432/callchain")?,
-            max_connections: var("DATABASE_MAX_CONNECTIONS")
-                .map(|v| v.parse())
-                .transpose()
-                .context("DATABASE_MAX_CONNECTIONS must be a whole number")?
-                .unwrap_or(10),
+            max_connections: parse_or("DATABASE_MAX_CONNECTIONS", "a whole number", 10)?,
             admin,
         })
     }

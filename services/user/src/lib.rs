@@ -107,12 +107,8 @@ pub async fn serve(
 /// container health check, which needs no tool the image does not ship.
 pub async fn healthcheck(addr: SocketAddr) -> anyhow::Result<()> {
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
-    let host = if addr.ip().is_unspecified() {
-        "127.0.0.1".to_owned()
-    } else {
-        addr.ip().to_string()
-    };
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{host}:{}", addr.port()))?
+    let addr = callchain_telemetry::lifecycle::probe_addr(addr);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(std::time::Duration::from_secs(2))
         .connect()
         .await?;

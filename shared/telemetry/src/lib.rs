@@ -13,9 +13,13 @@
 //! - `kafka` (feature `kafka`): the same for Kafka message headers, and the
 //!   producer and consumer spans.
 //! - [`db`]: the client span of one database statement.
-//! - [`lifecycle`]: the shutdown signal every binary waits for.
+//! - [`lifecycle`]: the shutdown signal every binary waits for, and the
+//!   probe behind every `--healthcheck`.
+//! - [`env`]: settings from environment variables, read the same way by
+//!   every binary.
 
 pub mod db;
+pub mod env;
 pub mod grpc;
 pub mod http;
 #[cfg(feature = "kafka")]
@@ -61,7 +65,7 @@ impl TelemetryConfig {
     /// Reads `OTEL_SERVICE_NAME` (default `service`), `OTEL_EXPORTER_OTLP_ENDPOINT`
     /// and `RUST_LOG` (default `info`).
     pub fn from_env(service: &str) -> Self {
-        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.trim().is_empty());
+        use crate::env::var;
         Self {
             service_name: var("OTEL_SERVICE_NAME").unwrap_or_else(|| service.to_owned()),
             otlp_endpoint: var("OTEL_EXPORTER_OTLP_ENDPOINT"),
