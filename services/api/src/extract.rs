@@ -101,3 +101,31 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
         Ok(Self(Some(key.to_owned())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_grpc_request_carries_the_remaining_budget_as_grpc_timeout() {
+        let request = Deadline::after(Duration::from_secs(2)).grpc(()).unwrap();
+        let timeout = request.metadata().get("grpc-timeout").expect("grpc-timeout is set");
+        // tonic writes the budget in microseconds or milliseconds: at most 2 s.
+        let text = timeout.to_str().unwrap();
+        let (value, unit) = text.split_at(text.len() - 1);
+        let micros: u64 = match unit {
+            "u" => value.parse().unwrap(),
+            "m" => value.parse::<u64>().unwrap() * 1_000,
+            "S" => value.parse::<u64>().unwrap() * 1_000_000,
+            other => panic!("unexpected unit {other} in {text}"),
+        };
+        assert!(micros > 1_000_000 && micros <= 2_000_000, "{text}");
+    }
+
+    #[test]
+    fn a_spent_budget_is_a_504_before_any_call() {
+        let deadline = Deadline::after(Duration::ZERO);
+        let error = deadline.grpc(()).unwrap_err();
+        assert_eq!(error.status(), axum::http::StatusCode::GATEWAY_TIMEOUT);
+    }
+}

@@ -5,6 +5,7 @@
 
 mod bad_input;
 mod events;
+mod grpc;
 mod helpers;
 mod trace;
 mod users;
