@@ -5,30 +5,20 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use callchain_telemetry::db;
-use sqlx::{PgPool, postgres::PgPoolOptions};
+use sqlx::PgPool;
 use tracing::Span;
 
 use crate::{batch::Columns, config::Config, pipeline::Readable};
 
-/// A pool on `DATABASE_URL`, with the migrations applied.
+/// A pool on `DATABASE_URL`, with the consumer's migrations applied.
 pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
-    let pool = PgPoolOptions::new()
-        .max_connections(config.max_connections)
-        // While Postgres is down a write fails within this time, and is
-        // retried, instead of hanging.
-        .acquire_timeout(Duration::from_secs(3))
-        .connect(&config.database_url)
-        .await
-        .context("cannot connect to DATABASE_URL")?;
-    // The user service and the consumer may share a database, each with its
-    // own migrations: ignore those of the other.
-    let mut migrator = sqlx::migrate!("./migrations");
-    migrator.set_ignore_missing(true);
-    migrator
-        .run(&pool)
-        .await
-        .context("running the consumer's migrations failed")?;
-    Ok(pool)
+    db::connect(
+        &config.database_url,
+        config.max_connections,
+        sqlx::migrate!("./migrations"),
+    )
+    .await
+    .context("the consumer's database (DATABASE_URL)")
 }
 
 /// The longest a whole write (connection, statement, commit) may take before

@@ -15,13 +15,13 @@ mod password;
 mod service;
 mod store;
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr};
 
 use anyhow::Context as _;
 use callchain_domain::{Email, Password, UserId, UserName};
 use callchain_proto::user::v1::user_service_server::UserServiceServer;
 use callchain_telemetry::grpc::GrpcServerLayer;
-use sqlx::{PgPool, postgres::PgPoolOptions};
+use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -42,25 +42,15 @@ pub async fn run(
     serve(listener, pool, shutdown).await
 }
 
-/// A pool on `DATABASE_URL`, with the migrations applied.
+/// A pool on `DATABASE_URL`, with the user service's migrations applied.
 pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
-    let pool = PgPoolOptions::new()
-        .max_connections(config.max_connections)
-        // A database that does not answer within this time makes calls fail
-        // fast with UNAVAILABLE instead of hanging.
-        .acquire_timeout(Duration::from_secs(3))
-        .connect(&config.database_url)
-        .await
-        .context("cannot connect to DATABASE_URL")?;
-    // The user service and the consumer may share a database, each with its
-    // own migrations: ignore those of the other.
-    let mut migrator = sqlx::migrate!("./migrations");
-    migrator.set_ignore_missing(true);
-    migrator
-        .run(&pool)
-        .await
-        .context("running the user service's migrations failed")?;
-    Ok(pool)
+    callchain_telemetry::db::connect(
+        &config.database_url,
+        config.max_connections,
+        sqlx::migrate!("./migrations"),
+    )
+    .await
+    .context("the user service's database (DATABASE_URL)")
 }
 
 async fn ensure_admin(pool: &PgPool, email: &str, password: &str) -> anyhow::Result<()> {

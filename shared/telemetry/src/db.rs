@@ -69,3 +69,34 @@ where
     }
     result
 }
+
+/// Why [`connect`] failed.
+#[cfg(feature = "postgres")]
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot connect to the database")]
+    Connect(#[source] sqlx::Error),
+    #[error("running the migrations failed")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+}
+
+/// A pool on `url` with `migrator`'s migrations applied. Acquiring a
+/// connection gives up after 3 s, so calls fail fast while Postgres is down
+/// instead of hanging. Services may share one database, each with its own
+/// migrations, so those of the others are ignored.
+#[cfg(feature = "postgres")]
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    mut migrator: sqlx::migrate::Migrator,
+) -> Result<sqlx::PgPool, ConnectError> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(3))
+        .connect(url)
+        .await
+        .map_err(ConnectError::Connect)?;
+    migrator.set_ignore_missing(true);
+    migrator.run(&pool).await.map_err(ConnectError::Migrate)?;
+    Ok(pool)
+}
