@@ -142,6 +142,7 @@ pub fn assert_registration_chain(spans: &[SpanRecord]) {
         trace.draw()
     );
 
+    assert_eq!(http.parent_span_id, None, "the API span is the root:\n{}", trace.draw());
     trace.assert_parent(client, http);
     trace.assert_parent(server, client);
     trace.assert_parent(insert, server);
@@ -177,7 +178,10 @@ pub fn assert_registration_chain(spans: &[SpanRecord]) {
         expect(span, "db.operation.name", "INSERT");
         expect(span, "db.collection.name", table);
         let query = span.attribute("db.query.text").unwrap_or_default();
-        assert!(query.contains('$'), "the query text is parameterised: {query}");
+        assert!(
+            query.starts_with(&format!("INSERT INTO {table}")) && query.contains("$1"),
+            "the query text is the parameterised statement: {query}"
+        );
     }
     for (span, operation) in [(send, "send"), (process, "process")] {
         expect(span, "messaging.system", "kafka");

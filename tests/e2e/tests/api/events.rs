@@ -4,50 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use callchain_testkit::spans::{SpanKind, Trace, assert_registration_chain, has_registration_chain};
+use callchain_testkit::spans::{SpanKind, Trace};
 use serde_json::{Value, json};
 
-use crate::helpers::{PASSWORD, email, stack};
-
-fn trace_id(response: &reqwest::Response) -> String {
-    let traceparent = response.headers()["traceparent"].to_str().unwrap();
-    traceparent.split('-').nth(1).unwrap().to_owned()
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn register_yields_the_whole_trace_across_three_services_and_the_row_holds_its_trace_id() {
-    let stack = stack().await;
-    let response = stack
-        .http
-        .post(stack.url("/v1/users"))
-        .json(&json!({ "email": email("chain"), "name": "Chain", "password": PASSWORD }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    let trace_id = trace_id(&response);
-    let user: Value = response.json().await.unwrap();
-    let user_id = user["id"].as_str().unwrap();
-
-    let rows = stack.events_of(user_id, 1).await;
-    assert_eq!(rows, vec![("user.created".to_owned(), Some(trace_id.clone()))]);
-
-    stack.flush().await;
-    let spans = stack
-        .otlp
-        .wait_for_trace(&trace_id, Duration::from_secs(15), has_registration_chain)
-        .await;
-    assert_registration_chain(&spans);
-
-    for service in [&stack.api, &stack.user, &stack.consumer] {
-        assert!(
-            !service.logs.lines_of_trace(&trace_id).is_empty(),
-            "no log line of {} carries the trace id {trace_id}:\n{}",
-            service.name,
-            service.logs.text()
-        );
-    }
-}
+use crate::helpers::{PASSWORD, email, stack, trace_id};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn update_and_delete_publish_their_events_each_in_its_own_trace() {

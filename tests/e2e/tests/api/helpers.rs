@@ -40,3 +40,19 @@ pub async fn signed_in_user(stack: &Stack) -> (Value, String) {
     let token = stack.login(&email, PASSWORD).await;
     (user, token)
 }
+
+/// The trace id inside a `traceparent` value.
+pub fn trace_id_of(traceparent: &str) -> String {
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "traceparent {traceparent:?}");
+    parts[1].to_owned()
+}
+
+/// The trace id of the `traceparent` header every API answer carries.
+pub fn trace_id(response: &reqwest::Response) -> String {
+    trace_id_of(
+        response.headers()["traceparent"]
+            .to_str()
+            .expect("a traceparent header"),
+    )
+}
