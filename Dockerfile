@@ -4,7 +4,8 @@
 # picks the binary with `command:`.
 
 # ---- build ------------------------------------------------------------------
-FROM rust:1-bookworm AS build
+# The toolchain this workspace is built and tested with (sqlx 0.9 needs 1.94).
+FROM rust:1.95-bookworm AS build
 
 # rdkafka compiles its bundled librdkafka with librdkafka's own configure
 # script (make and gcc come with this image) and links zlib. No OpenSSL: the

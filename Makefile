@@ -1,7 +1,6 @@
 # callchain: every command a user or CI runs. `make help` lists them.
 
 SHELL := bash
-# Tools installed by `make tools` (tansu) live in cargo's own bin directory.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 # cargo-nextest runs each test in its own process; plain cargo test works too.
@@ -13,7 +12,7 @@ TEST_RUNNER ?= $(shell command -v cargo-nextest >/dev/null 2>&1 && echo "cargo n
 help: ## List the commands
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-tools: ## Install what the tests need when missing (tansu, docker-compose)
+tools: ## Install what dev and the tests need when missing (Postgres, Kafka, the collector, Jaeger: once per machine)
 	@scripts/install-tools.sh
 
 postgres: ## Start the machine's Postgres and create the callchain role and database
@@ -22,8 +21,8 @@ postgres: ## Start the machine's Postgres and create the callchain role and data
 build: ## Build the three service binaries (release), the same way the Dockerfile does
 	scripts/build-services.sh
 
-test: tools postgres ## Run every test against real parts (tansu, Postgres, an OTLP receiver)
-	$(TEST_RUNNER) --workspace
+test: ## Run every test against real parts (Kafka, Postgres, the collector, Jaeger), installed and started here
+	@scripts/test-parts.sh run $(TEST_RUNNER) --workspace
 
 lint: ## cargo fmt --check and clippy with warnings denied
 	cargo fmt --all -- --check
@@ -34,10 +33,10 @@ fmt: ## Format the code
 
 ci: lint test ## What CI runs
 
-bench: tools postgres ## Print the performance figures (consumer events/s, write-to-row lag, read rate); optimised build
-	cargo bench -p callchain-e2e --bench pipeline
+bench: ## Print the performance figures (consumer events/s, write-to-row lag, read rate) on real Kafka; optimised build
+	@scripts/test-parts.sh run cargo bench -p callchain-e2e --bench pipeline
 
-dev: ## Run everything on this machine without Docker (tansu, Postgres, the services); Ctrl-C stops it
+dev: ## Run everything on this machine without Docker (Kafka, Postgres, the collector, Jaeger, the services); Ctrl-C stops it
 	@scripts/dev.sh
 
 dev-down: ## Stop what `DEV_DETACH=1 make dev` started

@@ -1,41 +1,35 @@
 #!/usr/bin/env bash
-# `make dev`: the whole system on this machine, without Docker.
+# `make dev`: the whole system on this machine, without Docker, on the same
+# programs and config files as `make up`.
 #
-#   scripts/dev.sh        build, start tansu, Postgres and the three services,
-#                         print what to try, and stay until Ctrl-C (which stops all)
+#   scripts/dev.sh        install what is missing (once per machine), build,
+#                         start Postgres, Kafka, Jaeger, the collector and the
+#                         three services, print what to try, and stay until
+#                         Ctrl-C (which stops all)
 #   scripts/dev.sh down   stop what a detached run started (`make dev-down`)
 #
-# Each service writes its JSON log to .dev/logs/<service>.log. tansu keeps its
-# data in .dev/tansu (SQLite), so events survive a broker restart. Set
-# OTEL_EXPORTER_OTLP_ENDPOINT to send spans to a collector; DEV_DETACH=1 to
-# return once everything is up.
+# Each process writes its log to .dev/logs/<name>.log (the services' are
+# JSON lines). Kafka keeps its data in .dev/kafka, so events survive a
+# restart. The services export their spans to the collector, which forwards
+# them to Jaeger; OTEL_EXPORTER_OTLP_ENDPOINT sends them elsewhere instead.
+# DEV_DETACH=1 returns once everything is up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 DEV_DIR=.dev
 PIDS="$DEV_DIR/pids"
 LOGS="$DEV_DIR/logs"
-KAFKA_PORT=${KAFKA_PORT:-9092}
+export KAFKA_PORT=${KAFKA_PORT:-9092}
+export OTELCOL_GRPC_PORT=${OTELCOL_GRPC_PORT:-4317}
+export OTELCOL_HEALTH_PORT=${OTELCOL_HEALTH_PORT:-13133}
+export JAEGER_QUERY_PORT=${JAEGER_QUERY_PORT:-16686}
 API_PORT=${API_PORT:-8080}
 USER_PORT=${USER_PORT:-50051}
 CONSUMER_PORT=${CONSUMER_PORT:-8081}
 BIN=${DEV_BIN_DIR:-${CARGO_TARGET_DIR:-target}/release}
 
-stop_all() {
-    [ -d "$PIDS" ] || return 0
-    # Services first (they drain and flush), the broker last.
-    for name in api consumer user tansu; do
-        [ -f "$PIDS/$name" ] || continue
-        pid=$(cat "$PIDS/$name")
-        if kill -0 "$pid" 2>/dev/null; then
-            kill -TERM "$pid" 2>/dev/null || true
-            for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-            kill -KILL "$pid" 2>/dev/null || true
-            echo "stopped $name"
-        fi
-        rm -f "$PIDS/$name"
-    done
-}
+stop_all() { scripts/parts.sh down "$DEV_DIR"; }
 
 if [ "${1:-}" = "down" ]; then
     stop_all
@@ -66,14 +60,20 @@ start() { # name, command...
 }
 
 stop_all
-mkdir -p "$PIDS" "$LOGS" "$DEV_DIR/tansu"
-scripts/install-tools.sh tansu
+for port in "$API_PORT" "$USER_PORT" "$CONSUMER_PORT"; do port_free "$port" "a callchain service"; done
+scripts/install-tools.sh postgres kafka otelcol jaeger
 scripts/ensure-postgres.sh
+step "building the services (release)"
 scripts/build-services.sh
 
+trap 'echo; stop_all; exit 130' INT TERM
+scripts/parts.sh up "$DEV_DIR"
+
 export RUST_LOG=${RUST_LOG:-info}
+export OTEL_EXPORTER_OTLP_ENDPOINT=${OTEL_EXPORTER_OTLP_ENDPOINT:-http://127.0.0.1:$OTELCOL_GRPC_PORT}
 export DATABASE_URL=${DATABASE_URL:-postgres://callchain:callchain@127.0.0.1:5432/callchain}
 export KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
+export KAFKA_GROUP_INSTANCE_ID=${KAFKA_GROUP_INSTANCE_ID:-consumer-1}
 export USER_LISTEN_ADDR=127.0.0.1:$USER_PORT
 export API_LISTEN_ADDR=127.0.0.1:$API_PORT
 export CONSUMER_HEALTH_ADDR=127.0.0.1:$CONSUMER_PORT
@@ -82,18 +82,7 @@ export JWT_SECRET=${JWT_SECRET:-callchain-dev-only-secret-change-me-0123456789}
 export ADMIN_EMAIL=${ADMIN_EMAIL:-admin@callchain.dev}
 export ADMIN_PASSWORD=${ADMIN_PASSWORD:-admin-password-dev}
 
-trap 'echo; stop_all; exit 130' INT TERM
-
-url=tcp://127.0.0.1:$KAFKA_PORT
-# tansu exports its own spans when OTEL_EXPORTER_OTLP_ENDPOINT is set, too.
-start tansu tansu broker --listener-url "$url" --advertised-listener-url "$url" \
-    --storage-engine "sqlite://$DEV_DIR/tansu/tansu.db"
-wait_for tansu bash -c "exec 3<>/dev/tcp/127.0.0.1/$KAFKA_PORT"
-for topic in user-events:3 user-events.dlq:1; do
-    # Already there after a restart: tansu keeps them in SQLite.
-    tansu topic create "${topic%%:*}" --partitions "${topic##*:}" --broker "$url" >/dev/null 2>&1 || true
-done
-
+step "starting the services (spans to $OTEL_EXPORTER_OTLP_ENDPOINT)"
 OTEL_SERVICE_NAME=user start user "$BIN/user"
 wait_for user "$BIN/user" --healthcheck
 OTEL_SERVICE_NAME=consumer start consumer "$BIN/consumer"
@@ -102,22 +91,26 @@ OTEL_SERVICE_NAME=api start api "$BIN/api"
 wait_for api "$BIN/api" --healthcheck
 
 api=http://127.0.0.1:$API_PORT
+jaeger=http://127.0.0.1:$JAEGER_QUERY_PORT
 cat <<TRY
 
-callchain is running (logs: $LOGS/{api,user,consumer,tansu}.log)
+callchain is running (logs: $LOGS/*.log)
   API         $api   (OpenAPI: $api/openapi.json)
+  Jaeger      $jaeger/api/traces/<trace id>   (its query API; the UI comes with make up)
+  collector   OTLP gRPC http://127.0.0.1:$OTELCOL_GRPC_PORT, health http://127.0.0.1:$OTELCOL_HEALTH_PORT/
+  Kafka       127.0.0.1:$KAFKA_PORT (Apache Kafka $KAFKA_VERSION)
   user        grpc://127.0.0.1:$USER_PORT
   consumer    http://127.0.0.1:$CONSUMER_PORT/readyz
-  Kafka       127.0.0.1:$KAFKA_PORT (tansu)
   admin       $ADMIN_EMAIL / $ADMIN_PASSWORD
+
+Memory of each process:
+$(scripts/parts.sh rss "$DEV_DIR")
 
 Try:
   curl -si $api/v1/users -H 'content-type: application/json' \\
     -d '{"email":"ada@example.com","name":"Ada Lovelace","password":"correct horse battery staple"}'
-  TOKEN=\$(curl -s $api/v1/auth/login -H 'content-type: application/json' \\
-    -d '{"email":"ada@example.com","password":"correct horse battery staple"}' | sed 's/.*"access_token":"\\([^"]*\\)".*/\\1/')
-  curl -s $api/v1/users/<id from the first answer> -H "authorization: Bearer \$TOKEN"
-  grep <trace id from the traceparent header> $LOGS/*.log
+  curl -s $jaeger/api/traces/<trace id from the traceparent header>
+  grep <trace id> $LOGS/*.log
 
 TRY
 
@@ -127,7 +120,7 @@ if [ -n "${DEV_DETACH:-}" ]; then
 fi
 echo "Ctrl-C stops everything."
 while :; do
-    for name in tansu user consumer api; do
+    for name in kafka jaeger otelcol user consumer api; do
         if ! kill -0 "$(cat "$PIDS/$name")" 2>/dev/null; then
             echo "$name stopped; see $LOGS/$name.log" >&2
             stop_all

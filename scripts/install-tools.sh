@@ -1,29 +1,39 @@
 #!/usr/bin/env bash
-# Installs the tools the tests need, when they are missing:
-#   tansu           the Kafka-compatible broker the tests run against (crates.io)
+# Installs what `make dev` and `make test` need, when it is missing. Each
+# tool is installed once per machine into a versioned folder under
+# $CALLCHAIN_TOOLS ($HOME/.callchain/tools), which every clone reuses:
+#
+#   postgres        Debian's postgresql, when the server is not installed
+#   kafka           Apache Kafka $KAFKA_VERSION from Maven Central (scripts/install-kafka.sh)
+#   otelcol         the OpenTelemetry Collector $OTELCOL_VERSION, built by the
+#                   Collector Builder (scripts/install-otelcol.sh)
+#   jaeger          Jaeger $JAEGER_VERSION, built from its Go module (scripts/install-jaeger.sh)
 #   docker-compose  validates docker-compose.yml without a Docker engine (Debian)
-# With arguments, only those: scripts/install-tools.sh tansu
-# Tools go where cargo and apt put them ($HOME/.cargo/bin, /usr/bin), outside
-# the checkout, so every clone on this machine reuses them.
+#
+# With arguments, only those: scripts/install-tools.sh kafka jaeger
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
-TANSU_VERSION=${TANSU_VERSION:-0.6.0}
-export PATH="$HOME/.cargo/bin:$PATH"
-wanted=" ${*:-tansu docker-compose} "
+wanted=" ${*:-postgres kafka otelcol jaeger docker-compose} "
+wants() { [[ $wanted == *" $1 "* ]]; }
 
-if [[ $wanted == *" tansu "* ]] && ! command -v tansu >/dev/null 2>&1; then
-    echo "installing tansu $TANSU_VERSION (a release build: several minutes, once per machine)"
-    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
-fi
-
-if [[ $wanted == *" docker-compose "* ]] && ! command -v docker-compose >/dev/null 2>&1; then
+apt_install() { # package: installs a Debian package as root, or says how to
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "installing docker-compose (Debian) to validate docker-compose.yml"
+        step "installing Debian's $1"
         apt-get update -qq
-        # --no-install-recommends: the validator alone, not a Docker engine.
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
+        # --no-install-recommends: docker-compose alone, not a Docker engine.
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$1" >/dev/null
     else
-        echo "docker-compose is missing: as root, run apt-get install -y --no-install-recommends docker-compose" >&2
-        exit 1
+        die "$1 is missing: as root, run apt-get install -y --no-install-recommends $1"
     fi
+}
+
+if wants postgres && ! command -v pg_lsclusters >/dev/null 2>&1; then
+    apt_install postgresql
+fi
+if wants kafka; then "$CALLCHAIN_ROOT/scripts/install-kafka.sh"; fi
+if wants otelcol; then "$CALLCHAIN_ROOT/scripts/install-otelcol.sh"; fi
+if wants jaeger; then "$CALLCHAIN_ROOT/scripts/install-jaeger.sh"; fi
+if wants docker-compose && ! command -v docker-compose >/dev/null 2>&1; then
+    apt_install docker-compose
 fi

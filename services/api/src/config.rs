@@ -13,6 +13,7 @@ pub const ENV_VARS: &[&str] = &[
     "REQUEST_TIMEOUT_MS",
     "MAX_BODY_BYTES",
     "KAFKA_BROKERS",
+    "KAFKA_TOPIC",
     "KAFKA_PUBLISH_TIMEOUT_MS",
 ];
 
@@ -41,6 +42,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// `KAFKA_BROKERS`, default `127.0.0.1:9092`.
     pub kafka_brokers: String,
+    /// `KAFKA_TOPIC`, default `user-events`: where the events go.
+    pub kafka_topic: String,
     /// `KAFKA_PUBLISH_TIMEOUT_MS`, default 5000: how long a write waits for
     /// the broker to acknowledge its event before answering 503.
     pub publish_timeout: Duration,
@@ -56,6 +59,7 @@ impl std::fmt::Debug for Config {
             .field("request_timeout", &self.request_timeout)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("kafka_brokers", &self.kafka_brokers)
+            .field("kafka_topic", &self.kafka_topic)
             .field("publish_timeout", &self.publish_timeout)
             .finish()
     }
@@ -83,12 +87,13 @@ impl Config {
             request_timeout: Duration::from_millis(parse_or("REQUEST_TIMEOUT_MS", "a whole number", 10_000)?),
             max_body_bytes: parse_or("MAX_BODY_BYTES", "a whole number", 16 * 1024)?,
             kafka_brokers: var("KAFKA_BROKERS").unwrap_or_else(|| "127.0.0.1:9092".to_owned()),
+            kafka_topic: var("KAFKA_TOPIC").unwrap_or_else(|| callchain_events::TOPIC.to_owned()),
             publish_timeout: Duration::from_millis(parse_or("KAFKA_PUBLISH_TIMEOUT_MS", "a whole number", 5_000)?),
         })
     }
 
-    /// Defaults for tests: the given user service and broker, a fixed test key.
-    pub fn for_tests(user_service_url: String, kafka_brokers: String, jwt_secret: String) -> Self {
+    /// Defaults for tests: the given user service, broker and topic, a fixed test key.
+    pub fn for_tests(user_service_url: String, kafka_brokers: String, kafka_topic: String, jwt_secret: String) -> Self {
         Self {
             listen_addr: "127.0.0.1:0".parse().expect("a valid address"),
             user_service_url,
@@ -97,6 +102,7 @@ impl Config {
             request_timeout: Duration::from_secs(10),
             max_body_bytes: 16 * 1024,
             kafka_brokers,
+            kafka_topic,
             publish_timeout: Duration::from_secs(3),
         }
     }

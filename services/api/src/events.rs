@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use callchain_events::{EventType, TOPIC, UserEvent, UserPayload, headers};
+use callchain_events::{EventType, UserEvent, UserPayload, headers};
 use callchain_proto::user::v1::{self as pb, Change};
 use callchain_telemetry::kafka;
 use rdkafka::{
@@ -31,14 +31,16 @@ use crate::{
 
 pub struct Publisher {
     brokers: String,
+    topic: String,
     timeout: Duration,
     producer: RwLock<Arc<FutureProducer>>,
 }
 
 impl Publisher {
-    pub fn new(brokers: &str, timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(brokers: &str, topic: &str, timeout: Duration) -> anyhow::Result<Self> {
         Ok(Self {
             brokers: brokers.to_owned(),
+            topic: topic.to_owned(),
             timeout,
             producer: RwLock::new(Arc::new(producer(brokers, timeout)?)),
         })
@@ -49,7 +51,7 @@ impl Publisher {
     pub async fn publish(&self, event: &UserEvent, deadline: &Deadline) -> Result<(), ApiError> {
         let key = event.key();
         let payload = event.to_json();
-        let span = kafka::producer_span(TOPIC, &key);
+        let span = kafka::producer_span(&self.topic, &key);
         let event_id = event.event_id.to_string();
         let headers = kafka::inject_span(
             &span,
@@ -63,7 +65,10 @@ impl Publisher {
                     value: Some(event.event_type.as_str()),
                 }),
         );
-        let record = FutureRecord::to(TOPIC).key(&key).payload(&payload).headers(headers);
+        let record = FutureRecord::to(&self.topic)
+            .key(&key)
+            .payload(&payload)
+            .headers(headers);
         let budget = self.timeout.min(deadline.remaining());
         let producer = self.producer.read().expect("producer lock").clone();
 
@@ -140,10 +145,11 @@ impl Publisher {
     /// Whether the broker answers a metadata request within a second.
     pub async fn ready(&self) -> bool {
         let producer = self.producer.read().expect("producer lock").clone();
+        let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
             producer
                 .client()
-                .fetch_metadata(Some(TOPIC), Duration::from_secs(1))
+                .fetch_metadata(Some(&topic), Duration::from_secs(1))
                 .is_ok()
         })
         .await

@@ -64,7 +64,11 @@ impl AppState {
         Ok(Self {
             users: UserServiceClient::new(traced),
             health: tonic_health::pb::health_client::HealthClient::new(channel),
-            events: Arc::new(events::Publisher::new(&config.kafka_brokers, config.publish_timeout)?),
+            events: Arc::new(events::Publisher::new(
+                &config.kafka_brokers,
+                &config.kafka_topic,
+                config.publish_timeout,
+            )?),
             keys: Keys::new(config.jwt_secret.as_bytes(), config.jwt_ttl),
         })
     }

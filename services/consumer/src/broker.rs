@@ -69,10 +69,19 @@ fn partition_ids(partitions: &TopicPartitionList) -> Vec<i32> {
 /// but only those the pipeline stored, and it stores them only once their
 /// rows are committed in Postgres (or their dead letters acknowledged).
 pub fn consumer(config: &Config) -> KafkaResult<StreamConsumer<KafkaLogs>> {
-    ClientConfig::new()
+    let mut client = ClientConfig::new();
+    if let Some(instance) = &config.group_instance_id {
+        client.set("group.instance.id", instance);
+    }
+    client
         .set("bootstrap.servers", &config.brokers)
         .set("group.id", &config.group_id)
         .set("client.id", "consumer")
+        // A member that stops heartbeating (a crashed consumer that does not
+        // come back) loses its partitions to the others after 10 s, not the
+        // 45 s default. The broker allows 6 s at the least.
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "2000")
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")

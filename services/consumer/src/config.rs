@@ -11,7 +11,9 @@ pub const ENV_VARS: &[&str] = &[
     "DATABASE_URL",
     "DATABASE_MAX_CONNECTIONS",
     "KAFKA_BROKERS",
+    "KAFKA_TOPIC",
     "KAFKA_GROUP_ID",
+    "KAFKA_GROUP_INSTANCE_ID",
     "CONSUMER_BATCH_SIZE",
     "CONSUMER_BATCH_TIMEOUT_MS",
 ];
@@ -29,8 +31,17 @@ pub struct Config {
     pub max_connections: u32,
     /// `KAFKA_BROKERS`, default `127.0.0.1:9092`.
     pub brokers: String,
+    /// `KAFKA_TOPIC`, default `user-events`: what it reads; dead letters go
+    /// to `<topic>.dlq`.
+    pub topic: String,
     /// `KAFKA_GROUP_ID`, default `user-events-writer`.
     pub group_id: String,
+    /// `KAFKA_GROUP_INSTANCE_ID`, unset by default: a stable name for this
+    /// member of the group (static membership). A consumer that restarts
+    /// under the same name, after a crash too, gets its partitions back at
+    /// once instead of after the dead member's session times out. Two
+    /// running consumers must never share one.
+    pub group_instance_id: Option<String>,
     /// `CONSUMER_BATCH_SIZE`, default 500: most messages per transaction.
     pub batch_size: usize,
     /// `CONSUMER_BATCH_TIMEOUT_MS`, default 20: longest wait to fill a batch.
@@ -51,7 +62,9 @@ impl Config {
                 .context("DATABASE_URL is required, e.g. postgres://callchain:callchain@127.0.0.1:5432/callchain")?,
             max_connections: parse_or("DATABASE_MAX_CONNECTIONS", "a whole number", 4)?,
             brokers: var("KAFKA_BROKERS").unwrap_or_else(|| "127.0.0.1:9092".to_owned()),
+            topic: var("KAFKA_TOPIC").unwrap_or_else(|| callchain_events::TOPIC.to_owned()),
             group_id: var("KAFKA_GROUP_ID").unwrap_or_else(|| "user-events-writer".to_owned()),
+            group_instance_id: var("KAFKA_GROUP_INSTANCE_ID"),
             batch_size,
             batch_timeout: Duration::from_millis(parse_or("CONSUMER_BATCH_TIMEOUT_MS", "a whole number", 20)?),
         })

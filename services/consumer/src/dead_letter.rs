@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use callchain_events::{DLQ_TOPIC, headers};
+use callchain_events::headers;
 use callchain_telemetry::kafka;
 use rdkafka::{
     error::KafkaError,
@@ -54,19 +54,21 @@ pub fn dead_letter_headers(
 /// Sends dead letters and waits for the broker's acknowledgement.
 pub struct DeadLetters {
     producer: FutureProducer<KafkaLogs>,
+    topic: String,
 }
 
 impl DeadLetters {
-    pub fn new(producer: FutureProducer<KafkaLogs>) -> Self {
-        Self { producer }
+    /// Dead letters to `topic` (`<topic read>.dlq`) through `producer`.
+    pub fn new(producer: FutureProducer<KafkaLogs>, topic: String) -> Self {
+        Self { producer, topic }
     }
 
-    /// Sends `message` to the dead-letter topic in a `send user-events.dlq`
+    /// Sends `message` to the dead-letter topic in a `send <topic>.dlq`
     /// span under `parent` (the message's process span); resolves once the
     /// broker has it.
     pub async fn send(&self, message: &OwnedMessage, reason: &str, parent: &Span) -> Result<(), KafkaError> {
         let key = message.key().map(String::from_utf8_lossy).unwrap_or_default();
-        let span = parent.in_scope(|| kafka::producer_span(DLQ_TOPIC, &key));
+        let span = parent.in_scope(|| kafka::producer_span(&self.topic, &key));
         let headers = dead_letter_headers(
             message.headers().map(|h| h.as_borrowed()),
             reason,
@@ -74,7 +76,7 @@ impl DeadLetters {
             message.partition(),
             message.offset(),
         );
-        let mut record = FutureRecord::<[u8], [u8]>::to(DLQ_TOPIC).headers(headers);
+        let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).headers(headers);
         if let Some(key) = message.key() {
             record = record.key(key);
         }

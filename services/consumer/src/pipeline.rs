@@ -22,7 +22,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use callchain_events::{EventError, TOPIC, UserEvent};
+use callchain_events::{EventError, UserEvent, dlq_topic};
 use callchain_telemetry::kafka::{self, Received};
 use opentelemetry::trace::TraceContextExt as _;
 use rdkafka::{
@@ -124,6 +124,7 @@ pub struct Pipeline {
 /// The Kafka side: batches in, offsets out.
 struct Source {
     kafka: StreamConsumer<KafkaLogs>,
+    topic: String,
     group_id: String,
     batch_size: usize,
     batch_timeout: Duration,
@@ -147,6 +148,7 @@ impl Pipeline {
         Ok(Self {
             source: Source {
                 kafka,
+                topic: config.topic.clone(),
                 group_id: config.group_id.clone(),
                 batch_size: config.batch_size,
                 batch_timeout: config.batch_timeout,
@@ -155,7 +157,7 @@ impl Pipeline {
             },
             sink: Sink {
                 pool,
-                dead_letters: DeadLetters::new(producer),
+                dead_letters: DeadLetters::new(producer, dlq_topic(&config.topic)),
                 health,
             },
         })
@@ -167,9 +169,9 @@ impl Pipeline {
     pub async fn run(mut self) -> anyhow::Result<()> {
         self.source
             .kafka
-            .subscribe(&[TOPIC])
-            .with_context(|| format!("cannot subscribe to {TOPIC}"))?;
-        tracing::info!(topic = TOPIC, group = %self.source.group_id, "consuming");
+            .subscribe(&[&self.source.topic])
+            .with_context(|| format!("cannot subscribe to {}", self.source.topic))?;
+        tracing::info!(topic = %self.source.topic, group = %self.source.group_id, "consuming");
         while let Some(batch) = self.source.next_batch().await {
             if self.handle(batch).await.is_none() {
                 tracing::info!("stopped while retrying; the batch in hand will be replayed");

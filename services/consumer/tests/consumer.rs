@@ -1,11 +1,12 @@
-//! The consumer against real parts: a tansu broker, the machine's Postgres,
-//! and (for the spans) the in-process OTLP receiver.
+//! The consumer against real parts: Apache Kafka (the run's shared broker,
+//! with topics of each test's own), the machine's Postgres, and (for the
+//! spans) the in-process OTLP receiver.
 
 use std::{collections::BTreeSet, future::Future, time::Duration};
 
-use callchain_events::{DLQ_TOPIC, EventType, TOPIC, UserEvent, UserPayload, headers};
+use callchain_events::{EventType, UserEvent, UserPayload, headers};
 use callchain_testkit::{
-    kafka::Broker,
+    kafka::Kafka,
     otlp::OtlpReceiver,
     postgres::{TestDatabase, admin_url},
     service::ServiceHandle,
@@ -25,34 +26,34 @@ use uuid::Uuid;
 /// How long any wait in these tests may last before it fails.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// A broker and a database for one test, and a producer onto the broker.
+/// Topics and a database for one test, and a producer onto the topics.
 struct Parts {
     db: TestDatabase,
-    broker: Broker,
+    kafka: Kafka,
     producer: FutureProducer,
 }
 
 impl Parts {
     async fn start() -> Self {
+        Self::on(Kafka::shared().await.expect("the test run's Kafka broker")).await
+    }
+
+    async fn on(kafka: Kafka) -> Self {
         let db = TestDatabase::create().await.expect("a test database");
-        let broker = tokio::task::spawn_blocking(Broker::start)
-            .await
-            .unwrap()
-            .expect("a tansu broker");
         let producer = ClientConfig::new()
-            .set("bootstrap.servers", broker.bootstrap())
+            .set("bootstrap.servers", kafka.bootstrap())
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", "30000")
             .create()
             .expect("a producer");
-        Self { db, broker, producer }
+        Self { db, kafka, producer }
     }
 
-    /// Starts a consumer (group `user-events-writer`, batches of
+    /// Starts a consumer (the test's topic and group, batches of
     /// `batch_size`) and waits until it answers `/healthz`.
     async fn consumer(&self, batch_size: usize, otlp_endpoint: Option<String>) -> ServiceHandle {
-        let mut config = consumer_config(&self.db, &self.broker);
+        let mut config = consumer_config(&self.db, &self.kafka);
         config.batch_size = batch_size;
         let mut consumer = ServiceHandle::spawn("consumer", otlp_endpoint, move |listener, shutdown| {
             callchain_consumer::run(config, listener, async move {
@@ -69,12 +70,13 @@ impl Parts {
 
     /// Produces one message to `topic`; returns its partition and offset.
     async fn produce(&self, key: &str, payload: &[u8], headers: OwnedHeaders) -> (i32, i64) {
-        let record = FutureRecord::to(TOPIC).key(key).payload(payload).headers(headers);
+        let topic = &self.kafka.topic;
+        let record = FutureRecord::to(topic).key(key).payload(payload).headers(headers);
         let delivery = self
             .producer
             .send(record, Duration::from_secs(10))
             .await
-            .unwrap_or_else(|(error, _)| panic!("producing to {TOPIC} failed: {error}"));
+            .unwrap_or_else(|(error, _)| panic!("producing to {topic} failed: {error}"));
         (delivery.partition, delivery.offset)
     }
 
@@ -116,22 +118,22 @@ impl Parts {
     }
 
     /// The offset the consumer's group has committed on `partition` of
-    /// `user-events`, if any: asked as the group, without joining it.
+    /// the test's topic, if any: asked as the group, without joining it.
     async fn committed_offset(&self, partition: i32) -> Option<i64> {
-        let group = consumer_config(&self.db, &self.broker).group_id;
         let probe: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", self.broker.bootstrap())
-            .set("group.id", group)
+            .set("bootstrap.servers", self.kafka.bootstrap())
+            .set("group.id", &self.kafka.group)
             .create()
             .expect("an offset probe");
+        let topic = self.kafka.topic.clone();
         let mut partitions = TopicPartitionList::new();
-        partitions.add_partition(TOPIC, partition);
+        partitions.add_partition(&topic, partition);
         let committed =
             tokio::task::spawn_blocking(move || probe.committed_offsets(partitions, Duration::from_secs(10)))
                 .await
                 .unwrap()
                 .expect("reading the committed offsets");
-        match committed.find_partition(TOPIC, partition)?.offset() {
+        match committed.find_partition(&topic, partition)?.offset() {
             Offset::Offset(offset) => Some(offset),
             _ => None,
         }
@@ -140,16 +142,17 @@ impl Parts {
     /// Waits for the first dead letter and returns it.
     async fn first_dead_letter(&self) -> OwnedMessage {
         let reader: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", self.broker.bootstrap())
+            .set("bootstrap.servers", self.kafka.bootstrap())
             .set("group.id", format!("dlq-reader-{}", Uuid::new_v4()))
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
             .create()
             .expect("a DLQ reader");
-        reader.subscribe(&[DLQ_TOPIC]).expect("subscribing to the DLQ");
+        let dlq = &self.kafka.dlq;
+        reader.subscribe(&[dlq]).expect("subscribing to the DLQ");
         let message = tokio::time::timeout(PATIENCE, reader.recv())
             .await
-            .unwrap_or_else(|_| panic!("no message on {DLQ_TOPIC} within {PATIENCE:?}"))
+            .unwrap_or_else(|_| panic!("no message on {dlq} within {PATIENCE:?}"))
             .expect("reading the DLQ");
         message.detach()
     }
@@ -299,7 +302,10 @@ async fn a_malformed_message_goes_to_the_dlq_with_its_headers_and_the_next_one_i
     assert_eq!(header(&dead, "x-custom").as_deref(), Some("kept as it was"));
     let error = header(&dead, headers::ERROR).expect("an error header");
     assert!(error.contains("not a user event"), "error header: {error}");
-    assert_eq!(header(&dead, headers::ORIGINAL_TOPIC).as_deref(), Some(TOPIC));
+    assert_eq!(
+        header(&dead, headers::ORIGINAL_TOPIC).as_deref(),
+        Some(parts.kafka.topic.as_str())
+    );
     assert_eq!(header(&dead, headers::ORIGINAL_PARTITION), Some(partition.to_string()));
     assert_eq!(header(&dead, headers::ORIGINAL_OFFSET), Some(offset.to_string()));
 
@@ -495,15 +501,15 @@ async fn the_process_span_is_a_child_of_the_producer_context_and_links_to_it() {
     let (partition, offset) = parts.produce_event(&event, Some(&traceparent)).await;
     parts.row_of(event.event_id).await;
     consumer.flush().await;
+    let process_name = format!("process {}", parts.kafka.topic);
     let spans = otlp
         .wait_for_trace(&trace_id, PATIENCE, |spans| {
-            spans.iter().any(|s| s.name == "INSERT user_events")
-                && spans.iter().any(|s| s.name == "process user-events")
+            spans.iter().any(|s| s.name == "INSERT user_events") && spans.iter().any(|s| s.name == process_name)
         })
         .await;
 
     let trace = Trace(&spans);
-    let process = trace.span("consumer", "process user-events", SpanKind::Consumer);
+    let process = trace.span("consumer", &process_name, SpanKind::Consumer);
     assert_eq!(
         process.parent_span_id.as_deref(),
         Some(producer_span_id.as_str()),
@@ -518,10 +524,10 @@ async fn the_process_span_is_a_child_of_the_producer_context_and_links_to_it() {
     for (key, value) in [
         ("messaging.system", "kafka"),
         ("messaging.operation.type", "process"),
-        ("messaging.destination.name", TOPIC),
+        ("messaging.destination.name", parts.kafka.topic.as_str()),
         ("messaging.destination.partition.id", &partition.to_string()),
         ("messaging.kafka.offset", &offset.to_string()),
-        ("messaging.consumer.group.name", "user-events-writer"),
+        ("messaging.consumer.group.name", parts.kafka.group.as_str()),
     ] {
         assert_eq!(process.attribute(key), Some(value), "{key} on {process:?}");
     }
@@ -536,4 +542,120 @@ async fn the_process_span_is_a_child_of_the_producer_context_and_links_to_it() {
         query.starts_with("INSERT INTO user_events") && !query.contains(&event.event_id.to_string()),
         "the parameterised statement, never values: {query}"
     );
+}
+
+/// The consumer binary in a process of its own, so a test can `kill -9` it:
+/// a crash, with no clean leave from the group and no last commit.
+struct ConsumerProcess {
+    child: std::process::Child,
+}
+
+impl ConsumerProcess {
+    /// Starts `target/.../consumer` on the test's topics, as the group member
+    /// named `instance`, and waits until it is healthy.
+    async fn start(parts: &Parts, instance: &str) -> Self {
+        let health = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_consumer"))
+            .env("DATABASE_URL", parts.db.url())
+            .env("KAFKA_BROKERS", parts.kafka.bootstrap())
+            .env("KAFKA_TOPIC", &parts.kafka.topic)
+            .env("KAFKA_GROUP_ID", &parts.kafka.group)
+            .env("KAFKA_GROUP_INSTANCE_ID", instance)
+            .env("CONSUMER_HEALTH_ADDR", health.to_string())
+            .env("RUST_LOG", "warn")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("the consumer binary starts");
+        let mut process = Self { child };
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while callchain_consumer::healthcheck(health).await.is_err() {
+            if let Some(status) = process.child.try_wait().expect("its status") {
+                panic!("the consumer process exited at start: {status}");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the consumer process is not healthy after {PATIENCE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        process
+    }
+
+    /// `kill -9`.
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+}
+
+impl Drop for ConsumerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_killed_with_sigkill_and_restarted_gets_its_partitions_back_within_10_s() {
+    let parts = Parts::start().await;
+    let first = ConsumerProcess::start(&parts, "consumer-1").await;
+    let before = user_event(Uuid::now_v7());
+    parts.produce_event(&before, None).await;
+    parts.row_of(before.event_id).await;
+
+    first.kill();
+    // One event on every partition while it is down.
+    let mut during = Vec::new();
+    while during
+        .iter()
+        .map(|(_, partition)| *partition)
+        .collect::<BTreeSet<i32>>()
+        .len()
+        < 3
+    {
+        let event = user_event(Uuid::now_v7());
+        let (partition, _) = parts.produce_event(&event, None).await;
+        during.push((event, partition));
+    }
+
+    let restarted = tokio::time::Instant::now();
+    let _second = ConsumerProcess::start(&parts, "consumer-1").await;
+    for (event, _) in &during {
+        parts.row_of(event.event_id).await;
+    }
+    let recovered = restarted.elapsed();
+    assert!(
+        recovered <= Duration::from_secs(10),
+        "the restarted consumer took {recovered:?} to write the events of all 3 partitions"
+    );
+    for (event, _) in &during {
+        assert_eq!(parts.rows_of(event.event_id).await, 1, "exactly one row per event");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_broker_kill_and_restart_the_consumer_goes_on_and_loses_nothing() {
+    let mut parts = Parts::on(Kafka::own().await.expect("a Kafka broker of the test's own")).await;
+    let _consumer = parts.consumer(500, None).await;
+    let before: Vec<UserEvent> = (0..20).map(|_| user_event(Uuid::now_v7())).collect();
+    for event in &before {
+        parts.produce_event(event, None).await;
+    }
+    for event in &before {
+        parts.row_of(event.event_id).await;
+    }
+
+    tokio::task::block_in_place(|| parts.kafka.broker().restart()).expect("the broker restarts after kill -9");
+    let after: Vec<UserEvent> = (0..20).map(|_| user_event(Uuid::now_v7())).collect();
+    for event in &after {
+        parts.produce_event(event, None).await;
+    }
+    for event in before.iter().chain(&after) {
+        parts.row_of(event.event_id).await;
+        assert_eq!(parts.rows_of(event.event_id).await, 1, "exactly one row per event");
+    }
+    assert_eq!(parts.row_count().await, 40);
 }

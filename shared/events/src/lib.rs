@@ -3,7 +3,8 @@
 //! - [`UserEvent`]: the envelope (`event_id`, `event_type`, `occurred_at`,
 //!   `user_id`, `schema_version`) and its payload, which holds no secret.
 //! - [`TOPIC`], [`DLQ_TOPIC`]: where events go, and where those the consumer
-//!   cannot read end up.
+//!   cannot read end up (the defaults: both services take another topic
+//!   from `KAFKA_TOPIC`, with [`dlq_topic`] beside it).
 //! - [`headers`]: the Kafka header names beside the trace context
 //!   (`traceparent`, `tracestate`, `baggage`, written by the telemetry).
 //!
@@ -17,6 +18,11 @@ use uuid::Uuid;
 pub const TOPIC: &str = "user-events";
 /// Messages the consumer cannot read, with their original headers and the reason.
 pub const DLQ_TOPIC: &str = "user-events.dlq";
+
+/// The dead-letter topic of `topic`: `<topic>.dlq` ([`DLQ_TOPIC`] for [`TOPIC`]).
+pub fn dlq_topic(topic: &str) -> String {
+    format!("{topic}.dlq")
+}
 /// The envelope version this code writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
 

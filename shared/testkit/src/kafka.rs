@@ -1,126 +1,205 @@
-//! A real Kafka-protocol broker for tests: tansu, started on a free port,
-//! one per test, storing in a SQLite file of its own.
+//! Apache Kafka for tests: the same broker, version and settings `make dev`
+//! runs (`scripts/kafka.sh`), one KRaft node.
 //!
-//! Why SQLite by default: tansu 0.6's memory storage answers nothing to a
-//! fetch that starts inside a record batch, so a consumer resuming from such
-//! an offset (after a restart, or a pause) would wait forever. SQLite storage
-//! serves it, and keeps the data across a broker restart, as Kafka does.
-//!
-//! Why memory for broker restarts: after a restart tansu 0.6's SQLite storage
-//! panics on the next idempotent produce and serves no more; memory storage
-//! comes back empty, which a client sees as a broker that lost its state.
+//! - [`Kafka::shared`]: the test run's one broker, which `make test` starts
+//!   and names in `CALLCHAIN_TEST_KAFKA`, with topics and a consumer group of
+//!   the test's own, so tests never see each other's messages.
+//! - [`Kafka::own`]: a broker of the test's own, for tests that stop, kill or
+//!   restart it.
 
 use std::{
     net::{SocketAddr, TcpStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
+use rdkafka::{
+    ClientConfig,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+};
 
-const HOW_TO_GET_TANSU: &str = "tansu, the Kafka-compatible broker the tests run against, is not installed: \
-     run `make tools` (it runs `cargo install tansu --locked --features dynostore,libsql`), \
-     or point TANSU_BIN at a tansu binary";
+/// The variable that names the shared broker (`host:port`).
+pub const SHARED_BROKER_VAR: &str = "CALLCHAIN_TEST_KAFKA";
 
-/// The tansu binary: `TANSU_BIN`, else `tansu` on `PATH`, else cargo's bin directory.
-pub fn tansu_bin() -> anyhow::Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("TANSU_BIN") {
-        return Ok(bin.into());
-    }
-    let candidates = std::env::var_os("PATH")
-        .map(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join("tansu"))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default()
-        .into_iter()
-        .chain(std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo/bin/tansu")));
-    for candidate in candidates {
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-    }
-    anyhow::bail!(HOW_TO_GET_TANSU)
+const HOW_TO_GET_KAFKA: &str = "run the tests with `make test`: it installs Apache Kafka (the version in .env) \
+     under $HOME once, starts one broker for the run and names it in CALLCHAIN_TEST_KAFKA. To run \
+     `cargo test` by hand, start the parts first: `scripts/test-parts.sh up` prints what to export";
+
+/// How long a broker may take from start to answering metadata requests.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A broker a test uses, with topics and a group nobody else uses.
+pub struct Kafka {
+    bootstrap: String,
+    /// The events topic (3 partitions), in place of `user-events`.
+    pub topic: String,
+    /// Its dead-letter topic, `<topic>.dlq`.
+    pub dlq: String,
+    /// A consumer group id of this test's own.
+    pub group: String,
+    own: Option<Broker>,
 }
 
-/// A running tansu broker. Dropping it kills the broker and removes its data.
+impl Kafka {
+    /// The run's shared broker, with fresh topics.
+    pub async fn shared() -> anyhow::Result<Self> {
+        let bootstrap = std::env::var(SHARED_BROKER_VAR).map_err(|_| {
+            anyhow::anyhow!("no Kafka broker for the tests ({SHARED_BROKER_VAR} is unset): {HOW_TO_GET_KAFKA}")
+        })?;
+        Self::on(bootstrap, None).await
+    }
+
+    /// A broker of this test's own, started now, with fresh topics.
+    pub async fn own() -> anyhow::Result<Self> {
+        let broker = tokio::task::spawn_blocking(Broker::start).await??;
+        Self::on(broker.bootstrap(), Some(broker)).await
+    }
+
+    async fn on(bootstrap: String, own: Option<Broker>) -> anyhow::Result<Self> {
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let topic = format!("{}-{}", callchain_events::TOPIC, &suffix[..12]);
+        let kafka = Self {
+            dlq: callchain_events::dlq_topic(&topic),
+            group: format!("user-events-writer-{}", &suffix[..12]),
+            topic,
+            bootstrap,
+            own,
+        };
+        create_topics(&kafka.bootstrap, &[(&kafka.topic, 3), (&kafka.dlq, 1)]).await?;
+        Ok(kafka)
+    }
+
+    /// `host:port`, for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// The broker of [`Kafka::own`], to stop or restart.
+    pub fn broker(&mut self) -> &mut Broker {
+        self.own
+            .as_mut()
+            .expect("only a broker of the test's own (Kafka::own) may be stopped or restarted")
+    }
+}
+
+/// Creates `topics` (name, partitions) with one replica each, and waits until
+/// the broker knows them.
+pub async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .context("a Kafka admin client")?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new()
+        .request_timeout(Some(Duration::from_secs(30)))
+        .operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics(&new, &options)
+        .await
+        .with_context(|| format!("creating topics on {bootstrap}; is the broker up? {HOW_TO_GET_KAFKA}"))?;
+    for result in results {
+        result.map_err(|(topic, code)| anyhow::anyhow!("creating topic {topic} failed: {code}"))?;
+    }
+    Ok(())
+}
+
+/// The repository's `scripts/kafka.sh`, which runs one KRaft node.
+fn kafka_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/kafka.sh")
+}
+
+/// A Kafka node of a test's own, on free ports and a data folder of its own.
+/// Dropping it kills the broker and removes its data.
 pub struct Broker {
     addr: SocketAddr,
+    controller_port: u16,
     data: PathBuf,
-    in_memory: bool,
     child: Option<Child>,
 }
 
 impl Broker {
-    /// Starts a broker on SQLite storage on a free port and creates
-    /// `user-events` (3 partitions) and `user-events.dlq`.
+    /// Starts a node and waits until it answers.
     pub fn start() -> anyhow::Result<Self> {
-        Self::start_with(false)
-    }
-
-    /// The same on memory storage: for tests that restart the broker.
-    pub fn start_in_memory() -> anyhow::Result<Self> {
-        Self::start_with(true)
-    }
-
-    fn start_with(in_memory: bool) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let data = std::env::temp_dir().join(format!("callchain-tansu-{}", uuid::Uuid::new_v4().simple()));
+        let free_port =
+            || -> anyhow::Result<u16> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
+        let data = std::env::temp_dir().join(format!("callchain-kafka-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&data)?;
         let mut broker = Self {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+            controller_port: free_port()?,
             data,
-            in_memory,
             child: None,
         };
         broker.launch()?;
-        broker.create_topics()?;
         Ok(broker)
     }
 
-    fn create_topics(&self) -> anyhow::Result<()> {
-        self.create_topic("user-events", 3)?;
-        self.create_topic("user-events.dlq", 1)
+    fn log_path(&self) -> PathBuf {
+        self.data.join("kafka.log")
     }
 
     fn launch(&mut self) -> anyhow::Result<()> {
-        let url = format!("tcp://{}", self.addr);
-        let child = Command::new(tansu_bin()?)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            // tansu reads a SQLite path relative to its working directory.
-            .current_dir(&self.data)
-            .args([
-                "--storage-engine",
-                if self.in_memory {
-                    "memory://tansu/"
-                } else {
-                    "sqlite://tansu.db"
-                },
-            ])
-            // The broker's own spans would land in the tests' receiver.
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env("RUST_LOG", "warn")
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let child = Command::new("bash")
+            .arg(kafka_script())
+            .env("KAFKA_PORT", self.addr.port().to_string())
+            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
+            .env("KAFKA_DATA_DIR", &self.data)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stdout(log.try_clone()?)
+            .stderr(log)
             .spawn()
-            .with_context(|| HOW_TO_GET_TANSU.to_owned())?;
+            .with_context(|| format!("starting {}", kafka_script().display()))?;
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_err() {
+        let started = Instant::now();
+        loop {
+            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() && self.answers() {
+                return Ok(());
+            }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                anyhow::bail!("tansu exited at start ({status})");
+                anyhow::bail!(
+                    "Kafka exited at start ({status}): {}\n{HOW_TO_GET_KAFKA}",
+                    self.log_tail()
+                );
             }
             anyhow::ensure!(
-                Instant::now() < deadline,
-                "tansu did not listen on {} within 10 s",
-                self.addr
+                started.elapsed() < START_TIMEOUT,
+                "Kafka did not answer on {} within {START_TIMEOUT:?}: {}",
+                self.addr,
+                self.log_tail()
             );
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(100));
         }
-        Ok(())
+    }
+
+    /// Whether the broker answers a metadata request.
+    fn answers(&self) -> bool {
+        let Ok(client) = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .create::<rdkafka::consumer::BaseConsumer>()
+        else {
+            return false;
+        };
+        rdkafka::consumer::Consumer::fetch_metadata(&client, None, Duration::from_secs(2))
+            .is_ok_and(|m| !m.brokers().is_empty())
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!(
+            "the end of its log:\n{}",
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        )
     }
 
     /// `host:port`, for `bootstrap.servers`.
@@ -128,43 +207,25 @@ impl Broker {
         self.addr.to_string()
     }
 
-    pub fn create_topic(&self, name: &str, partitions: u32) -> anyhow::Result<()> {
-        let output = Command::new(tansu_bin()?)
-            .args(["topic", "create", name, "--broker", &format!("tcp://{}", self.addr)])
-            .args(["--partitions", &partitions.to_string()])
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .output()?;
-        anyhow::ensure!(
-            output.status.success(),
-            "creating topic {name} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(())
-    }
-
-    /// Kills the broker, as an outage.
-    pub fn stop(&mut self) {
+    /// Kills the broker (`kill -9`), as an outage.
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    /// Starts it again on the same port: with the data it had on SQLite,
-    /// empty (topics re-created) in memory.
+    /// Starts it again on the same port and data: what it had acknowledged
+    /// is still there.
     pub fn restart(&mut self) -> anyhow::Result<()> {
-        self.stop();
-        self.launch()?;
-        if self.in_memory {
-            self.create_topics()?;
-        }
-        Ok(())
+        self.kill();
+        self.launch()
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        self.stop();
+        self.kill();
         let _ = std::fs::remove_dir_all(&self.data);
     }
 }

@@ -1,7 +1,8 @@
 //! What tests need to run against the real parts.
 //!
 //! - [`postgres`]: a throwaway database per test on the machine's Postgres.
-//! - [`kafka`]: a tansu broker per test, the real Kafka protocol.
+//! - [`kafka`]: Apache Kafka: the run's shared broker with topics of the
+//!   test's own, or a broker of the test's own to stop and restart.
 //! - [`otlp`]: an in-process OTLP receiver that keeps the spans it is sent.
 //! - [`service`]: one service in process, on its own runtime and telemetry,
 //!   on a port-0 listener.

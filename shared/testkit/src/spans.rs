@@ -102,20 +102,23 @@ impl<'a> Trace<'a> {
     }
 }
 
-/// The names of the request chain of DESIGN.md, for `POST /v1/users`.
-const CHAIN: [(&str, &str, SpanKind); 7] = [
-    ("api", "POST /v1/users", SpanKind::Server),
-    ("api", "user.v1.UserService/CreateUser", SpanKind::Client),
-    ("user", "user.v1.UserService/CreateUser", SpanKind::Server),
-    ("user", "INSERT users", SpanKind::Client),
-    ("api", "send user-events", SpanKind::Producer),
-    ("consumer", "process user-events", SpanKind::Consumer),
-    ("consumer", "INSERT user_events", SpanKind::Client),
-];
+/// The spans of the request chain of DESIGN.md, for `POST /v1/users` with
+/// events on `topic` (`user-events` in a real stack).
+fn chain(topic: &str) -> [(&'static str, String, SpanKind); 7] {
+    [
+        ("api", "POST /v1/users".to_owned(), SpanKind::Server),
+        ("api", "user.v1.UserService/CreateUser".to_owned(), SpanKind::Client),
+        ("user", "user.v1.UserService/CreateUser".to_owned(), SpanKind::Server),
+        ("user", "INSERT users".to_owned(), SpanKind::Client),
+        ("api", format!("send {topic}"), SpanKind::Producer),
+        ("consumer", format!("process {topic}"), SpanKind::Consumer),
+        ("consumer", "INSERT user_events".to_owned(), SpanKind::Client),
+    ]
+}
 
 /// Whether every span of the registration chain has arrived (to wait on).
-pub fn has_registration_chain(spans: &[SpanRecord]) -> bool {
-    CHAIN.iter().all(|(service, name, kind)| {
+pub fn has_registration_chain(spans: &[SpanRecord], topic: &str) -> bool {
+    chain(topic).iter().all(|(service, name, kind)| {
         spans
             .iter()
             .any(|s| s.service == *service && s.name == *name && s.kind == *kind)
@@ -126,10 +129,10 @@ pub fn has_registration_chain(spans: &[SpanRecord]) -> bool {
 /// seven spans across `api`, `user` and `consumer` under one trace id, with
 /// the right parents, kinds and attributes. Used both on spans from the
 /// in-test OTLP receiver and on spans read back from Jaeger.
-pub fn assert_registration_chain(spans: &[SpanRecord]) {
+pub fn assert_registration_chain(spans: &[SpanRecord], topic: &str) {
     let trace = Trace(spans);
     let [http, client, server, insert, send, process, write] =
-        CHAIN.map(|(service, name, kind)| trace.span(service, name, kind));
+        chain(topic).map(|(service, name, kind)| trace.span(service, &name, kind));
 
     let trace_ids: std::collections::BTreeSet<&str> = [http, client, server, insert, send, process, write]
         .iter()
@@ -186,7 +189,7 @@ pub fn assert_registration_chain(spans: &[SpanRecord]) {
     for (span, operation) in [(send, "send"), (process, "process")] {
         expect(span, "messaging.system", "kafka");
         expect(span, "messaging.operation.type", operation);
-        expect(span, "messaging.destination.name", "user-events");
+        expect(span, "messaging.destination.name", topic);
         for key in [
             "messaging.kafka.message.key",
             "messaging.destination.partition.id",

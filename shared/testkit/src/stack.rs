@@ -6,7 +6,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde_json::{Value, json};
 
-use crate::{kafka::Broker, otlp::OtlpReceiver, postgres::TestDatabase, service::ServiceHandle};
+use crate::{kafka::Kafka, otlp::OtlpReceiver, postgres::TestDatabase, service::ServiceHandle};
+
+/// The variable that names the run's collector's OTLP gRPC endpoint.
+pub const COLLECTOR_VAR: &str = "CALLCHAIN_TEST_OTLP";
+/// The variable that names the run's Jaeger query API.
+pub const JAEGER_VAR: &str = "CALLCHAIN_TEST_JAEGER";
 
 /// The administrator every test stack starts with.
 pub const ADMIN_EMAIL: &str = "admin@callchain.test";
@@ -17,34 +22,36 @@ pub const JWT_SECRET: &str = "callchain-test-secret-0123456789abcdef";
 pub struct Stack {
     pub db: TestDatabase,
     pub otlp: OtlpReceiver,
-    pub broker: Broker,
+    pub kafka: Kafka,
     pub user: ServiceHandle,
     pub api: ServiceHandle,
     pub consumer: ServiceHandle,
     pub http: reqwest::Client,
 }
 
-/// The consumer's settings for a test database and broker.
-pub fn consumer_config(db: &TestDatabase, broker: &Broker) -> callchain_consumer::Config {
+/// The consumer's settings for a test database and the test's topics.
+pub fn consumer_config(db: &TestDatabase, kafka: &Kafka) -> callchain_consumer::Config {
     callchain_consumer::Config {
         health_addr: "127.0.0.1:0".parse().expect("a valid address"),
         database_url: db.url().to_owned(),
         max_connections: 4,
-        brokers: broker.bootstrap(),
-        group_id: "user-events-writer".to_owned(),
+        brokers: kafka.bootstrap().to_owned(),
+        topic: kafka.topic.clone(),
+        group_id: kafka.group.clone(),
+        group_instance_id: None,
         batch_size: 500,
         batch_timeout: Duration::from_millis(20),
     }
 }
 
-/// Starts the consumer on `db` and `broker`, and waits until it is healthy
-/// (its migrations have run).
+/// Starts the consumer on `db` and the test's topics, and waits until it is
+/// healthy (its migrations have run).
 pub async fn spawn_consumer(
     db: &TestDatabase,
-    broker: &Broker,
+    kafka: &Kafka,
     otlp_endpoint: Option<String>,
 ) -> anyhow::Result<ServiceHandle> {
-    let config = consumer_config(db, broker);
+    let config = consumer_config(db, kafka);
     let mut consumer = ServiceHandle::spawn("consumer", otlp_endpoint, move |listener, shutdown| {
         callchain_consumer::run(config, listener, async move {
             let _ = shutdown.await;
@@ -56,15 +63,36 @@ pub async fn spawn_consumer(
 }
 
 impl Stack {
-    /// Starts everything and waits until the API is ready.
+    /// Starts everything on the run's shared broker and waits until the API
+    /// is ready.
     pub async fn start() -> anyhow::Result<Self> {
-        Self::start_on(tokio::task::spawn_blocking(Broker::start).await??).await
+        Self::start_on(Kafka::shared().await?).await
     }
 
-    /// The same, on the broker given.
-    pub async fn start_on(broker: Broker) -> anyhow::Result<Self> {
+    /// The same, on the broker and topics given.
+    pub async fn start_on(kafka: Kafka) -> anyhow::Result<Self> {
+        Self::launch(kafka, None).await
+    }
+
+    /// Starts everything on the run's shared broker, with the services
+    /// exporting their spans to the run's OpenTelemetry Collector (named in
+    /// `CALLCHAIN_TEST_OTLP`), which forwards them to the run's Jaeger: the
+    /// path of `make dev` and `make up`. `otlp` then receives nothing.
+    pub async fn start_through_collector() -> anyhow::Result<Self> {
+        let collector = std::env::var(COLLECTOR_VAR).map_err(|_| {
+            anyhow::anyhow!(
+                "no OpenTelemetry Collector for the tests ({COLLECTOR_VAR} is unset): run the tests with \
+                 `make test`, which builds and starts the collector and Jaeger, or start them with \
+                 `scripts/test-parts.sh up` and export what it prints"
+            )
+        })?;
+        Self::launch(Kafka::shared().await?, Some(collector)).await
+    }
+
+    async fn launch(kafka: Kafka, collector: Option<String>) -> anyhow::Result<Self> {
         let db = TestDatabase::create().await?;
         let otlp = OtlpReceiver::start().await?;
+        let endpoint = collector.unwrap_or_else(|| otlp.endpoint());
 
         let user_config = callchain_user::Config {
             listen_addr: "127.0.0.1:0".parse()?,
@@ -72,7 +100,7 @@ impl Stack {
             max_connections: 5,
             admin: Some((ADMIN_EMAIL.to_owned(), ADMIN_PASSWORD.to_owned())),
         };
-        let mut user = ServiceHandle::spawn("user", Some(otlp.endpoint()), move |listener, shutdown| {
+        let mut user = ServiceHandle::spawn("user", Some(endpoint.clone()), move |listener, shutdown| {
             callchain_user::run(user_config, listener, async move {
                 let _ = shutdown.await;
             })
@@ -82,15 +110,16 @@ impl Stack {
 
         let api_config = callchain_api::Config::for_tests(
             format!("http://{}", user.addr),
-            broker.bootstrap(),
+            kafka.bootstrap().to_owned(),
+            kafka.topic.clone(),
             JWT_SECRET.to_owned(),
         );
-        let mut api = ServiceHandle::spawn("api", Some(otlp.endpoint()), move |listener, shutdown| {
+        let mut api = ServiceHandle::spawn("api", Some(endpoint.clone()), move |listener, shutdown| {
             callchain_api::run(api_config, listener, async move {
                 let _ = shutdown.await;
             })
         })?;
-        let consumer = spawn_consumer(&db, &broker, Some(otlp.endpoint())).await?;
+        let consumer = spawn_consumer(&db, &kafka, Some(endpoint)).await?;
 
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
         let ready = format!("http://{}/readyz", api.addr);
@@ -108,7 +137,7 @@ impl Stack {
         Ok(Self {
             db,
             otlp,
-            broker,
+            kafka,
             user,
             api,
             consumer,

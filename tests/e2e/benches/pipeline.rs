@@ -1,6 +1,6 @@
-//! `make bench`: the figures of DESIGN.md, measured on real parts (tansu,
-//! Postgres, the in-process OTLP receiver) with the load generator in the
-//! same process. It prints figures; it asserts no time.
+//! `make bench`: the figures of DESIGN.md, measured on real parts (Apache
+//! Kafka, Postgres, the in-process OTLP receiver) with the load generator in
+//! the same process. It prints figures; it asserts no time.
 //!
 //! 1. Consumer throughput: events fed straight into the topic, then the
 //!    consumer started; events per second written into Postgres, with and
@@ -18,8 +18,8 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use callchain_events::{EventType, TOPIC, UserEvent, UserPayload};
-use callchain_testkit::{Stack, kafka::Broker, otlp::OtlpReceiver, postgres::TestDatabase, stack::spawn_consumer};
+use callchain_events::{EventType, UserEvent, UserPayload};
+use callchain_testkit::{Stack, kafka::Kafka, otlp::OtlpReceiver, postgres::TestDatabase, stack::spawn_consumer};
 use rdkafka::{
     ClientConfig,
     message::{Header, OwnedHeaders},
@@ -74,21 +74,18 @@ async fn consumer_throughput(count: u64, export: bool) -> anyhow::Result<()> {
     } else {
         "without span export"
     };
-    println!("== consumer: {count} events fed into `{TOPIC}`, {label}");
     let db = TestDatabase::create().await?;
-    // Memory storage: tansu's SQLite storage, not the consumer, would be the
-    // bottleneck. The consumer reads from offset 0 and never resumes inside
-    // a record batch here (see callchain_testkit::kafka).
-    let broker = tokio::task::spawn_blocking(Broker::start_in_memory).await??;
+    let kafka = Kafka::shared().await?;
+    println!("== consumer: {count} events fed into a topic of 3 partitions, {label}");
     let otlp = OtlpReceiver::start().await?;
 
     let fed = Instant::now();
-    feed(&broker.bootstrap(), count).await?;
+    feed(&kafka, count).await?;
     println!("   fed in {:.1} s", fed.elapsed().as_secs_f64());
 
     let started = Instant::now();
     let endpoint = export.then(|| otlp.endpoint());
-    let mut consumer = spawn_consumer(&db, &broker, endpoint).await?;
+    let mut consumer = spawn_consumer(&db, &kafka, endpoint).await?;
     let mut last_report = Instant::now();
     loop {
         let written: i64 = sqlx::query_scalar("SELECT count(*) FROM user_events")
@@ -121,15 +118,16 @@ async fn consumer_throughput(count: u64, export: bool) -> anyhow::Result<()> {
     if export {
         let flushed = Instant::now();
         consumer.flush().await;
-        let expected = 2 * count as usize; // `process user-events` and `INSERT user_events` per event
+        let expected = 2 * count as usize; // `process <topic>` and `INSERT user_events` per event
         while otlp.count() < expected && flushed.elapsed() < Duration::from_secs(60) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let spans = otlp.spans();
-        let process = spans.iter().filter(|s| s.name == "process user-events").count();
+        let process_name = format!("process {}", kafka.topic);
+        let process = spans.iter().filter(|s| s.name == process_name).count();
         let insert = spans.iter().filter(|s| s.name == "INSERT user_events").count();
         println!(
-            "   spans received: {process} `process user-events`, {insert} `INSERT user_events` (expected {count} each; dropped: {})",
+            "   spans received: {process} `process <topic>`, {insert} `INSERT user_events` (expected {count} each; dropped: {})",
             (2 * count as usize).saturating_sub(process + insert)
         );
     }
@@ -139,9 +137,9 @@ async fn consumer_throughput(count: u64, export: bool) -> anyhow::Result<()> {
 }
 
 /// Produces `count` well-formed events, each in a trace of its own.
-async fn feed(brokers: &str, count: u64) -> anyhow::Result<()> {
+async fn feed(kafka: &Kafka, count: u64) -> anyhow::Result<()> {
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+        .set("bootstrap.servers", kafka.bootstrap())
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "20")
@@ -165,6 +163,7 @@ async fn feed(brokers: &str, count: u64) -> anyhow::Result<()> {
         );
         let traceparent = format!("00-{:032x}-{:016x}-01", uuid::Uuid::new_v4().as_u128(), n + 1);
         let producer = producer.clone();
+        let topic = kafka.topic.clone();
         pending.push(tokio::spawn(async move {
             let key = event.key();
             let payload = event.to_json();
@@ -172,7 +171,7 @@ async fn feed(brokers: &str, count: u64) -> anyhow::Result<()> {
                 key: "traceparent",
                 value: Some(traceparent.as_str()),
             });
-            let record = FutureRecord::to(TOPIC).key(&key).payload(&payload).headers(headers);
+            let record = FutureRecord::to(&topic).key(&key).payload(&payload).headers(headers);
             producer
                 .send(record, Timeout::After(Duration::from_secs(30)))
                 .await

@@ -4,6 +4,9 @@
 //!   that need no Docker engine.
 //! - [`jaeger`]: spans read back from Jaeger's query API, as
 //!   [`callchain_testkit::spans::SpanRecord`]s.
+//! - [`journey`]: a user's journey through a running system, judged by its
+//!   trace in Jaeger (shared by `make test` and `make e2e-up`).
 
 pub mod compose;
 pub mod jaeger;
+pub mod journey;

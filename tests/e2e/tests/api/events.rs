@@ -56,8 +56,12 @@ async fn update_and_delete_publish_their_events_each_in_its_own_trace() {
             .await;
         let trace = Trace(&spans);
         let http = trace.span("api", route, SpanKind::Server);
-        let send = trace.span("api", "send user-events", SpanKind::Producer);
-        let process = trace.span("consumer", "process user-events", SpanKind::Consumer);
+        let send = trace.span("api", &format!("send {}", stack.kafka.topic), SpanKind::Producer);
+        let process = trace.span(
+            "consumer",
+            &format!("process {}", stack.kafka.topic),
+            SpanKind::Consumer,
+        );
         let write = trace.span("consumer", "INSERT user_events", SpanKind::Client);
         trace.assert_parent(send, http);
         trace.assert_parent(process, send);
@@ -131,18 +135,18 @@ async fn the_same_post_twice_with_one_idempotency_key_makes_one_user_one_event_a
     assert_eq!(stack.user_count().await, 2);
 }
 
+/// A stack on a Kafka broker of the test's own, which it may kill and restart.
+async fn stack_on_own_broker() -> callchain_testkit::Stack {
+    let kafka = callchain_testkit::kafka::Kafka::own()
+        .await
+        .expect("a Kafka broker of the test's own");
+    callchain_testkit::Stack::start_on(kafka).await.expect("the test stack")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn with_the_broker_down_a_write_answers_503_fast_and_a_retry_with_its_key_ends_with_one_user_and_one_event() {
-    // In memory: the broker comes back empty, having forgotten the API's
-    // producer, which the API must notice and replace.
-    let broker = tokio::task::spawn_blocking(callchain_testkit::kafka::Broker::start_in_memory)
-        .await
-        .unwrap()
-        .expect("a tansu broker");
-    let mut stack = callchain_testkit::Stack::start_on(broker)
-        .await
-        .expect("the test stack");
-    stack.broker.stop();
+    let mut stack = stack_on_own_broker().await;
+    stack.kafka.broker().kill();
     let body = json!({ "email": email("outage"), "name": "Outage", "password": PASSWORD });
 
     let started = Instant::now();
@@ -161,7 +165,7 @@ async fn with_the_broker_down_a_write_answers_503_fast_and_a_retry_with_its_key_
         "the publish bound is 3 s in tests; took {took:?}"
     );
 
-    stack.broker.restart().unwrap();
+    tokio::task::block_in_place(|| stack.kafka.broker().restart()).expect("the broker restarts");
     let deadline = Instant::now() + Duration::from_secs(30);
     let user = loop {
         let response = stack
@@ -190,9 +194,59 @@ async fn with_the_broker_down_a_write_answers_503_fast_and_a_retry_with_its_key_
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn every_write_acknowledged_before_a_broker_kill_and_restart_reaches_the_consumer_exactly_once() {
+    const WRITES: usize = 40;
+    let mut stack = stack_on_own_broker().await;
+    let admin = stack.admin_token().await;
+    let user = stack.register(&email("restart"), PASSWORD).await;
+    let id = user["id"].as_str().unwrap().to_owned();
+
+    // Updates acknowledged (200) before the broker dies, and after it is back.
+    let (http, url) = (stack.http.clone(), stack.url(&format!("/v1/users/{id}")));
+    let rename = |n: usize| {
+        http.patch(&url)
+            .bearer_auth(&admin)
+            .header("idempotency-key", format!("rename-{n}"))
+            .json(&json!({ "name": format!("Name {n}") }))
+            .send()
+    };
+    for n in 0..WRITES / 2 {
+        assert_eq!(rename(n).await.unwrap().status(), 200);
+    }
+    tokio::task::block_in_place(|| stack.kafka.broker().restart()).expect("the broker restarts after kill -9");
+    let mut acknowledged = 1 + WRITES / 2;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = WRITES / 2;
+    while n < WRITES {
+        let response = rename(n).await.unwrap();
+        match response.status().as_u16() {
+            200 => {
+                acknowledged += 1;
+                n += 1;
+            }
+            503 => {
+                // Not acknowledged: the client retries with the same key.
+                assert!(Instant::now() < deadline, "the API did not recover within 30 s");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => panic!("a write answered {other}: {:?}", response.text().await),
+        }
+    }
+
+    let rows = stack.events_of(&id, acknowledged).await;
+    assert_eq!(
+        rows.len(),
+        acknowledged,
+        "every acknowledged write has exactly one event row: the creation and {WRITES} updates"
+    );
+    assert_eq!(rows[0].0, "user.created");
+    assert!(rows[1..].iter().all(|(kind, _)| kind == "user.updated"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_503_carries_retry_after() {
-    let mut stack = stack().await;
-    stack.broker.stop();
+    let mut stack = stack_on_own_broker().await;
+    stack.kafka.broker().kill();
     let response = stack
         .http
         .post(stack.url("/v1/users"))

@@ -29,9 +29,11 @@ async fn register_yields_one_trace_across_three_services_in_spans_logs_and_the_e
     stack.flush().await;
     let spans = stack
         .otlp
-        .wait_for_trace(&trace_id, Duration::from_secs(15), has_registration_chain)
+        .wait_for_trace(&trace_id, Duration::from_secs(15), |spans| {
+            has_registration_chain(spans, &stack.kafka.topic)
+        })
         .await;
-    assert_registration_chain(&spans);
+    assert_registration_chain(&spans, &stack.kafka.topic);
     // The response's traceparent names the API's server span.
     let http = Trace(&spans).span("api", "POST /v1/users", SpanKind::Server);
     assert!(
@@ -77,7 +79,9 @@ async fn an_incoming_traceparent_is_continued() {
     stack.flush().await;
     let spans = stack
         .otlp
-        .wait_for_trace(parent_trace, Duration::from_secs(15), has_registration_chain)
+        .wait_for_trace(parent_trace, Duration::from_secs(15), |spans| {
+            has_registration_chain(spans, &stack.kafka.topic)
+        })
         .await;
     let trace = Trace(&spans);
     let http = trace.span("api", "POST /v1/users", SpanKind::Server);

@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# The stack's own parts, natively, as `make up` runs them in Docker: Apache
+# Kafka (one KRaft node), Jaeger v2 and the OpenTelemetry Collector, at the
+# versions in .env, on the very config files docker-compose.yml mounts.
+#
+#   scripts/parts.sh up DIR     install what is missing, start the three and
+#                               the topics, wait until each answers
+#   scripts/parts.sh down DIR   stop what `up` (and `make dev`) started in DIR
+#   scripts/parts.sh rss DIR    the memory (RSS) of each process started in DIR
+#
+# DIR holds pids/<name>, logs/<name>.log and kafka/ (the broker's data, kept
+# between runs). Ports come from the environment; the defaults are `make dev`'s:
+#
+#   KAFKA_PORT 9092               KAFKA_CONTROLLER_PORT 9093
+#   OTELCOL_GRPC_PORT 4317        OTELCOL_HTTP_PORT 4318
+#   OTELCOL_HEALTH_PORT 13133     OTELCOL_METRICS_PORT 8888
+#   JAEGER_QUERY_PORT 16686       JAEGER_QUERY_GRPC_PORT 16685
+#   JAEGER_GRPC_PORT 14317        JAEGER_HTTP_PORT 14318
+#   JAEGER_HEALTH_PORT 13134      JAEGER_METRICS_PORT 8889
+#
+# The collector listens on the standard OTLP ports and forwards to Jaeger,
+# whose own OTLP receiver moves aside (14317) so both fit on one host.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+KAFKA_PORT=${KAFKA_PORT:-9092}
+KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
+OTELCOL_GRPC_PORT=${OTELCOL_GRPC_PORT:-4317}
+OTELCOL_HTTP_PORT=${OTELCOL_HTTP_PORT:-4318}
+OTELCOL_HEALTH_PORT=${OTELCOL_HEALTH_PORT:-13133}
+OTELCOL_METRICS_PORT=${OTELCOL_METRICS_PORT:-8888}
+JAEGER_QUERY_PORT=${JAEGER_QUERY_PORT:-16686}
+JAEGER_QUERY_GRPC_PORT=${JAEGER_QUERY_GRPC_PORT:-16685}
+JAEGER_GRPC_PORT=${JAEGER_GRPC_PORT:-14317}
+JAEGER_HTTP_PORT=${JAEGER_HTTP_PORT:-14318}
+JAEGER_HEALTH_PORT=${JAEGER_HEALTH_PORT:-13134}
+JAEGER_METRICS_PORT=${JAEGER_METRICS_PORT:-8889}
+
+# Everything `make dev` or `make test` may have started, in the order to stop
+# it: services first (they drain and flush their spans), Kafka last.
+STOP_ORDER="api consumer user user2 otelcol jaeger kafka"
+
+usage() { die "usage: scripts/parts.sh up|down|rss DIR"; }
+
+[ $# -eq 2 ] || usage
+command=$1
+DIR=$2
+PIDS=$DIR/pids
+LOGS=$DIR/logs
+
+running() { # name: whether its recorded process is alive
+    [ -f "$PIDS/$1" ] && kill -0 "$(cat "$PIDS/$1")" 2>/dev/null
+}
+
+stop_one() { # name
+    local pid
+    [ -f "$PIDS/$1" ] || return 0
+    pid=$(cat "$PIDS/$1")
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$pid" 2>/dev/null; then
+            echo "$1 did not stop within 15 s of SIGTERM; killing it" >&2
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        echo "stopped $1"
+    fi
+    rm -f "$PIDS/$1"
+}
+
+down() {
+    [ -d "$PIDS" ] || return 0
+    for name in $STOP_ORDER; do stop_one "$name"; done
+}
+
+rss() {
+    local total=0 kib name
+    printf '%-10s %8s\n' process RSS
+    for name in $STOP_ORDER; do
+        running "$name" || continue
+        kib=$(awk '/^VmRSS:/ {print $2}' "/proc/$(cat "$PIDS/$name")/status")
+        total=$((total + kib))
+        printf '%-10s %6d MiB\n' "$name" $((kib / 1024))
+    done
+    printf '%-10s %6d MiB\n' total $((total / 1024))
+}
+
+start() { # name, command...: in the background, its output to its log
+    local name=$1
+    shift
+    "$@" >>"$LOGS/$name.log" 2>&1 &
+    echo $! >"$PIDS/$name"
+}
+
+wait_for() { # name, seconds, probe command...
+    local name=$1 seconds=$2
+    shift 2
+    local deadline=$((SECONDS + seconds))
+    until "$@" >/dev/null 2>&1; do
+        if ! running "$name"; then
+            echo "$name exited; the end of $LOGS/$name.log:" >&2
+            tail -n 30 "$LOGS/$name.log" >&2
+            return 1
+        fi
+        if [ $SECONDS -ge $deadline ]; then
+            echo "$name did not answer within $seconds s; see $LOGS/$name.log" >&2
+            return 1
+        fi
+        sleep 0.3
+    done
+}
+
+http_ok() { curl -fsS -o /dev/null --max-time 2 "$1"; }
+
+up() {
+    down
+    mkdir -p "$PIDS" "$LOGS" "$DIR/kafka"
+    "$CALLCHAIN_ROOT/scripts/install-tools.sh" kafka otelcol jaeger
+    need curl "curl (apt-get install -y curl)"
+
+    port_free "$KAFKA_PORT" "Kafka"
+    port_free "$KAFKA_CONTROLLER_PORT" "Kafka's controller"
+    port_free "$OTELCOL_GRPC_PORT" "the collector's OTLP gRPC receiver"
+    port_free "$OTELCOL_HTTP_PORT" "the collector's OTLP HTTP receiver"
+    port_free "$OTELCOL_HEALTH_PORT" "the collector's health check"
+    port_free "$OTELCOL_METRICS_PORT" "the collector's own metrics"
+    port_free "$JAEGER_QUERY_PORT" "Jaeger's query API"
+    port_free "$JAEGER_QUERY_GRPC_PORT" "Jaeger's query gRPC API"
+    port_free "$JAEGER_GRPC_PORT" "Jaeger's OTLP gRPC receiver"
+    port_free "$JAEGER_HTTP_PORT" "Jaeger's OTLP HTTP receiver"
+    port_free "$JAEGER_HEALTH_PORT" "Jaeger's health check"
+    port_free "$JAEGER_METRICS_PORT" "Jaeger's own metrics"
+
+    step "starting Kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT (data in $DIR/kafka)"
+    KAFKA_PORT=$KAFKA_PORT KAFKA_CONTROLLER_PORT=$KAFKA_CONTROLLER_PORT KAFKA_DATA_DIR=$DIR/kafka \
+        start kafka "$CALLCHAIN_ROOT/scripts/kafka.sh"
+
+    step "starting Jaeger $JAEGER_VERSION (query API on 127.0.0.1:$JAEGER_QUERY_PORT)"
+    JAEGER_OTLP_GRPC_ENDPOINT=127.0.0.1:$JAEGER_GRPC_PORT \
+        JAEGER_OTLP_HTTP_ENDPOINT=127.0.0.1:$JAEGER_HTTP_PORT \
+        JAEGER_QUERY_HTTP_ENDPOINT=127.0.0.1:$JAEGER_QUERY_PORT \
+        JAEGER_QUERY_GRPC_ENDPOINT=127.0.0.1:$JAEGER_QUERY_GRPC_PORT \
+        JAEGER_HEALTHCHECK_ENDPOINT=127.0.0.1:$JAEGER_HEALTH_PORT \
+        JAEGER_METRICS_PORT=$JAEGER_METRICS_PORT \
+        start jaeger "$JAEGER_BIN" --config="$CALLCHAIN_ROOT/observability/jaeger.yaml"
+
+    step "starting the OpenTelemetry Collector $OTELCOL_VERSION (OTLP on 127.0.0.1:$OTELCOL_GRPC_PORT)"
+    OTELCOL_OTLP_GRPC_ENDPOINT=127.0.0.1:$OTELCOL_GRPC_PORT \
+        OTELCOL_OTLP_HTTP_ENDPOINT=127.0.0.1:$OTELCOL_HTTP_PORT \
+        OTELCOL_HEALTHCHECK_ENDPOINT=127.0.0.1:$OTELCOL_HEALTH_PORT \
+        OTELCOL_METRICS_PORT=$OTELCOL_METRICS_PORT \
+        OTELCOL_JAEGER_ENDPOINT=127.0.0.1:$JAEGER_GRPC_PORT \
+        start otelcol "$OTELCOL_BIN" --config="$CALLCHAIN_ROOT/observability/otel-collector.yaml"
+
+    wait_for jaeger 60 http_ok "http://127.0.0.1:$JAEGER_QUERY_PORT/api/services"
+    wait_for otelcol 60 http_ok "http://127.0.0.1:$OTELCOL_HEALTH_PORT/"
+    wait_for kafka 120 "$CALLCHAIN_ROOT/scripts/kafka.sh" ready "127.0.0.1:$KAFKA_PORT"
+    # The topics of docker-compose.yml's kafka-init, with the same tool.
+    "$CALLCHAIN_ROOT/scripts/kafka.sh" create-topic "127.0.0.1:$KAFKA_PORT" user-events 3
+    "$CALLCHAIN_ROOT/scripts/kafka.sh" create-topic "127.0.0.1:$KAFKA_PORT" user-events.dlq 1
+    step "Kafka, Jaeger and the collector are up (logs in $LOGS)"
+}
+
+case $command in
+up) up ;;
+down) down ;;
+rss) rss ;;
+*) usage ;;
+esac

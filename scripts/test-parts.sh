@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The parts a test run shares, on ports of their own (so `make test` runs
+# beside `make dev`): Postgres, one Kafka broker, Jaeger and the collector.
+#
+#   scripts/test-parts.sh run CMD...   start them, run CMD with the variables
+#                                      below set, stop them; CMD's exit code
+#                                      (`make test` and `make bench` use this)
+#   scripts/test-parts.sh up           start them and print what to export,
+#                                      for running `cargo test` by hand
+#   scripts/test-parts.sh down         stop them
+#
+# What the tests read:
+#   CALLCHAIN_TEST_KAFKA    the shared broker; each test makes topics of its own
+#   CALLCHAIN_TEST_OTLP     the collector's OTLP gRPC endpoint
+#   CALLCHAIN_TEST_JAEGER   Jaeger's query API, where the collector's traces land
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+DIR=$CALLCHAIN_ROOT/.test
+export KAFKA_PORT=${TEST_KAFKA_PORT:-19092}
+export KAFKA_CONTROLLER_PORT=${TEST_KAFKA_CONTROLLER_PORT:-19093}
+export OTELCOL_GRPC_PORT=${TEST_OTELCOL_GRPC_PORT:-24317}
+export OTELCOL_HTTP_PORT=${TEST_OTELCOL_HTTP_PORT:-24318}
+export OTELCOL_HEALTH_PORT=${TEST_OTELCOL_HEALTH_PORT:-23133}
+export OTELCOL_METRICS_PORT=${TEST_OTELCOL_METRICS_PORT:-28888}
+export JAEGER_QUERY_PORT=${TEST_JAEGER_QUERY_PORT:-26686}
+export JAEGER_QUERY_GRPC_PORT=${TEST_JAEGER_QUERY_GRPC_PORT:-26685}
+export JAEGER_GRPC_PORT=${TEST_JAEGER_GRPC_PORT:-25317}
+export JAEGER_HTTP_PORT=${TEST_JAEGER_HTTP_PORT:-25318}
+export JAEGER_HEALTH_PORT=${TEST_JAEGER_HEALTH_PORT:-23134}
+export JAEGER_METRICS_PORT=${TEST_JAEGER_METRICS_PORT:-28889}
+
+exports() {
+    echo "export CALLCHAIN_TEST_KAFKA=127.0.0.1:$KAFKA_PORT"
+    echo "export CALLCHAIN_TEST_OTLP=http://127.0.0.1:$OTELCOL_GRPC_PORT"
+    echo "export CALLCHAIN_TEST_JAEGER=http://127.0.0.1:$JAEGER_QUERY_PORT"
+}
+
+up() {
+    "$CALLCHAIN_ROOT/scripts/install-tools.sh"
+    "$CALLCHAIN_ROOT/scripts/ensure-postgres.sh"
+    # A fresh broker every run: nothing of an earlier run is left to read.
+    "$CALLCHAIN_ROOT/scripts/parts.sh" down "$DIR" >/dev/null
+    rm -rf "$DIR"
+    "$CALLCHAIN_ROOT/scripts/parts.sh" up "$DIR"
+}
+
+case ${1:-} in
+run)
+    shift
+    [ $# -gt 0 ] || die "usage: scripts/test-parts.sh run CMD..."
+    up
+    trap '"$CALLCHAIN_ROOT/scripts/parts.sh" down "$DIR" >/dev/null' EXIT
+    eval "$(exports)"
+    status=0
+    "$@" || status=$?
+    exit $status
+    ;;
+up)
+    up
+    echo
+    echo "The test parts are up. To run tests by hand:"
+    exports
+    echo "Stop them with: scripts/test-parts.sh down"
+    ;;
+down) "$CALLCHAIN_ROOT/scripts/parts.sh" down "$DIR" ;;
+*) die "usage: scripts/test-parts.sh run CMD... | up | down" ;;
+esac
