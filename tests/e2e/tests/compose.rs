@@ -8,8 +8,8 @@ use std::io::ErrorKind;
 use std::process::Command;
 
 use callchain_e2e::compose::{
-    STACK_REQUIRED_ENV_VARS, check_collector_config, check_env, check_jaeger_config, check_structure,
-    read_workspace_file, workspace_root,
+    STACK_REQUIRED_ENV_VARS, VersionedFiles, check_collector_config, check_env, check_jaeger_config, check_structure,
+    check_versions, read_workspace_file, workspace_root,
 };
 use serde_yaml_ng::Value;
 
@@ -123,6 +123,50 @@ fn jaeger_receives_otlp_and_serves_its_query_api_on_16686() {
     assert_no_problems(check_jaeger_config(
         &read_workspace_file("observability/jaeger.yaml").unwrap(),
     ));
+}
+
+/// The workspace's files that name a version, with `edit` applied to one.
+fn version_problems(edit: impl Fn(&str, String) -> String) -> Vec<String> {
+    let read = |path: &str| edit(path, read_workspace_file(path).unwrap());
+    let (dot_env, compose, collector_manifest, jaeger_go_mod, kafka_pom) = (
+        read(".env"),
+        read("docker-compose.yml"),
+        read("observability/otelcol-builder.yaml"),
+        read("observability/jaeger/go.mod"),
+        read("scripts/kafka/pom.xml"),
+    );
+    check_versions(&VersionedFiles {
+        dot_env: &dot_env,
+        compose: &compose,
+        collector_manifest: &collector_manifest,
+        jaeger_go_mod: &jaeger_go_mod,
+        kafka_pom: &kafka_pom,
+    })
+}
+
+#[test]
+fn compose_and_the_native_builds_run_the_versions_named_in_dot_env() {
+    assert_no_problems(version_problems(|_, text| text));
+}
+
+#[test]
+fn a_version_that_disagrees_with_dot_env_is_reported() {
+    let problems = version_problems(|path, text| match path {
+        ".env" => text.replace("KAFKA_VERSION=", "KAFKA_VERSION=9."),
+        "docker-compose.yml" => text.replace("jaegertracing/jaeger:${JAEGER_VERSION}", "jaegertracing/jaeger:2.1.0"),
+        "observability/otelcol-builder.yaml" => text.replace("healthcheckextension v0.", "healthcheckextension v0.1"),
+        _ => text,
+    });
+    for expected in [
+        "Kafka's pom defaults to kafka.version",
+        "compose service `jaeger` runs `jaegertracing/jaeger:2.1.0`",
+        "healthcheckextension at v0.1",
+    ] {
+        assert!(
+            problems.iter().any(|problem| problem.contains(expected)),
+            "{expected:?} in {problems:#?}"
+        );
+    }
 }
 
 /// `docker-compose config -q` validates the file against the Compose schema
