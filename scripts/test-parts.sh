@@ -17,8 +17,8 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 DIR=$CALLCHAIN_ROOT/.test
-export KAFKA_PORT=${TEST_KAFKA_PORT:-19092}
-export KAFKA_CONTROLLER_PORT=${TEST_KAFKA_CONTROLLER_PORT:-19093}
+export KAFKA_PORT=${TEST_KAFKA_PORT:-39092}
+export KAFKA_CONTROLLER_PORT=${TEST_KAFKA_CONTROLLER_PORT:-39093}
 export OTELCOL_GRPC_PORT=${TEST_OTELCOL_GRPC_PORT:-24317}
 export OTELCOL_HTTP_PORT=${TEST_OTELCOL_HTTP_PORT:-24318}
 export OTELCOL_HEALTH_PORT=${TEST_OTELCOL_HEALTH_PORT:-23133}
@@ -37,7 +37,7 @@ exports() {
 }
 
 up() {
-    "$CALLCHAIN_ROOT/scripts/install-tools.sh"
+    "$CALLCHAIN_ROOT/scripts/install-tools.sh" postgres docker-compose
     "$CALLCHAIN_ROOT/scripts/ensure-postgres.sh"
     # A fresh broker every run: nothing of an earlier run is left to read.
     "$CALLCHAIN_ROOT/scripts/parts.sh" down "$DIR" >/dev/null

@@ -14,8 +14,9 @@
 //!
 //! How OTLP spans appear there (the OpenTelemetry-to-Jaeger mapping): the
 //! span kind is the tag `span.kind` (absent for internal spans), the parent is
-//! the first `CHILD_OF` reference, span links are `FOLLOWS_FROM` references,
-//! and `service.name` is the process's `serviceName`.
+//! the first reference (a `CHILD_OF`, or a `FOLLOWS_FROM` when the span also
+//! links to its parent), span links are `FOLLOWS_FROM` references, and
+//! `service.name` is the process's `serviceName`.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -61,21 +62,29 @@ fn span_record(span: &Span, processes: &HashMap<String, Process>) -> anyhow::Res
     let trace_id = hex_id(&span.trace_id, 32).context("bad traceID")?;
     let span_id = hex_id(&span.span_id, 16).context("bad spanID")?;
 
+    // Jaeger's OTLP translator puts the parent first, as a CHILD_OF in the
+    // same trace, and each link after it as a FOLLOWS_FROM. A link to the
+    // parent itself (the consumer's `process` span links to the producer span
+    // that is also its parent) is not added twice: the translator retypes the
+    // parent's reference FOLLOWS_FROM instead. So a first reference into the
+    // same trace is the parent whatever its type (a root span has a trace of
+    // its own, so it cannot have one), and a FOLLOWS_FROM is also a link.
     let references = span.references.as_deref().unwrap_or_default();
     let mut parent = None;
     let mut links = Vec::new();
-    for reference in references {
+    for (index, reference) in references.iter().enumerate() {
         let id = hex_id(&reference.span_id, 16).context("bad reference spanID")?;
-        match reference.ref_type.as_str() {
-            // The parent is a CHILD_OF in the same trace; Jaeger puts it first.
-            "CHILD_OF" => {
-                let same_trace = hex_id(&reference.trace_id, 32).ok().as_ref() == Some(&trace_id);
-                if parent.is_none() && same_trace {
-                    parent = Some(id);
-                }
-            }
-            "FOLLOWS_FROM" => links.push(id),
+        let same_trace = hex_id(&reference.trace_id, 32).ok().as_ref() == Some(&trace_id);
+        let is_link = match reference.ref_type.as_str() {
+            "CHILD_OF" => false,
+            "FOLLOWS_FROM" => true,
             other => bail!("unknown reference type `{other}`"),
+        };
+        if index == 0 && same_trace {
+            parent = Some(id.clone());
+        }
+        if is_link {
+            links.push(id);
         }
     }
     // Older answers may carry the parent only in the deprecated field.
@@ -298,7 +307,6 @@ mod tests {
           "spanID": "e457b5a2e4d86bd1",
           "operationName": "process user-events",
           "references": [
-            {"refType": "CHILD_OF", "traceID": "4bf92f3577b34da6a3ce929d0e0e4736", "spanID": "7c2b1e8f3d4a5b6c"},
             {"refType": "FOLLOWS_FROM", "traceID": "4bf92f3577b34da6a3ce929d0e0e4736", "spanID": "7c2b1e8f3d4a5b6c"}
           ],
           "startTime": 1732545600017000,
@@ -386,7 +394,9 @@ mod tests {
     }
 
     #[test]
-    fn follows_from_references_become_links() {
+    /// As Jaeger 2.13 answers for a span whose link is also its parent: one
+    /// FOLLOWS_FROM reference, first, standing for both.
+    fn a_first_follows_from_in_the_trace_is_the_parent_and_a_link() {
         let spans = spans();
         assert_eq!(by_id(&spans, "7c2b1e8f3d4a5b6c").kind, SpanKind::Producer);
         let process = by_id(&spans, "e457b5a2e4d86bd1");

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Builds the OpenTelemetry Collector that `make dev` and the tests run natively,
+# from observability/otelcol-builder.yaml with the Collector Builder (ocb), and
+# installs it at $OTELCOL_BIN (scripts/lib.sh). Does nothing when it is there.
+#
+#   scripts/install-otelcol.sh
+#   $OTELCOL_BIN --config=observability/otel-collector.yaml
+#
+# Needs Go and the Go module proxy; several minutes, once per machine and
+# OTELCOL_VERSION (.env). Go's module cache ($HOME/go) keeps the sources.
+set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
+
+MANIFEST=$CALLCHAIN_ROOT/observability/otelcol-builder.yaml
+# The collector's modules at 0.165.0 declare `go 1.26.0`.
+GO_MIN=1.26
+OCB=$CALLCHAIN_TOOLS/ocb-$OTELCOL_VERSION/builder
+
+# The manifest must build the version .env names: dist.version, and every
+# v0.x module (core and contrib) at v$OTELCOL_VERSION. The stable v1.x modules
+# (confmap providers) follow their own numbering and are not checked here.
+manifest_version=$(sed -n 's/^  version: *"\{0,1\}\([^" #]*\).*/\1/p' "$MANIFEST" | head -n 1)
+[ "$manifest_version" = "$OTELCOL_VERSION" ] ||
+    die "OTELCOL_VERSION=$OTELCOL_VERSION in .env, but $MANIFEST builds version '$manifest_version' (dist.version); make them agree"
+stray=$(grep -E '^\s*(-\s*)?gomod:' "$MANIFEST" | grep -E ' v0\.[0-9]+\.[0-9]+' | grep -vE " v$OTELCOL_VERSION\s*$" || true)
+[ -z "$stray" ] ||
+    die "OTELCOL_VERSION=$OTELCOL_VERSION in .env, but $MANIFEST has modules at another version:
+$stray"
+
+if [ -x "$OTELCOL_BIN" ]; then
+    echo "otelcol $OTELCOL_VERSION: installed at $OTELCOL_BIN"
+    exit 0
+fi
+
+need go "golang (Go $GO_MIN or later: apt-get install -y golang, or from go.dev)"
+go_version=$(go env GOVERSION)
+go_version=${go_version#go}
+if [ "$(printf '%s\n' "$GO_MIN" "$go_version" | sort -V | head -n 1)" != "$GO_MIN" ]; then
+    die "the OpenTelemetry Collector $OTELCOL_VERSION needs Go $GO_MIN or later, and \`go\` is $go_version; install a newer Go from go.dev (or set GOTOOLCHAIN=auto to let go fetch it)"
+fi
+
+# Build beside the destination, so the final move is a rename on one file
+# system, and an interrupted build leaves no half binary at $OTELCOL_BIN.
+mkdir -p "$CALLCHAIN_TOOLS"
+work=$(mktemp -d "$CALLCHAIN_TOOLS/.otelcol-$OTELCOL_VERSION.build.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+if [ ! -x "$OCB" ]; then
+    step "installing the OpenTelemetry Collector Builder (ocb) $OTELCOL_VERSION"
+    GOBIN=$work/ocb go install "go.opentelemetry.io/collector/cmd/builder@v$OTELCOL_VERSION"
+    mkdir -p "$(dirname "$OCB")"
+    mv -f "$work/ocb/builder" "$OCB"
+fi
+
+step "building the OpenTelemetry Collector $OTELCOL_VERSION with the Collector Builder (several minutes, once per machine)"
+start=$SECONDS
+# dist.output_path (./build) is relative to the directory ocb runs in.
+(cd "$work" && "$OCB" --config="$MANIFEST")
+built=$work/build/otelcol-callchain
+[ -x "$built" ] || die "ocb finished but wrote no $built"
+"$built" --version >/dev/null || die "the collector just built does not run: $built"
+
+mkdir -p "$(dirname "$OTELCOL_BIN")"
+mv -f "$built" "$OTELCOL_BIN"
+step "otelcol $OTELCOL_VERSION: built in $((SECONDS - start))s, installed at $OTELCOL_BIN"
