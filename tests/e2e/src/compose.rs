@@ -569,6 +569,152 @@ fn is_loopback(host: &str) -> bool {
     matches!(host, "localhost" | "127.0.0.1" | "[::1]" | "::1")
 }
 
+/// The collector's and Jaeger's configs as a container sees them: every
+/// `${env:NAME:-default}` replaced by its default. (`make dev` sets some of
+/// those variables to move ports aside; docker-compose.yml sets none.)
+pub fn with_env_defaults(yaml: &str) -> String {
+    let mut out = String::with_capacity(yaml.len());
+    let mut rest = yaml;
+    while let Some(start) = rest.find("${env:") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start..];
+        match after.find('}') {
+            Some(end) => {
+                let inner = &after["${env:".len()..end];
+                match inner.split_once(":-") {
+                    Some((_, default)) => out.push_str(default),
+                    None => out.push_str(&after[..=end]),
+                }
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str(after);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The `KEY=VALUE` lines of a `.env` file (comments and blank lines skipped).
+pub fn dot_env(text: &str) -> std::collections::BTreeMap<String, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+        .map(|(key, value)| (key.trim().to_owned(), value.trim().trim_matches('"').to_owned()))
+        .collect()
+}
+
+/// The files that name a version of the stack's own parts, as text.
+pub struct VersionedFiles<'a> {
+    pub dot_env: &'a str,
+    pub compose: &'a str,
+    /// `observability/otelcol-builder.yaml`
+    pub collector_manifest: &'a str,
+    /// `observability/jaeger/go.mod`
+    pub jaeger_go_mod: &'a str,
+    /// `scripts/kafka/pom.xml`
+    pub kafka_pom: &'a str,
+}
+
+/// Checks that every place agrees with `.env`: the compose images take their
+/// tags from its variables, and the native builds (the collector's builder
+/// manifest, Jaeger's wrapper module, Kafka's pom) pin the same versions.
+pub fn check_versions(files: &VersionedFiles<'_>) -> Vec<String> {
+    let env = dot_env(files.dot_env);
+    let mut problems = Vec::new();
+    let version = |key: &str, problems: &mut Vec<String>| -> String {
+        env.get(key).cloned().unwrap_or_else(|| {
+            problems.push(format!(".env does not name {key}"));
+            String::new()
+        })
+    };
+    let kafka = version("KAFKA_VERSION", &mut problems);
+    let otelcol = version("OTELCOL_VERSION", &mut problems);
+    let jaeger = version("JAEGER_VERSION", &mut problems);
+    let jaeger_module = version("JAEGER_MODULE_VERSION", &mut problems);
+
+    match parse(files.compose, "the compose file").and_then(|doc| services(&doc).cloned()) {
+        Err(problem) => problems.push(problem),
+        Ok(services) => {
+            for (service, image) in [
+                ("kafka", "apache/kafka:${KAFKA_VERSION}"),
+                ("kafka-init", "apache/kafka:${KAFKA_VERSION}"),
+                (
+                    "otel-collector",
+                    "otel/opentelemetry-collector-contrib:${OTELCOL_VERSION}",
+                ),
+                ("jaeger", "jaegertracing/jaeger:${JAEGER_VERSION}"),
+            ] {
+                let actual = services.get(service).and_then(|definition| str_at(definition, "image"));
+                if actual != Some(image) {
+                    problems.push(format!(
+                        "compose service `{service}` runs `{}`, not `{image}` (its tag must come from .env)",
+                        actual.unwrap_or("(no image)")
+                    ));
+                }
+            }
+        }
+    }
+
+    match serde_yaml_ng::from_str::<Value>(files.collector_manifest) {
+        Err(err) => problems.push(format!("the collector's builder manifest is not valid YAML: {err}")),
+        Ok(manifest) => {
+            let dist = manifest.get("dist").and_then(|dist| str_at(dist, "version"));
+            if dist != Some(otelcol.as_str()) {
+                problems.push(format!(
+                    "the collector's builder manifest builds version {}, but .env names OTELCOL_VERSION={otelcol}",
+                    dist.unwrap_or("(none)")
+                ));
+            }
+            let want = format!("v{otelcol}");
+            for line in files.collector_manifest.lines().map(str::trim) {
+                let Some(module) = line.trim_start_matches("- ").strip_prefix("gomod:") else {
+                    continue;
+                };
+                let mut words = module.split_whitespace();
+                let (Some(path), Some(module_version)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                // Modules the collector declared stable are on their own v1.x line.
+                if module_version != want && !module_version.starts_with("v1.") {
+                    problems.push(format!(
+                        "the collector's builder manifest takes {path} at {module_version}, not {want} (.env's OTELCOL_VERSION)"
+                    ));
+                }
+            }
+        }
+    }
+
+    let jaeger_require = files
+        .jaeger_go_mod
+        .lines()
+        .map(str::trim)
+        .find_map(|line| line.strip_prefix("github.com/jaegertracing/jaeger "))
+        .map(|rest| rest.split_whitespace().next().unwrap_or_default());
+    if jaeger_require != Some(jaeger_module.as_str()) {
+        problems.push(format!(
+            "Jaeger's wrapper go.mod requires github.com/jaegertracing/jaeger {}, but .env names JAEGER_MODULE_VERSION={jaeger_module} (Jaeger {jaeger})",
+            jaeger_require.unwrap_or("(nothing)")
+        ));
+    }
+
+    let pom = files
+        .kafka_pom
+        .split_once("<kafka.version>")
+        .and_then(|(_, rest)| rest.split_once("</kafka.version>"))
+        .map(|(version, _)| version.trim());
+    if pom != Some(kafka.as_str()) {
+        problems.push(format!(
+            "Kafka's pom defaults to kafka.version {}, but .env names KAFKA_VERSION={kafka}",
+            pom.unwrap_or("(none)")
+        ));
+    }
+    problems
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -770,150 +916,4 @@ exporters:
             vec!["`jaeger_query` serves HTTP on `0.0.0.0:16000`, not on port 16686".to_owned()]
         );
     }
-}
-
-/// The collector's and Jaeger's configs as a container sees them: every
-/// `${env:NAME:-default}` replaced by its default. (`make dev` sets some of
-/// those variables to move ports aside; docker-compose.yml sets none.)
-pub fn with_env_defaults(yaml: &str) -> String {
-    let mut out = String::with_capacity(yaml.len());
-    let mut rest = yaml;
-    while let Some(start) = rest.find("${env:") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start..];
-        match after.find('}') {
-            Some(end) => {
-                let inner = &after["${env:".len()..end];
-                match inner.split_once(":-") {
-                    Some((_, default)) => out.push_str(default),
-                    None => out.push_str(&after[..=end]),
-                }
-                rest = &after[end + 1..];
-            }
-            None => {
-                out.push_str(after);
-                rest = "";
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-/// The `KEY=VALUE` lines of a `.env` file (comments and blank lines skipped).
-pub fn dot_env(text: &str) -> std::collections::BTreeMap<String, String> {
-    text.lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .filter_map(|line| line.split_once('='))
-        .map(|(key, value)| (key.trim().to_owned(), value.trim().trim_matches('"').to_owned()))
-        .collect()
-}
-
-/// The files that name a version of the stack's own parts, as text.
-pub struct VersionedFiles<'a> {
-    pub dot_env: &'a str,
-    pub compose: &'a str,
-    /// `observability/otelcol-builder.yaml`
-    pub collector_manifest: &'a str,
-    /// `observability/jaeger/go.mod`
-    pub jaeger_go_mod: &'a str,
-    /// `scripts/kafka/pom.xml`
-    pub kafka_pom: &'a str,
-}
-
-/// Checks that every place agrees with `.env`: the compose images take their
-/// tags from its variables, and the native builds (the collector's builder
-/// manifest, Jaeger's wrapper module, Kafka's pom) pin the same versions.
-pub fn check_versions(files: &VersionedFiles<'_>) -> Vec<String> {
-    let env = dot_env(files.dot_env);
-    let mut problems = Vec::new();
-    let version = |key: &str, problems: &mut Vec<String>| -> String {
-        env.get(key).cloned().unwrap_or_else(|| {
-            problems.push(format!(".env does not name {key}"));
-            String::new()
-        })
-    };
-    let kafka = version("KAFKA_VERSION", &mut problems);
-    let otelcol = version("OTELCOL_VERSION", &mut problems);
-    let jaeger = version("JAEGER_VERSION", &mut problems);
-    let jaeger_module = version("JAEGER_MODULE_VERSION", &mut problems);
-
-    match parse(files.compose, "the compose file").and_then(|doc| services(&doc).cloned()) {
-        Err(problem) => problems.push(problem),
-        Ok(services) => {
-            for (service, image) in [
-                ("kafka", "apache/kafka:${KAFKA_VERSION}"),
-                ("kafka-init", "apache/kafka:${KAFKA_VERSION}"),
-                (
-                    "otel-collector",
-                    "otel/opentelemetry-collector-contrib:${OTELCOL_VERSION}",
-                ),
-                ("jaeger", "jaegertracing/jaeger:${JAEGER_VERSION}"),
-            ] {
-                let actual = services.get(service).and_then(|definition| str_at(definition, "image"));
-                if actual != Some(image) {
-                    problems.push(format!(
-                        "compose service `{service}` runs `{}`, not `{image}` (its tag must come from .env)",
-                        actual.unwrap_or("(no image)")
-                    ));
-                }
-            }
-        }
-    }
-
-    match serde_yaml_ng::from_str::<Value>(files.collector_manifest) {
-        Err(err) => problems.push(format!("the collector's builder manifest is not valid YAML: {err}")),
-        Ok(manifest) => {
-            let dist = manifest.get("dist").and_then(|dist| str_at(dist, "version"));
-            if dist != Some(otelcol.as_str()) {
-                problems.push(format!(
-                    "the collector's builder manifest builds version {}, but .env names OTELCOL_VERSION={otelcol}",
-                    dist.unwrap_or("(none)")
-                ));
-            }
-            let want = format!("v{otelcol}");
-            for line in files.collector_manifest.lines().map(str::trim) {
-                let Some(module) = line.trim_start_matches("- ").strip_prefix("gomod:") else {
-                    continue;
-                };
-                let mut words = module.split_whitespace();
-                let (Some(path), Some(module_version)) = (words.next(), words.next()) else {
-                    continue;
-                };
-                // Modules the collector declared stable are on their own v1.x line.
-                if module_version != want && !module_version.starts_with("v1.") {
-                    problems.push(format!(
-                        "the collector's builder manifest takes {path} at {module_version}, not {want} (.env's OTELCOL_VERSION)"
-                    ));
-                }
-            }
-        }
-    }
-
-    let jaeger_require = files
-        .jaeger_go_mod
-        .lines()
-        .map(str::trim)
-        .find_map(|line| line.strip_prefix("github.com/jaegertracing/jaeger "))
-        .map(|rest| rest.split_whitespace().next().unwrap_or_default());
-    if jaeger_require != Some(jaeger_module.as_str()) {
-        problems.push(format!(
-            "Jaeger's wrapper go.mod requires github.com/jaegertracing/jaeger {}, but .env names JAEGER_MODULE_VERSION={jaeger_module} (Jaeger {jaeger})",
-            jaeger_require.unwrap_or("(nothing)")
-        ));
-    }
-
-    let pom = files
-        .kafka_pom
-        .split_once("<kafka.version>")
-        .and_then(|(_, rest)| rest.split_once("</kafka.version>"))
-        .map(|(version, _)| version.trim());
-    if pom != Some(kafka.as_str()) {
-        problems.push(format!(
-            "Kafka's pom defaults to kafka.version {}, but .env names KAFKA_VERSION={kafka}",
-            pom.unwrap_or("(none)")
-        ));
-    }
-    problems
 }
