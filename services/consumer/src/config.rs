@@ -49,6 +49,22 @@ pub struct Config {
 }
 
 impl Config {
+    /// Defaults for tests: the given database, broker, topic and group; the
+    /// health endpoint on a port-0 listener the test binds.
+    pub fn for_tests(database_url: &str, brokers: &str, topic: &str, group_id: &str) -> Self {
+        Self {
+            health_addr: "127.0.0.1:0".parse().expect("a valid address"),
+            database_url: database_url.to_owned(),
+            max_connections: 4,
+            brokers: brokers.to_owned(),
+            topic: topic.to_owned(),
+            group_id: group_id.to_owned(),
+            group_instance_id: None,
+            batch_size: 500,
+            batch_timeout: Duration::from_millis(20),
+        }
+    }
+
     pub fn from_env() -> anyhow::Result<Self> {
         let batch_size = parse_or("CONSUMER_BATCH_SIZE", "a whole number", 500usize)?;
         anyhow::ensure!(batch_size > 0, "CONSUMER_BATCH_SIZE must be at least 1");

@@ -9,9 +9,8 @@ use callchain_testkit::{
     kafka::Kafka,
     otlp::OtlpReceiver,
     postgres::{TestDatabase, admin_url},
-    service::ServiceHandle,
+    service::{ServiceHandle, wait_until},
     spans::{SpanKind, Trace},
-    stack::{consumer_config, wait_until},
 };
 use chrono::Utc;
 use rdkafka::{
@@ -53,7 +52,12 @@ impl Parts {
     /// Starts a consumer (the test's topic and group, batches of
     /// `batch_size`) and waits until it answers `/healthz`.
     async fn consumer(&self, batch_size: usize, otlp_endpoint: Option<String>) -> ServiceHandle {
-        let mut config = consumer_config(&self.db, &self.kafka);
+        let mut config = callchain_consumer::Config::for_tests(
+            self.db.url(),
+            self.kafka.bootstrap(),
+            &self.kafka.topic,
+            &self.kafka.group,
+        );
         config.batch_size = batch_size;
         let mut consumer = ServiceHandle::spawn("consumer", otlp_endpoint, move |listener, shutdown| {
             callchain_consumer::run(config, listener, async move {

@@ -31,6 +31,17 @@ pub struct Config {
 }
 
 impl Config {
+    /// Defaults for tests: the given database and administrator, on a port-0
+    /// listener the test binds.
+    pub fn for_tests(database_url: &str, admin: Option<(String, String)>) -> Self {
+        Self {
+            listen_addr: "127.0.0.1:0".parse().expect("a valid address"),
+            database_url: database_url.to_owned(),
+            max_connections: 5,
+            admin,
+        }
+    }
+
     pub fn from_env() -> anyhow::Result<Self> {
         let admin = match (var("ADMIN_EMAIL"), var("ADMIN_PASSWORD")) {
             (Some(email), Some(password)) => Some((email, password)),

@@ -77,6 +77,60 @@ impl Kafka {
         &self.bootstrap
     }
 
+    /// Waits (up to `patience`) until the test's group has committed offsets
+    /// past every message in the test's topic, as it stands when this is
+    /// called: a consumer of the group has handled everything written so far
+    /// (the consumer commits an offset only once its row is committed).
+    pub async fn wait_until_consumed(&self, patience: Duration) -> anyhow::Result<()> {
+        let probe: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", &self.group)
+            .create()?;
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::{Offset, TopicPartitionList, consumer::Consumer as _};
+            let timeout = Duration::from_secs(5);
+            let metadata = probe.fetch_metadata(Some(&topic), timeout)?;
+            let partitions: Vec<i32> = metadata
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect();
+            let mut ends = Vec::new();
+            for &partition in &partitions {
+                ends.push((partition, probe.fetch_watermarks(&topic, partition, timeout)?.1));
+            }
+            let started = Instant::now();
+            loop {
+                let mut list = TopicPartitionList::new();
+                for &partition in &partitions {
+                    list.add_partition(&topic, partition);
+                }
+                let committed = probe.committed_offsets(list, timeout)?;
+                let behind: Vec<String> = ends
+                    .iter()
+                    .filter_map(|&(partition, end)| {
+                        let at = match committed.find_partition(&topic, partition).map(|p| p.offset()) {
+                            Some(Offset::Offset(offset)) => offset,
+                            _ => 0,
+                        };
+                        (at < end).then(|| format!("partition {partition} at {at} of {end}"))
+                    })
+                    .collect();
+                if behind.is_empty() {
+                    return Ok(());
+                }
+                anyhow::ensure!(
+                    started.elapsed() < patience,
+                    "the consumer group did not catch up within {patience:?}: {}",
+                    behind.join(", ")
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .await?
+    }
+
     /// The broker of [`Kafka::own`], to stop or restart.
     pub fn broker(&mut self) -> &mut Broker {
         self.own

@@ -5,15 +5,14 @@
 //!   test's own, or a broker of the test's own to stop and restart.
 //! - [`otlp`]: an in-process OTLP receiver that keeps the spans it is sent.
 //! - [`service`]: one service in process, on its own runtime and telemetry,
-//!   on a port-0 listener.
-//! - [`stack`]: the services wired together for one test.
-//! - [`spans`]: spans as tests see them, and checks of a trace's shape.
+//!   on a port-0 listener, and [`service::wait_until`] it is ready.
+//! - [`spans`]: spans as tests see them, and a trace's tree.
+//!
+//! It is the leaf of the test harness: it knows no service. The services
+//! wired together, and the call chain they must leave, live in `tests/e2e`.
 
 pub mod kafka;
 pub mod otlp;
 pub mod postgres;
 pub mod service;
 pub mod spans;
-pub mod stack;
-
-pub use stack::Stack;

@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context as _;
 use callchain_telemetry::{TelemetryConfig, TelemetryGuard};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -167,5 +168,31 @@ impl Drop for ServiceHandle {
         if let Some(telemetry) = self.telemetry.take() {
             let _ = std::thread::spawn(move || drop(telemetry)).join();
         }
+    }
+}
+
+/// Polls `probe` until it succeeds, for up to 30 s; fails early, with the
+/// service's logs, if the service exits.
+pub async fn wait_until<F, Fut>(service: &mut ServiceHandle, mut probe: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let error = match probe().await {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        if service.has_exited() || tokio::time::Instant::now() >= deadline {
+            return Err(error).with_context(|| {
+                format!(
+                    "{} did not become ready; its logs:\n{}",
+                    service.name,
+                    service.logs.text()
+                )
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -18,8 +18,9 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use callchain_e2e::stack::{Stack, spawn_consumer};
 use callchain_events::{EventType, UserEvent, UserPayload};
-use callchain_testkit::{Stack, kafka::Kafka, otlp::OtlpReceiver, postgres::TestDatabase, stack::spawn_consumer};
+use callchain_testkit::{kafka::Kafka, otlp::OtlpReceiver, postgres::TestDatabase};
 use rdkafka::{
     ClientConfig,
     message::{Header, OwnedHeaders},

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use callchain_testkit::spans::{assert_registration_chain, has_registration_chain};
+use crate::chain::{assert_registration_chain, has_registration_chain};
 use serde_json::{Value, json};
 
 use crate::jaeger::spans_from_jaeger;

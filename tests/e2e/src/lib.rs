@@ -1,5 +1,7 @@
 //! Helpers shared by the end-to-end suites.
 //!
+//! - [`stack`]: the three services wired together on real parts, for one test.
+//! - [`chain`]: the call chain every registration must leave (DESIGN.md).
 //! - [`compose`]: checks of `docker-compose.yml` and the configs it mounts
 //!   that need no Docker engine.
 //! - [`jaeger`]: spans read back from Jaeger's query API, as
@@ -7,6 +9,8 @@
 //! - [`journey`]: a user's journey through a running system, judged by its
 //!   trace in Jaeger (shared by `make test` and `make e2e-up`).
 
+pub mod chain;
 pub mod compose;
 pub mod jaeger;
 pub mod journey;
+pub mod stack;

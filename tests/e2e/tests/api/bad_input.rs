@@ -1,7 +1,7 @@
 //! Bad input gets a 4xx problem document that names the problem, and the
 //! database is unchanged.
 
-use callchain_testkit::{Stack, stack::JWT_SECRET};
+use callchain_e2e::stack::{JWT_SECRET, Stack};
 use serde_json::{Value, json};
 
 use crate::helpers::{PASSWORD, assert_problem, email, signed_in_user, stack};

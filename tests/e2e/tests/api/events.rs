@@ -37,7 +37,7 @@ async fn update_and_delete_publish_their_events_each_in_its_own_trace() {
     assert_eq!(deleted.status(), 204);
     let delete_trace = trace_id(&deleted);
 
-    let rows = stack.events_of(id, 3).await;
+    let rows = stack.events_of(id).await;
     let types: Vec<&str> = rows.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(types, ["user.created", "user.updated", "user.deleted"]);
     assert_eq!(rows[1].1.as_deref(), Some(update_trace.as_str()));
@@ -92,7 +92,7 @@ async fn the_same_post_twice_with_one_idempotency_key_makes_one_user_one_event_a
     assert_eq!(stack.user_count().await, 2, "the admin and one user");
 
     let id = answers[0].1["id"].as_str().unwrap();
-    assert_eq!(stack.events_of(id, 1).await.len(), 1);
+    assert_eq!(stack.events_of(id).await.len(), 1);
     let event_id: uuid::Uuid = sqlx::query_scalar("SELECT event_id FROM user_events WHERE user_id = $1::uuid")
         .bind(id)
         .fetch_one(stack.db.pool())
@@ -102,7 +102,7 @@ async fn the_same_post_twice_with_one_idempotency_key_makes_one_user_one_event_a
     // Both answers published the same event id, and the consumer stored
     // both messages: once as a new row, once as a replay of it.
     let deadline = Instant::now() + Duration::from_secs(20);
-    let stored = |stack: &callchain_testkit::Stack| {
+    let stored = |stack: &callchain_e2e::stack::Stack| {
         stack
             .consumer
             .logs
@@ -116,7 +116,7 @@ async fn the_same_post_twice_with_one_idempotency_key_makes_one_user_one_event_a
     }
     assert_eq!(stored(&stack), 2, "two messages carried event {event_id}");
     assert_eq!(
-        stack.events_of(id, 1).await.len(),
+        stack.events_of(id).await.len(),
         1,
         "one event row, however often it was published"
     );
@@ -136,11 +136,13 @@ async fn the_same_post_twice_with_one_idempotency_key_makes_one_user_one_event_a
 }
 
 /// A stack on a Kafka broker of the test's own, which it may kill and restart.
-async fn stack_on_own_broker() -> callchain_testkit::Stack {
+async fn stack_on_own_broker() -> callchain_e2e::stack::Stack {
     let kafka = callchain_testkit::kafka::Kafka::own()
         .await
         .expect("a Kafka broker of the test's own");
-    callchain_testkit::Stack::start_on(kafka).await.expect("the test stack")
+    callchain_e2e::stack::Stack::start_on(kafka)
+        .await
+        .expect("the test stack")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -188,7 +190,7 @@ async fn with_the_broker_down_a_write_answers_503_fast_and_a_retry_with_its_key_
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(stack.user_count().await, 2, "the admin and one user");
-    let rows = stack.events_of(user["id"].as_str().unwrap(), 1).await;
+    let rows = stack.events_of(user["id"].as_str().unwrap()).await;
     assert_eq!(rows.len(), 1, "exactly one event row");
     assert_eq!(rows[0].0, "user.created");
 }
@@ -233,7 +235,7 @@ async fn every_write_acknowledged_before_a_broker_kill_and_restart_reaches_the_c
         }
     }
 
-    let rows = stack.events_of(&id, acknowledged).await;
+    let rows = stack.events_of(&id).await;
     assert_eq!(
         rows.len(),
         acknowledged,

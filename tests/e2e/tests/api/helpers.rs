@@ -1,4 +1,4 @@
-use callchain_testkit::Stack;
+use callchain_e2e::stack::Stack;
 use serde_json::Value;
 
 pub const PASSWORD: &str = "correct horse battery";

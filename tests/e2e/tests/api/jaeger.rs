@@ -4,7 +4,7 @@
 //! judges `make up`'s Jaeger.
 
 use callchain_e2e::journey::register_and_find_the_whole_trace_in_jaeger;
-use callchain_testkit::{Stack, stack::JAEGER_VAR};
+use callchain_e2e::stack::{JAEGER_VAR, Stack};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_registration_exported_through_the_collector_is_whole_in_jaeger() {

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use callchain_testkit::spans::{SpanKind, Trace, assert_registration_chain, has_registration_chain};
+use callchain_e2e::chain::{assert_registration_chain, has_registration_chain};
+use callchain_testkit::spans::{SpanKind, Trace};
 use serde_json::json;
 
 use crate::helpers::{PASSWORD, email, stack, trace_id_of};
@@ -23,7 +24,7 @@ async fn register_yields_one_trace_across_three_services_in_spans_logs_and_the_e
     let trace_id = trace_id_of(&traceparent);
     let user: serde_json::Value = response.json().await.unwrap();
 
-    let rows = stack.events_of(user["id"].as_str().unwrap(), 1).await;
+    let rows = stack.events_of(user["id"].as_str().unwrap()).await;
     assert_eq!(rows, vec![("user.created".to_owned(), Some(trace_id.clone()))]);
 
     stack.flush().await;

@@ -1,12 +1,17 @@
 //! The services wired together on real parts, for one test: a fresh
-//! database, the OTLP receiver, the user service and the API.
+//! database, topics of its own on the run's Kafka, the OTLP receiver, and the
+//! user service, the API and the consumer, each in process on port 0.
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use serde_json::{Value, json};
 
-use crate::{kafka::Kafka, otlp::OtlpReceiver, postgres::TestDatabase, service::ServiceHandle};
+use callchain_testkit::{
+    kafka::Kafka,
+    otlp::OtlpReceiver,
+    postgres::TestDatabase,
+    service::{ServiceHandle, wait_until},
+};
 
 /// The variable that names the run's collector's OTLP gRPC endpoint.
 pub const COLLECTOR_VAR: &str = "CALLCHAIN_TEST_OTLP";
@@ -31,17 +36,7 @@ pub struct Stack {
 
 /// The consumer's settings for a test database and the test's topics.
 pub fn consumer_config(db: &TestDatabase, kafka: &Kafka) -> callchain_consumer::Config {
-    callchain_consumer::Config {
-        health_addr: "127.0.0.1:0".parse().expect("a valid address"),
-        database_url: db.url().to_owned(),
-        max_connections: 4,
-        brokers: kafka.bootstrap().to_owned(),
-        topic: kafka.topic.clone(),
-        group_id: kafka.group.clone(),
-        group_instance_id: None,
-        batch_size: 500,
-        batch_timeout: Duration::from_millis(20),
-    }
+    callchain_consumer::Config::for_tests(db.url(), kafka.bootstrap(), &kafka.topic, &kafka.group)
 }
 
 /// Starts the consumer on `db` and the test's topics, and waits until it is
@@ -94,12 +89,8 @@ impl Stack {
         let otlp = OtlpReceiver::start().await?;
         let endpoint = collector.unwrap_or_else(|| otlp.endpoint());
 
-        let user_config = callchain_user::Config {
-            listen_addr: "127.0.0.1:0".parse()?,
-            database_url: db.url().to_owned(),
-            max_connections: 5,
-            admin: Some((ADMIN_EMAIL.to_owned(), ADMIN_PASSWORD.to_owned())),
-        };
+        let user_config =
+            callchain_user::Config::for_tests(db.url(), Some((ADMIN_EMAIL.to_owned(), ADMIN_PASSWORD.to_owned())));
         let mut user = ServiceHandle::spawn("user", Some(endpoint.clone()), move |listener, shutdown| {
             callchain_user::run(user_config, listener, async move {
                 let _ = shutdown.await;
@@ -200,30 +191,28 @@ impl Stack {
 
     /// Every JSON log line of every service, as text (for greps).
     pub fn all_logs(&self) -> String {
-        [&self.user, &self.api]
+        [&self.user, &self.api, &self.consumer]
             .iter()
             .map(|service| service.logs.text())
             .collect()
     }
 
-    /// Waits (up to 20 s) until `user_id` has `count` event rows, and returns
-    /// them as `(event_type, trace_id)`, oldest first.
-    pub async fn events_of(&self, user_id: &str, count: usize) -> Vec<(String, Option<String>)> {
-        let user_id: uuid::Uuid = user_id.parse().expect("a user id");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let rows: Vec<(String, Option<String>)> = sqlx::query_as(
-                "SELECT event_type, trace_id FROM user_events WHERE user_id = $1 ORDER BY occurred_at, written_at",
-            )
-            .bind(user_id)
-            .fetch_all(self.db.pool())
+    /// The event rows of `user_id` as `(event_type, trace_id)`, oldest
+    /// first, once the consumer has caught up with everything written to the
+    /// topic so far (so a duplicate would be there too).
+    pub async fn events_of(&self, user_id: &str) -> Vec<(String, Option<String>)> {
+        self.kafka
+            .wait_until_consumed(Duration::from_secs(30))
             .await
-            .expect("reading user_events");
-            if rows.len() >= count || tokio::time::Instant::now() >= deadline {
-                return rows;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+            .expect("the consumer catches up");
+        let user_id: uuid::Uuid = user_id.parse().expect("a user id");
+        sqlx::query_as(
+            "SELECT event_type, trace_id FROM user_events WHERE user_id = $1 ORDER BY occurred_at, written_at",
+        )
+        .bind(user_id)
+        .fetch_all(self.db.pool())
+        .await
+        .expect("reading user_events")
     }
 
     /// How many users the database holds.
@@ -232,31 +221,5 @@ impl Stack {
             .fetch_one(self.db.pool())
             .await
             .expect("counting users")
-    }
-}
-
-/// Polls `probe` until it succeeds, for up to 30 s; fails early, with the
-/// service's logs, if the service exits.
-pub async fn wait_until<F, Fut>(service: &mut ServiceHandle, mut probe: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let error = match probe().await {
-            Ok(()) => return Ok(()),
-            Err(error) => error,
-        };
-        if service.has_exited() || tokio::time::Instant::now() >= deadline {
-            return Err(error).with_context(|| {
-                format!(
-                    "{} did not become ready; its logs:\n{}",
-                    service.name,
-                    service.logs.text()
-                )
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
