@@ -125,6 +125,25 @@ fn jaeger_receives_otlp_and_serves_its_query_api_on_16686() {
     ));
 }
 
+/// The topics the services use by default (`callchain_events`) are the ones
+/// `make up` (kafka-init) and `make dev` (scripts/parts.sh) create, with the
+/// same partition counts.
+#[test]
+fn make_up_and_make_dev_create_the_topics_the_services_use() {
+    let compose = compose_file();
+    let parts = read_workspace_file("scripts/parts.sh").unwrap();
+    for (topic, partitions) in [(callchain_events::TOPIC, 3), (callchain_events::DLQ_TOPIC, 1)] {
+        assert!(
+            compose.contains(&format!("--topic {topic} --partitions {partitions} ")),
+            "docker-compose.yml's kafka-init creates {topic} with {partitions} partition(s)"
+        );
+        assert!(
+            parts.contains(&format!(" {topic} {partitions}\n")),
+            "scripts/parts.sh creates {topic} with {partitions} partition(s)"
+        );
+    }
+}
+
 /// The workspace's files that name a version, with `edit` applied to one.
 fn version_problems(edit: impl Fn(&str, String) -> String) -> Vec<String> {
     let read = |path: &str| edit(path, read_workspace_file(path).unwrap());
