@@ -8,7 +8,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let _telemetry = callchain_telemetry::init("user")?;
     let listener = tokio::net::TcpListener::bind(config.listen_addr).await?;
-    let result = callchain_user::run(config, listener, callchain_telemetry::lifecycle::shutdown_signal()).await;
+    let result = callchain_user::run(config, listener, callchain_runtime::lifecycle::shutdown_signal()).await;
     if let Err(error) = &result {
         tracing::error!(error = &**error as &dyn std::error::Error, "user service failed");
     }

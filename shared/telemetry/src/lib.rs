@@ -13,18 +13,15 @@
 //! - `kafka` (feature `kafka`): the same for Kafka message headers, and the
 //!   producer and consumer spans.
 //! - [`db`]: the client span of one database statement.
-//! - [`lifecycle`]: the shutdown signal every binary waits for, and the
-//!   probe behind every `--healthcheck`.
-//! - [`env`]: settings from environment variables, read the same way by
-//!   every binary.
+//!
+//! Settings, the shutdown signal, health probes and the Postgres pool are not
+//! telemetry: they live in `callchain-runtime`.
 
 pub mod db;
-pub mod env;
 pub mod grpc;
 pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka;
-pub mod lifecycle;
 pub mod logs;
 pub mod propagation;
 
@@ -65,7 +62,7 @@ impl TelemetryConfig {
     /// Reads `OTEL_SERVICE_NAME` (default `service`), `OTEL_EXPORTER_OTLP_ENDPOINT`
     /// and `RUST_LOG` (default `info`).
     pub fn from_env(service: &str) -> Self {
-        use crate::env::var;
+        use callchain_runtime::env::var;
         Self {
             service_name: var("OTEL_SERVICE_NAME").unwrap_or_else(|| service.to_owned()),
             otlp_endpoint: var("OTEL_EXPORTER_OTLP_ENDPOINT"),

@@ -1,0 +1,17 @@
+//! What every callchain binary needs besides telemetry: its settings, its
+//! lifecycle, its pools.
+//!
+//! - [`env`]: settings from environment variables, read the same way by
+//!   every binary.
+//! - [`lifecycle`]: the shutdown signal every binary waits for, and the
+//!   probe behind every `--healthcheck`.
+//! - `db` (feature `postgres`): the Postgres pool with the service's
+//!   migrations applied, patient while Postgres starts.
+//!
+//! Logs, traces and the spans of database statements live in
+//! `callchain-telemetry`.
+
+#[cfg(feature = "postgres")]
+pub mod db;
+pub mod env;
+pub mod lifecycle;
