@@ -2,7 +2,8 @@
 //! lifecycle, its pools.
 //!
 //! - [`env`]: settings from environment variables, read the same way by
-//!   every binary.
+//!   every binary: `main` reads the process's once into an [`env::Env`],
+//!   tests build one from pairs.
 //! - [`lifecycle`]: the shutdown signal every binary waits for, and the
 //!   probe behind every `--healthcheck`.
 //! - `db` (feature `postgres`): the Postgres pool with the service's
