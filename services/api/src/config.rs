@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use callchain_telemetry::env::{parse_or, var};
+use callchain_runtime::env::Env;
 
 /// Every variable this service reads (beside the telemetry's own).
 pub const ENV_VARS: &[&str] = &[
@@ -66,8 +66,9 @@ impl std::fmt::Debug for Config {
 }
 
 impl Config {
-    pub fn from_env() -> anyhow::Result<Self> {
-        let jwt_secret = match var("JWT_SECRET") {
+    /// Reads the variables in [`ENV_VARS`] from `env`.
+    pub fn from_env(env: &Env) -> anyhow::Result<Self> {
+        let jwt_secret = match env.var("JWT_SECRET") {
             Some(secret) => secret,
             #[cfg(debug_assertions)]
             None => DEV_JWT_SECRET.to_owned(),
@@ -76,19 +77,27 @@ impl Config {
         };
         anyhow::ensure!(jwt_secret.len() >= 32, "JWT_SECRET must be at least 32 bytes long");
         Ok(Self {
-            listen_addr: parse_or(
+            listen_addr: env.parse_or(
                 "API_LISTEN_ADDR",
                 "an address such as 0.0.0.0:8080",
                 ([0, 0, 0, 0], 8080).into(),
             )?,
-            user_service_url: var("USER_SERVICE_URL").unwrap_or_else(|| "http://127.0.0.1:50051".to_owned()),
+            user_service_url: env
+                .var("USER_SERVICE_URL")
+                .unwrap_or_else(|| "http://127.0.0.1:50051".to_owned()),
             jwt_secret,
-            jwt_ttl: Duration::from_secs(parse_or("JWT_TTL_SECONDS", "a whole number", 3600)?),
-            request_timeout: Duration::from_millis(parse_or("REQUEST_TIMEOUT_MS", "a whole number", 10_000)?),
-            max_body_bytes: parse_or("MAX_BODY_BYTES", "a whole number", 16 * 1024)?,
-            kafka_brokers: var("KAFKA_BROKERS").unwrap_or_else(|| "127.0.0.1:9092".to_owned()),
-            kafka_topic: var("KAFKA_TOPIC").unwrap_or_else(|| callchain_events::TOPIC.to_owned()),
-            publish_timeout: Duration::from_millis(parse_or("KAFKA_PUBLISH_TIMEOUT_MS", "a whole number", 5_000)?),
+            jwt_ttl: Duration::from_secs(env.parse_or("JWT_TTL_SECONDS", "a whole number", 3600)?),
+            request_timeout: Duration::from_millis(env.parse_or("REQUEST_TIMEOUT_MS", "a whole number", 10_000)?),
+            max_body_bytes: env.parse_or("MAX_BODY_BYTES", "a whole number", 16 * 1024)?,
+            kafka_brokers: env.var("KAFKA_BROKERS").unwrap_or_else(|| "127.0.0.1:9092".to_owned()),
+            kafka_topic: env
+                .var("KAFKA_TOPIC")
+                .unwrap_or_else(|| callchain_events::TOPIC.to_owned()),
+            publish_timeout: Duration::from_millis(env.parse_or(
+                "KAFKA_PUBLISH_TIMEOUT_MS",
+                "a whole number",
+                5_000,
+            )?),
         })
     }
 

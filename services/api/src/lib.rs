@@ -160,5 +160,5 @@ async fn not_found() -> ApiError {
 
 /// Probes `/readyz` on `addr`: the container health check.
 pub async fn healthcheck(addr: SocketAddr) -> anyhow::Result<()> {
-    Ok(callchain_telemetry::lifecycle::http_probe(addr, "/readyz").await?)
+    Ok(callchain_runtime::lifecycle::http_probe(addr, "/readyz").await?)
 }

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
-use callchain_telemetry::env::{parse_or, var};
+use callchain_runtime::env::Env;
 
 /// Every variable this service reads (beside the telemetry's own).
 pub const ENV_VARS: &[&str] = &[
@@ -65,24 +65,30 @@ impl Config {
         }
     }
 
-    pub fn from_env() -> anyhow::Result<Self> {
-        let batch_size = parse_or("CONSUMER_BATCH_SIZE", "a whole number", 500usize)?;
+    /// Reads the variables in [`ENV_VARS`] from `env`.
+    pub fn from_env(env: &Env) -> anyhow::Result<Self> {
+        let batch_size = env.parse_or("CONSUMER_BATCH_SIZE", "a whole number", 500usize)?;
         anyhow::ensure!(batch_size > 0, "CONSUMER_BATCH_SIZE must be at least 1");
         Ok(Self {
-            health_addr: parse_or(
+            health_addr: env.parse_or(
                 "CONSUMER_HEALTH_ADDR",
                 "an address such as 0.0.0.0:8081",
                 ([0, 0, 0, 0], 8081).into(),
             )?,
-            database_url: var("DATABASE_URL")
+            database_url: env
+                .var("DATABASE_URL")
                 .context("DATABASE_URL is required, e.g. postgres://callchain:callchain@127.0.0.1:5432/callchain")?,
-            max_connections: parse_or("DATABASE_MAX_CONNECTIONS", "a whole number", 4)?,
-            brokers: var("KAFKA_BROKERS").unwrap_or_else(|| "127.0.0.1:9092".to_owned()),
-            topic: var("KAFKA_TOPIC").unwrap_or_else(|| callchain_events::TOPIC.to_owned()),
-            group_id: var("KAFKA_GROUP_ID").unwrap_or_else(|| "user-events-writer".to_owned()),
-            group_instance_id: var("KAFKA_GROUP_INSTANCE_ID"),
+            max_connections: env.parse_or("DATABASE_MAX_CONNECTIONS", "a whole number", 4)?,
+            brokers: env.var("KAFKA_BROKERS").unwrap_or_else(|| "127.0.0.1:9092".to_owned()),
+            topic: env
+                .var("KAFKA_TOPIC")
+                .unwrap_or_else(|| callchain_events::TOPIC.to_owned()),
+            group_id: env
+                .var("KAFKA_GROUP_ID")
+                .unwrap_or_else(|| "user-events-writer".to_owned()),
+            group_instance_id: env.var("KAFKA_GROUP_INSTANCE_ID"),
             batch_size,
-            batch_timeout: Duration::from_millis(parse_or("CONSUMER_BATCH_TIMEOUT_MS", "a whole number", 20)?),
+            batch_timeout: Duration::from_millis(env.parse_or("CONSUMER_BATCH_TIMEOUT_MS", "a whole number", 20)?),
         })
     }
 }

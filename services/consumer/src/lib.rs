@@ -67,5 +67,5 @@ pub async fn run(
 
 /// Probes `/healthz` on `addr`: the container health check.
 pub async fn healthcheck(addr: SocketAddr) -> anyhow::Result<()> {
-    Ok(callchain_telemetry::lifecycle::http_probe(addr, "/healthz").await?)
+    Ok(callchain_runtime::lifecycle::http_probe(addr, "/healthz").await?)
 }

@@ -1,14 +1,16 @@
 use callchain_consumer::Config;
+use callchain_runtime::env::Env;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::from_env()?;
+    let env = Env::from_process();
+    let config = Config::from_env(&env)?;
     if std::env::args().any(|arg| arg == "--healthcheck") {
         return callchain_consumer::healthcheck(config.health_addr).await;
     }
-    let _telemetry = callchain_telemetry::init("consumer")?;
+    let _telemetry = callchain_telemetry::init(&env, "consumer")?;
     let listener = tokio::net::TcpListener::bind(config.health_addr).await?;
-    let result = callchain_consumer::run(config, listener, callchain_telemetry::lifecycle::shutdown_signal()).await;
+    let result = callchain_consumer::run(config, listener, callchain_runtime::lifecycle::shutdown_signal()).await;
     if let Err(error) = &result {
         tracing::error!(error = &**error as &dyn std::error::Error, "consumer failed");
     }

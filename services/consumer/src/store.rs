@@ -12,7 +12,7 @@ use crate::{batch::Columns, config::Config, pipeline::Readable};
 
 /// A pool on `DATABASE_URL`, with the consumer's migrations applied.
 pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
-    db::connect(
+    callchain_runtime::db::connect(
         &config.database_url,
         config.max_connections,
         sqlx::migrate!("./migrations"),

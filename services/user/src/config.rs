@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use callchain_telemetry::env::{parse_or, var};
+use callchain_runtime::env::Env;
 
 /// Every variable this service reads (beside the telemetry's own).
 pub const ENV_VARS: &[&str] = &[
@@ -42,21 +42,23 @@ impl Config {
         }
     }
 
-    pub fn from_env() -> anyhow::Result<Self> {
-        let admin = match (var("ADMIN_EMAIL"), var("ADMIN_PASSWORD")) {
+    /// Reads the variables in [`ENV_VARS`] from `env`.
+    pub fn from_env(env: &Env) -> anyhow::Result<Self> {
+        let admin = match (env.var("ADMIN_EMAIL"), env.var("ADMIN_PASSWORD")) {
             (Some(email), Some(password)) => Some((email, password)),
             (None, None) => None,
             _ => anyhow::bail!("set both ADMIN_EMAIL and ADMIN_PASSWORD, or neither"),
         };
         Ok(Self {
-            listen_addr: parse_or(
+            listen_addr: env.parse_or(
                 "USER_LISTEN_ADDR",
                 "an address such as 0.0.0.0:50051",
                 ([0, 0, 0, 0], 50051).into(),
             )?,
-            database_url: var("DATABASE_URL")
+            database_url: env
+                .var("DATABASE_URL")
                 .context("DATABASE_URL is required, e.g. postgres://callchain:callchain@127.0.0.1:5432/callchain")?,
-            max_connections: parse_or("DATABASE_MAX_CONNECTIONS", "a whole number", 10)?,
+            max_connections: env.parse_or("DATABASE_MAX_CONNECTIONS", "a whole number", 10)?,
             admin,
         })
     }

@@ -44,7 +44,7 @@ pub async fn run(
 
 /// A pool on `DATABASE_URL`, with the user service's migrations applied.
 pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
-    callchain_telemetry::db::connect(
+    callchain_runtime::db::connect(
         &config.database_url,
         config.max_connections,
         sqlx::migrate!("./migrations"),
@@ -100,7 +100,7 @@ pub async fn serve(
 /// container health check, which needs no tool the image does not ship.
 pub async fn healthcheck(addr: SocketAddr) -> anyhow::Result<()> {
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
-    let addr = callchain_telemetry::lifecycle::probe_addr(addr);
+    let addr = callchain_runtime::lifecycle::probe_addr(addr);
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(std::time::Duration::from_secs(2))
         .connect()

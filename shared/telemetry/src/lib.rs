@@ -13,23 +13,21 @@
 //! - `kafka` (feature `kafka`): the same for Kafka message headers, and the
 //!   producer and consumer spans.
 //! - [`db`]: the client span of one database statement.
-//! - [`lifecycle`]: the shutdown signal every binary waits for, and the
-//!   probe behind every `--healthcheck`.
-//! - [`env`]: settings from environment variables, read the same way by
-//!   every binary.
+//!
+//! Settings, the shutdown signal, health probes and the Postgres pool are not
+//! telemetry: they live in `callchain-runtime`.
 
 pub mod db;
-pub mod env;
 pub mod grpc;
 pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka;
-pub mod lifecycle;
 pub mod logs;
 pub mod propagation;
 
 use std::sync::Once;
 
+use callchain_runtime::env::Env;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
@@ -63,13 +61,12 @@ pub struct TelemetryConfig {
 
 impl TelemetryConfig {
     /// Reads `OTEL_SERVICE_NAME` (default `service`), `OTEL_EXPORTER_OTLP_ENDPOINT`
-    /// and `RUST_LOG` (default `info`).
-    pub fn from_env(service: &str) -> Self {
-        use crate::env::var;
+    /// and `RUST_LOG` (default `info`) from `env`.
+    pub fn from_env(env: &Env, service: &str) -> Self {
         Self {
-            service_name: var("OTEL_SERVICE_NAME").unwrap_or_else(|| service.to_owned()),
-            otlp_endpoint: var("OTEL_EXPORTER_OTLP_ENDPOINT"),
-            log_filter: var("RUST_LOG").unwrap_or_else(|| "info".to_owned()),
+            service_name: env.var("OTEL_SERVICE_NAME").unwrap_or_else(|| service.to_owned()),
+            otlp_endpoint: env.var("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            log_filter: env.var("RUST_LOG").unwrap_or_else(|| "info".to_owned()),
         }
     }
 
@@ -118,11 +115,13 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Sets up telemetry for this process from the environment (see
+/// Sets up telemetry for this process from `env` (see
 /// [`TelemetryConfig::from_env`]), logging to stdout. Call once, first thing in
-/// `main`, inside the Tokio runtime (the OTLP exporter runs on it).
-pub fn init(service: &str) -> Result<TelemetryGuard, TelemetryError> {
-    let config = TelemetryConfig::from_env(service);
+/// `main`, inside the Tokio runtime (the OTLP exporter runs on it). The
+/// OpenTelemetry SDK itself still reads its own variables (`OTEL_BSP_*`,
+/// `OTEL_TRACES_SAMPLER`, ...) from the process environment.
+pub fn init(env: &Env, service: &str) -> Result<TelemetryGuard, TelemetryError> {
+    let config = TelemetryConfig::from_env(env, service);
     let (dispatch, guard) = build(&config, std::io::stdout)?;
     tracing::dispatcher::set_global_default(dispatch)?;
     Ok(guard)

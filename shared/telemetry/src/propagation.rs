@@ -1,39 +1,13 @@
 //! W3C TraceContext and Baggage across the wire.
 //!
 //! HTTP headers and gRPC metadata are both an [`http::HeaderMap`] on the wire,
-//! so one pair of carriers serves both.
+//! so one pair of carriers serves both: `opentelemetry-http`'s
+//! [`HeaderExtractor`] and [`HeaderInjector`].
 
-use ::http::{HeaderMap, HeaderName, HeaderValue};
-use opentelemetry::{
-    Context,
-    propagation::{Extractor, Injector},
-    trace::TraceContextExt as _,
-};
+use ::http::HeaderMap;
+use opentelemetry::{Context, trace::TraceContextExt as _};
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-
-/// Reads a context from headers.
-pub struct HeaderExtractor<'a>(pub &'a HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|value| value.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(HeaderName::as_str).collect()
-    }
-}
-
-/// Writes a context into headers.
-pub struct HeaderInjector<'a>(pub &'a mut HeaderMap);
-
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(key.as_bytes()), HeaderValue::from_str(&value)) {
-            self.0.insert(name, value);
-        }
-    }
-}
 
 /// The remote context carried by `headers` (empty when there is none).
 pub fn extract(headers: &HeaderMap) -> Context {
@@ -72,6 +46,8 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use ::http::HeaderValue;
+
     use super::*;
 
     #[test]

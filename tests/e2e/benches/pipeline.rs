@@ -43,8 +43,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     // Every span must reach the receiver: a queue large enough for a whole
-    // run, and large export batches. Set before any thread starts.
-    // SAFETY: nothing else runs yet.
+    // run, and large export batches. The SDK reads these from the process
+    // environment, so they are set here.
+    // SAFETY: `set_var` races with any other thread reading the environment.
+    // This is the first thing `main` does and the bench has no harness, so
+    // no other thread exists yet.
     unsafe {
         std::env::set_var("OTEL_BSP_MAX_QUEUE_SIZE", "1000000");
         std::env::set_var("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2048");
