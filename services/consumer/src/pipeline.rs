@@ -12,108 +12,30 @@
 //! A crash anywhere before step 3 replays the batch, which is harmless: rows
 //! are written `ON CONFLICT (event_id) DO NOTHING`.
 
-use std::{
-    collections::VecDeque,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use callchain_events::{EventError, UserEvent, dlq_topic};
-use callchain_telemetry::kafka::{self, Received};
-use opentelemetry::trace::TraceContextExt as _;
+use callchain_events::dlq_topic;
+use callchain_telemetry::kafka;
 use rdkafka::{
     Message as _,
     consumer::{CommitMode, Consumer as _, StreamConsumer},
     error::{KafkaError, KafkaResult, RDKafkaErrorCode},
-    message::{BorrowedHeaders, BorrowedMessage, OwnedMessage},
+    message::BorrowedMessage,
 };
 use sqlx::PgPool;
 use tokio::time::Instant;
-use tracing::Span;
 
 use crate::{
-    batch::{Backoff, EventRow, Offsets},
+    batch::{Backoff, Offsets},
     broker::{self, KafkaLogs},
     config::Config,
     dead_letter::DeadLetters,
     health::Health,
+    message::{Consumed, DeadLetter, Readable},
     shutdown::Shutdown,
     store::{self, WriteError},
 };
-
-/// One message in hand, from receipt until its offset is stored; its
-/// `process user-events` span lives as long.
-pub struct Consumed {
-    pub message: OwnedMessage,
-    pub span: Span,
-}
-
-impl Consumed {
-    fn new(message: &BorrowedMessage<'_>, group: &str) -> Self {
-        let span = kafka::process_span(
-            Received {
-                topic: message.topic(),
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message.key(),
-                headers: message.headers(),
-            },
-            group,
-        );
-        Self {
-            message: message.detach(),
-            span,
-        }
-    }
-
-    fn headers(&self) -> Option<&BorrowedHeaders> {
-        self.message.headers().map(|headers| headers.as_borrowed())
-    }
-
-    /// The row this message becomes, or why it cannot become one.
-    fn read(&self) -> Result<EventRow, EventError> {
-        Ok(EventRow {
-            event: UserEvent::parse(self.message.payload())?,
-            trace_id: trace_id(self.headers()),
-            partition: self.message.partition(),
-            offset: self.message.offset(),
-        })
-    }
-
-    fn dead_letter(self, reason: String) -> DeadLetter {
-        DeadLetter {
-            consumed: self,
-            reason,
-            sent: AtomicBool::new(false),
-        }
-    }
-}
-
-/// The trace id of the context in a message's headers, if it carries one.
-fn trace_id(headers: Option<&BorrowedHeaders>) -> Option<String> {
-    let context = kafka::extract(headers);
-    let span = context.span();
-    let span_context = span.span_context();
-    span_context.is_valid().then(|| span_context.trace_id().to_string())
-}
-
-/// A message that parsed into an event.
-pub struct Readable {
-    pub consumed: Consumed,
-    pub row: EventRow,
-}
-
-/// A message bound for the dead-letter topic, and why.
-pub struct DeadLetter {
-    consumed: Consumed,
-    reason: String,
-    /// Acknowledged by the broker, so a retry does not send it twice.
-    sent: AtomicBool,
-}
 
 /// The consume loop: where messages come from, and where they go.
 pub struct Pipeline {
@@ -262,7 +184,8 @@ impl Pipeline {
 /// One attempt at a write. `Err` when Postgres is unavailable, `Ok(Err)`
 /// when it refused the rows.
 async fn write_once(pool: &PgPool, health: &Health, events: &[Readable]) -> Result<Result<(), WriteError>, WriteError> {
-    match store::insert(pool, events).await {
+    let rows: Vec<_> = events.iter().map(|event| (&event.row, &event.consumed.span)).collect();
+    match store::insert(pool, &rows).await {
         Ok(rows) => {
             health.written(rows);
             // One line per event, inside its span: `grep <trace-id>` over the
@@ -297,13 +220,13 @@ async fn write_once(pool: &PgPool, health: &Health, events: &[Readable]) -> Resu
 async fn send_unsent(sink: &Sink, letters: &[DeadLetter]) -> Result<(), KafkaError> {
     let sends = letters
         .iter()
-        .filter(|letter| !letter.sent.load(Ordering::Relaxed))
+        .filter(|letter| !letter.is_sent())
         .map(|letter| async move {
             let consumed = &letter.consumed;
             sink.dead_letters
                 .send(&consumed.message, &letter.reason, &consumed.span)
                 .await?;
-            letter.sent.store(true, Ordering::Relaxed);
+            letter.mark_sent();
             sink.health.dead_lettered();
             Ok(())
         });
