@@ -2,10 +2,13 @@
 //!
 //! - [`config`]: settings from the environment.
 //! - `pipeline`: the consume loop: batches, retries, dead letters, offsets.
+//! - `message`: a message in hand with its process span, and what it turns
+//!   out to be: a readable event or a dead letter.
 //! - `batch`: the pure bookkeeping of a batch: column arrays, offsets per
 //!   partition, the backoff.
 //! - `store`: the pool, the migrations, and the one statement that writes a
-//!   batch, each event in its own database client span.
+//!   batch of rows, each in a database client span under the span it is
+//!   given.
 //! - `dead_letter`: unreadable messages to `user-events.dlq`, with their
 //!   headers and the reason.
 //! - `broker`: the Kafka clients, with librdkafka's logs in ours.
@@ -20,6 +23,7 @@ mod broker;
 pub mod config;
 mod dead_letter;
 mod health;
+mod message;
 mod pipeline;
 mod shutdown;
 mod store;

@@ -12,107 +12,57 @@
 //! A crash anywhere before step 3 replays the batch, which is harmless: rows
 //! are written `ON CONFLICT (event_id) DO NOTHING`.
 
-use std::{
-    collections::VecDeque,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use callchain_events::{EventError, UserEvent, dlq_topic};
-use callchain_telemetry::kafka::{self, Received};
-use opentelemetry::trace::TraceContextExt as _;
+use callchain_events::dlq_topic;
+use callchain_telemetry::kafka;
 use rdkafka::{
     Message as _,
     consumer::{CommitMode, Consumer as _, StreamConsumer},
     error::{KafkaError, KafkaResult, RDKafkaErrorCode},
-    message::{BorrowedHeaders, BorrowedMessage, OwnedMessage},
+    message::BorrowedMessage,
 };
 use sqlx::PgPool;
 use tokio::time::Instant;
-use tracing::Span;
 
 use crate::{
-    batch::{Backoff, EventRow, Offsets},
+    batch::{Backoff, Offsets},
     broker::{self, KafkaLogs},
     config::Config,
     dead_letter::DeadLetters,
     health::Health,
+    message::{Consumed, DeadLetter, Readable},
     shutdown::Shutdown,
     store::{self, WriteError},
 };
 
-/// One message in hand, from receipt until its offset is stored; its
-/// `process user-events` span lives as long.
-pub struct Consumed {
-    pub message: OwnedMessage,
-    pub span: Span,
+/// What became of a batch.
+#[must_use]
+enum Handled {
+    /// Its rows are committed and its dead letters acknowledged, so its
+    /// offsets are stored.
+    Stored,
+    /// Shutdown came while a step of it was being retried: nothing is
+    /// stored, and the batch will be replayed.
+    StoppedWhileRetrying,
 }
 
-impl Consumed {
-    fn new(message: &BorrowedMessage<'_>, group: &str) -> Self {
-        let span = kafka::process_span(
-            Received {
-                topic: message.topic(),
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message.key(),
-                headers: message.headers(),
-            },
-            group,
-        );
-        Self {
-            message: message.detach(),
-            span,
-        }
-    }
-
-    fn headers(&self) -> Option<&BorrowedHeaders> {
-        self.message.headers().map(|headers| headers.as_borrowed())
-    }
-
-    /// The row this message becomes, or why it cannot become one.
-    fn read(&self) -> Result<EventRow, EventError> {
-        Ok(EventRow {
-            event: UserEvent::parse(self.message.payload())?,
-            trace_id: trace_id(self.headers()),
-            partition: self.message.partition(),
-            offset: self.message.offset(),
-        })
-    }
-
-    fn dead_letter(self, reason: String) -> DeadLetter {
-        DeadLetter {
-            consumed: self,
-            reason,
-            sent: AtomicBool::new(false),
-        }
-    }
+/// How a step that is retried until it succeeds ended.
+#[must_use]
+enum Retried<T> {
+    /// It succeeded, with this result.
+    Done(T),
+    /// Shutdown came while it kept failing.
+    Stopped,
 }
 
-/// The trace id of the context in a message's headers, if it carries one.
-fn trace_id(headers: Option<&BorrowedHeaders>) -> Option<String> {
-    let context = kafka::extract(headers);
-    let span = context.span();
-    let span_context = span.span_context();
-    span_context.is_valid().then(|| span_context.trace_id().to_string())
-}
-
-/// A message that parsed into an event.
-pub struct Readable {
-    pub consumed: Consumed,
-    pub row: EventRow,
-}
-
-/// A message bound for the dead-letter topic, and why.
-pub struct DeadLetter {
-    consumed: Consumed,
-    reason: String,
-    /// Acknowledged by the broker, so a retry does not send it twice.
-    sent: AtomicBool,
+/// What Postgres made of a write it answered.
+enum Write {
+    /// The rows are committed (new ones, or already there from a replay).
+    Committed,
+    /// Postgres refused the rows themselves; no retry can change that.
+    Refused(WriteError),
 }
 
 /// The consume loop: where messages come from, and where they go.
@@ -173,9 +123,12 @@ impl Pipeline {
             .with_context(|| format!("cannot subscribe to {}", self.source.topic))?;
         tracing::info!(topic = %self.source.topic, group = %self.source.group_id, "consuming");
         while let Some(batch) = self.source.next_batch().await {
-            if self.handle(batch).await.is_none() {
-                tracing::info!("stopped while retrying; the batch in hand will be replayed");
-                break;
+            match self.handle(batch).await {
+                Handled::Stored => {}
+                Handled::StoppedWhileRetrying => {
+                    tracing::info!("stopped while retrying; the batch in hand will be replayed");
+                    break;
+                }
             }
         }
         self.source.commit();
@@ -183,8 +136,8 @@ impl Pipeline {
     }
 
     /// Writes a batch, dead-letters what cannot be written, then stores its
-    /// offsets. `None` when shutdown came first: nothing is stored.
-    async fn handle(&mut self, batch: Vec<Consumed>) -> Option<()> {
+    /// offsets.
+    async fn handle(&mut self, batch: Vec<Consumed>) -> Handled {
         let mut offsets = Offsets::default();
         let mut readable = Vec::with_capacity(batch.len());
         let mut dead = Vec::new();
@@ -196,38 +149,47 @@ impl Pipeline {
                 Err(error) => dead.push(consumed.dead_letter(error.to_string())),
             }
         }
-        dead.extend(self.write(readable).await?);
-        self.send_dead_letters(dead).await?;
+        let Retried::Done(refused) = self.write(readable).await else {
+            return Handled::StoppedWhileRetrying;
+        };
+        dead.extend(refused);
+        let Retried::Done(()) = self.send_dead_letters(dead).await else {
+            return Handled::StoppedWhileRetrying;
+        };
         self.source.store(&offsets);
-        Some(())
+        Handled::Stored
     }
 
     /// Writes the events; returns those Postgres refused, as dead letters.
-    async fn write(&mut self, events: Vec<Readable>) -> Option<Vec<DeadLetter>> {
+    async fn write(&mut self, events: Vec<Readable>) -> Retried<Vec<DeadLetter>> {
         if events.is_empty() {
-            return Some(Vec::new());
+            return Retried::Done(Vec::new());
         }
-        let Err(error) = self.write_retrying(&events).await? else {
-            return Some(Vec::new());
+        let error = match self.write_retrying(&events).await {
+            Retried::Done(Write::Committed) => return Retried::Done(Vec::new()),
+            Retried::Done(Write::Refused(error)) => error,
+            Retried::Stopped => return Retried::Stopped,
         };
         if events.len() == 1 {
-            return Some(events.into_iter().map(|event| refused(event, &error)).collect());
+            return Retried::Done(events.into_iter().map(|event| refused(event, &error)).collect());
         }
         // One row spoils the statement for all: write them one at a time to
         // find which, so the others are not held back by it.
         tracing::warn!(error = %error, events = events.len(), "Postgres refused a batch; writing its events one by one");
         let mut rejected = Vec::new();
         for event in events {
-            if let Err(error) = self.write_retrying(std::slice::from_ref(&event)).await? {
-                rejected.push(refused(event, &error));
+            match self.write_retrying(std::slice::from_ref(&event)).await {
+                Retried::Done(Write::Committed) => {}
+                Retried::Done(Write::Refused(error)) => rejected.push(refused(event, &error)),
+                Retried::Stopped => return Retried::Stopped,
             }
         }
-        Some(rejected)
+        Retried::Done(rejected)
     }
 
-    /// One write, retried while Postgres is unavailable. The inner result
-    /// is Postgres refusing the rows, which no retry can change.
-    async fn write_retrying(&mut self, events: &[Readable]) -> Option<Result<(), WriteError>> {
+    /// One write, retried while Postgres is unavailable, until Postgres
+    /// commits the rows or refuses them.
+    async fn write_retrying(&mut self, events: &[Readable]) -> Retried<Write> {
         let Sink { pool, health, .. } = &self.sink;
         self.source
             .retry("writing events to Postgres", || write_once(pool, health, events))
@@ -236,9 +198,9 @@ impl Pipeline {
 
     /// Sends the dead letters and waits for every acknowledgement; those
     /// that fail are sent again.
-    async fn send_dead_letters(&mut self, letters: Vec<DeadLetter>) -> Option<()> {
+    async fn send_dead_letters(&mut self, letters: Vec<DeadLetter>) -> Retried<()> {
         if letters.is_empty() {
-            return Some(());
+            return Retried::Done(());
         }
         for letter in &letters {
             let message = &letter.consumed.message;
@@ -259,10 +221,11 @@ impl Pipeline {
     }
 }
 
-/// One attempt at a write. `Err` when Postgres is unavailable, `Ok(Err)`
-/// when it refused the rows.
-async fn write_once(pool: &PgPool, health: &Health, events: &[Readable]) -> Result<Result<(), WriteError>, WriteError> {
-    match store::insert(pool, events).await {
+/// One attempt at a write; `Err` when Postgres is unavailable, and the write
+/// is worth trying again.
+async fn write_once(pool: &PgPool, health: &Health, events: &[Readable]) -> Result<Write, WriteError> {
+    let rows: Vec<_> = events.iter().map(|event| (&event.row, &event.consumed.span)).collect();
+    match store::insert(pool, &rows).await {
         Ok(rows) => {
             health.written(rows);
             // One line per event, inside its span: `grep <trace-id>` over the
@@ -280,11 +243,11 @@ async fn write_once(pool: &PgPool, health: &Health, events: &[Readable]) -> Resu
                     );
                 });
             }
-            Ok(Ok(()))
+            Ok(Write::Committed)
         }
         Err(error @ WriteError::Rejected(_)) => {
             health.database_answered();
-            Ok(Err(error))
+            Ok(Write::Refused(error))
         }
         Err(error) => {
             health.database_failed();
@@ -297,13 +260,13 @@ async fn write_once(pool: &PgPool, health: &Health, events: &[Readable]) -> Resu
 async fn send_unsent(sink: &Sink, letters: &[DeadLetter]) -> Result<(), KafkaError> {
     let sends = letters
         .iter()
-        .filter(|letter| !letter.sent.load(Ordering::Relaxed))
+        .filter(|letter| !letter.is_sent())
         .map(|letter| async move {
             let consumed = &letter.consumed;
             sink.dead_letters
                 .send(&consumed.message, &letter.reason, &consumed.span)
                 .await?;
-            letter.sent.store(true, Ordering::Relaxed);
+            letter.mark_sent();
             sink.health.dead_lettered();
             Ok(())
         });
@@ -352,9 +315,9 @@ impl Source {
 
     /// Runs `attempt` until it succeeds, with a growing pause between
     /// attempts, and logs each failure. While it fails, the assignment is
-    /// paused so no more messages pile up. `None` when shutdown comes while
-    /// retrying; the first attempt is always let finish.
-    async fn retry<T, E, F>(&mut self, what: &str, mut attempt: impl FnMut() -> F) -> Option<T>
+    /// paused so no more messages pile up. `Stopped` when shutdown comes
+    /// while retrying; the first attempt is always let finish.
+    async fn retry<T, E, F>(&mut self, what: &str, mut attempt: impl FnMut() -> F) -> Retried<T>
     where
         E: std::fmt::Display,
         F: Future<Output = Result<T, E>>,
@@ -367,7 +330,7 @@ impl Source {
             } else {
                 tokio::select! {
                     biased;
-                    () = self.shutdown.wait() => return None,
+                    () = self.shutdown.wait() => return Retried::Stopped,
                     result = attempt() => result,
                 }
             };
@@ -377,7 +340,7 @@ impl Source {
                         self.set_paused(false);
                         tracing::info!(failures, "{what} succeeded again; consuming resumes");
                     }
-                    return Some(value);
+                    return Retried::Done(value);
                 }
                 Err(error) => {
                     failures += 1;
@@ -391,7 +354,7 @@ impl Source {
                     // Every time, to cover partitions assigned since.
                     self.set_paused(true);
                     if !self.idle(delay).await {
-                        return None;
+                        return Retried::Stopped;
                     }
                 }
             }

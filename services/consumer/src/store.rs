@@ -8,7 +8,10 @@ use callchain_telemetry::db;
 use sqlx::PgPool;
 use tracing::Span;
 
-use crate::{batch::Columns, config::Config, pipeline::Readable};
+use crate::{
+    batch::{Columns, EventRow},
+    config::Config,
+};
 
 /// A pool on `DATABASE_URL`, with the consumer's migrations applied.
 pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
@@ -66,30 +69,23 @@ impl From<sqlx::Error> for WriteError {
     }
 }
 
-/// Writes `events` in one transaction with one statement, and returns how
-/// many rows were new. Each event's `INSERT user_events` span is a child of
-/// its own process span, and lasts as long as the statement.
-pub async fn insert(pool: &PgPool, events: &[Readable]) -> Result<u64, WriteError> {
-    tokio::time::timeout(WRITE_TIMEOUT, insert_in_transaction(pool, events))
+/// Writes `rows` in one transaction with one statement, and returns how
+/// many rows were new. Each row comes with the span its `INSERT user_events`
+/// span goes under (its message's process span); that span lasts as long as
+/// the statement.
+pub async fn insert(pool: &PgPool, rows: &[(&EventRow, &Span)]) -> Result<u64, WriteError> {
+    tokio::time::timeout(WRITE_TIMEOUT, insert_in_transaction(pool, rows))
         .await
         .unwrap_or(Err(WriteError::TimedOut))
 }
 
-async fn insert_in_transaction(pool: &PgPool, events: &[Readable]) -> Result<u64, WriteError> {
-    let columns: Columns = events.iter().map(|event| &event.row).collect();
+async fn insert_in_transaction(pool: &PgPool, rows: &[(&EventRow, &Span)]) -> Result<u64, WriteError> {
+    let columns: Columns = rows.iter().map(|&(row, _)| row).collect();
     let mut transaction = pool.begin().await?;
 
-    let spans: Vec<Span> = events
+    let spans: Vec<Span> = rows
         .iter()
-        .map(|event| {
-            db::batch_span(
-                &event.consumed.span,
-                "INSERT",
-                "user_events",
-                INSERT_EVENTS,
-                events.len(),
-            )
-        })
+        .map(|&(_, parent)| db::batch_span(parent, "INSERT", "user_events", INSERT_EVENTS, rows.len()))
         .collect();
     let result = sqlx::query(INSERT_EVENTS)
         .bind(columns.event_ids)

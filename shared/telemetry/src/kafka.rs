@@ -28,14 +28,17 @@ impl Injector for HeaderInjector {
 }
 
 /// Reads the context from a message's headers. Header values are bytes;
-/// those that are not UTF-8 are ignored.
+/// those that are not UTF-8 are ignored. Of several headers with one name
+/// the last counts, as Kafka readers take it: a message passed on again
+/// keeps the headers it came with and appends newer ones.
 pub struct HeaderExtractor<'a>(pub Option<&'a BorrowedHeaders>);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
         self.0?
             .iter()
-            .find(|header| header.key.eq_ignore_ascii_case(key))
+            .filter(|header| header.key.eq_ignore_ascii_case(key))
+            .last()
             .and_then(|header| header.value)
             .and_then(|value| std::str::from_utf8(value).ok())
     }
@@ -166,6 +169,32 @@ mod tests {
         let extractor = HeaderExtractor(borrowed);
         let keys = extractor.keys();
         assert!(keys.contains(&"event-id") && keys.contains(&"traceparent"), "{keys:?}");
+    }
+
+    #[test]
+    fn of_two_traceparent_headers_the_later_one_is_extracted() {
+        crate::install_propagator();
+        let later = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "traceparent",
+                value: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            })
+            .insert(Header {
+                key: "error",
+                value: Some("the message has no payload"),
+            })
+            .insert(Header {
+                key: "traceparent",
+                value: Some(later),
+            });
+        let message = OwnedMessage::new(None, None, "t".into(), Timestamp::NotAvailable, 0, 0, Some(headers));
+        let borrowed = message.headers().map(|h| h.as_borrowed());
+
+        assert_eq!(HeaderExtractor(borrowed).get("traceparent"), Some(later));
+        let span_context = extract(borrowed).span().span_context().clone();
+        assert_eq!(span_context.trace_id().to_string(), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(span_context.span_id().to_string(), "b7ad6b7169203331");
     }
 
     #[test]
