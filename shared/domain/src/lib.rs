@@ -2,11 +2,18 @@
 //! these types before calling the user service, and the user service parses
 //! its gRPC requests into them again (it is an API of its own).
 //!
-//! Each type has a private field and a `parse` that is the only way in, so a
-//! value that exists is valid ("parse, don't validate").
+//! - [`Email`], [`UserName`], [`Password`], [`Role`], [`UserId`]: one input
+//!   each, with a private field and a `parse` that is the only way in, so a
+//!   value that exists is valid ("parse, don't validate").
+//! - [`User`]: a user as both sides of the hop see it, built of those.
+//! - [`Change`]: what a write changed, to publish as its event.
+//! - [`Invalid`]: why an input was refused, naming the field.
+//!
+//! The conversions to and from the protobuf types live in `callchain-proto`.
 
 use std::fmt;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Why an input was refused: the field it names and what is wrong with it.
@@ -198,6 +205,35 @@ impl From<uuid::Uuid> for UserId {
 impl fmt::Display for UserId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
+    }
+}
+
+/// A user as it is stored: never a password, never a hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: UserId,
+    pub email: Email,
+    pub name: UserName,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The change a write made: the identity and time of its event. A write
+/// repeated with the same idempotency key answers with the same change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    pub event_id: uuid::Uuid,
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl Change {
+    /// A change made at `occurred_at`, with a new event id (a UUIDv7).
+    pub fn new(occurred_at: DateTime<Utc>) -> Self {
+        Self {
+            event_id: uuid::Uuid::now_v7(),
+            occurred_at,
+        }
     }
 }
 
