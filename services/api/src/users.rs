@@ -126,6 +126,26 @@ fn answered<P, T: TryFrom<P, Error = Invalid>>(part: Option<P>, what: &str) -> R
     T::try_from(part).map_err(|invalid| internal(format!("with a malformed {what}: {invalid}")))
 }
 
+impl AppState {
+    /// Publishes the event of a write the user service made and hands back
+    /// the user it answered with: a write answers 2xx only once the broker
+    /// has acknowledged its event.
+    async fn publish_write(
+        &self,
+        event_type: EventType,
+        user: Option<pb::User>,
+        change: Option<pb::Change>,
+        deadline: &Deadline,
+    ) -> Result<User, ApiError> {
+        let user: User = answered(user, "user")?;
+        let change: Change = answered(change, "change")?;
+        self.events
+            .publish(&event_of(event_type, &user, &change), deadline)
+            .await?;
+        Ok(user)
+    }
+}
+
 /// Register a user (open to guests).
 #[utoipa::path(post, path = "/v1/users", tag = "users", request_body = RegisterRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry apply once")),
@@ -151,10 +171,9 @@ pub async fn register(
         idempotency_key: key.unwrap_or_default(),
     })?;
     let response = state.users.clone().create_user(request).await?.into_inner();
-    let user: User = answered(response.user, "user")?;
-    let change: Change = answered(response.change, "change")?;
-    let event = event_of(EventType::UserCreated, &user, &change);
-    state.events.publish(&event, &deadline).await?;
+    let user = state
+        .publish_write(EventType::UserCreated, response.user, response.change, &deadline)
+        .await?;
     let location = format!("/v1/users/{}", user.id);
     Ok((
         StatusCode::CREATED,
@@ -258,10 +277,9 @@ pub async fn update_user(
         idempotency_key: key.unwrap_or_default(),
     })?;
     let response = state.users.clone().update_user(request).await?.into_inner();
-    let user: User = answered(response.user, "user")?;
-    let change: Change = answered(response.change, "change")?;
-    let event = event_of(EventType::UserUpdated, &user, &change);
-    state.events.publish(&event, &deadline).await?;
+    let user = state
+        .publish_write(EventType::UserUpdated, response.user, response.change, &deadline)
+        .await?;
     Ok(Json(user.into()))
 }
 
@@ -290,10 +308,9 @@ pub async fn delete_user(
         idempotency_key: key.unwrap_or_default(),
     })?;
     let response = state.users.clone().delete_user(request).await?.into_inner();
-    let user: User = answered(response.user, "user")?;
-    let change: Change = answered(response.change, "change")?;
-    let event = event_of(EventType::UserDeleted, &user, &change);
-    state.events.publish(&event, &deadline).await?;
+    state
+        .publish_write(EventType::UserDeleted, response.user, response.change, &deadline)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
