@@ -330,7 +330,7 @@ pub async fn list_users(
     caller.require_admin()?;
     if query.page_size == Some(0) {
         return Err(ApiError::BadRequest {
-            field: Some("page_size"),
+            field: Some("page_size".into()),
             detail: "page_size: must be between 1 and 100".into(),
         });
     }
