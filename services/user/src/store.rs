@@ -70,16 +70,18 @@ pub async fn insert_user(conn: &mut PgConnection, user: &NewUser) -> Result<User
         .parse()
 }
 
-const INSERT_ADMIN: &str = "INSERT INTO users (id, email, name, password_hash, role) VALUES ($1, $2, $3, $4, 'ADMIN') \
+const INSERT_ADMIN: &str = "INSERT INTO users (id, email, name, password_hash, role) VALUES ($1, $2, $3, $4, $5) \
      ON CONFLICT ((lower(email))) DO NOTHING";
 
-/// Creates an administrator unless a user with that email exists.
+/// Creates the configured administrator, with the role it is given, unless a
+/// user with that email exists.
 pub async fn ensure_admin(conn: &mut PgConnection, user: &NewUser) -> Result<bool, UserError> {
     let query = sqlx::query(INSERT_ADMIN)
         .bind(user.id.as_uuid())
         .bind(user.email.as_str())
         .bind(user.name.as_str())
         .bind(&user.password_hash)
+        .bind(user.role.as_str())
         .execute(conn);
     Ok(db::traced(db::span("INSERT", "users", INSERT_ADMIN), query)
         .await?
