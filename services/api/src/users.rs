@@ -7,7 +7,7 @@ use axum::{
     http::{StatusCode, header},
     response::IntoResponse,
 };
-use callchain_domain::{Change, Email, Invalid, Password, Role, User, UserId, UserName};
+use callchain_domain::{Change, Email, Invalid, PageSize, Password, Role, User, UserId, UserName};
 use callchain_proto::user::v1::{
     self as pb, AuthenticateRequest, CreateUserRequest, DeleteUserRequest, GetUserRequest, ListUsersRequest,
     UpdateUserRequest,
@@ -328,14 +328,9 @@ pub async fn list_users(
     Query(query): Query<ListQuery>,
 ) -> Result<Json<UserPage>, ApiError> {
     caller.require_admin()?;
-    if query.page_size == Some(0) {
-        return Err(ApiError::BadRequest {
-            field: Some("page_size".into()),
-            detail: "page_size: must be between 1 and 100".into(),
-        });
-    }
+    let page_size = query.page_size.map(PageSize::parse).transpose()?;
     let request = deadline.grpc(ListUsersRequest {
-        page_size: query.page_size.unwrap_or(0),
+        page_size: page_size.map_or(0, PageSize::get),
         page_token: query.page_token.unwrap_or_default(),
     })?;
     let page = state.users.clone().list_users(request).await?.into_inner();

@@ -1,7 +1,7 @@
 //! `user.v1.UserService`: parses each request into domain types, does the
 //! work in one transaction, and answers with protobuf types.
 
-use callchain_domain::{Change, Email, Invalid, Password, Role, UserId, UserName};
+use callchain_domain::{Change, Email, Invalid, PageSize, Password, Role, UserId, UserName};
 use callchain_proto::user::v1::{
     AuthenticateRequest, AuthenticateResponse, CreateUserRequest, CreateUserResponse, DeleteUserRequest,
     DeleteUserResponse, GetUserRequest, GetUserResponse, ListUsersRequest, ListUsersResponse, UpdateUserRequest,
@@ -17,10 +17,6 @@ use crate::{
     password,
     store::{self, NewUser, UserChanges},
 };
-
-/// Page size of `ListUsers` when the caller gives none, and the most it may ask for.
-pub const DEFAULT_PAGE_SIZE: u32 = 20;
-pub const MAX_PAGE_SIZE: u32 = 100;
 
 /// The longest idempotency key accepted.
 const MAX_KEY_CHARS: usize = 200;
@@ -143,13 +139,12 @@ impl UserGrpc {
     }
 
     async fn list(&self, request: ListUsersRequest) -> Result<ListUsersResponse, UserError> {
+        // 0 is how proto3 says "not set".
         let page_size = match request.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n if n > MAX_PAGE_SIZE => {
-                return Err(Invalid::new("page_size", format!("must be at most {MAX_PAGE_SIZE}")).into());
-            }
-            n => n,
+            0 => PageSize::default(),
+            n => PageSize::parse(n)?,
         };
+        let page_size = page_size.get();
         let after = match request.page_token.as_str() {
             "" => None,
             token => {
