@@ -10,6 +10,7 @@ use axum::{
 use callchain_domain::Invalid;
 use serde::Serialize;
 use tonic::Code;
+use tonic_types::StatusExt as _;
 
 /// Seconds a client should wait before retrying after a `503`.
 pub const RETRY_AFTER_SECS: u64 = 1;
@@ -17,10 +18,7 @@ pub const RETRY_AFTER_SECS: u64 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{detail}")]
-    BadRequest {
-        field: Option<&'static str>,
-        detail: String,
-    },
+    BadRequest { field: Option<String>, detail: String },
     #[error("{0}")]
     Unauthenticated(String),
     #[error("{0}")]
@@ -68,7 +66,7 @@ impl ApiError {
 impl From<Invalid> for ApiError {
     fn from(invalid: Invalid) -> Self {
         ApiError::BadRequest {
-            field: Some(invalid.field),
+            field: Some(invalid.field.to_owned()),
             detail: invalid.to_string(),
         }
     }
@@ -80,8 +78,11 @@ impl From<tonic::Status> for ApiError {
         let message = status.message().to_owned();
         match status.code() {
             Code::InvalidArgument => {
-                // The user service names the field first: `email: must ...`.
-                let field = message.split_once(':').map(|(field, _)| field).and_then(known_field);
+                // The user service names the field at fault in a BadRequest detail.
+                let field = status
+                    .get_details_bad_request()
+                    .and_then(|bad_request| bad_request.field_violations.into_iter().next())
+                    .map(|violation| violation.field);
                 ApiError::BadRequest { field, detail: message }
             }
             Code::Unauthenticated => ApiError::Unauthenticated(message),
@@ -95,21 +96,6 @@ impl From<tonic::Status> for ApiError {
             _ => ApiError::Internal(anyhow::Error::new(status)),
         }
     }
-}
-
-fn known_field(field: &str) -> Option<&'static str> {
-    [
-        "email",
-        "name",
-        "password",
-        "role",
-        "id",
-        "page_size",
-        "page_token",
-        "idempotency_key",
-    ]
-    .into_iter()
-    .find(|known| *known == field)
 }
 
 impl From<JsonRejection> for ApiError {
@@ -173,7 +159,7 @@ pub struct Problem {
     pub detail: String,
     /// The input field at fault, when one is.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<&'static str>,
+    pub field: Option<String>,
     /// The trace of this request, to find it in Jaeger or the logs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
@@ -193,7 +179,7 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let field = match &self {
-            ApiError::BadRequest { field, .. } => *field,
+            ApiError::BadRequest { field, .. } => field.clone(),
             _ => None,
         };
         let problem = Problem {
@@ -255,12 +241,25 @@ mod tests {
     }
 
     #[test]
-    fn invalid_argument_keeps_the_field_it_names() {
-        match ApiError::from(tonic::Status::invalid_argument("email: must not be empty")) {
+    fn invalid_argument_keeps_the_field_its_bad_request_detail_names() {
+        let status = tonic::Status::with_error_details(
+            Code::InvalidArgument,
+            "page_token: is not a token this service gave",
+            tonic_types::ErrorDetails::with_bad_request_violation("page_token", "is not a token this service gave"),
+        );
+        match ApiError::from(status) {
             ApiError::BadRequest { field, detail } => {
-                assert_eq!(field, Some("email"));
-                assert_eq!(detail, "email: must not be empty");
+                assert_eq!(field.as_deref(), Some("page_token"));
+                assert_eq!(detail, "page_token: is not a token this service gave");
             }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_field_named_only_in_the_message_is_not_guessed() {
+        match ApiError::from(tonic::Status::invalid_argument("email: must not be empty")) {
+            ApiError::BadRequest { field, .. } => assert_eq!(field, None),
             other => panic!("unexpected {other:?}"),
         }
     }

@@ -11,8 +11,8 @@ use std::{
     time::Duration,
 };
 
+use callchain_domain::{Change, User};
 use callchain_events::{EventType, UserEvent, UserPayload, headers};
-use callchain_proto::user::v1::{self as pb, Change};
 use callchain_telemetry::kafka;
 use rdkafka::{
     ClientConfig,
@@ -23,11 +23,7 @@ use rdkafka::{
 };
 use tracing::Instrument as _;
 
-use crate::{
-    error::ApiError,
-    extract::Deadline,
-    users::{datetime, role_name},
-};
+use crate::{error::ApiError, extract::Deadline};
 
 pub struct Publisher {
     brokers: String,
@@ -170,22 +166,17 @@ fn producer(brokers: &str, timeout: Duration) -> anyhow::Result<FutureProducer> 
         .create()?)
 }
 
-/// The event of a write the user service made.
-pub fn event_of(event_type: EventType, user: &pb::User, change: Option<&Change>) -> Result<UserEvent, ApiError> {
-    let internal = |what: &str| ApiError::Internal(anyhow::anyhow!("the user service answered {what}"));
-    let change = change.ok_or_else(|| internal("without a change"))?;
-    let event_id = uuid::Uuid::parse_str(&change.event_id).map_err(|_| internal("a malformed event id"))?;
-    let user_id = uuid::Uuid::parse_str(&user.id).map_err(|_| internal("a malformed user id"))?;
-    let occurred_at = datetime(change.occurred_at).ok_or_else(|| internal("a change without a time"))?;
-    Ok(UserEvent::new(
+/// The event of a write the user service made: `change` to `user`.
+pub fn event_of(event_type: EventType, user: &User, change: &Change) -> UserEvent {
+    UserEvent::new(
         event_type,
-        event_id,
-        occurred_at,
-        user_id,
+        change.event_id,
+        change.occurred_at,
+        user.id.as_uuid(),
         UserPayload {
-            email: user.email.clone(),
-            name: user.name.clone(),
-            role: role_name(user.role).to_owned(),
+            email: user.email.to_string(),
+            name: user.name.as_str().to_owned(),
+            role: user.role.as_str().to_owned(),
         },
-    ))
+    )
 }

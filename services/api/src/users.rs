@@ -1,12 +1,13 @@
 //! The REST resources: users and logins. Bodies are parsed into domain types
-//! here, before any call leaves the service.
+//! here, before any call leaves the service, and the user service's answers
+//! come back as domain types too.
 
 use axum::{
     extract::State,
     http::{StatusCode, header},
     response::IntoResponse,
 };
-use callchain_domain::{Email, Password, Role, UserId, UserName};
+use callchain_domain::{Change, Email, Invalid, PageSize, Password, Role, User, UserId, UserName};
 use callchain_proto::user::v1::{
     self as pb, AuthenticateRequest, CreateUserRequest, DeleteUserRequest, GetUserRequest, ListUsersRequest,
     UpdateUserRequest,
@@ -100,38 +101,49 @@ pub struct ListQuery {
     pub page_token: Option<String>,
 }
 
-pub(crate) fn datetime(timestamp: Option<prost_types::Timestamp>) -> Option<chrono::DateTime<chrono::Utc>> {
-    timestamp.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.try_into().unwrap_or(0)))
+fn rfc3339(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-fn rfc3339(timestamp: Option<prost_types::Timestamp>) -> String {
-    datetime(timestamp)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-        .unwrap_or_default()
-}
-
-pub(crate) fn role_name(role: i32) -> &'static str {
-    match pb::Role::try_from(role) {
-        Ok(pb::Role::Admin) => Role::Admin.as_str(),
-        _ => Role::User.as_str(),
-    }
-}
-
-impl From<pb::User> for UserBody {
-    fn from(user: pb::User) -> Self {
+impl From<User> for UserBody {
+    fn from(user: User) -> Self {
         Self {
-            role: role_name(user.role).to_owned(),
+            id: user.id.to_string(),
+            email: user.email.to_string(),
+            name: user.name.as_str().to_owned(),
+            role: user.role.as_str().to_owned(),
             created_at: rfc3339(user.created_at),
             updated_at: rfc3339(user.updated_at),
-            id: user.id,
-            email: user.email,
-            name: user.name,
         }
     }
 }
 
-fn present(user: Option<pb::User>) -> Result<pb::User, ApiError> {
-    user.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the user service answered without a user")))
+/// A part of the user service's answer, in domain types. One that is missing
+/// or malformed is the user service's bug: a 500, never the caller's 400.
+fn answered<P, T: TryFrom<P, Error = Invalid>>(part: Option<P>, what: &str) -> Result<T, ApiError> {
+    let internal = |why: String| ApiError::Internal(anyhow::anyhow!("the user service answered {why}"));
+    let part = part.ok_or_else(|| internal(format!("without a {what}")))?;
+    T::try_from(part).map_err(|invalid| internal(format!("with a malformed {what}: {invalid}")))
+}
+
+impl AppState {
+    /// Publishes the event of a write the user service made and hands back
+    /// the user it answered with: a write answers 2xx only once the broker
+    /// has acknowledged its event.
+    async fn publish_write(
+        &self,
+        event_type: EventType,
+        user: Option<pb::User>,
+        change: Option<pb::Change>,
+        deadline: &Deadline,
+    ) -> Result<User, ApiError> {
+        let user: User = answered(user, "user")?;
+        let change: Change = answered(change, "change")?;
+        self.events
+            .publish(&event_of(event_type, &user, &change), deadline)
+            .await?;
+        Ok(user)
+    }
 }
 
 /// Register a user (open to guests).
@@ -159,9 +171,9 @@ pub async fn register(
         idempotency_key: key.unwrap_or_default(),
     })?;
     let response = state.users.clone().create_user(request).await?.into_inner();
-    let user = present(response.user)?;
-    let event = event_of(EventType::UserCreated, &user, response.change.as_ref())?;
-    state.events.publish(&event, &deadline).await?;
+    let user = state
+        .publish_write(EventType::UserCreated, response.user, response.change, &deadline)
+        .await?;
     let location = format!("/v1/users/{}", user.id);
     Ok((
         StatusCode::CREATED,
@@ -185,10 +197,9 @@ pub async fn login(
         email: body.email,
         password: body.password,
     })?;
-    let user = present(state.users.clone().authenticate(request).await?.into_inner().user)?;
-    let id = UserId::parse(&user.id).map_err(|error| ApiError::Internal(error.into()))?;
-    let role = Role::parse(role_name(user.role)).map_err(|error| ApiError::Internal(error.into()))?;
-    let (access_token, expires_in) = state.keys.issue(id, role)?;
+    let response = state.users.clone().authenticate(request).await?.into_inner();
+    let user: User = answered(response.user, "user")?;
+    let (access_token, expires_in) = state.keys.issue(user.id, user.role)?;
     Ok(Json(TokenBody {
         access_token,
         token_type: "Bearer",
@@ -216,7 +227,8 @@ pub async fn get_user(
     let id = UserId::parse(&id)?;
     caller.require_self_or_admin(id)?;
     let request = deadline.grpc(GetUserRequest { id: id.to_string() })?;
-    let user = present(state.users.clone().get_user(request).await?.into_inner().user)?;
+    let response = state.users.clone().get_user(request).await?.into_inner();
+    let user: User = answered(response.user, "user")?;
     Ok(Json(user.into()))
 }
 
@@ -261,17 +273,13 @@ pub async fn update_user(
         email: email.map(|e| e.as_str().to_owned()),
         name: name.map(|n| n.as_str().to_owned()),
         password: password.map(|p| p.expose().to_owned()),
-        role: match role {
-            None => pb::Role::Unspecified,
-            Some(Role::User) => pb::Role::User,
-            Some(Role::Admin) => pb::Role::Admin,
-        } as i32,
+        role: role.map_or(pb::Role::Unspecified, pb::Role::from).into(),
         idempotency_key: key.unwrap_or_default(),
     })?;
     let response = state.users.clone().update_user(request).await?.into_inner();
-    let user = present(response.user)?;
-    let event = event_of(EventType::UserUpdated, &user, response.change.as_ref())?;
-    state.events.publish(&event, &deadline).await?;
+    let user = state
+        .publish_write(EventType::UserUpdated, response.user, response.change, &deadline)
+        .await?;
     Ok(Json(user.into()))
 }
 
@@ -300,9 +308,9 @@ pub async fn delete_user(
         idempotency_key: key.unwrap_or_default(),
     })?;
     let response = state.users.clone().delete_user(request).await?.into_inner();
-    let user = present(response.user)?;
-    let event = event_of(EventType::UserDeleted, &user, response.change.as_ref())?;
-    state.events.publish(&event, &deadline).await?;
+    state
+        .publish_write(EventType::UserDeleted, response.user, response.change, &deadline)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -320,19 +328,19 @@ pub async fn list_users(
     Query(query): Query<ListQuery>,
 ) -> Result<Json<UserPage>, ApiError> {
     caller.require_admin()?;
-    if query.page_size == Some(0) {
-        return Err(ApiError::BadRequest {
-            field: Some("page_size"),
-            detail: "page_size: must be between 1 and 100".into(),
-        });
-    }
+    let page_size = query.page_size.map(PageSize::parse).transpose()?;
     let request = deadline.grpc(ListUsersRequest {
-        page_size: query.page_size.unwrap_or(0),
+        page_size: page_size.map_or(0, PageSize::get),
         page_token: query.page_token.unwrap_or_default(),
     })?;
     let page = state.users.clone().list_users(request).await?.into_inner();
+    let users = page
+        .users
+        .into_iter()
+        .map(|user| answered::<_, User>(Some(user), "user").map(UserBody::from))
+        .collect::<Result<_, _>>()?;
     Ok(Json(UserPage {
-        users: page.users.into_iter().map(UserBody::from).collect(),
+        users,
         next_page_token: Some(page.next_page_token).filter(|token| !token.is_empty()),
     }))
 }

@@ -1,7 +1,10 @@
 //! The service's one error type and its one mapping to gRPC status codes.
+//! Invalid input also names its field in a `BadRequest` error detail (the
+//! standard `google.rpc` one), which callers read instead of the message text.
 
 use callchain_domain::{Invalid, UserId};
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
@@ -44,6 +47,13 @@ impl From<UserError> for Status {
             UserError::Internal(_) => Code::Internal,
         };
         match &error {
+            // The field travels as a structured detail, so callers need not
+            // read it out of the message text.
+            UserError::Invalid(invalid) => Status::with_error_details(
+                code,
+                error.to_string(),
+                ErrorDetails::with_bad_request_violation(invalid.field, &invalid.reason),
+            ),
             // Failures of ours: logged once, here, with their cause chain and
             // (from the span) the trace id; the caller learns nothing internal.
             UserError::Unavailable(cause) => {
@@ -86,8 +96,20 @@ mod tests {
     }
 
     #[test]
-    fn invalid_input_names_the_field() {
+    fn invalid_input_names_the_field_in_a_bad_request_detail() {
         let status = Status::from(UserError::Invalid(Invalid::new("email", "must not be empty")));
         assert_eq!(status.message(), "email: must not be empty");
+        let bad_request = status.get_details_bad_request().expect("a BadRequest detail");
+        let [violation] = bad_request.field_violations.as_slice() else {
+            panic!("one field violation: {bad_request:?}");
+        };
+        assert_eq!(violation.field, "email");
+        assert_eq!(violation.description, "must not be empty");
+    }
+
+    #[test]
+    fn other_errors_carry_no_field() {
+        let status = Status::from(UserError::IdempotencyKeyReused);
+        assert!(status.get_details_bad_request().is_none());
     }
 }

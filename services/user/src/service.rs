@@ -1,13 +1,13 @@
 //! `user.v1.UserService`: parses each request into domain types, does the
 //! work in one transaction, and answers with protobuf types.
 
-use callchain_domain::{Email, Invalid, Password, Role, UserId, UserName};
+use callchain_domain::{Change, Email, Invalid, PageSize, Password, Role, UserId, UserName};
 use callchain_proto::user::v1::{
-    self as pb, AuthenticateRequest, AuthenticateResponse, Change, CreateUserRequest, CreateUserResponse,
-    DeleteUserRequest, DeleteUserResponse, GetUserRequest, GetUserResponse, ListUsersRequest, ListUsersResponse,
-    UpdateUserRequest, UpdateUserResponse, user_service_server::UserService,
+    AuthenticateRequest, AuthenticateResponse, CreateUserRequest, CreateUserResponse, DeleteUserRequest,
+    DeleteUserResponse, GetUserRequest, GetUserResponse, ListUsersRequest, ListUsersResponse, UpdateUserRequest,
+    UpdateUserResponse, user_service_server::UserService,
 };
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use prost::Message;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
@@ -15,12 +15,8 @@ use tonic::{Request, Response, Status};
 use crate::{
     error::UserError,
     password,
-    store::{self, NewUser, UserChanges, UserRow},
+    store::{self, NewUser, UserChanges},
 };
-
-/// Page size of `ListUsers` when the caller gives none, and the most it may ask for.
-pub const DEFAULT_PAGE_SIZE: u32 = 20;
-pub const MAX_PAGE_SIZE: u32 = 100;
 
 /// The longest idempotency key accepted.
 const MAX_KEY_CHARS: usize = 200;
@@ -56,25 +52,26 @@ impl UserGrpc {
             password_hash,
             role: Role::User,
         };
-        let row = store::insert_user(&mut tx, &user).await?;
+        let user = store::insert_user(&mut tx, &user).await?;
+        let id = user.id;
         let response = CreateUserResponse {
-            user: Some(to_proto(&row)),
-            change: Some(change(row.updated_at)),
+            change: Some(Change::new(user.updated_at).into()),
+            user: Some(user.into()),
         };
         if let Some(key) = key {
             store::complete_key(&mut tx, "CreateUser", key, &response.encode_to_vec()).await?;
         }
         tx.commit().await?;
-        tracing::info!(user_id = %row.id, "user created");
+        tracing::info!(user_id = %id, "user created");
         Ok(response)
     }
 
     async fn get(&self, request: GetUserRequest) -> Result<GetUserResponse, UserError> {
         let id = UserId::parse(&request.id)?;
         let mut conn = self.pool.acquire().await?;
-        let row = store::get_user(&mut conn, id).await?;
+        let user = store::get_user(&mut conn, id).await?;
         Ok(GetUserResponse {
-            user: Some(to_proto(&row)),
+            user: Some(user.into()),
         })
     }
 
@@ -84,7 +81,7 @@ impl UserGrpc {
         let mut changes = UserChanges {
             email: request.email.as_deref().map(Email::parse).transpose()?,
             name: request.name.as_deref().map(UserName::parse).transpose()?,
-            role: role_from_proto(request.role)?,
+            role: request.new_role()?,
             password_hash: None,
         };
         let password = request.password.as_deref().map(Password::parse).transpose()?;
@@ -106,16 +103,16 @@ impl UserGrpc {
         {
             return decode(&stored);
         }
-        let row = store::update_user(&mut tx, id, &changes).await?;
+        let user = store::update_user(&mut tx, id, &changes).await?;
         let response = UpdateUserResponse {
-            user: Some(to_proto(&row)),
-            change: Some(change(row.updated_at)),
+            change: Some(Change::new(user.updated_at).into()),
+            user: Some(user.into()),
         };
         if let Some(key) = key {
             store::complete_key(&mut tx, "UpdateUser", key, &response.encode_to_vec()).await?;
         }
         tx.commit().await?;
-        tracing::info!(user_id = %row.id, "user updated");
+        tracing::info!(user_id = %id, "user updated");
         Ok(response)
     }
 
@@ -128,27 +125,26 @@ impl UserGrpc {
         {
             return decode(&stored);
         }
-        let row = store::delete_user(&mut tx, id).await?;
+        let user = store::delete_user(&mut tx, id).await?;
         let response = DeleteUserResponse {
-            user: Some(to_proto(&row)),
-            change: Some(change(Utc::now())),
+            user: Some(user.into()),
+            change: Some(Change::new(Utc::now()).into()),
         };
         if let Some(key) = key {
             store::complete_key(&mut tx, "DeleteUser", key, &response.encode_to_vec()).await?;
         }
         tx.commit().await?;
-        tracing::info!(user_id = %row.id, "user deleted");
+        tracing::info!(user_id = %id, "user deleted");
         Ok(response)
     }
 
     async fn list(&self, request: ListUsersRequest) -> Result<ListUsersResponse, UserError> {
+        // 0 is how proto3 says "not set".
         let page_size = match request.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n if n > MAX_PAGE_SIZE => {
-                return Err(Invalid::new("page_size", format!("must be at most {MAX_PAGE_SIZE}")).into());
-            }
-            n => n,
+            0 => PageSize::default(),
+            n => PageSize::parse(n)?,
         };
+        let page_size = page_size.get();
         let after = match request.page_token.as_str() {
             "" => None,
             token => {
@@ -157,15 +153,15 @@ impl UserGrpc {
         };
         let mut conn = self.pool.acquire().await?;
         // One more than asked tells whether another page follows.
-        let mut rows = store::list_users(&mut conn, after, page_size + 1).await?;
-        let next_page_token = if rows.len() > page_size as usize {
-            rows.truncate(page_size as usize);
-            rows.last().map(|row| row.id.to_string()).unwrap_or_default()
+        let mut users = store::list_users(&mut conn, after, page_size + 1).await?;
+        let next_page_token = if users.len() > page_size as usize {
+            users.truncate(page_size as usize);
+            users.last().map(|user| user.id.to_string()).unwrap_or_default()
         } else {
             String::new()
         };
         Ok(ListUsersResponse {
-            users: rows.iter().map(to_proto).collect(),
+            users: users.into_iter().map(Into::into).collect(),
             next_page_token,
         })
     }
@@ -184,7 +180,7 @@ impl UserGrpc {
         let user = user.ok_or(UserError::BadCredentials)?;
         tracing::info!(user_id = %user.id, "user authenticated");
         Ok(AuthenticateResponse {
-            user: Some(to_proto(&user)),
+            user: Some(user.into()),
         })
     }
 }
@@ -234,44 +230,6 @@ fn decode<M: Message + Default>(stored: &[u8]) -> Result<M, UserError> {
     M::decode(stored).map_err(|error| UserError::Internal(error.into()))
 }
 
-fn change(occurred_at: DateTime<Utc>) -> Change {
-    Change {
-        event_id: uuid::Uuid::now_v7().to_string(),
-        occurred_at: Some(timestamp(occurred_at)),
-    }
-}
-
-fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: at.timestamp_subsec_nanos() as i32,
-    }
-}
-
-fn to_proto(row: &UserRow) -> pb::User {
-    let role = match row.role.as_str() {
-        "ADMIN" => pb::Role::Admin,
-        _ => pb::Role::User,
-    };
-    pb::User {
-        id: row.id.to_string(),
-        email: row.email.clone(),
-        name: row.name.clone(),
-        role: role as i32,
-        created_at: Some(timestamp(row.created_at)),
-        updated_at: Some(timestamp(row.updated_at)),
-    }
-}
-
-fn role_from_proto(role: i32) -> Result<Option<Role>, Invalid> {
-    match pb::Role::try_from(role) {
-        Ok(pb::Role::Unspecified) => Ok(None),
-        Ok(pb::Role::User) => Ok(Some(Role::User)),
-        Ok(pb::Role::Admin) => Ok(Some(Role::Admin)),
-        Err(_) => Err(Invalid::new("role", "must be USER or ADMIN")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,12 +239,5 @@ mod tests {
         assert_eq!(idempotency_key("  ").unwrap(), None);
         assert_eq!(idempotency_key("abc").unwrap(), Some("abc"));
         assert_eq!(idempotency_key(&"k".repeat(201)).unwrap_err().field, "idempotency_key");
-    }
-
-    #[test]
-    fn unknown_roles_are_invalid() {
-        assert_eq!(role_from_proto(0).unwrap(), None);
-        assert_eq!(role_from_proto(2).unwrap(), Some(Role::Admin));
-        assert!(role_from_proto(9).is_err());
     }
 }

@@ -1,6 +1,6 @@
 //! The users table and the idempotency keys, one traced statement at a time.
 
-use callchain_domain::{Email, Role, UserId, UserName};
+use callchain_domain::{Email, Invalid, Role, User, UserId, UserName};
 use callchain_telemetry::db;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -9,13 +9,33 @@ use crate::error::UserError;
 
 /// A user row, without its password hash.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct UserRow {
-    pub id: uuid::Uuid,
-    pub email: String,
-    pub name: String,
-    pub role: String,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
+struct UserRow {
+    id: uuid::Uuid,
+    email: String,
+    name: String,
+    role: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl UserRow {
+    /// The row in domain types. The table's constraints and the parsing
+    /// before every write keep rows parseable, so one that is not is a bug
+    /// of ours (an internal error), never the caller's invalid input.
+    fn parse(self) -> Result<User, UserError> {
+        let parsed = || -> Result<User, Invalid> {
+            Ok(User {
+                id: self.id.into(),
+                email: Email::parse(&self.email)?,
+                name: UserName::parse(&self.name)?,
+                role: Role::parse(&self.role)?,
+                created_at: self.created_at,
+                updated_at: self.updated_at,
+            })
+        };
+        parsed()
+            .map_err(|invalid| UserError::Internal(anyhow::anyhow!("stored user {} is malformed: {invalid}", self.id)))
+    }
 }
 
 pub struct NewUser {
@@ -37,7 +57,7 @@ pub struct UserChanges {
 const INSERT_USER: &str = "INSERT INTO users (id, email, name, password_hash, role) VALUES ($1, $2, $3, $4, $5) \
      RETURNING id, email, name, role, created_at, updated_at";
 
-pub async fn insert_user(conn: &mut PgConnection, user: &NewUser) -> Result<UserRow, UserError> {
+pub async fn insert_user(conn: &mut PgConnection, user: &NewUser) -> Result<User, UserError> {
     let query = sqlx::query_as::<_, UserRow>(INSERT_USER)
         .bind(user.id.as_uuid())
         .bind(user.email.as_str())
@@ -45,19 +65,23 @@ pub async fn insert_user(conn: &mut PgConnection, user: &NewUser) -> Result<User
         .bind(&user.password_hash)
         .bind(user.role.as_str())
         .fetch_one(conn);
-    Ok(db::traced(db::span("INSERT", "users", INSERT_USER), query).await?)
+    db::traced(db::span("INSERT", "users", INSERT_USER), query)
+        .await?
+        .parse()
 }
 
-const INSERT_ADMIN: &str = "INSERT INTO users (id, email, name, password_hash, role) VALUES ($1, $2, $3, $4, 'ADMIN') \
+const INSERT_ADMIN: &str = "INSERT INTO users (id, email, name, password_hash, role) VALUES ($1, $2, $3, $4, $5) \
      ON CONFLICT ((lower(email))) DO NOTHING";
 
-/// Creates an administrator unless a user with that email exists.
+/// Creates the configured administrator, with the role it is given, unless a
+/// user with that email exists.
 pub async fn ensure_admin(conn: &mut PgConnection, user: &NewUser) -> Result<bool, UserError> {
     let query = sqlx::query(INSERT_ADMIN)
         .bind(user.id.as_uuid())
         .bind(user.email.as_str())
         .bind(user.name.as_str())
         .bind(&user.password_hash)
+        .bind(user.role.as_str())
         .execute(conn);
     Ok(db::traced(db::span("INSERT", "users", INSERT_ADMIN), query)
         .await?
@@ -67,19 +91,20 @@ pub async fn ensure_admin(conn: &mut PgConnection, user: &NewUser) -> Result<boo
 
 const SELECT_USER: &str = "SELECT id, email, name, role, created_at, updated_at FROM users WHERE id = $1";
 
-pub async fn get_user(conn: &mut PgConnection, id: UserId) -> Result<UserRow, UserError> {
+pub async fn get_user(conn: &mut PgConnection, id: UserId) -> Result<User, UserError> {
     let query = sqlx::query_as::<_, UserRow>(SELECT_USER)
         .bind(id.as_uuid())
         .fetch_optional(conn);
     db::traced(db::span("SELECT", "users", SELECT_USER), query)
         .await?
-        .ok_or(UserError::NotFound(id))
+        .ok_or(UserError::NotFound(id))?
+        .parse()
 }
 
 const SELECT_CREDENTIALS: &str = "SELECT id, email, name, role, created_at, updated_at, password_hash FROM users \
      WHERE lower(email) = lower($1)";
 
-pub async fn get_credentials(conn: &mut PgConnection, email: &str) -> Result<Option<(UserRow, String)>, UserError> {
+pub async fn get_credentials(conn: &mut PgConnection, email: &str) -> Result<Option<(User, String)>, UserError> {
     #[derive(sqlx::FromRow)]
     struct Row {
         #[sqlx(flatten)]
@@ -90,14 +115,14 @@ pub async fn get_credentials(conn: &mut PgConnection, email: &str) -> Result<Opt
         .bind(email)
         .fetch_optional(conn);
     let row = db::traced(db::span("SELECT", "users", SELECT_CREDENTIALS), query).await?;
-    Ok(row.map(|row| (row.user, row.password_hash)))
+    row.map(|row| Ok((row.user.parse()?, row.password_hash))).transpose()
 }
 
 const UPDATE_USER: &str = "UPDATE users SET email = COALESCE($2, email), name = COALESCE($3, name), \
      password_hash = COALESCE($4, password_hash), role = COALESCE($5, role), updated_at = now() \
      WHERE id = $1 RETURNING id, email, name, role, created_at, updated_at";
 
-pub async fn update_user(conn: &mut PgConnection, id: UserId, changes: &UserChanges) -> Result<UserRow, UserError> {
+pub async fn update_user(conn: &mut PgConnection, id: UserId, changes: &UserChanges) -> Result<User, UserError> {
     let query = sqlx::query_as::<_, UserRow>(UPDATE_USER)
         .bind(id.as_uuid())
         .bind(changes.email.as_ref().map(Email::as_str))
@@ -107,30 +132,36 @@ pub async fn update_user(conn: &mut PgConnection, id: UserId, changes: &UserChan
         .fetch_optional(conn);
     db::traced(db::span("UPDATE", "users", UPDATE_USER), query)
         .await?
-        .ok_or(UserError::NotFound(id))
+        .ok_or(UserError::NotFound(id))?
+        .parse()
 }
 
 const DELETE_USER: &str = "DELETE FROM users WHERE id = $1 RETURNING id, email, name, role, created_at, updated_at";
 
-pub async fn delete_user(conn: &mut PgConnection, id: UserId) -> Result<UserRow, UserError> {
+pub async fn delete_user(conn: &mut PgConnection, id: UserId) -> Result<User, UserError> {
     let query = sqlx::query_as::<_, UserRow>(DELETE_USER)
         .bind(id.as_uuid())
         .fetch_optional(conn);
     db::traced(db::span("DELETE", "users", DELETE_USER), query)
         .await?
-        .ok_or(UserError::NotFound(id))
+        .ok_or(UserError::NotFound(id))?
+        .parse()
 }
 
 const LIST_USERS: &str = "SELECT id, email, name, role, created_at, updated_at FROM users \
      WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2";
 
 /// A page of users in id order (ids are UUIDv7, so: creation order), after `after`.
-pub async fn list_users(conn: &mut PgConnection, after: Option<UserId>, limit: u32) -> Result<Vec<UserRow>, UserError> {
+pub async fn list_users(conn: &mut PgConnection, after: Option<UserId>, limit: u32) -> Result<Vec<User>, UserError> {
     let query = sqlx::query_as::<_, UserRow>(LIST_USERS)
         .bind(after.map(|id| id.as_uuid()))
         .bind(i64::from(limit))
         .fetch_all(conn);
-    Ok(db::traced(db::span("SELECT", "users", LIST_USERS), query).await?)
+    db::traced(db::span("SELECT", "users", LIST_USERS), query)
+        .await?
+        .into_iter()
+        .map(UserRow::parse)
+        .collect()
 }
 
 const CLAIM_KEY: &str = "INSERT INTO idempotency_keys (scope, key, fingerprint) VALUES ($1, $2, $3) \

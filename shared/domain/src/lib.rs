@@ -2,11 +2,19 @@
 //! these types before calling the user service, and the user service parses
 //! its gRPC requests into them again (it is an API of its own).
 //!
-//! Each type has a private field and a `parse` that is the only way in, so a
-//! value that exists is valid ("parse, don't validate").
+//! - [`Email`], [`UserName`], [`Password`], [`Role`], [`UserId`]: one input
+//!   each, with a private field and a `parse` that is the only way in, so a
+//!   value that exists is valid ("parse, don't validate").
+//! - [`PageSize`]: how many users a page of a listing holds.
+//! - [`User`]: a user as both sides of the hop see it, built of those.
+//! - [`Change`]: what a write changed, to publish as its event.
+//! - [`Invalid`]: why an input was refused, naming the field.
+//!
+//! The conversions to and from the protobuf types live in `callchain-proto`.
 
 use std::fmt;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Why an input was refused: the field it names and what is wrong with it.
@@ -201,6 +209,66 @@ impl fmt::Display for UserId {
     }
 }
 
+/// How many users one page of a listing holds: 1 to [`PageSize::MAX`];
+/// [`PageSize::DEFAULT`] when the caller does not say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageSize(u32);
+
+impl PageSize {
+    pub const MAX: u32 = 100;
+    pub const DEFAULT: PageSize = PageSize(20);
+
+    pub fn parse(input: u32) -> Result<Self, Invalid> {
+        if (1..=Self::MAX).contains(&input) {
+            Ok(Self(input))
+        } else {
+            Err(Invalid::new(
+                "page_size",
+                format!("must be between 1 and {}", Self::MAX),
+            ))
+        }
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl Default for PageSize {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// A user as it is stored: never a password, never a hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: UserId,
+    pub email: Email,
+    pub name: UserName,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The change a write made: the identity and time of its event. A write
+/// repeated with the same idempotency key answers with the same change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    pub event_id: uuid::Uuid,
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl Change {
+    /// A change made at `occurred_at`, with a new event id (a UUIDv7).
+    pub fn new(occurred_at: DateTime<Utc>) -> Self {
+        Self {
+            event_id: uuid::Uuid::now_v7(),
+            occurred_at,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +318,20 @@ mod tests {
         assert_eq!(UserName::parse(" Ada ").unwrap().as_str(), "Ada");
         assert_eq!(UserName::parse("   ").unwrap_err().field, "name");
         assert!(UserName::parse(&"n".repeat(101)).is_err());
+    }
+
+    #[test]
+    fn page_size_is_1_to_100_with_one_message() {
+        assert_eq!(PageSize::parse(1).unwrap().get(), 1);
+        assert_eq!(PageSize::parse(100).unwrap().get(), 100);
+        assert_eq!(PageSize::default().get(), 20);
+        for bad in [0, 101] {
+            assert_eq!(
+                PageSize::parse(bad).unwrap_err().to_string(),
+                "page_size: must be between 1 and 100",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

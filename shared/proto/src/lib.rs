@@ -2,9 +2,14 @@
 //!
 //! - [`user::v1`]: messages, the `UserService` client and server.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC reflection.
+//! - `convert`: the one translation between these messages and the domain
+//!   types of `callchain-domain` (`From` into protobuf, `TryFrom` out of it),
+//!   for roles, users (with their timestamps) and changes.
 //!
-//! Generated types stop at the handlers: services convert them into their own
-//! domain types at the edge.
+//! Generated types stop at the handlers: services convert them into domain
+//! types at the edge, with these conversions.
+
+mod convert;
 
 pub mod user {
     pub mod v1 {
