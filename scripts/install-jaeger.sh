@@ -30,12 +30,7 @@ if [ -x "$JAEGER_BIN" ]; then
     exit 0
 fi
 
-need go "golang (Go 1.24 or later: apt-get install -y golang, or from go.dev)"
-go_version=$(go env GOVERSION)
-go_version=${go_version#go}
-if [ "$(printf '%s\n' "$GO_MIN" "$go_version" | sort -V | head -n 1)" != "$GO_MIN" ]; then
-    die "Jaeger $JAEGER_VERSION needs Go $GO_MIN or later, and \`go\` is $go_version; install a newer Go from go.dev (or set GOTOOLCHAIN=auto to let go fetch it)"
-fi
+need_go "$GO_MIN" "Jaeger $JAEGER_VERSION"
 
 cd "$MODULE_DIR"
 go mod download "$JAEGER_MODULE"
@@ -46,11 +41,8 @@ released=$(go list -m -f '{{with .Time}}{{.UTC.Format "2006-01-02T15:04:05Z"}}{{
 grep -qF "$JAEGER_MODULE_VERSION / v$JAEGER_VERSION " "$src/CHANGELOG.md" ||
     die "JAEGER_VERSION=$JAEGER_VERSION and JAEGER_MODULE_VERSION=$JAEGER_MODULE_VERSION in .env are not one Jaeger release (see the first entry of $src/CHANGELOG.md)"
 
-# Build beside the destination, so the final move is a rename on one file
-# system, and an interrupted build leaves no half binary at $JAEGER_BIN.
-mkdir -p "$CALLCHAIN_TOOLS"
-work=$(mktemp -d "$CALLCHAIN_TOOLS/.jaeger-$JAEGER_VERSION.build.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+build_dir "jaeger-$JAEGER_VERSION"
+work=$BUILD_DIR
 
 step "building Jaeger $JAEGER_VERSION (a few minutes, once per machine)"
 start=$SECONDS

@@ -38,11 +38,8 @@ java_major=${java_version%%.*}
     die "Kafka $KAFKA_VERSION needs Java 17 or newer, but $(command -v java) is Java $java_version; install openjdk-17-jre-headless"
 
 step "fetching Apache Kafka $KAFKA_VERSION from Maven Central (once per machine)"
-mkdir -p "$CALLCHAIN_TOOLS"
-# Next to its final place, so the last step is a rename on one file system, and
-# an interrupted download never leaves a half-filled libs folder behind.
-tmp=$(mktemp -d "$CALLCHAIN_TOOLS/.kafka-$KAFKA_VERSION.XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
+build_dir "kafka-$KAFKA_VERSION"
+tmp=$BUILD_DIR
 
 # Maven's log goes to a file (Debian's mvn 3.8 prints stray colour codes even
 # with --quiet), and is shown only when something went wrong.

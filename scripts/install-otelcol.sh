@@ -33,18 +33,10 @@ if [ -x "$OTELCOL_BIN" ]; then
     exit 0
 fi
 
-need go "golang (Go $GO_MIN or later: apt-get install -y golang, or from go.dev)"
-go_version=$(go env GOVERSION)
-go_version=${go_version#go}
-if [ "$(printf '%s\n' "$GO_MIN" "$go_version" | sort -V | head -n 1)" != "$GO_MIN" ]; then
-    die "the OpenTelemetry Collector $OTELCOL_VERSION needs Go $GO_MIN or later, and \`go\` is $go_version; install a newer Go from go.dev (or set GOTOOLCHAIN=auto to let go fetch it)"
-fi
+need_go "$GO_MIN" "the OpenTelemetry Collector $OTELCOL_VERSION"
 
-# Build beside the destination, so the final move is a rename on one file
-# system, and an interrupted build leaves no half binary at $OTELCOL_BIN.
-mkdir -p "$CALLCHAIN_TOOLS"
-work=$(mktemp -d "$CALLCHAIN_TOOLS/.otelcol-$OTELCOL_VERSION.build.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+build_dir "otelcol-$OTELCOL_VERSION"
+work=$BUILD_DIR
 
 if [ ! -x "$OCB" ]; then
     step "installing the OpenTelemetry Collector Builder (ocb) $OTELCOL_VERSION"

@@ -25,6 +25,28 @@ need() {
     command -v "$1" >/dev/null 2>&1 || die "$1 is not installed; install $2"
 }
 
+# need_go MIN WHAT: fail unless `go` is installed and at least version MIN,
+# naming WHAT needs it.
+need_go() {
+    local version
+    need go "golang (Go $1 or later: apt-get install -y golang, or from go.dev)"
+    version=$(go env GOVERSION)
+    version=${version#go}
+    if [ "$(printf '%s\n' "$1" "$version" | sort -V | head -n 1)" != "$1" ]; then
+        die "$2 needs Go $1 or later, and \`go\` is $version; install a newer Go from go.dev (or set GOTOOLCHAIN=auto to let go fetch it)"
+    fi
+}
+
+# build_dir NAME: a fresh folder beside the installed tools to build NAME in,
+# removed on exit; the install ends with a rename on one file system, so an
+# interrupted build never leaves a half-built tool in place.
+build_dir() {
+    mkdir -p "$CALLCHAIN_TOOLS"
+    BUILD_DIR=$(mktemp -d "$CALLCHAIN_TOOLS/.$1.build.XXXXXX")
+    # shellcheck disable=SC2064 # expand now: the folder of this build
+    trap "rm -rf '$BUILD_DIR'" EXIT
+}
+
 # port_free PORT NAME: fail, naming what wanted it, when something listens there.
 port_free() {
     if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
