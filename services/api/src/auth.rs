@@ -5,11 +5,20 @@
 //! | guest (no token) | register, log in |
 //! | `USER` | read and update itself |
 //! | `ADMIN` | everything, including list and delete |
+//!
+//! [`authenticate`] checks the token once per request, before the handler,
+//! and makes a signed-in caller's id the request's `enduser.id` baggage.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::{extract::FromRequestParts, http::request::Parts};
+use axum::{
+    extract::{FromRequestParts, Request, State},
+    http::{HeaderMap, request::Parts},
+    middleware::Next,
+    response::Response,
+};
 use callchain_domain::{Role, UserId};
+use callchain_telemetry::baggage;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 
@@ -114,13 +123,11 @@ impl Caller {
             _ => Err(ApiError::Forbidden("a user may only act on itself".into())),
         }
     }
-}
 
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+    /// The caller a request's `Authorization` header names; a `401` naming
+    /// what is wrong with a token that is there but not valid.
+    fn from_headers(headers: &HeaderMap, keys: &Keys) -> Result<Self, ApiError> {
+        let Some(header) = headers.get(axum::http::header::AUTHORIZATION) else {
             return Ok(Caller::Guest);
         };
         let token = header
@@ -130,10 +137,44 @@ impl FromRequestParts<AppState> for Caller {
             .map(str::trim)
             .filter(|token| !token.is_empty())
             .ok_or_else(|| ApiError::Unauthenticated("the Authorization header must be `Bearer <token>`".into()))?;
-        let claims = state.keys.verify(token)?;
+        let claims = keys.verify(token)?;
         let id = UserId::parse(&claims.sub).map_err(|_| ApiError::Unauthenticated("the token is malformed".into()))?;
         Ok(Caller::User { id, role: claims.role })
     }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        // `authenticate` has checked the token already, unless it was refused:
+        // then checking it again names what is wrong with it.
+        match parts.extensions.get::<Caller>() {
+            Some(caller) => Ok(*caller),
+            None => Caller::from_headers(&parts.headers, &state.keys),
+        }
+    }
+}
+
+/// Authenticates the caller before the handler runs, and makes a signed-in
+/// caller's id (the token's `sub`) the `enduser.id` of the request's baggage,
+/// which the gRPC call and the event carry on to the user service and the
+/// consumer. Any `enduser.id` the request brought is removed first: only a
+/// verified token names the caller. A token that is not valid makes the
+/// caller nobody here; the handlers that need a caller answer `401`.
+pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let caller = Caller::from_headers(request.headers(), &state.keys).ok();
+    if let Some(caller) = caller {
+        request.extensions_mut().insert(caller);
+    }
+    let enduser = match caller {
+        Some(Caller::User { id, .. }) => Some(id.to_string()),
+        _ => None,
+    };
+    if let Some(id) = &enduser {
+        tracing::Span::current().record(baggage::ENDUSER_ID, id.as_str());
+    }
+    baggage::with_enduser(enduser.as_deref(), next.run(request)).await
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //!
 //! - [`config`]: settings from the environment.
 //! - `users`: the handlers; bodies are parsed into domain types here.
-//! - `auth`: JWT bearer tokens and the roles.
+//! - `auth`: JWT bearer tokens and the roles; the caller's id as baggage.
 //! - `events`: the user events published to Kafka after each write.
 //! - `extract`: extractors that reject as problem+json, the request deadline,
 //!   the `Idempotency-Key` header.
@@ -31,6 +31,7 @@ use axum::{
 };
 use callchain_proto::user::v1::user_service_client::UserServiceClient;
 use callchain_telemetry::{
+    baggage::BaggagePolicy,
     grpc::{GrpcClient, GrpcClientLayer},
     http::HttpServerLayer,
 };
@@ -74,6 +75,11 @@ impl AppState {
     }
 }
 
+/// The baggage keys a client may send: a browser's OpenTelemetry SDK tags
+/// its session. Anything else a client sends as baggage is dropped at the
+/// edge, above all `enduser.id`, which only [`auth::authenticate`] sets.
+const CLIENT_BAGGAGE: &[&str] = &["session.id"];
+
 /// The whole HTTP interface.
 pub fn router(state: AppState, config: &Config) -> Router {
     let budget = config.request_timeout;
@@ -92,7 +98,8 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .layer(axum::middleware::from_fn(move |request, next| {
             extract::deadline(budget, request, next)
         }))
-        .layer(HttpServerLayer::new(route_of));
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        .layer(HttpServerLayer::new(route_of).with_baggage(BaggagePolicy::untrusted(CLIENT_BAGGAGE)));
     // Probes stay out of the traces.
     Router::new()
         .route("/healthz", get(healthz))

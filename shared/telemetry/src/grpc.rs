@@ -7,7 +7,9 @@
 //!
 //! Both name the span after the full method (`user.v1.UserService/CreateUser`)
 //! and record `rpc.system`, `rpc.service`, `rpc.method` and
-//! `rpc.grpc.status_code`. Infrastructure services (`grpc.health.v1`,
+//! `rpc.grpc.status_code`. The server trusts the baggage of its callers (our
+//! own services), within the W3C limits, and records the caller's id in it
+//! as `enduser.id`. Infrastructure services (`grpc.health.v1`,
 //! reflection) get no span, so health probes do not flood the traces.
 
 use std::{
@@ -44,6 +46,7 @@ fn rpc_span(kind: &'static str, service: &str, method: &str) -> Span {
         rpc.service = service,
         rpc.method = method,
         rpc.grpc.status_code = Empty,
+        enduser.id = Empty,
     )
 }
 
@@ -103,7 +106,9 @@ where
             Some((service, method)) if !is_infrastructure(service) => rpc_span("server", service, method),
             _ => Span::none(),
         };
-        let _ = span.set_parent(crate::propagation::extract(request.headers()));
+        let parent = crate::propagation::extract(request.headers());
+        crate::baggage::record_enduser(&span, &parent);
+        let _ = span.set_parent(parent);
         let future = span.in_scope(|| self.inner.call(request));
         Box::pin(
             async move {

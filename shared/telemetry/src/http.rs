@@ -1,6 +1,11 @@
 //! The HTTP server span: a tower layer that continues an incoming
 //! `traceparent`, names the span `METHOD route`, records the status, and
 //! answers every request with the `traceparent` of its span.
+//!
+//! HTTP is the edge where requests come from outside, so incoming baggage is
+//! untrusted: by default none is kept, and a service names the keys it
+//! accepts with [`HttpServerLayer::with_baggage`]. The span declares
+//! `enduser.id`, for the service to record once it knows the caller.
 
 use std::{
     future::Future,
@@ -14,6 +19,8 @@ use tower_service::Service;
 use tracing::{Instrument as _, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use crate::baggage::BaggagePolicy;
+
 /// Finds the low-cardinality route template (`/v1/users/{id}`) of a request,
 /// which the router puts in the request's extensions.
 pub type RouteOf = fn(&Extensions) -> Option<String>;
@@ -22,11 +29,21 @@ pub type RouteOf = fn(&Extensions) -> Option<String>;
 #[derive(Clone)]
 pub struct HttpServerLayer {
     route_of: RouteOf,
+    baggage: BaggagePolicy,
 }
 
 impl HttpServerLayer {
+    /// A layer that keeps no incoming baggage.
     pub fn new(route_of: RouteOf) -> Self {
-        Self { route_of }
+        Self {
+            route_of,
+            baggage: BaggagePolicy::untrusted(&[]),
+        }
+    }
+
+    /// Keeps the incoming baggage `baggage` accepts.
+    pub fn with_baggage(self, baggage: BaggagePolicy) -> Self {
+        Self { baggage, ..self }
     }
 }
 
@@ -37,6 +54,7 @@ impl<S> Layer<S> for HttpServerLayer {
         HttpServer {
             inner,
             route_of: self.route_of,
+            baggage: self.baggage,
         }
     }
 }
@@ -46,6 +64,7 @@ impl<S> Layer<S> for HttpServerLayer {
 pub struct HttpServer<S> {
     inner: S,
     route_of: RouteOf,
+    baggage: BaggagePolicy,
 }
 
 impl<S, B, R> Service<Request<B>> for HttpServer<S>
@@ -77,9 +96,10 @@ where
             http.route = route.as_deref(),
             url.path = request.uri().path(),
             http.response.status_code = Empty,
+            enduser.id = Empty,
         );
         // An incoming `traceparent` makes this span a child of the caller's.
-        let _ = span.set_parent(crate::propagation::extract(request.headers()));
+        let _ = span.set_parent(crate::propagation::extract_with(request.headers(), &self.baggage));
 
         let future = span.in_scope(|| self.inner.call(request));
         Box::pin(

@@ -4,7 +4,9 @@
 //! into the message's headers (`traceparent`, `tracestate`, `baggage`). The
 //! consumer opens a `consumer` span `process <topic>` that is a child of that
 //! context (one trace holds the whole chain) and also links to it, as the
-//! OpenTelemetry messaging conventions ask.
+//! OpenTelemetry messaging conventions ask, and that records the caller's id
+//! from the baggage as `enduser.id`. Only our own services write the topics,
+//! so their baggage is trusted, within the W3C limits.
 
 use opentelemetry::{
     Context,
@@ -64,7 +66,7 @@ pub fn inject_span(span: &Span, headers: OwnedHeaders) -> OwnedHeaders {
 
 /// The context a message's headers carry (empty when they carry none).
 pub fn extract(headers: Option<&BorrowedHeaders>) -> Context {
-    opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)))
+    crate::baggage::BaggagePolicy::TRUSTED.extract(&HeaderExtractor(headers))
 }
 
 /// The `producer` span of sending one message; record the broker's answer
@@ -126,8 +128,10 @@ pub fn process_span(message: Received<'_>, consumer_group: &str) -> Span {
         messaging.destination.partition.id = %message.partition,
         messaging.kafka.offset = message.offset,
         messaging.kafka.message.key = key.as_deref(),
+        enduser.id = Empty,
     );
     let parent = extract(message.headers);
+    crate::baggage::record_enduser(&span, &parent);
     let producer = parent.span().span_context().clone();
     if producer.is_valid() {
         span.add_link(producer);

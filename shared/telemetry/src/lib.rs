@@ -8,6 +8,8 @@
 //!   `service`, and inside a span its `trace_id` and `span_id`.
 //! - [`propagation`]: W3C TraceContext + Baggage in and out of HTTP headers and
 //!   gRPC metadata.
+//! - [`baggage`]: how much incoming baggage is accepted and which keys, and
+//!   the caller's id (`enduser.id`) that travels in it.
 //! - [`http`] and [`grpc`]: tower layers that open the server and client spans
 //!   and move the context across the wire, so no handler touches headers.
 //! - `kafka` (feature `kafka`): the same for Kafka message headers, and the
@@ -17,6 +19,7 @@
 //! Settings, the shutdown signal, health probes and the Postgres pool are not
 //! telemetry: they live in `callchain-runtime`.
 
+pub mod baggage;
 pub mod db;
 pub mod grpc;
 pub mod http;

@@ -2,16 +2,25 @@
 //!
 //! HTTP headers and gRPC metadata are both an [`http::HeaderMap`] on the wire,
 //! so one pair of carriers serves both: `opentelemetry-http`'s
-//! [`HeaderExtractor`] and [`HeaderInjector`].
+//! [`HeaderExtractor`] and [`HeaderInjector`]. Incoming baggage is held to a
+//! [`BaggagePolicy`](crate::baggage::BaggagePolicy).
 
 use ::http::HeaderMap;
 use opentelemetry::{Context, trace::TraceContextExt as _};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-/// The remote context carried by `headers` (empty when there is none).
+use crate::baggage::BaggagePolicy;
+
+/// The remote context carried by `headers` (empty when there is none), from
+/// one of our own services: baggage within the W3C limits, every key kept.
 pub fn extract(headers: &HeaderMap) -> Context {
-    opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)))
+    extract_with(headers, &BaggagePolicy::TRUSTED)
+}
+
+/// The remote context carried by `headers`, its baggage held to `baggage`.
+pub fn extract_with(headers: &HeaderMap, baggage: &BaggagePolicy) -> Context {
+    baggage.extract(&HeaderExtractor(headers))
 }
 
 /// Writes `context` into `headers` as `traceparent`, `tracestate` and `baggage`.

@@ -4,6 +4,7 @@
 //! (`jaeger`). One binary for all suites, as its modules.
 
 mod bad_input;
+mod baggage;
 mod events;
 mod grpc;
 mod helpers;
