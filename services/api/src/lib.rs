@@ -34,6 +34,7 @@ use callchain_telemetry::{
     baggage::BaggagePolicy,
     grpc::{GrpcClient, GrpcClientLayer},
     http::HttpServerLayer,
+    layer::Traced,
 };
 use tonic::transport::{Channel, Endpoint};
 use tower::ServiceBuilder;
@@ -47,7 +48,7 @@ use error::ApiError;
 /// Kafka producer, the token keys.
 #[derive(Clone)]
 pub struct AppState {
-    users: UserServiceClient<GrpcClient<Channel>>,
+    users: UserServiceClient<Traced<Channel, GrpcClient>>,
     health: tonic_health::pb::health_client::HealthClient<Channel>,
     events: Arc<events::Publisher>,
     keys: Keys,
@@ -61,7 +62,9 @@ impl AppState {
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .connect_lazy();
-        let traced = ServiceBuilder::new().layer(GrpcClientLayer).service(channel.clone());
+        let traced = ServiceBuilder::new()
+            .layer(GrpcClientLayer::default())
+            .service(channel.clone());
         Ok(Self {
             users: UserServiceClient::new(traced),
             health: tonic_health::pb::health_client::HealthClient::new(channel),

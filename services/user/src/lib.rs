@@ -84,7 +84,7 @@ pub async fn serve(
 
     tracing::info!(addr = %listener.local_addr()?, "user service listening");
     tonic::transport::Server::builder()
-        .layer(GrpcServerLayer)
+        .layer(GrpcServerLayer::default())
         .add_service(health_service)
         // Both reflection versions: grpcurl and other tools still ask v1alpha.
         .add_service(reflection().build_v1()?)

@@ -12,19 +12,11 @@
 //! as `enduser.id`. Infrastructure services (`grpc.health.v1`,
 //! reflection) get no span, so health probes do not flood the traces.
 
-use std::{
-    future::Future,
-    pin::Pin,
-    task::{Context, Poll},
-};
-
 use ::http::{HeaderMap, Request, Response};
-use tower_layer::Layer;
-use tower_service::Service;
-use tracing::{Instrument as _, Span, field::Empty};
+use tracing::{Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+use crate::layer::{Hop, TracedLayer};
 
 /// `(service, method)` of a gRPC path such as `/user.v1.UserService/CreateUser`.
 fn split_path(path: &str) -> Option<(&str, &str)> {
@@ -70,38 +62,16 @@ fn record_status(span: &Span, code: i32, server: bool) {
     }
 }
 
-/// Opens a `server` span per call; see the module docs.
+/// A tonic server's hop: a `server` span per call, continuing the caller's
+/// trace; see the module docs.
 #[derive(Debug, Clone, Default)]
-pub struct GrpcServerLayer;
+pub struct GrpcServer;
 
-impl<S> Layer<S> for GrpcServerLayer {
-    type Service = GrpcServer<S>;
+/// Wraps a tonic server in [`GrpcServer`] spans.
+pub type GrpcServerLayer = TracedLayer<GrpcServer>;
 
-    fn layer(&self, inner: S) -> Self::Service {
-        GrpcServer { inner }
-    }
-}
-
-/// The service made by [`GrpcServerLayer`].
-#[derive(Debug, Clone)]
-pub struct GrpcServer<S> {
-    inner: S,
-}
-
-impl<S, B, R> Service<Request<B>> for GrpcServer<S>
-where
-    S: Service<Request<B>, Response = Response<R>> + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<R>;
-    type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+impl Hop for GrpcServer {
+    fn start<B>(&self, request: &mut Request<B>) -> Span {
         let span = match split_path(request.uri().path()) {
             Some((service, method)) if !is_infrastructure(service) => rpc_span("server", service, method),
             _ => Span::none(),
@@ -109,73 +79,40 @@ where
         let parent = crate::propagation::extract(request.headers());
         crate::baggage::record_enduser(&span, &parent);
         let _ = span.set_parent(parent);
-        let future = span.in_scope(|| self.inner.call(request));
-        Box::pin(
-            async move {
-                let response = future.await?;
-                record_status(&Span::current(), status_code(response.headers()), true);
-                Ok(response)
-            }
-            .instrument(span),
-        )
+        span
+    }
+
+    fn finish<R, E>(&self, span: &Span, outcome: &mut Result<Response<R>, E>) {
+        if let Ok(response) = outcome {
+            record_status(span, status_code(response.headers()), true);
+        }
     }
 }
 
-/// Opens a `client` span per call and propagates its context; see the module docs.
+/// A tonic client's hop: a `client` span per call, whose context goes out in
+/// the request metadata; see the module docs.
 #[derive(Debug, Clone, Default)]
-pub struct GrpcClientLayer;
+pub struct GrpcClient;
 
-impl<S> Layer<S> for GrpcClientLayer {
-    type Service = GrpcClient<S>;
+/// Wraps a tonic `Channel` in [`GrpcClient`] spans.
+pub type GrpcClientLayer = TracedLayer<GrpcClient>;
 
-    fn layer(&self, inner: S) -> Self::Service {
-        GrpcClient { inner }
-    }
-}
-
-/// The service made by [`GrpcClientLayer`].
-#[derive(Debug, Clone)]
-pub struct GrpcClient<S> {
-    inner: S,
-}
-
-impl<S, B, R> Service<Request<B>> for GrpcClient<S>
-where
-    S: Service<Request<B>, Response = Response<R>> + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<R>;
-    type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+impl Hop for GrpcClient {
+    fn start<B>(&self, request: &mut Request<B>) -> Span {
         let span = match split_path(request.uri().path()) {
             Some((service, method)) => rpc_span("client", service, method),
             None => Span::none(),
         };
         crate::propagation::inject(&span.context(), request.headers_mut());
-        let future = span.in_scope(|| self.inner.call(request));
-        Box::pin(
-            async move {
-                let span = Span::current();
-                match future.await {
-                    Ok(response) => {
-                        record_status(&span, status_code(response.headers()), false);
-                        Ok(response)
-                    }
-                    Err(error) => {
-                        // The call never got an answer: the server is unreachable.
-                        record_status(&span, 14, false);
-                        Err(error)
-                    }
-                }
-            }
-            .instrument(span),
-        )
+        span
+    }
+
+    fn finish<R, E>(&self, span: &Span, outcome: &mut Result<Response<R>, E>) {
+        match outcome {
+            Ok(response) => record_status(span, status_code(response.headers()), false),
+            // The call never got an answer: the server is unreachable.
+            Err(_) => record_status(span, 14, false),
+        }
     }
 }
 

@@ -10,7 +10,8 @@
 //!   gRPC metadata.
 //! - [`baggage`]: how much incoming baggage is accepted and which keys, and
 //!   the caller's id (`enduser.id`) that travels in it.
-//! - [`http`] and [`grpc`]: tower layers that open the server and client spans
+//! - [`layer`]: the one tower layer every traced hop shares.
+//! - [`http`] and [`grpc`]: the hops that open the server and client spans
 //!   and move the context across the wire, so no handler touches headers.
 //! - `kafka` (feature `kafka`): the same for Kafka message headers, and the
 //!   producer and consumer spans.
@@ -25,6 +26,7 @@ pub mod grpc;
 pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod layer;
 pub mod logs;
 pub mod propagation;
 

@@ -202,7 +202,7 @@ impl Stack {
     /// topic so far (so a duplicate would be there too).
     pub async fn events_of(&self, user_id: &str) -> Vec<(String, Option<String>)> {
         self.kafka
-            .wait_until_consumed(Duration::from_secs(30))
+            .wait_until_consumed(Duration::from_secs(90))
             .await
             .expect("the consumer catches up");
         let user_id: uuid::Uuid = user_id.parse().expect("a user id");
