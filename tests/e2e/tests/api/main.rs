@@ -8,5 +8,6 @@ mod events;
 mod grpc;
 mod helpers;
 mod jaeger;
+mod secrets;
 mod trace;
 mod users;
