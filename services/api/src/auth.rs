@@ -5,15 +5,29 @@
 //! | guest (no token) | register, log in |
 //! | `USER` | read and update itself |
 //! | `ADMIN` | everything, including list and delete |
+//!
+//! A token is accepted only when it is signed with HS256 by this API's key
+//! (no other algorithm, `none` least of all), names this API as its issuer
+//! and audience, and is within its `nbf`..`exp` window. It then grants at
+//! most the role it names, and only while the user still exists with that
+//! role: the user service is asked (see `roles`), so a deleted user's token
+//! stops working and a lowered role takes effect; a raised role needs a new
+//! login.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::{extract::FromRequestParts, http::request::Parts};
 use callchain_domain::{Role, UserId};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use secrecy::{ExposeSecret as _, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::{AppState, error::ApiError};
+use crate::{AppState, error::ApiError, extract::Deadline};
+
+/// The `iss` of every token this API issues, and the only one it accepts.
+pub const ISSUER: &str = "callchain-api";
+/// The `aud` of every token this API issues, and the only one it accepts.
+pub const AUDIENCE: &str = "callchain-api";
 
 /// What a token says.
 #[derive(Debug, Serialize, Deserialize)]
@@ -21,7 +35,10 @@ pub struct Claims {
     /// The user's id.
     pub sub: String,
     pub role: Role,
+    pub iss: String,
+    pub aud: String,
     pub iat: u64,
+    pub nbf: u64,
     pub exp: u64,
 }
 
@@ -34,7 +51,8 @@ pub struct Keys {
 }
 
 impl Keys {
-    pub fn new(secret: &[u8], ttl: Duration) -> Self {
+    pub fn new(secret: &SecretString, ttl: Duration) -> Self {
+        let secret = secret.expose_secret().as_bytes();
         Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
@@ -51,7 +69,10 @@ impl Keys {
         let claims = Claims {
             sub: id.to_string(),
             role,
+            iss: ISSUER.to_owned(),
+            aud: AUDIENCE.to_owned(),
             iat: now,
+            nbf: now,
             exp: now + self.ttl.as_secs(),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
@@ -61,16 +82,26 @@ impl Keys {
 
     /// The claims of a valid token; a `401` naming what is wrong otherwise.
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+        // One algorithm: a token that names another (`none`, RS256 with our
+        // key read as a public key, HS512) is refused before its signature
+        // is looked at.
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_nbf = true;
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "nbf", "sub", "iss", "aud"]);
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
             .map(|data| data.claims)
             .map_err(|error| {
                 ApiError::Unauthenticated(
                     match error.kind() {
                         ErrorKind::ExpiredSignature => "the token has expired; log in again",
+                        ErrorKind::ImmatureSignature => "the token is not valid yet",
                         ErrorKind::InvalidSignature => "the token's signature is not valid",
+                        ErrorKind::InvalidAlgorithm => "the token must be signed with HS256",
+                        ErrorKind::InvalidIssuer => "the token was not issued by this API",
+                        ErrorKind::InvalidAudience => "the token is not meant for this API",
                         _ => "the token is malformed",
                     }
                     .into(),
@@ -105,12 +136,14 @@ impl Caller {
         }
     }
 
-    /// `401` for a guest, `403` for a user acting on someone else. Returns the
-    /// caller's role.
-    pub fn require_self_or_admin(&self, target: UserId) -> Result<Role, ApiError> {
-        match self.signed_in()? {
-            (_, Role::Admin) => Ok(Role::Admin),
-            (id, role) if id == target => Ok(role),
+    /// The user `target` names, when the caller may act on it: `401` for a
+    /// guest; `403` for a user acting on anyone but itself (whatever
+    /// `target` holds, since it is not the caller's own id); `400` for an
+    /// administrator naming a malformed id. Returns the caller's role too.
+    pub fn may_act_on(&self, target: &str) -> Result<(UserId, Role), ApiError> {
+        match (self.signed_in()?, UserId::parse(target)) {
+            ((_, Role::Admin), parsed) => Ok((parsed?, Role::Admin)),
+            ((me, role), Ok(target)) if target == me => Ok((me, role)),
             _ => Err(ApiError::Forbidden("a user may only act on itself".into())),
         }
     }
@@ -132,7 +165,16 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or_else(|| ApiError::Unauthenticated("the Authorization header must be `Bearer <token>`".into()))?;
         let claims = state.keys.verify(token)?;
         let id = UserId::parse(&claims.sub).map_err(|_| ApiError::Unauthenticated("the token is malformed".into()))?;
-        Ok(Caller::User { id, role: claims.role })
+        let deadline = Deadline::from_request_parts(parts, state).await?;
+        let current = state
+            .roles
+            .current(&state.users, id, &deadline)
+            .await?
+            .ok_or_else(|| ApiError::Unauthenticated("the token's user no longer exists".into()))?;
+        Ok(Caller::User {
+            id,
+            role: claims.role.min(current),
+        })
     }
 }
 
@@ -141,7 +183,7 @@ mod tests {
     use super::*;
 
     fn keys() -> Keys {
-        Keys::new(b"a-test-secret-that-is-long-enough!!", Duration::from_secs(60))
+        Keys::new(&"a-test-secret-that-is-long-enough!!".into(), Duration::from_secs(60))
     }
 
     #[test]
@@ -156,7 +198,7 @@ mod tests {
 
     #[test]
     fn a_token_signed_with_another_key_is_refused() {
-        let other = Keys::new(b"another-secret-that-is-long-enough!", Duration::from_secs(60));
+        let other = Keys::new(&"another-secret-that-is-long-enough!".into(), Duration::from_secs(60));
         let (token, _) = other.issue(UserId::new(), Role::User).unwrap();
         let error = keys().verify(&token).unwrap_err();
         assert_eq!(error.to_string(), "the token's signature is not valid");
@@ -169,11 +211,13 @@ mod tests {
             id: me,
             role: Role::User,
         };
-        assert!(user.require_self_or_admin(me).is_ok());
+        assert_eq!(user.may_act_on(&me.to_string()).unwrap(), (me, Role::User));
         assert!(matches!(
-            user.require_self_or_admin(UserId::new()),
+            user.may_act_on(&UserId::new().to_string()),
             Err(ApiError::Forbidden(_))
         ));
+        // Not its own id, so not its business what is wrong with it.
+        assert!(matches!(user.may_act_on("not-a-uuid"), Err(ApiError::Forbidden(_))));
         assert!(matches!(user.require_admin(), Err(ApiError::Forbidden(_))));
         assert!(matches!(
             Caller::Guest.require_admin(),
@@ -184,6 +228,14 @@ mod tests {
             role: Role::Admin,
         };
         assert!(admin.require_admin().is_ok());
-        assert!(admin.require_self_or_admin(UserId::new()).is_ok());
+        assert!(admin.may_act_on(&UserId::new().to_string()).is_ok());
+        assert!(matches!(
+            admin.may_act_on("not-a-uuid"),
+            Err(ApiError::BadRequest { .. })
+        ));
+        assert!(matches!(
+            Caller::Guest.may_act_on("not-a-uuid"),
+            Err(ApiError::Unauthenticated(_))
+        ));
     }
 }

@@ -3,6 +3,7 @@
 //! OTLP to a receiver in the test, or through the collector into Jaeger
 //! (`jaeger`). One binary for all suites, as its modules.
 
+mod auth;
 mod bad_input;
 mod events;
 mod grpc;
