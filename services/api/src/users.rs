@@ -303,7 +303,7 @@ pub async fn get_user(
         (status = 200, description = "Updated", body = UserBody),
         (status = 400, description = "The id, a field or the `Idempotency-Key` is invalid, or the body is not JSON of the schema", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid token, or its user no longer exists", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not yours to change, or a role change by someone not an administrator", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not yours to change, a role change by someone not an administrator, or an administrator lowering its own role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The email is taken, or a request with this `Idempotency-Key` is still in progress", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than the API takes", body = Problem, content_type = "application/problem+json"),
@@ -328,6 +328,13 @@ pub async fn update_user(
     // administrator may change one.
     if body.role.is_some() && caller_role != Role::Admin {
         return Err(ApiError::Forbidden("only an administrator may change a role".into()));
+    }
+    // So that the last administrator cannot lock everyone out: another
+    // administrator may lower this one's role.
+    if caller.signed_in()?.0 == id && caller_role == Role::Admin && body.role.as_deref() == Some(Role::User.as_str()) {
+        return Err(ApiError::Forbidden(
+            "an administrator may not lower its own role".into(),
+        ));
     }
     let key = key?;
     let email = body.email.as_deref().map(Email::parse).transpose()?;
@@ -365,7 +372,7 @@ pub async fn update_user(
         (status = 204, description = "Deleted"),
         (status = 400, description = "The id or the `Idempotency-Key` is invalid", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid token, or its user no longer exists", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an administrator", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an administrator, or an administrator deleting itself", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A request with this `Idempotency-Key` is still in progress", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The `Idempotency-Key` was used before for a different request", body = Problem, content_type = "application/problem+json"),
@@ -382,6 +389,10 @@ pub async fn delete_user(
     caller.require_admin()?;
     let Path(id) = path?;
     let id = UserId::parse(&id)?;
+    // So that the last administrator cannot lock everyone out.
+    if caller.signed_in()?.0 == id {
+        return Err(ApiError::Forbidden("an administrator may not delete itself".into()));
+    }
     let key = key?;
     let request = deadline.grpc(DeleteUserRequest {
         id: id.to_string(),

@@ -533,6 +533,20 @@ async fn an_unknown_route_is_a_404_problem() {
     assert_problem(&answer, 404, "no such resource");
 }
 
+#[tokio::test]
+async fn an_administrator_may_not_delete_itself_or_lower_its_own_role() {
+    let (me, admin) = token("ADMIN");
+    let answer = send(request(Method::DELETE, &format!("/v1/users/{me}"), Some(&admin), None)).await;
+    assert_problem(&answer, 403, "may not delete itself");
+    let demote = request(
+        Method::PATCH,
+        &format!("/v1/users/{me}"),
+        Some(&admin),
+        json_body(json!({ "role": "USER" })),
+    );
+    assert_problem(&send(demote).await, 403, "may not lower its own role");
+}
+
 // The order of checks: authentication (401), then authorization (403),
 // then input (400, 413, 415), whatever else is wrong with the request.
 
