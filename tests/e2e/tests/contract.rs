@@ -145,7 +145,8 @@ async fn schemathesis_finds_no_failure_in_2000_cases_of_every_phase_and_check() 
         args.join(" ")
     ));
     let started = Instant::now();
-    let output = tokio::task::spawn_blocking(move || Command::new(bin).args(args).current_dir(dir).output())
+    let workdir = dir.clone();
+    let output = tokio::task::spawn_blocking(move || Command::new(bin).args(args).current_dir(workdir).output())
         .await
         .unwrap()
         .expect("Schemathesis runs");
@@ -174,4 +175,6 @@ async fn schemathesis_finds_no_failure_in_2000_cases_of_every_phase_and_check() 
         cases >= MIN_CASES,
         "only {cases} test cases ran (seed {seed}); at least {MIN_CASES} are promised"
     );
+    // Kept when the run fails, for its report; it holds nothing else of use.
+    let _ = std::fs::remove_dir_all(&dir);
 }
