@@ -12,7 +12,7 @@ TEST_RUNNER ?= $(shell command -v cargo-nextest >/dev/null 2>&1 && echo "cargo n
 help: ## List the commands
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-tools: ## Install what dev and the tests need when missing (Postgres, Kafka, the collector, Jaeger: once per machine)
+tools: ## Install what dev and the tests need when missing (Postgres, Kafka, the collector, Jaeger, Schemathesis: once per machine)
 	@scripts/install-tools.sh
 
 postgres: ## Start the machine's Postgres and create the callchain role and database

@@ -9,12 +9,15 @@
 #                   Collector Builder (scripts/install-otelcol.sh)
 #   jaeger          Jaeger $JAEGER_VERSION, built from its Go module (scripts/install-jaeger.sh)
 #   docker-compose  validates docker-compose.yml without a Docker engine (Debian)
+#   schemathesis    Schemathesis $SCHEMATHESIS_VERSION from PyPI, in a virtual
+#                   environment (scripts/install-schemathesis.sh): `make test`
+#                   fuzzes the API with it
 #
 # With arguments, only those: scripts/install-tools.sh kafka jaeger
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-wanted=" ${*:-postgres kafka otelcol jaeger docker-compose} "
+wanted=" ${*:-postgres kafka otelcol jaeger docker-compose schemathesis} "
 wants() { [[ $wanted == *" $1 "* ]]; }
 
 apt_install() { # package: installs a Debian package as root, or says how to
@@ -37,3 +40,4 @@ if wants jaeger; then "$CALLCHAIN_ROOT/scripts/install-jaeger.sh"; fi
 if wants docker-compose && ! command -v docker-compose >/dev/null 2>&1; then
     apt_install docker-compose
 fi
+if wants schemathesis; then "$CALLCHAIN_ROOT/scripts/install-schemathesis.sh"; fi

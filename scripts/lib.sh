@@ -14,6 +14,7 @@ CALLCHAIN_TOOLS=${CALLCHAIN_TOOLS:-$HOME/.callchain/tools}
 KAFKA_HOME=$CALLCHAIN_TOOLS/kafka-$KAFKA_VERSION
 OTELCOL_BIN=$CALLCHAIN_TOOLS/otelcol-$OTELCOL_VERSION/otelcol-callchain
 JAEGER_BIN=$CALLCHAIN_TOOLS/jaeger-$JAEGER_VERSION/jaeger
+SCHEMATHESIS_HOME=$CALLCHAIN_TOOLS/schemathesis-$SCHEMATHESIS_VERSION
 
 # A progress line, on stderr so it shows even when stdout is captured.
 step() { printf '==> %s\n' "$*" >&2; }

@@ -6,8 +6,17 @@
 //! | `USER` | read and update itself |
 //! | `ADMIN` | everything, including list and delete |
 //!
-//! [`authenticate`] checks the token once per request, before the handler,
-//! and makes a signed-in caller's id the request's `enduser.id` baggage.
+//! A token is accepted only when it is signed with HS256 by this API's key
+//! (no other algorithm, `none` least of all), names this API as its issuer
+//! and audience, and is within its `nbf`..`exp` window. It then grants at
+//! most the role it names, and only while the user still exists with that
+//! role: the user service is asked (see `roles`), so a deleted user's token
+//! stops working and a lowered role takes effect; a raised role needs a new
+//! login.
+//!
+//! [`authenticate`] checks the token's signature once per request, before
+//! the handler, and makes a signed-in caller's id the request's `enduser.id`
+//! baggage; the [`Caller`] extractor then asks for the user's current role.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,9 +29,15 @@ use axum::{
 use callchain_domain::{Role, UserId};
 use callchain_telemetry::baggage;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use secrecy::{ExposeSecret as _, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::{AppState, error::ApiError};
+use crate::{AppState, error::ApiError, extract::Deadline};
+
+/// The `iss` of every token this API issues, and the only one it accepts.
+pub const ISSUER: &str = "callchain-api";
+/// The `aud` of every token this API issues, and the only one it accepts.
+pub const AUDIENCE: &str = "callchain-api";
 
 /// What a token says.
 #[derive(Debug, Serialize, Deserialize)]
@@ -30,7 +45,10 @@ pub struct Claims {
     /// The user's id.
     pub sub: String,
     pub role: Role,
+    pub iss: String,
+    pub aud: String,
     pub iat: u64,
+    pub nbf: u64,
     pub exp: u64,
 }
 
@@ -43,7 +61,8 @@ pub struct Keys {
 }
 
 impl Keys {
-    pub fn new(secret: &[u8], ttl: Duration) -> Self {
+    pub fn new(secret: &SecretString, ttl: Duration) -> Self {
+        let secret = secret.expose_secret().as_bytes();
         Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
@@ -60,7 +79,10 @@ impl Keys {
         let claims = Claims {
             sub: id.to_string(),
             role,
+            iss: ISSUER.to_owned(),
+            aud: AUDIENCE.to_owned(),
             iat: now,
+            nbf: now,
             exp: now + self.ttl.as_secs(),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
@@ -70,16 +92,26 @@ impl Keys {
 
     /// The claims of a valid token; a `401` naming what is wrong otherwise.
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+        // One algorithm: a token that names another (`none`, RS256 with our
+        // key read as a public key, HS512) is refused before its signature
+        // is looked at.
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_nbf = true;
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "nbf", "sub", "iss", "aud"]);
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
             .map(|data| data.claims)
             .map_err(|error| {
                 ApiError::Unauthenticated(
                     match error.kind() {
                         ErrorKind::ExpiredSignature => "the token has expired; log in again",
+                        ErrorKind::ImmatureSignature => "the token is not valid yet",
                         ErrorKind::InvalidSignature => "the token's signature is not valid",
+                        ErrorKind::InvalidAlgorithm => "the token must be signed with HS256",
+                        ErrorKind::InvalidIssuer => "the token was not issued by this API",
+                        ErrorKind::InvalidAudience => "the token is not meant for this API",
                         _ => "the token is malformed",
                     }
                     .into(),
@@ -114,34 +146,41 @@ impl Caller {
         }
     }
 
-    /// `401` for a guest, `403` for a user acting on someone else. Returns the
-    /// caller's role.
-    pub fn require_self_or_admin(&self, target: UserId) -> Result<Role, ApiError> {
-        match self.signed_in()? {
-            (_, Role::Admin) => Ok(Role::Admin),
-            (id, role) if id == target => Ok(role),
+    /// The user `target` names, when the caller may act on it: `401` for a
+    /// guest; `403` for a user acting on anyone but itself (whatever
+    /// `target` holds, since it is not the caller's own id); `400` for an
+    /// administrator naming a malformed id. Returns the caller's role too.
+    pub fn may_act_on(&self, target: &str) -> Result<(UserId, Role), ApiError> {
+        match (self.signed_in()?, UserId::parse(target)) {
+            ((_, Role::Admin), parsed) => Ok((parsed?, Role::Admin)),
+            ((me, role), Ok(target)) if target == me => Ok((me, role)),
             _ => Err(ApiError::Forbidden("a user may only act on itself".into())),
         }
     }
-
-    /// The caller a request's `Authorization` header names; a `401` naming
-    /// what is wrong with a token that is there but not valid.
-    fn from_headers(headers: &HeaderMap, keys: &Keys) -> Result<Self, ApiError> {
-        let Some(header) = headers.get(axum::http::header::AUTHORIZATION) else {
-            return Ok(Caller::Guest);
-        };
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|token| !token.is_empty())
-            .ok_or_else(|| ApiError::Unauthenticated("the Authorization header must be `Bearer <token>`".into()))?;
-        let claims = keys.verify(token)?;
-        let id = UserId::parse(&claims.sub).map_err(|_| ApiError::Unauthenticated("the token is malformed".into()))?;
-        Ok(Caller::User { id, role: claims.role })
-    }
 }
+
+/// Who a request's `Authorization` header names, by the token alone: the
+/// user and the role it was issued with; `None` for no header; a `401`
+/// naming what is wrong with a token that is there but not valid.
+fn token_of(headers: &HeaderMap, keys: &Keys) -> Result<Option<(UserId, Role)>, ApiError> {
+    let Some(header) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| ApiError::Unauthenticated("the Authorization header must be `Bearer <token>`".into()))?;
+    let claims = keys.verify(token)?;
+    let id = UserId::parse(&claims.sub).map_err(|_| ApiError::Unauthenticated("the token is malformed".into()))?;
+    Ok(Some((id, claims.role)))
+}
+
+/// A token [`authenticate`] has verified, for the [`Caller`] extractor.
+#[derive(Clone, Copy)]
+struct Verified(UserId, Role);
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
@@ -149,26 +188,38 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         // `authenticate` has checked the token already, unless it was refused:
         // then checking it again names what is wrong with it.
-        match parts.extensions.get::<Caller>() {
-            Some(caller) => Ok(*caller),
-            None => Caller::from_headers(&parts.headers, &state.keys),
-        }
+        let token = match parts.extensions.get::<Verified>() {
+            Some(&Verified(id, role)) => Some((id, role)),
+            None => token_of(&parts.headers, &state.keys)?,
+        };
+        let Some((id, role)) = token else {
+            return Ok(Caller::Guest);
+        };
+        let deadline = Deadline::from_request_parts(parts, state).await?;
+        let current = state
+            .roles
+            .current(&state.users, id, &deadline)
+            .await?
+            .ok_or_else(|| ApiError::Unauthenticated("the token's user no longer exists".into()))?;
+        Ok(Caller::User {
+            id,
+            role: role.min(current),
+        })
     }
 }
 
-/// Authenticates the caller before the handler runs, and makes a signed-in
+/// Verifies the token before the handler runs, and makes a signed-in
 /// caller's id (the token's `sub`) the `enduser.id` of the request's baggage,
-/// which the gRPC call and the event carry on to the user service and the
+/// which the gRPC calls and the event carry on to the user service and the
 /// consumer. Any `enduser.id` the request brought is removed first: only a
 /// verified token names the caller. A token that is not valid makes the
 /// caller nobody here; the handlers that need a caller answer `401`.
 pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let caller = Caller::from_headers(request.headers(), &state.keys).ok();
-    if let Some(caller) = caller {
-        request.extensions_mut().insert(caller);
-    }
-    let enduser = match caller {
-        Some(Caller::User { id, .. }) => Some(id.to_string()),
+    let enduser = match token_of(request.headers(), &state.keys) {
+        Ok(Some((id, role))) => {
+            request.extensions_mut().insert(Verified(id, role));
+            Some(id.to_string())
+        }
         _ => None,
     };
     if let Some(id) = &enduser {
@@ -182,7 +233,7 @@ mod tests {
     use super::*;
 
     fn keys() -> Keys {
-        Keys::new(b"a-test-secret-that-is-long-enough!!", Duration::from_secs(60))
+        Keys::new(&"a-test-secret-that-is-long-enough!!".into(), Duration::from_secs(60))
     }
 
     #[test]
@@ -197,7 +248,7 @@ mod tests {
 
     #[test]
     fn a_token_signed_with_another_key_is_refused() {
-        let other = Keys::new(b"another-secret-that-is-long-enough!", Duration::from_secs(60));
+        let other = Keys::new(&"another-secret-that-is-long-enough!".into(), Duration::from_secs(60));
         let (token, _) = other.issue(UserId::new(), Role::User).unwrap();
         let error = keys().verify(&token).unwrap_err();
         assert_eq!(error.to_string(), "the token's signature is not valid");
@@ -210,11 +261,13 @@ mod tests {
             id: me,
             role: Role::User,
         };
-        assert!(user.require_self_or_admin(me).is_ok());
+        assert_eq!(user.may_act_on(&me.to_string()).unwrap(), (me, Role::User));
         assert!(matches!(
-            user.require_self_or_admin(UserId::new()),
+            user.may_act_on(&UserId::new().to_string()),
             Err(ApiError::Forbidden(_))
         ));
+        // Not its own id, so not its business what is wrong with it.
+        assert!(matches!(user.may_act_on("not-a-uuid"), Err(ApiError::Forbidden(_))));
         assert!(matches!(user.require_admin(), Err(ApiError::Forbidden(_))));
         assert!(matches!(
             Caller::Guest.require_admin(),
@@ -225,6 +278,14 @@ mod tests {
             role: Role::Admin,
         };
         assert!(admin.require_admin().is_ok());
-        assert!(admin.require_self_or_admin(UserId::new()).is_ok());
+        assert!(admin.may_act_on(&UserId::new().to_string()).is_ok());
+        assert!(matches!(
+            admin.may_act_on("not-a-uuid"),
+            Err(ApiError::BadRequest { .. })
+        ));
+        assert!(matches!(
+            Caller::Guest.may_act_on("not-a-uuid"),
+            Err(ApiError::Unauthenticated(_))
+        ));
     }
 }

@@ -3,6 +3,9 @@
 use std::{net::SocketAddr, time::Duration};
 
 use callchain_runtime::env::Env;
+use secrecy::{ExposeSecret as _, SecretString};
+
+use crate::throttle::Limits;
 
 /// Every variable this service reads (beside the telemetry's own).
 pub const ENV_VARS: &[&str] = &[
@@ -15,6 +18,10 @@ pub const ENV_VARS: &[&str] = &[
     "KAFKA_BROKERS",
     "KAFKA_TOPIC",
     "KAFKA_PUBLISH_TIMEOUT_MS",
+    "LOGIN_MAX_FAILURES_PER_ACCOUNT",
+    "LOGIN_MAX_FAILURES_PER_ADDRESS",
+    "LOGIN_FAILURE_WINDOW_SECONDS",
+    "AUTH_CACHE_TTL_MS",
 ];
 
 /// The variables without which a release build does not start.
@@ -25,14 +32,17 @@ pub const REQUIRED_ENV_VARS: &[&str] = &["JWT_SECRET"];
 #[cfg(debug_assertions)]
 const DEV_JWT_SECRET: &str = "callchain-development-secret-do-not-use-in-production";
 
-#[derive(Clone)]
+/// `Debug` prints every setting but the secret, which `SecretString` keeps
+/// to itself.
+#[derive(Debug, Clone)]
 pub struct Config {
     /// `API_LISTEN_ADDR`, default `0.0.0.0:8080`.
     pub listen_addr: SocketAddr,
     /// `USER_SERVICE_URL`, default `http://127.0.0.1:50051`.
     pub user_service_url: String,
     /// `JWT_SECRET`: the HMAC key tokens are signed with (at least 32 bytes).
-    pub jwt_secret: String,
+    /// A secret: it never prints.
+    pub jwt_secret: SecretString,
     /// `JWT_TTL_SECONDS`, default 3600.
     pub jwt_ttl: Duration,
     /// `REQUEST_TIMEOUT_MS`, default 10000: the budget of one request,
@@ -47,35 +57,40 @@ pub struct Config {
     /// `KAFKA_PUBLISH_TIMEOUT_MS`, default 5000: how long a write waits for
     /// the broker to acknowledge its event before answering 503.
     pub publish_timeout: Duration,
-}
-
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("listen_addr", &self.listen_addr)
-            .field("user_service_url", &self.user_service_url)
-            .field("jwt_secret", &"***")
-            .field("jwt_ttl", &self.jwt_ttl)
-            .field("request_timeout", &self.request_timeout)
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("kafka_brokers", &self.kafka_brokers)
-            .field("kafka_topic", &self.kafka_topic)
-            .field("publish_timeout", &self.publish_timeout)
-            .finish()
-    }
+    /// `LOGIN_MAX_FAILURES_PER_ACCOUNT` (default 5) and
+    /// `LOGIN_MAX_FAILURES_PER_ADDRESS` (default 50) failed logins within
+    /// `LOGIN_FAILURE_WINDOW_SECONDS` (default 900); past either, a login
+    /// answers 429 until the oldest failure leaves the window.
+    pub login_limits: Limits,
+    /// `AUTH_CACHE_TTL_MS`, default 1000: how long the user service's word on
+    /// a token's user (still there, with what role) is kept; 0 asks on every
+    /// request.
+    pub auth_cache_ttl: Duration,
 }
 
 impl Config {
     /// Reads the variables in [`ENV_VARS`] from `env`.
     pub fn from_env(env: &Env) -> anyhow::Result<Self> {
-        let jwt_secret = match env.var("JWT_SECRET") {
+        let jwt_secret = match env.secret("JWT_SECRET") {
             Some(secret) => secret,
             #[cfg(debug_assertions)]
-            None => DEV_JWT_SECRET.to_owned(),
+            None => DEV_JWT_SECRET.into(),
             #[cfg(not(debug_assertions))]
             None => anyhow::bail!("JWT_SECRET is required: the key API tokens are signed with (32 bytes or more)"),
         };
-        anyhow::ensure!(jwt_secret.len() >= 32, "JWT_SECRET must be at least 32 bytes long");
+        anyhow::ensure!(
+            jwt_secret.expose_secret().len() >= 32,
+            "JWT_SECRET must be at least 32 bytes long"
+        );
+        let login_limits = Limits {
+            per_account: env.parse_or("LOGIN_MAX_FAILURES_PER_ACCOUNT", "a whole number", 5)?,
+            per_address: env.parse_or("LOGIN_MAX_FAILURES_PER_ADDRESS", "a whole number", 50)?,
+            window: Duration::from_secs(env.parse_or("LOGIN_FAILURE_WINDOW_SECONDS", "a whole number", 900)?),
+        };
+        anyhow::ensure!(
+            login_limits.per_account > 0 && login_limits.per_address > 0 && !login_limits.window.is_zero(),
+            "LOGIN_MAX_FAILURES_PER_ACCOUNT, LOGIN_MAX_FAILURES_PER_ADDRESS and LOGIN_FAILURE_WINDOW_SECONDS must be at least 1"
+        );
         Ok(Self {
             listen_addr: env.parse_or(
                 "API_LISTEN_ADDR",
@@ -98,6 +113,8 @@ impl Config {
                 "a whole number",
                 5_000,
             )?),
+            login_limits,
+            auth_cache_ttl: Duration::from_millis(env.parse_or("AUTH_CACHE_TTL_MS", "a whole number", 1_000)?),
         })
     }
 
@@ -106,13 +123,48 @@ impl Config {
         Self {
             listen_addr: "127.0.0.1:0".parse().expect("a valid address"),
             user_service_url,
-            jwt_secret,
+            jwt_secret: jwt_secret.into(),
             jwt_ttl: Duration::from_secs(3600),
             request_timeout: Duration::from_secs(10),
             max_body_bytes: 16 * 1024,
             kafka_brokers,
             kafka_topic,
             publish_timeout: Duration::from_secs(3),
+            login_limits: Limits::default(),
+            auth_cache_ttl: Duration::from_secs(1),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_signing_key() {
+        let config = Config::from_env(&Env::from_pairs([(
+            "JWT_SECRET",
+            "a-signing-key-nobody-may-ever-read!!",
+        )]))
+        .unwrap();
+        let debug = format!("{config:?}");
+        assert!(debug.contains("jwt_secret"), "{debug}");
+        assert!(!debug.contains("a-signing-key-nobody-may-ever-read"), "{debug}");
+    }
+
+    #[test]
+    fn login_limits_are_read_and_checked() {
+        let env = Env::from_pairs([
+            ("LOGIN_MAX_FAILURES_PER_ACCOUNT", "3"),
+            ("LOGIN_MAX_FAILURES_PER_ADDRESS", "30"),
+            ("LOGIN_FAILURE_WINDOW_SECONDS", "60"),
+        ]);
+        let limits = Config::from_env(&env).unwrap().login_limits;
+        assert_eq!(
+            (limits.per_account, limits.per_address, limits.window.as_secs()),
+            (3, 30, 60)
+        );
+        let zero = Env::from_pairs([("LOGIN_MAX_FAILURES_PER_ACCOUNT", "0")]);
+        assert!(Config::from_env(&zero).is_err());
     }
 }

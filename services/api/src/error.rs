@@ -28,9 +28,15 @@ pub enum ApiError {
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{detail}")]
+    TooManyRequests { detail: String, retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -47,8 +53,11 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -88,7 +97,8 @@ impl From<tonic::Status> for ApiError {
             Code::Unauthenticated => ApiError::Unauthenticated(message),
             Code::PermissionDenied => ApiError::Forbidden(message),
             Code::NotFound => ApiError::NotFound(message),
-            Code::AlreadyExists => ApiError::Conflict(message),
+            Code::AlreadyExists | Code::Aborted => ApiError::Conflict(message),
+            Code::FailedPrecondition => ApiError::Unprocessable(message),
             Code::DeadlineExceeded | Code::Cancelled => {
                 ApiError::DeadlineExceeded("the request ran out of time waiting for the user service".into())
             }
@@ -196,11 +206,14 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        match status {
-            StatusCode::SERVICE_UNAVAILABLE => {
+        match (status, &self) {
+            (_, ApiError::TooManyRequests { retry_after_secs, .. }) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            (StatusCode::SERVICE_UNAVAILABLE, _) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
-            StatusCode::UNAUTHORIZED => {
+            (StatusCode::UNAUTHORIZED, _) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             _ => {}
@@ -221,6 +234,8 @@ mod tests {
             (Code::PermissionDenied, StatusCode::FORBIDDEN),
             (Code::NotFound, StatusCode::NOT_FOUND),
             (Code::AlreadyExists, StatusCode::CONFLICT),
+            (Code::Aborted, StatusCode::CONFLICT),
+            (Code::FailedPrecondition, StatusCode::UNPROCESSABLE_ENTITY),
             (Code::DeadlineExceeded, StatusCode::GATEWAY_TIMEOUT),
             (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
             (Code::Internal, StatusCode::INTERNAL_SERVER_ERROR),

@@ -1,10 +1,13 @@
 //! Extractors whose rejections are the API's own problem documents, the
 //! request's deadline, and the `Idempotency-Key` header.
 
-use std::time::{Duration, Instant};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
 
 use axum::{
-    extract::{FromRequest, FromRequestParts, Request},
+    extract::{ConnectInfo, FromRequest, FromRequestParts, Request},
     http::request::Parts,
     middleware::Next,
     response::{IntoResponse, Response},
@@ -81,24 +84,56 @@ pub async fn deadline(budget: Duration, mut request: Request, next: Next) -> Res
     }
 }
 
-/// The optional `Idempotency-Key` header of a write.
+/// The optional `Idempotency-Key` header of a write: 1 to 200 visible ASCII
+/// characters (the domain's [`callchain_domain::IdempotencyKey`]).
+///
+/// Handlers take it as `Result<IdempotencyKey, ApiError>` and look at it
+/// only once the caller is known to be allowed, so a malformed key never
+/// answers before a missing token (401) or a refused role (403) would.
 #[derive(Debug, Clone, Default)]
-pub struct IdempotencyKey(pub Option<String>);
+pub struct IdempotencyKey(pub Option<callchain_domain::IdempotencyKey>);
+
+/// The header's name, as the API's problems and document give it.
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+impl IdempotencyKey {
+    /// The key as protobuf carries it: empty for none.
+    pub fn into_wire(self) -> String {
+        self.0.map(|key| key.as_str().to_owned()).unwrap_or_default()
+    }
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let Some(value) = parts.headers.get("idempotency-key") else {
+        let Some(value) = parts.headers.get(IDEMPOTENCY_KEY) else {
             return Ok(Self(None));
         };
-        let key = value
-            .to_str()
-            .ok()
-            .map(str::trim)
-            .filter(|key| !key.is_empty() && key.len() <= 200)
-            .ok_or_else(|| ApiError::bad_request("Idempotency-Key must be 1 to 200 visible ASCII characters"))?;
-        Ok(Self(Some(key.to_owned())))
+        // Bytes that are not text become U+FFFD, which the domain refuses
+        // with the same words as any other character out of range.
+        let text = String::from_utf8_lossy(value.as_bytes());
+        let key = callchain_domain::IdempotencyKey::parse(&text).map_err(|invalid| invalid.named(IDEMPOTENCY_KEY))?;
+        Ok(Self(Some(key)))
+    }
+}
+
+/// The address the request came from (the TCP peer; a proxy in front of the
+/// API would be seen here, not its clients). `None` when the server was not
+/// given the connection's address, as in tests that call the router directly.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(addr)| addr.ip()),
+        ))
     }
 }
 

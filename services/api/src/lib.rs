@@ -3,6 +3,8 @@
 //! - [`config`]: settings from the environment.
 //! - `users`: the handlers; bodies are parsed into domain types here.
 //! - `auth`: JWT bearer tokens and the roles; the caller's id as baggage.
+//! - `roles`: the user service's word on a token's user, kept briefly.
+//! - `throttle`: failed logins counted per account and per address.
 //! - `events`: the user events published to Kafka after each write.
 //! - `extract`: extractors that reject as problem+json, the request deadline,
 //!   the `Idempotency-Key` header.
@@ -18,6 +20,8 @@ mod error;
 mod events;
 mod extract;
 mod openapi;
+mod roles;
+mod throttle;
 mod users;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -44,14 +48,20 @@ pub use auth::Keys;
 pub use config::Config;
 use error::ApiError;
 
+/// The user service's client, traced.
+type UserClient = UserServiceClient<Traced<Channel, GrpcClient>>;
+
 /// What every handler shares: one gRPC channel to the user service, one
-/// Kafka producer, the token keys.
+/// Kafka producer, the token keys, what is known of tokens' users, and the
+/// login throttle.
 #[derive(Clone)]
 pub struct AppState {
-    users: UserServiceClient<Traced<Channel, GrpcClient>>,
+    users: UserClient,
     health: tonic_health::pb::health_client::HealthClient<Channel>,
     events: Arc<events::Publisher>,
     keys: Keys,
+    roles: Arc<roles::Roles>,
+    throttle: Arc<throttle::LoginThrottle>,
 }
 
 impl AppState {
@@ -73,7 +83,9 @@ impl AppState {
                 &config.kafka_topic,
                 config.publish_timeout,
             )?),
-            keys: Keys::new(config.jwt_secret.as_bytes(), config.jwt_ttl),
+            keys: Keys::new(&config.jwt_secret, config.jwt_ttl),
+            roles: Arc::new(roles::Roles::new(config.auth_cache_ttl)),
+            throttle: Arc::new(throttle::LoginThrottle::new(config.login_limits)),
         })
     }
 }
@@ -97,6 +109,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .route("/v1/auth/login", post(users::login))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(axum::middleware::from_fn(move |request, next| {
             extract::deadline(budget, request, next)
@@ -130,7 +143,10 @@ pub async fn run(
         kafka = %config.kafka_brokers,
         "api listening"
     );
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    // The peer's address reaches the handlers, for the login throttle.
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await?;
     tracing::info!("api stopped");
     Ok(())
 }
@@ -166,6 +182,11 @@ async fn openapi() -> impl IntoResponse {
 
 async fn not_found() -> ApiError {
     ApiError::NotFound("no such resource".into())
+}
+
+/// axum adds the `Allow` header naming the methods the path has.
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed("this resource does not answer that method".into())
 }
 
 /// Probes `/readyz` on `addr`: the container health check.

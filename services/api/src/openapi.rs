@@ -1,9 +1,24 @@
 //! The OpenAPI document served at `/openapi.json`, generated from the
 //! handlers' annotations so it cannot drift from the code.
+//!
+//! - [`schema`]: the schema of every input the domain parses, built from the
+//!   domain's own limits and patterns (`callchain-domain`), so the document
+//!   states exactly what the code enforces.
+//! - What every answer shares is added here, once, as the layers that cause
+//!   it do: the `traceparent` header of every response (the HTTP server
+//!   layer), `Retry-After` on 429 and 503 and `WWW-Authenticate` on 401 (the
+//!   error type), and the links between operations that a client (or a
+//!   stateful fuzzer) follows from one answer to the next request.
 
 use utoipa::{
     Modify, OpenApi,
-    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    openapi::{
+        Header, Object, ObjectBuilder, PathItem, RefOr, Required, Type,
+        extensions::Extensions,
+        link::LinkBuilder,
+        path::{Operation, ParameterIn},
+        security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    },
 };
 
 use crate::{error::Problem, users};
@@ -16,9 +31,100 @@ use crate::{error::Problem, users};
         users::RegisterRequest, users::LoginRequest, users::UpdateRequest, users::UserBody, users::TokenBody,
         users::UserPage, Problem
     )),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &ParameterFacts, &SharedHeaders, &Links)
 )]
 pub struct ApiDoc;
+
+/// The schemas of the domain's inputs, from its constants.
+pub mod schema {
+    use callchain_domain::{Email, IdempotencyKey, PageSize, Password, Role, UserId, UserName};
+    use utoipa::openapi::{KnownFormat, Object, ObjectBuilder, SchemaFormat, Type};
+
+    fn text(min: usize, max: usize, pattern: &str) -> ObjectBuilder {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(min))
+            .max_length(Some(max))
+            .pattern(Some(pattern))
+    }
+
+    /// `Email::parse`: at most 254 characters, one `@`, a dotted domain, no
+    /// white space or control character.
+    pub fn email() -> Object {
+        text(1, Email::MAX_CHARS, Email::PATTERN)
+            .description(Some(
+                "An email address: one `@` between a local part and a domain of dot-separated labels, \
+                 no white space or control character. Unique whatever its case.",
+            ))
+            .examples(["ada@example.com"])
+            .build()
+    }
+
+    /// `UserName::parse`.
+    pub fn name() -> Object {
+        text(1, UserName::MAX_CHARS, UserName::PATTERN)
+            .description(Some(
+                "A display name: no control character, no white space at either end.",
+            ))
+            .examples(["Ada Lovelace"])
+            .build()
+    }
+
+    /// `Password::parse`.
+    pub fn password() -> Object {
+        text(Password::MIN_CHARS, Password::MAX_CHARS, Password::PATTERN)
+            .description(Some(
+                "A password: no control character. Never shown back, never logged.",
+            ))
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Password)))
+            .write_only(true)
+            .examples(["correct horse battery staple"])
+            .build()
+    }
+
+    /// `Role::parse`.
+    pub fn role() -> Object {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(Role::ALL.map(Role::as_str)))
+            .build()
+    }
+
+    /// `UserId::parse`: a UUID with hyphens.
+    pub fn user_id() -> Object {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)))
+            .pattern(Some(UserId::PATTERN))
+            .build()
+    }
+
+    /// `PageSize::parse`.
+    pub fn page_size() -> Object {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)))
+            .minimum(Some(PageSize::MIN))
+            .maximum(Some(PageSize::MAX))
+            .default(Some(PageSize::DEFAULT.get().into()))
+            .build()
+    }
+
+    /// `IdempotencyKey::parse`.
+    pub fn idempotency_key() -> Object {
+        text(1, IdempotencyKey::MAX_CHARS, IdempotencyKey::PATTERN)
+            .examples(["0199a5c2-7b1e-7c3d-9f00-5e4d3c2b1a09"])
+            .build()
+    }
+
+    /// The one token type.
+    pub fn bearer() -> Object {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(["Bearer"]))
+            .build()
+    }
+}
 
 struct BearerAuth;
 
@@ -34,5 +140,162 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// The document's operations, each with its method.
+fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.patch,
+    ]
+    .into_iter()
+    .filter_map(Option::as_mut)
+}
+
+/// A response header that is always there. utoipa's `Header` has no field
+/// for `required`, so it goes in through the map that serialises beside the
+/// header's own fields.
+fn required_header(schema: Object, description: &str) -> Header {
+    let mut header = Header::new(schema);
+    header.description = Some(description.to_owned());
+    let mut extensions = Extensions::default();
+    extensions.insert("required".to_owned(), true.into());
+    header.extensions = Some(extensions);
+    header
+}
+
+/// What utoipa leaves out of a parameter whose schema comes from
+/// `schema_with`: that a path parameter is always required, and the
+/// descriptions.
+struct ParameterFacts;
+
+impl Modify for ParameterFacts {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            for operation in operations(item) {
+                for parameter in operation.parameters.iter_mut().flatten() {
+                    let RefOr::T(parameter) = parameter else { continue };
+                    match parameter.parameter_in {
+                        ParameterIn::Path => {
+                            parameter.required = Required::True;
+                            parameter.description = Some("The user's id.".into());
+                        }
+                        ParameterIn::Header if parameter.name == "Idempotency-Key" => {
+                            parameter.description = Some(
+                                "Makes a retry of the write apply once: the same key with the same request \
+                                 answers as the first did; with a different request, 422; while the first \
+                                 is still in progress, 409."
+                                    .into(),
+                            );
+                        }
+                        ParameterIn::Query if parameter.name == "page_size" => {
+                            parameter.description = Some("How many users a page holds.".into());
+                        }
+                        ParameterIn::Query if parameter.name == "page_token" => {
+                            parameter.description = Some("`next_page_token` of the previous page.".into());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct SharedHeaders;
+
+impl Modify for SharedHeaders {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let traceparent = required_header(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"))
+                .build(),
+            "The W3C trace context of this request: its trace id finds it in Jaeger and in the logs.",
+        );
+        let retry_after = required_header(
+            ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)).build(),
+            "Seconds to wait before trying again.",
+        );
+        let www_authenticate = required_header(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["Bearer"]))
+                .build(),
+            "The scheme to authenticate with.",
+        );
+        for item in openapi.paths.paths.values_mut() {
+            for operation in operations(item) {
+                for (status, response) in operation.responses.responses.iter_mut() {
+                    let RefOr::T(response) = response else { continue };
+                    response
+                        .headers
+                        .insert("traceparent".into(), RefOr::T(traceparent.clone()));
+                    match status.as_str() {
+                        "429" | "503" => {
+                            response
+                                .headers
+                                .insert("Retry-After".into(), RefOr::T(retry_after.clone()));
+                        }
+                        "401" => {
+                            response
+                                .headers
+                                .insert("WWW-Authenticate".into(), RefOr::T(www_authenticate.clone()));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where an answer leads: the user a write or a login answered with can be
+/// read, changed and deleted next.
+struct Links;
+
+impl Modify for Links {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let user_links = |id: &str| {
+            [
+                ("GetUser", "get_user"),
+                ("UpdateUser", "update_user"),
+                ("DeleteUser", "delete_user"),
+            ]
+            .map(|(name, operation)| {
+                (
+                    name.to_owned(),
+                    RefOr::T(LinkBuilder::new().operation_id(operation).parameter("id", id).build()),
+                )
+            })
+        };
+        // Not from a listing: its first user is whoever is oldest, most
+        // often the administrator, and a page may be empty.
+        let links: [(&str, &str, &str, &str); 4] = [
+            ("/v1/users", "post", "201", "$response.body#/id"),
+            ("/v1/auth/login", "post", "200", "$response.body#/user/id"),
+            ("/v1/users/{id}", "get", "200", "$response.body#/id"),
+            ("/v1/users/{id}", "patch", "200", "$response.body#/id"),
+        ];
+        for (path, method, status, id) in links {
+            let Some(item) = openapi.paths.paths.get_mut(path) else {
+                continue;
+            };
+            let operation = match method {
+                "get" => item.get.as_mut(),
+                "post" => item.post.as_mut(),
+                "patch" => item.patch.as_mut(),
+                _ => None,
+            };
+            if let Some(RefOr::T(response)) =
+                operation.and_then(|operation| operation.responses.responses.get_mut(status))
+            {
+                response.links.extend(user_links(id));
+            }
+        }
     }
 }

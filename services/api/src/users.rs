@@ -22,19 +22,19 @@ use crate::{
     auth::Caller,
     error::{ApiError, Problem},
     events::event_of,
-    extract::{Deadline, IdempotencyKey, Json, Path, Query},
+    extract::{ClientAddr, Deadline, IdempotencyKey, Json, Path, Query},
+    openapi::schema,
 };
 
 /// A new user.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
-    #[schema(example = "ada@example.com")]
+    #[schema(schema_with = schema::email)]
     pub email: String,
-    #[schema(example = "Ada Lovelace")]
+    #[schema(schema_with = schema::name)]
     pub name: String,
-    /// 8 to 128 characters.
-    #[schema(example = "correct horse battery staple")]
+    #[schema(schema_with = schema::password)]
     pub password: String,
 }
 
@@ -42,33 +42,52 @@ pub struct RegisterRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
+    #[schema(schema_with = schema::email)]
     pub email: String,
+    #[schema(schema_with = schema::password)]
     pub password: String,
 }
 
-/// Fields to change; those left out stay as they are. Only an administrator
-/// may change a role.
+/// Fields to change (at least one); those left out stay as they are. Only
+/// an administrator may change a role.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1)]
 pub struct UpdateRequest {
+    #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = schema::email, required = false)]
     pub email: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = schema::name, required = false)]
     pub name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = schema::password, required = false)]
     pub password: Option<String>,
-    /// `USER` or `ADMIN`.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = schema::role, required = false)]
     pub role: Option<String>,
+}
+
+/// A field that may be left out but, when given, holds a value: `null` is
+/// refused like any other wrong type, rather than read as "left out".
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(deserializer).map(Some)
 }
 
 /// A user. Never a password, never a hash.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UserBody {
+    #[schema(schema_with = schema::user_id)]
     pub id: String,
+    #[schema(schema_with = schema::email)]
     pub email: String,
+    #[schema(schema_with = schema::name)]
     pub name: String,
-    /// `USER` or `ADMIN`.
+    #[schema(schema_with = schema::role)]
     pub role: String,
-    /// RFC 3339.
+    #[schema(format = DateTime)]
     pub created_at: String,
-    /// RFC 3339.
+    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 
@@ -77,8 +96,10 @@ pub struct UserBody {
 pub struct TokenBody {
     pub access_token: String,
     /// Always `Bearer`.
+    #[schema(schema_with = schema::bearer)]
     pub token_type: &'static str,
     /// Seconds until the token expires.
+    #[schema(minimum = 0)]
     pub expires_in: u64,
     pub user: UserBody,
 }
@@ -86,18 +107,21 @@ pub struct TokenBody {
 /// A page of users, oldest first.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UserPage {
+    #[schema(max_items = 100)]
     pub users: Vec<UserBody>,
     /// Pass as `page_token` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = schema::user_id, required = false)]
     pub next_page_token: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// 1 to 100; default 20.
+    #[param(schema_with = schema::page_size)]
     pub page_size: Option<u32>,
-    /// `next_page_token` of the previous page.
+    #[param(schema_with = schema::user_id)]
     pub page_token: Option<String>,
 }
 
@@ -148,19 +172,26 @@ impl AppState {
 
 /// Register a user (open to guests).
 #[utoipa::path(post, path = "/v1/users", tag = "users", request_body = RegisterRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry apply once")),
+    params(IdempotencyKeyParam), security(()),
     responses(
-        (status = 201, description = "Registered", body = UserBody),
-        (status = 400, description = "A field is invalid", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The email is taken", body = Problem, content_type = "application/problem+json"),
+        (status = 201, description = "Registered", body = UserBody,
+            headers(("Location" = String, description = "The new user's URL"))),
+        (status = 400, description = "A field or the `Idempotency-Key` is invalid, or the body is not JSON of the schema", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The email is taken, or a request with this `Idempotency-Key` is still in progress", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than the API takes", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The `Idempotency-Key` was used before for a different request", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "A dependency is down; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The request ran out of time", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn register(
     State(state): State<AppState>,
     deadline: Deadline,
-    IdempotencyKey(key): IdempotencyKey,
-    Json(body): Json<RegisterRequest>,
+    key: Result<IdempotencyKey, ApiError>,
+    body: Result<Json<RegisterRequest>, ApiError>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let key = key?;
+    let Json(body) = body?;
     let email = Email::parse(&body.email)?;
     let name = UserName::parse(&body.name)?;
     let password = Password::parse(&body.password)?;
@@ -168,7 +199,7 @@ pub async fn register(
         email: email.as_str().to_owned(),
         name: name.as_str().to_owned(),
         password: password.expose().to_owned(),
-        idempotency_key: key.unwrap_or_default(),
+        idempotency_key: key.into_wire(),
     })?;
     let response = state.users.clone().create_user(request).await?.into_inner();
     let user = state
@@ -182,22 +213,52 @@ pub async fn register(
     ))
 }
 
-/// Exchange email and password for a bearer token.
-#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest,
+/// Exchange email and password for a bearer token. Failed logins are
+/// throttled per account and per client address: past the limit, `429`
+/// until `Retry-After` has passed, whether or not the account exists.
+#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest, security(()),
     responses(
         (status = 200, description = "Logged in", body = TokenBody),
+        (status = 400, description = "A field is invalid, or the body is not JSON of the schema", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Wrong email or password", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than the API takes", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json`", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed logins for this account or from this address; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A dependency is down; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The request ran out of time", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn login(
     State(state): State<AppState>,
+    ClientAddr(address): ClientAddr,
     deadline: Deadline,
-    Json(body): Json<LoginRequest>,
+    body: Result<Json<LoginRequest>, ApiError>,
 ) -> Result<Json<TokenBody>, ApiError> {
+    let Json(body) = body?;
+    let email = Email::parse(&body.email)?;
+    let password = Password::parse(&body.password)?;
+    let attempt = state.throttle.begin(&email, address)?;
     let request = deadline.grpc(AuthenticateRequest {
-        email: body.email,
-        password: body.password,
-    })?;
-    let response = state.users.clone().authenticate(request).await?.into_inner();
+        email: email.as_str().to_owned(),
+        password: password.expose().to_owned(),
+    });
+    let answer = match request {
+        Ok(request) => state.users.clone().authenticate(request).await.map_err(ApiError::from),
+        Err(error) => Err(error),
+    };
+    let response = match answer {
+        Ok(response) => {
+            state.throttle.succeeded(attempt);
+            response.into_inner()
+        }
+        Err(error @ ApiError::Unauthenticated(_)) => {
+            state.throttle.failed(attempt);
+            return Err(error);
+        }
+        Err(error) => {
+            state.throttle.undecided(attempt);
+            return Err(error);
+        }
+    };
     let user: User = answered(response.user, "user")?;
     let (access_token, expires_in) = state.keys.issue(user.id, user.role)?;
     Ok(Json(TokenBody {
@@ -209,23 +270,26 @@ pub async fn login(
 }
 
 /// Read a user (itself, or anyone for an administrator).
-#[utoipa::path(get, path = "/v1/users/{id}", tag = "users", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/users/{id}", tag = "users", params(UserPath),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The user", body = UserBody),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token, or its user no longer exists", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not yours to read", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A dependency is down; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The request ran out of time", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get_user(
     State(state): State<AppState>,
     caller: Caller,
     deadline: Deadline,
-    Path(id): Path<String>,
+    path: Result<Path<String>, ApiError>,
 ) -> Result<Json<UserBody>, ApiError> {
     caller.signed_in()?;
-    let id = UserId::parse(&id)?;
-    caller.require_self_or_admin(id)?;
+    let Path(id) = path?;
+    let (id, _) = caller.may_act_on(&id)?;
     let request = deadline.grpc(GetUserRequest { id: id.to_string() })?;
     let response = state.users.clone().get_user(request).await?.into_inner();
     let user: User = answered(response.user, "user")?;
@@ -233,36 +297,50 @@ pub async fn get_user(
 }
 
 /// Change a user's email, name, password or (administrators only) role.
-#[utoipa::path(patch, path = "/v1/users/{id}", tag = "users", params(("id" = String, Path),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry apply once")),
+#[utoipa::path(patch, path = "/v1/users/{id}", tag = "users", params(UserPath, IdempotencyKeyParam),
     request_body = UpdateRequest, security(("bearer" = [])),
     responses(
         (status = 200, description = "Updated", body = UserBody),
-        (status = 400, description = "A field is invalid", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The id, a field or the `Idempotency-Key` is invalid, or the body is not JSON of the schema", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token, or its user no longer exists", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not yours to change, a role change by someone not an administrator, or an administrator lowering its own role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The email is taken", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The email is taken, or a request with this `Idempotency-Key` is still in progress", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than the API takes", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The `Idempotency-Key` was used before for a different request", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "A dependency is down; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The request ran out of time", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn update_user(
     State(state): State<AppState>,
     caller: Caller,
     deadline: Deadline,
-    IdempotencyKey(key): IdempotencyKey,
-    Path(id): Path<String>,
-    Json(body): Json<UpdateRequest>,
+    path: Result<Path<String>, ApiError>,
+    key: Result<IdempotencyKey, ApiError>,
+    body: Result<Json<UpdateRequest>, ApiError>,
 ) -> Result<Json<UserBody>, ApiError> {
     caller.signed_in()?;
-    let id = UserId::parse(&id)?;
-    let caller_role = caller.require_self_or_admin(id)?;
+    let Path(id) = path?;
+    let (id, caller_role) = caller.may_act_on(&id)?;
+    let Json(body) = body?;
+    // Authorization before the fields: whatever role it names, only an
+    // administrator may change one.
+    if body.role.is_some() && caller_role != Role::Admin {
+        return Err(ApiError::Forbidden("only an administrator may change a role".into()));
+    }
+    // So that the last administrator cannot lock everyone out: another
+    // administrator may lower this one's role.
+    if caller.signed_in()?.0 == id && caller_role == Role::Admin && body.role.as_deref() == Some(Role::User.as_str()) {
+        return Err(ApiError::Forbidden(
+            "an administrator may not lower its own role".into(),
+        ));
+    }
+    let key = key?;
     let email = body.email.as_deref().map(Email::parse).transpose()?;
     let name = body.name.as_deref().map(UserName::parse).transpose()?;
     let password = body.password.as_deref().map(Password::parse).transpose()?;
     let role = body.role.as_deref().map(Role::parse).transpose()?;
-    if role.is_some() && caller_role != Role::Admin {
-        return Err(ApiError::Forbidden("only an administrator may change a role".into()));
-    }
     if email.is_none() && name.is_none() && password.is_none() && role.is_none() {
         return Err(ApiError::bad_request(
             "nothing to update: give email, name, password or role",
@@ -274,40 +352,55 @@ pub async fn update_user(
         name: name.map(|n| n.as_str().to_owned()),
         password: password.map(|p| p.expose().to_owned()),
         role: role.map_or(pb::Role::Unspecified, pb::Role::from).into(),
-        idempotency_key: key.unwrap_or_default(),
+        idempotency_key: key.into_wire(),
     })?;
-    let response = state.users.clone().update_user(request).await?.into_inner();
+    let response = state.users.clone().update_user(request).await;
+    // Whatever the answer, what this process knew of the user may be stale.
+    state.roles.forget(id);
+    let response = response?.into_inner();
     let user = state
         .publish_write(EventType::UserUpdated, response.user, response.change, &deadline)
         .await?;
+    state.roles.remember(&user);
     Ok(Json(user.into()))
 }
 
 /// Delete a user (administrators only).
-#[utoipa::path(delete, path = "/v1/users/{id}", tag = "users", params(("id" = String, Path),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry apply once")),
+#[utoipa::path(delete, path = "/v1/users/{id}", tag = "users", params(UserPath, IdempotencyKeyParam),
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an administrator", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The id or the `Idempotency-Key` is invalid", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token, or its user no longer exists", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an administrator, or an administrator deleting itself", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A request with this `Idempotency-Key` is still in progress", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The `Idempotency-Key` was used before for a different request", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "A dependency is down; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The request ran out of time", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn delete_user(
     State(state): State<AppState>,
     caller: Caller,
     deadline: Deadline,
-    IdempotencyKey(key): IdempotencyKey,
-    Path(id): Path<String>,
+    path: Result<Path<String>, ApiError>,
+    key: Result<IdempotencyKey, ApiError>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
+    let Path(id) = path?;
     let id = UserId::parse(&id)?;
+    // So that the last administrator cannot lock everyone out.
+    if caller.signed_in()?.0 == id {
+        return Err(ApiError::Forbidden("an administrator may not delete itself".into()));
+    }
+    let key = key?;
     let request = deadline.grpc(DeleteUserRequest {
         id: id.to_string(),
-        idempotency_key: key.unwrap_or_default(),
+        idempotency_key: key.into_wire(),
     })?;
-    let response = state.users.clone().delete_user(request).await?.into_inner();
+    let response = state.users.clone().delete_user(request).await;
+    state.roles.forget(id);
+    let response = response?.into_inner();
     state
         .publish_write(EventType::UserDeleted, response.user, response.change, &deadline)
         .await?;
@@ -318,20 +411,29 @@ pub async fn delete_user(
 #[utoipa::path(get, path = "/v1/users", tag = "users", params(ListQuery), security(("bearer" = [])),
     responses(
         (status = 200, description = "A page of users", body = UserPage),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`page_size` or `page_token` is invalid, or the query has another parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token, or its user no longer exists", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an administrator", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A dependency is down; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The request ran out of time", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_users(
     State(state): State<AppState>,
     caller: Caller,
     deadline: Deadline,
-    Query(query): Query<ListQuery>,
+    query: Result<Query<ListQuery>, ApiError>,
 ) -> Result<Json<UserPage>, ApiError> {
     caller.require_admin()?;
+    let Query(query) = query?;
     let page_size = query.page_size.map(PageSize::parse).transpose()?;
+    let page_token = query
+        .page_token
+        .as_deref()
+        .map(|token| UserId::parse(token).map_err(|invalid| invalid.named("page_token")))
+        .transpose()?;
     let request = deadline.grpc(ListUsersRequest {
         page_size: page_size.map_or(0, PageSize::get),
-        page_token: query.page_token.unwrap_or_default(),
+        page_token: page_token.map(|token| token.to_string()).unwrap_or_default(),
     })?;
     let page = state.users.clone().list_users(request).await?.into_inner();
     let users = page
@@ -343,4 +445,27 @@ pub async fn list_users(
         users,
         next_page_token: Some(page.next_page_token).filter(|token| !token.is_empty()),
     }))
+}
+
+/// The `{id}` of a user's URL. (The parameters' descriptions, and that a
+/// path parameter is required, are added in `openapi`: with `schema_with`,
+/// utoipa leaves both out.)
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code, reason = "read by the OpenAPI document only; handlers take the raw text")]
+pub struct UserPath {
+    #[param(schema_with = schema::user_id)]
+    id: String,
+}
+
+/// The optional `Idempotency-Key` header of a write.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(
+    dead_code,
+    reason = "read by the OpenAPI document only; the extractor parses the header"
+)]
+pub struct IdempotencyKeyParam {
+    #[param(rename = "Idempotency-Key", schema_with = schema::idempotency_key)]
+    idempotency_key: Option<String>,
 }

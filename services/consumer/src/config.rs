@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
-use callchain_runtime::env::Env;
+use callchain_runtime::env::{Env, SecretString};
 
 /// Every variable this service reads (beside the telemetry's own).
 pub const ENV_VARS: &[&str] = &[
@@ -25,8 +25,8 @@ pub const REQUIRED_ENV_VARS: &[&str] = &["DATABASE_URL"];
 pub struct Config {
     /// `CONSUMER_HEALTH_ADDR`, default `0.0.0.0:8081`: `/healthz` and `/readyz`.
     pub health_addr: SocketAddr,
-    /// `DATABASE_URL`, required.
-    pub database_url: String,
+    /// `DATABASE_URL`, required. A secret: it carries the password.
+    pub database_url: SecretString,
     /// `DATABASE_MAX_CONNECTIONS`, default 4.
     pub max_connections: u32,
     /// `KAFKA_BROKERS`, default `127.0.0.1:9092`.
@@ -54,7 +54,7 @@ impl Config {
     pub fn for_tests(database_url: &str, brokers: &str, topic: &str, group_id: &str) -> Self {
         Self {
             health_addr: "127.0.0.1:0".parse().expect("a valid address"),
-            database_url: database_url.to_owned(),
+            database_url: database_url.into(),
             max_connections: 4,
             brokers: brokers.to_owned(),
             topic: topic.to_owned(),
@@ -76,7 +76,7 @@ impl Config {
                 ([0, 0, 0, 0], 8081).into(),
             )?,
             database_url: env
-                .var("DATABASE_URL")
+                .secret("DATABASE_URL")
                 .context("DATABASE_URL is required, e.g. postgres://callchain:callchain@127.0.0.1:5432/callchain")?,
             max_connections: env.parse_or("DATABASE_MAX_CONNECTIONS", "a whole number", 4)?,
             brokers: env.var("KAFKA_BROKERS").unwrap_or_else(|| "127.0.0.1:9092".to_owned()),

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use callchain_runtime::env::ExposeSecret as _;
 use callchain_telemetry::db;
 use sqlx::PgPool;
 use tracing::Span;
@@ -16,7 +17,7 @@ use crate::{
 /// A pool on `DATABASE_URL`, with the consumer's migrations applied.
 pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
     callchain_runtime::db::connect(
-        &config.database_url,
+        config.database_url.expose_secret(),
         config.max_connections,
         sqlx::migrate!("./migrations"),
     )

@@ -357,9 +357,9 @@ async fn an_unknown_schema_version_goes_to_the_dlq() {
 async fn an_event_postgres_refuses_goes_to_the_dlq_and_the_rest_of_its_batch_is_written() {
     let parts = Parts::start().await;
     let user_id = Uuid::now_v7();
-    // A NUL parses as JSON, but Postgres cannot store it in jsonb.
+    // A time chrono holds but Postgres's timestamptz does not (before 4713 BC).
     let mut poisoned = user_event(user_id);
-    poisoned.payload.name = "Ada\u{0}".into();
+    poisoned.occurred_at = chrono::DateTime::from_timestamp(-220_000_000_000, 0).unwrap();
     let before = user_event(user_id);
     let after = user_event(user_id);
     for event in [&before, &poisoned, &after] {
@@ -375,6 +375,31 @@ async fn an_event_postgres_refuses_goes_to_the_dlq_and_the_rest_of_its_batch_is_
     assert_eq!(header(&dead, headers::EVENT_ID), Some(poisoned.event_id.to_string()));
     let error = header(&dead, headers::ERROR).expect("an error header");
     assert!(error.contains("Postgres refused"), "error header: {error}");
+    assert_eq!(parts.rows_of(poisoned.event_id).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_with_a_nul_in_its_text_goes_to_the_dlq_naming_the_field_before_postgres_sees_it() {
+    let parts = Parts::start().await;
+    let user_id = Uuid::now_v7();
+    // A NUL parses as JSON, but Postgres cannot store it in jsonb: the
+    // domain's rules refuse it on reading, as the API and the user service do.
+    let mut poisoned = user_event(user_id);
+    poisoned.payload.name = "Ada\u{0}".into();
+    let after = user_event(user_id);
+    parts.produce_event(&poisoned, None).await;
+    parts.produce_event(&after, None).await;
+
+    let _consumer = parts.consumer(500, None).await;
+    parts.row_of(after.event_id).await;
+    let dead = parts.first_dead_letter().await;
+    assert_eq!(header(&dead, headers::EVENT_ID), Some(poisoned.event_id.to_string()));
+    let error = header(&dead, headers::ERROR).expect("an error header");
+    assert!(
+        error.contains("name: must not contain control characters"),
+        "error header: {error}"
+    );
+    assert!(!error.contains("Postgres"), "refused before the database: {error}");
     assert_eq!(parts.rows_of(poisoned.event_id).await, 0);
 }
 

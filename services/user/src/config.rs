@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use callchain_runtime::env::Env;
+use callchain_runtime::env::{Env, SecretString};
 
 /// Every variable this service reads (beside the telemetry's own).
 pub const ENV_VARS: &[&str] = &[
@@ -21,13 +21,13 @@ pub const REQUIRED_ENV_VARS: &[&str] = &["DATABASE_URL"];
 pub struct Config {
     /// `USER_LISTEN_ADDR`, default `0.0.0.0:50051`.
     pub listen_addr: SocketAddr,
-    /// `DATABASE_URL`, required.
-    pub database_url: String,
+    /// `DATABASE_URL`, required. A secret: it carries the password.
+    pub database_url: SecretString,
     /// `DATABASE_MAX_CONNECTIONS`, default 10.
     pub max_connections: u32,
     /// `ADMIN_EMAIL` and `ADMIN_PASSWORD`: an administrator created at start
-    /// when no user has that email. Both or neither.
-    pub admin: Option<(String, String)>,
+    /// when no user has that email. Both or neither. The password is a secret.
+    pub admin: Option<(String, SecretString)>,
 }
 
 impl Config {
@@ -36,15 +36,15 @@ impl Config {
     pub fn for_tests(database_url: &str, admin: Option<(String, String)>) -> Self {
         Self {
             listen_addr: "127.0.0.1:0".parse().expect("a valid address"),
-            database_url: database_url.to_owned(),
+            database_url: database_url.into(),
             max_connections: 5,
-            admin,
+            admin: admin.map(|(email, password)| (email, password.into())),
         }
     }
 
     /// Reads the variables in [`ENV_VARS`] from `env`.
     pub fn from_env(env: &Env) -> anyhow::Result<Self> {
-        let admin = match (env.var("ADMIN_EMAIL"), env.var("ADMIN_PASSWORD")) {
+        let admin = match (env.var("ADMIN_EMAIL"), env.secret("ADMIN_PASSWORD")) {
             (Some(email), Some(password)) => Some((email, password)),
             (None, None) => None,
             _ => anyhow::bail!("set both ADMIN_EMAIL and ADMIN_PASSWORD, or neither"),
@@ -56,10 +56,30 @@ impl Config {
                 ([0, 0, 0, 0], 50051).into(),
             )?,
             database_url: env
-                .var("DATABASE_URL")
+                .secret("DATABASE_URL")
                 .context("DATABASE_URL is required, e.g. postgres://callchain:callchain@127.0.0.1:5432/callchain")?,
             max_connections: env.parse_or("DATABASE_MAX_CONNECTIONS", "a whole number", 10)?,
             admin,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_database_password_or_the_admin_password() {
+        let env = Env::from_pairs([
+            (
+                "DATABASE_URL",
+                "postgres://callchain:db-pass-never-shown@127.0.0.1/callchain",
+            ),
+            ("ADMIN_EMAIL", "admin@example.com"),
+            ("ADMIN_PASSWORD", "admin-pass-never-shown"),
+        ]);
+        let debug = format!("{:?}", Config::from_env(&env).unwrap());
+        assert!(debug.contains("admin@example.com"), "{debug}");
+        assert!(!debug.contains("never-shown"), "{debug}");
     }
 }

@@ -18,6 +18,8 @@ pub enum UserError {
     BadCredentials,
     #[error("this idempotency key was already used for a different request")]
     IdempotencyKeyReused,
+    #[error("a request with this idempotency key is still in progress; retry once it has finished")]
+    IdempotencyKeyInFlight,
     #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
     #[error("internal error")]
@@ -39,7 +41,9 @@ impl From<sqlx::Error> for UserError {
 impl From<UserError> for Status {
     fn from(error: UserError) -> Self {
         let code = match &error {
-            UserError::Invalid(_) | UserError::IdempotencyKeyReused => Code::InvalidArgument,
+            UserError::Invalid(_) => Code::InvalidArgument,
+            UserError::IdempotencyKeyReused => Code::FailedPrecondition,
+            UserError::IdempotencyKeyInFlight => Code::Aborted,
             UserError::NotFound(_) => Code::NotFound,
             UserError::EmailTaken => Code::AlreadyExists,
             UserError::BadCredentials => Code::Unauthenticated,
@@ -80,7 +84,8 @@ mod tests {
             (UserError::NotFound(UserId::new()), Code::NotFound),
             (UserError::EmailTaken, Code::AlreadyExists),
             (UserError::BadCredentials, Code::Unauthenticated),
-            (UserError::IdempotencyKeyReused, Code::InvalidArgument),
+            (UserError::IdempotencyKeyReused, Code::FailedPrecondition),
+            (UserError::IdempotencyKeyInFlight, Code::Aborted),
             (UserError::Unavailable(sqlx::Error::PoolTimedOut), Code::Unavailable),
             (UserError::Internal(anyhow::anyhow!("boom")), Code::Internal),
         ];

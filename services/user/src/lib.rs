@@ -20,6 +20,7 @@ use std::{future::Future, net::SocketAddr};
 use anyhow::Context as _;
 use callchain_domain::{Email, Password, UserId, UserName};
 use callchain_proto::user::v1::user_service_server::UserServiceServer;
+use callchain_runtime::env::{ExposeSecret as _, SecretString};
 use callchain_telemetry::grpc::GrpcServerLayer;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -45,7 +46,7 @@ pub async fn run(
 /// A pool on `DATABASE_URL`, with the user service's migrations applied.
 pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
     callchain_runtime::db::connect(
-        &config.database_url,
+        config.database_url.expose_secret(),
         config.max_connections,
         sqlx::migrate!("./migrations"),
     )
@@ -53,12 +54,12 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
     .context("the user service's database (DATABASE_URL)")
 }
 
-async fn ensure_admin(pool: &PgPool, email: &str, password: &str) -> anyhow::Result<()> {
+async fn ensure_admin(pool: &PgPool, email: &str, password: &SecretString) -> anyhow::Result<()> {
     let admin = store::NewUser {
         id: UserId::new(),
         email: Email::parse(email).context("ADMIN_EMAIL")?,
         name: UserName::parse("Administrator")?,
-        password_hash: password::hash(Password::parse(password).context("ADMIN_PASSWORD")?).await?,
+        password_hash: password::hash(Password::parse(password.expose_secret()).context("ADMIN_PASSWORD")?).await?,
         role: callchain_domain::Role::Admin,
     };
     let mut conn = pool.acquire().await?;

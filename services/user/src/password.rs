@@ -24,12 +24,14 @@ pub async fn hash(password: Password) -> Result<String, UserError> {
 /// Whether `password` matches `hash`. With no hash (no such user) it still
 /// does the work of one check, so response time does not tell which emails
 /// are registered.
-pub async fn verify(password: String, hash: Option<String>) -> Result<bool, UserError> {
+pub async fn verify(password: Password, hash: Option<String>) -> Result<bool, UserError> {
     tokio::task::spawn_blocking(move || {
         let hash = hash.unwrap_or_else(|| DUMMY_HASH.to_owned());
         let parsed = PasswordHash::new(&hash)
             .map_err(|error| UserError::Internal(anyhow::anyhow!("a stored password hash is unreadable: {error}")))?;
-        let matches = Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok();
+        let matches = Argon2::default()
+            .verify_password(password.expose().as_bytes(), &parsed)
+            .is_ok();
         Ok(matches && hash != DUMMY_HASH)
     })
     .await
@@ -48,12 +50,20 @@ mod tests {
         let hash = hash(Password::parse("correct horse").unwrap()).await.unwrap();
         assert!(hash.starts_with("$argon2id$"));
         assert!(!hash.contains("correct horse"));
-        assert!(verify("correct horse".into(), Some(hash.clone())).await.unwrap());
-        assert!(!verify("wrong horse!".into(), Some(hash)).await.unwrap());
+        assert!(
+            verify(Password::parse("correct horse").unwrap(), Some(hash.clone()))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !verify(Password::parse("wrong horse!").unwrap(), Some(hash))
+                .await
+                .unwrap()
+        );
     }
 
     #[tokio::test]
     async fn no_user_never_verifies() {
-        assert!(!verify("anything at all".into(), None).await.unwrap());
+        assert!(!verify(Password::parse("anything at all").unwrap(), None).await.unwrap());
     }
 }

@@ -1,6 +1,6 @@
 //! The users table and the idempotency keys, one traced statement at a time.
 
-use callchain_domain::{Email, Invalid, Role, User, UserId, UserName};
+use callchain_domain::{Email, IdempotencyKey, Invalid, Role, User, UserId, UserName};
 use callchain_telemetry::db;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -104,7 +104,7 @@ pub async fn get_user(conn: &mut PgConnection, id: UserId) -> Result<User, UserE
 const SELECT_CREDENTIALS: &str = "SELECT id, email, name, role, created_at, updated_at, password_hash FROM users \
      WHERE lower(email) = lower($1)";
 
-pub async fn get_credentials(conn: &mut PgConnection, email: &str) -> Result<Option<(User, String)>, UserError> {
+pub async fn get_credentials(conn: &mut PgConnection, email: &Email) -> Result<Option<(User, String)>, UserError> {
     #[derive(sqlx::FromRow)]
     struct Row {
         #[sqlx(flatten)]
@@ -112,7 +112,7 @@ pub async fn get_credentials(conn: &mut PgConnection, email: &str) -> Result<Opt
         password_hash: String,
     }
     let query = sqlx::query_as::<_, Row>(SELECT_CREDENTIALS)
-        .bind(email)
+        .bind(email.as_str())
         .fetch_optional(conn);
     let row = db::traced(db::span("SELECT", "users", SELECT_CREDENTIALS), query).await?;
     row.map(|row| Ok((row.user.parse()?, row.password_hash))).transpose()
@@ -164,6 +164,7 @@ pub async fn list_users(conn: &mut PgConnection, after: Option<UserId>, limit: u
         .collect()
 }
 
+const LOCK_KEY: &str = "SELECT pg_try_advisory_xact_lock(hashtext($1), hashtext($2))";
 const CLAIM_KEY: &str = "INSERT INTO idempotency_keys (scope, key, fingerprint) VALUES ($1, $2, $3) \
      ON CONFLICT (scope, key) DO NOTHING";
 const SELECT_KEY: &str = "SELECT fingerprint, response FROM idempotency_keys WHERE scope = $1 AND key = $2";
@@ -171,17 +172,30 @@ const COMPLETE_KEY: &str = "UPDATE idempotency_keys SET response = $3 WHERE scop
 
 /// Claims an idempotency key inside the caller's transaction. `Ok(None)`: the
 /// key is new and the write should go ahead. `Ok(Some(response))`: the write
-/// was done before; answer with its stored response. A concurrent claim of
-/// the same key waits here until the first transaction ends.
+/// was done before; answer with its stored response.
+///
+/// The claim first takes a transaction-scoped advisory lock on the key, so
+/// a request whose key another transaction holds (the same write, still in
+/// flight) is refused at once with [`UserError::IdempotencyKeyInFlight`]
+/// instead of waiting for it; the lock ends with the transaction, even one
+/// that crashed. Two different keys whose hashes collide only refuse each
+/// other while both are in flight, and a retry succeeds.
 pub async fn claim_key(
     conn: &mut PgConnection,
     scope: &str,
-    key: &str,
+    key: &IdempotencyKey,
     fingerprint: &str,
 ) -> Result<Option<Vec<u8>>, UserError> {
+    let lock = sqlx::query_scalar::<_, bool>(LOCK_KEY)
+        .bind(scope)
+        .bind(key.as_str())
+        .fetch_one(&mut *conn);
+    if !db::traced(db::span("SELECT", "idempotency_keys", LOCK_KEY), lock).await? {
+        return Err(UserError::IdempotencyKeyInFlight);
+    }
     let claim = sqlx::query(CLAIM_KEY)
         .bind(scope)
-        .bind(key)
+        .bind(key.as_str())
         .bind(fingerprint)
         .execute(&mut *conn);
     if db::traced(db::span("INSERT", "idempotency_keys", CLAIM_KEY), claim)
@@ -193,7 +207,7 @@ pub async fn claim_key(
     }
     let select = sqlx::query_as::<_, (String, Option<Vec<u8>>)>(SELECT_KEY)
         .bind(scope)
-        .bind(key)
+        .bind(key.as_str())
         .fetch_one(&mut *conn);
     let (stored_fingerprint, response) = db::traced(db::span("SELECT", "idempotency_keys", SELECT_KEY), select).await?;
     if stored_fingerprint != fingerprint {
@@ -201,16 +215,24 @@ pub async fn claim_key(
     }
     // A claimed key is completed in the same transaction, so a visible one
     // always has its response.
-    response
-        .map(Some)
-        .ok_or_else(|| UserError::Internal(anyhow::anyhow!("idempotency key {scope}/{key} has no response")))
+    response.map(Some).ok_or_else(|| {
+        UserError::Internal(anyhow::anyhow!(
+            "idempotency key {scope}/{} has no response",
+            key.as_str()
+        ))
+    })
 }
 
 /// Stores the response of a write under its key, in the write's transaction.
-pub async fn complete_key(conn: &mut PgConnection, scope: &str, key: &str, response: &[u8]) -> Result<(), UserError> {
+pub async fn complete_key(
+    conn: &mut PgConnection,
+    scope: &str,
+    key: &IdempotencyKey,
+    response: &[u8],
+) -> Result<(), UserError> {
     let query = sqlx::query(COMPLETE_KEY)
         .bind(scope)
-        .bind(key)
+        .bind(key.as_str())
         .bind(response)
         .execute(conn);
     db::traced(db::span("UPDATE", "idempotency_keys", COMPLETE_KEY), query).await?;

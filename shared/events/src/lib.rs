@@ -10,6 +10,7 @@
 //!
 //! Messages are keyed by user id, so one user's events keep their order.
 
+use callchain_domain::{Email, Invalid, Role, UserName};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -68,6 +69,16 @@ pub struct UserPayload {
     pub role: String,
 }
 
+impl UserPayload {
+    /// Whether every field is one the domain takes.
+    pub fn check(&self) -> Result<(), Invalid> {
+        Email::parse(&self.email)?;
+        UserName::parse(&self.name)?;
+        Role::parse(&self.role)?;
+        Ok(())
+    }
+}
+
 /// One change to one user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserEvent {
@@ -89,6 +100,10 @@ pub enum EventError {
     Malformed(#[from] serde_json::Error),
     #[error("schema version {0} is not one this consumer reads (it reads {SCHEMA_VERSION})")]
     UnknownSchemaVersion(u64),
+    /// A field the domain refuses: the same rules as the API's and the user
+    /// service's, so nothing reaches Postgres that it would refuse (a NUL).
+    #[error("the payload's {0}")]
+    Invalid(#[from] Invalid),
 }
 
 impl UserEvent {
@@ -130,7 +145,9 @@ impl UserEvent {
         if schema_version != u64::from(SCHEMA_VERSION) {
             return Err(EventError::UnknownSchemaVersion(schema_version));
         }
-        Ok(serde_json::from_slice(payload)?)
+        let event: Self = serde_json::from_slice(payload)?;
+        event.payload.check()?;
+        Ok(event)
     }
 }
 
@@ -175,6 +192,27 @@ mod tests {
         let error = UserEvent::parse(Some(&bytes)).unwrap_err();
         assert!(matches!(error, EventError::UnknownSchemaVersion(2)));
         assert!(error.to_string().contains("schema version 2"));
+    }
+
+    #[test]
+    fn a_payload_field_the_domain_refuses_is_invalid_and_named() {
+        for (field, value) in [
+            ("email", "ada\u{0}@example.com"),
+            ("name", "Ada\u{0}"),
+            ("role", "ROOT"),
+        ] {
+            let mut json = serde_json::to_value(event()).unwrap();
+            json["payload"][field] = value.into();
+            let error = UserEvent::parse(Some(&serde_json::to_vec(&json).unwrap())).unwrap_err();
+            match &error {
+                EventError::Invalid(invalid) => assert_eq!(invalid.field, field),
+                other => panic!("{field}: unexpected {other:?}"),
+            }
+            assert!(
+                error.to_string().starts_with(&format!("the payload's {field}: ")),
+                "{error}"
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,8 @@
 
 use std::{collections::HashMap, fmt, str::FromStr};
 
+pub use secrecy::{ExposeSecret, SecretString};
+
 /// A set of environment variables to read settings from.
 #[derive(Clone, Default)]
 pub struct Env {
@@ -45,6 +47,12 @@ impl Env {
     /// The value of `name`, if it is set and not blank.
     pub fn var(&self, name: &str) -> Option<String> {
         self.vars.get(name).filter(|value| !value.trim().is_empty()).cloned()
+    }
+
+    /// The value of `name` as a secret, which never prints: for keys,
+    /// passwords and URLs that carry a password.
+    pub fn secret(&self, name: &str) -> Option<SecretString> {
+        self.var(name).map(SecretString::from)
     }
 
     /// `name` parsed as `T` (described as `expected` in the error), or

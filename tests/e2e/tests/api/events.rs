@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use callchain_testkit::spans::{SpanKind, Trace};
 use serde_json::{Value, json};
 
-use crate::helpers::{PASSWORD, email, stack, trace_id};
+use crate::helpers::{PASSWORD, assert_problem, email, signed_in_user, stack, trace_id};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn update_and_delete_publish_their_events_each_in_its_own_trace() {
@@ -121,7 +121,8 @@ async fn the_same_post_twice_with_one_idempotency_key_makes_one_user_one_event_a
         "one event row, however often it was published"
     );
 
-    // The same key with another body is refused, and changes nothing.
+    // The same key with another body is refused with 422 (as the IETF
+    // Idempotency-Key draft says), and changes nothing.
     let other = json!({ "email": email("other"), "name": "Other", "password": PASSWORD });
     let response = stack
         .http
@@ -131,8 +132,112 @@ async fn the_same_post_twice_with_one_idempotency_key_makes_one_user_one_event_a
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 400);
+    assert_problem(response, 422, "already used for a different request").await;
     assert_eq!(stack.user_count().await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_reused_for_a_different_update_or_delete_is_422_and_changes_nothing() {
+    let stack = stack().await;
+    let (user, token) = signed_in_user(&stack).await;
+    let id = user["id"].as_str().unwrap();
+    let patch = |name: &'static str| {
+        stack
+            .http
+            .patch(stack.url(&format!("/v1/users/{id}")))
+            .bearer_auth(&token)
+            .header("idempotency-key", "change-once")
+            .json(&json!({ "name": name }))
+            .send()
+    };
+    assert_eq!(patch("First").await.unwrap().status(), 200);
+    assert_eq!(
+        patch("First").await.unwrap().status(),
+        200,
+        "a retry answers as the first did"
+    );
+    assert_problem(patch("Second").await.unwrap(), 422, "different request").await;
+
+    let admin = stack.admin_token().await;
+    let other = stack.register(&email("other"), PASSWORD).await;
+    let delete = |target: &str| {
+        stack
+            .http
+            .delete(stack.url(&format!("/v1/users/{target}")))
+            .bearer_auth(&admin)
+            .header("idempotency-key", "delete-once")
+            .send()
+    };
+    assert_eq!(delete(other["id"].as_str().unwrap()).await.unwrap().status(), 204);
+    assert_problem(delete(id).await.unwrap(), 422, "different request").await;
+    let read = stack
+        .http
+        .get(stack.url(&format!("/v1/users/{id}")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    let read: Value = read.json().await.unwrap();
+    assert_eq!(
+        read["name"], "First",
+        "neither the second update nor the delete happened"
+    );
+}
+
+/// While a request holds its key (its transaction is open), a second request
+/// with the same key is refused at once with 409 instead of waiting for it
+/// or doing the write twice. The test holds the key the way an in-flight
+/// request does, so the race is not left to timing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_request_while_the_first_with_its_key_is_in_flight_is_409() {
+    let stack = stack().await;
+    let mut in_flight = stack.db.pool().begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('CreateUser'), hashtext('in-flight-1'))")
+        .execute(&mut *in_flight)
+        .await
+        .unwrap();
+    let body = json!({ "email": email("twice"), "name": "Twice", "password": PASSWORD });
+    let post = || {
+        stack
+            .http
+            .post(stack.url("/v1/users"))
+            .header("idempotency-key", "in-flight-1")
+            .json(&body)
+            .send()
+    };
+    assert_problem(post().await.unwrap(), 409, "still in progress").await;
+    assert_eq!(stack.user_count().await, 1, "nothing was written");
+
+    in_flight.rollback().await.unwrap();
+    assert_eq!(
+        post().await.unwrap().status(),
+        201,
+        "once the first has ended, the key is free"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_concurrent_requests_with_one_key_make_one_user() {
+    let stack = stack().await;
+    let body = json!({ "email": email("racing"), "name": "Racing", "password": PASSWORD });
+    let post = || {
+        stack
+            .http
+            .post(stack.url("/v1/users"))
+            .header("idempotency-key", "racing-1")
+            .json(&body)
+            .send()
+    };
+    let (first, second) = tokio::join!(post(), post());
+    let mut statuses = [first.unwrap().status().as_u16(), second.unwrap().status().as_u16()];
+    statuses.sort();
+    // The second is either refused while the first is in flight (409) or
+    // answered with the first's stored answer (201), never written twice.
+    assert!(
+        statuses == [201, 409] || statuses == [201, 201],
+        "statuses: {statuses:?}"
+    );
+    assert_eq!(stack.user_count().await, 2, "the admin and one new user");
 }
 
 /// A stack on a Kafka broker of the test's own, which it may kill and restart.

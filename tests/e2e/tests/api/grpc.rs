@@ -43,3 +43,66 @@ async fn the_user_service_reports_serving_and_lists_itself_by_reflection() {
     assert!(names.contains(&"user.v1.UserService"), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
 }
+
+/// The user service is an API of its own: text Postgres would refuse (a NUL)
+/// is INVALID_ARGUMENT naming the field, on every text field of every call,
+/// and never reaches the database as an error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nul_in_any_text_field_over_grpc_is_invalid_argument() {
+    use callchain_proto::user::v1::{
+        AuthenticateRequest, CreateUserRequest, ListUsersRequest, UpdateUserRequest,
+        user_service_client::UserServiceClient,
+    };
+    let stack = stack().await;
+    let mut client = UserServiceClient::connect(format!("http://{}", stack.user.addr))
+        .await
+        .unwrap();
+    let create = |email: &str, name: &str, password: &str, key: &str| CreateUserRequest {
+        email: email.into(),
+        name: name.into(),
+        password: password.into(),
+        idempotency_key: key.into(),
+    };
+    let good = ("nul@example.com", "Nul", "correct horse battery", "");
+    let cases = [
+        ("email", create("nul\0@example.com", good.1, good.2, good.3)),
+        ("name", create(good.0, "N\0l", good.2, good.3)),
+        ("password", create(good.0, good.1, "correct\0horse", good.3)),
+        ("idempotency_key", create(good.0, good.1, good.2, "key\0")),
+    ];
+    for (field, request) in cases {
+        let status = client.create_user(request).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{field}: {status:?}");
+        assert!(status.message().starts_with(field), "{field}: {}", status.message());
+    }
+    for (field, email, password) in [
+        ("email", "ada\0@example.com", "correct horse battery"),
+        ("password", "ada@example.com", "correct\0horse"),
+    ] {
+        let request = AuthenticateRequest {
+            email: email.into(),
+            password: password.into(),
+        };
+        let status = client.authenticate(request).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{field}: {status:?}");
+        assert!(status.message().starts_with(field), "{field}: {}", status.message());
+    }
+    let update = UpdateUserRequest {
+        id: uuid::Uuid::now_v7().to_string(),
+        name: Some("N\0l".into()),
+        ..Default::default()
+    };
+    let status = client.update_user(update).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let list = ListUsersRequest {
+        page_size: 0,
+        page_token: "\0".into(),
+    };
+    let status = client.list_users(list).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert_eq!(stack.user_count().await, 1, "nothing was written");
+    assert!(
+        !stack.all_logs().contains("internal error"),
+        "no call became an internal error"
+    );
+}

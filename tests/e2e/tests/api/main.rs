@@ -3,11 +3,13 @@
 //! OTLP to a receiver in the test, or through the collector into Jaeger
 //! (`jaeger`). One binary for all suites, as its modules.
 
+mod auth;
 mod bad_input;
 mod baggage;
 mod events;
 mod grpc;
 mod helpers;
 mod jaeger;
+mod secrets;
 mod trace;
 mod users;
