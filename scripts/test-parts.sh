@@ -37,7 +37,7 @@ exports() {
 }
 
 up() {
-    "$CALLCHAIN_ROOT/scripts/install-tools.sh" postgres docker-compose
+    "$CALLCHAIN_ROOT/scripts/install-tools.sh" postgres docker-compose chromium
     "$CALLCHAIN_ROOT/scripts/ensure-postgres.sh"
     # A fresh broker every run: nothing of an earlier run is left to read.
     "$CALLCHAIN_ROOT/scripts/parts.sh" down "$DIR" >/dev/null

@@ -118,11 +118,7 @@ pub fn render(tree: &Tree) -> String {
                 escape(&event_text(event))
             );
         }
-        let _ = writeln!(
-            out,
-            "</div><div class=\"dur\">{}</div></div>",
-            millis(span.duration_us)
-        );
+        let _ = writeln!(out, "</div><div class=\"dur\">{}</div></div>", millis(span.duration_us));
 
         // The details row, opened by a click.
         let _ = write!(out, "<div class=\"details\" hidden><table>");
