@@ -13,7 +13,9 @@
 //!
 //! Every other line is left out: lines outside any request, and lines that
 //! are not JSON at all (a folder such as `.dev/logs` also holds Kafka's and
-//! Jaeger's logs).
+//! Jaeger's logs). A prefix before a line's JSON object is skipped, so the
+//! output of `docker compose logs` or of `grep` over several files reads as
+//! well.
 
 use std::{
     collections::BTreeMap,
@@ -115,11 +117,17 @@ impl Logs {
     }
 
     fn add_line(&mut self, line: &str) {
-        let line = line.trim();
         // Cheap tests first: most lines of a busy log are not about a trace.
-        if !line.starts_with('{') || !line.contains("\"trace_id\"") {
+        if !line.contains("\"trace_id\"") {
             return;
         }
+        // What comes before the object is a prefix some readers add
+        // (`docker compose logs`: `api-1  | {...}`, `grep` over several
+        // files: `api.log:{...}`).
+        let Some(start) = line.find('{') else {
+            return;
+        };
+        let line = line[start..].trim_end();
         let Ok(Value::Object(object)) = serde_json::from_str::<Value>(line) else {
             return;
         };
@@ -298,6 +306,13 @@ mod tests {
         assert_eq!(logs.spans.len(), 1, "a record read twice counts once");
         assert_eq!(logs.events.len(), 1);
         assert!(logs.unreadable.is_empty());
+    }
+
+    #[test]
+    fn a_prefix_before_the_object_is_skipped() {
+        let text = format!("callchain-consumer-1  | {RECORD}\nconsumer.log:{EVENT}\n");
+        let logs = Logs::parse(&text);
+        assert_eq!((logs.spans.len(), logs.events.len()), (1, 1));
     }
 
     #[test]
