@@ -50,14 +50,18 @@ where
         let message = fields.0.remove("message").unwrap_or_else(|| Value::from(""));
         line.insert("message".into(), message);
 
+        // A span record's `span` object arrives as JSON text (an event field
+        // cannot hold an object); it is written as the object it is, spliced
+        // in as it came rather than parsed and printed again.
+        let mut span_object = None;
         if meta.target() == crate::records::TARGET {
             // A span record names its own span, not the one current where it
-            // ended; its `span` object arrives as JSON text (an event field
-            // cannot hold an object) and is written as the object it is.
+            // ended: its ids are its fields.
             if let Some(Value::String(text)) = fields.0.get("span")
-                && let Ok(object @ Value::Object(_)) = serde_json::from_str::<Value>(text)
+                && text.starts_with('{')
+                && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
             {
-                fields.0.insert("span".into(), object);
+                span_object = fields.0.remove("span");
             }
         } else {
             // The OpenTelemetry layer activates the span's context on entry.
@@ -73,7 +77,13 @@ where
             line.entry(key).or_insert(value);
         }
 
-        let json = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
+        let mut json = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
+        if let Some(Value::String(object)) = span_object {
+            json.pop(); // the closing brace
+            json.push_str(",\"span\":");
+            json.push_str(&object);
+            json.push('}');
+        }
         writeln!(writer, "{json}")
     }
 }
