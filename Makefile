@@ -33,7 +33,7 @@ fmt: ## Format the code
 
 ci: lint test ## What CI runs
 
-bench: ## Print the performance figures (consumer events/s, write-to-row lag, read rate) on real Kafka; optimised build
+bench: ## Print the performance figures (consumer events/s, write-to-row lag, read rate, trace integrity) on real Kafka; optimised build
 	@scripts/test-parts.sh run cargo bench -p callchain-e2e --bench pipeline
 
 dev: ## Run everything on this machine without Docker (Kafka, Postgres, the collector, Jaeger, the services); Ctrl-C stops it

@@ -18,7 +18,8 @@
 //! Sizes can be changed with BENCH_EVENTS, BENCH_WRITE_RATE,
 //! BENCH_WRITE_SECONDS, BENCH_READ_SECONDS, BENCH_INTEGRITY_RATE and
 //! BENCH_INTEGRITY_SECONDS; BENCH_INTEGRITY_LOGS=<folder> keeps the
-//! integrity run's logs there, for `tracechain --check-all <folder>`.
+//! integrity run's logs there, for `tracechain --check-all <folder>` (an
+//! absolute path: cargo runs a bench in its package's folder).
 
 use std::{
     collections::{BTreeMap, HashMap},
