@@ -1,6 +1,6 @@
 //! One trace, two sources: the spans the services exported through the
 //! collector into Jaeger, and the span records in their logs, make the same
-//! tree.
+//! tree, with the same log events under the same spans.
 
 use std::time::{Duration, Instant};
 
@@ -79,6 +79,19 @@ async fn the_same_trace_from_the_logs_and_from_jaeger_gives_the_same_tree() {
             a.span.name
         );
     }
+    // The services' log events too: Jaeger keeps them as span events.
+    let events = |tree: &Tree| -> Vec<Vec<String>> {
+        tree.nodes
+            .iter()
+            .map(|n| {
+                n.events
+                    .iter()
+                    .map(|e| format!("{} {} {:?}", e.level, e.message, e.fields))
+                    .collect()
+            })
+            .collect()
+    };
+    assert_eq!(events(&from_jaeger), events(&from_logs));
     let critical = |tree: &Tree| -> Vec<String> {
         tree.nodes
             .iter()
