@@ -7,12 +7,12 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 TEST_RUNNER ?= $(shell command -v cargo-nextest >/dev/null 2>&1 && echo "cargo nextest run --no-fail-fast" || echo "cargo test --no-fail-fast")
 
 .DEFAULT_GOAL := help
-.PHONY: help tools postgres build test lint fmt ci dev dev-down bench
+.PHONY: help tools postgres build test lint fmt ci dev dev-down bench trace
 
 help: ## List the commands
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-tools: ## Install what dev and the tests need when missing (Postgres, Kafka, the collector, Jaeger, Schemathesis: once per machine)
+tools: ## Install what dev and the tests need when missing (Postgres, Kafka, the collector, Jaeger, Schemathesis, Chromium: once per machine)
 	@scripts/install-tools.sh
 
 postgres: ## Start the machine's Postgres and create the callchain role and database
@@ -33,7 +33,7 @@ fmt: ## Format the code
 
 ci: lint test ## What CI runs
 
-bench: ## Print the performance figures (consumer events/s, write-to-row lag, read rate) on real Kafka; optimised build
+bench: ## Print the performance figures (consumer events/s, write-to-row lag, read rate, trace integrity) on real Kafka; optimised build
 	@scripts/test-parts.sh run cargo bench -p callchain-e2e --bench pipeline
 
 dev: ## Run everything on this machine without Docker (Kafka, Postgres, the collector, Jaeger, the services); Ctrl-C stops it
@@ -41,5 +41,13 @@ dev: ## Run everything on this machine without Docker (Kafka, Postgres, the coll
 
 dev-down: ## Stop what `DEV_DETACH=1 make dev` started
 	@scripts/dev.sh down
+
+# make dev's logs; TRACE_LOGS=... reads others (a folder, files, or - for stdin).
+TRACE_LOGS ?= .dev/logs
+
+trace: ## Rebuild a request's call chain from make dev's logs: make trace ID=<trace id> (the newest without ID; HTML=page.html draws it)
+	@[ "$(TRACE_LOGS)" != .dev/logs ] || [ -d .dev/logs ] || { \
+		echo "no .dev/logs: start make dev, send a request, then make trace ID=<trace id from its traceparent header>" >&2; exit 2; }
+	@cargo run --quiet -p callchain-tracechain -- $(if $(ID),$(ID),--last) $(TRACE_LOGS) $(if $(HTML),--html $(HTML))
 
 include mk/stack.mk

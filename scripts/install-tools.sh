@@ -12,19 +12,22 @@
 #   schemathesis    Schemathesis $SCHEMATHESIS_VERSION from PyPI, in a virtual
 #                   environment (scripts/install-schemathesis.sh): `make test`
 #                   fuzzes the API with it
+#   chromium        headless Chromium, which opens tracechain's waterfall page
+#                   in the tests (Debian)
 #
 # With arguments, only those: scripts/install-tools.sh kafka jaeger
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-wanted=" ${*:-postgres kafka otelcol jaeger docker-compose schemathesis} "
+wanted=" ${*:-postgres kafka otelcol jaeger docker-compose schemathesis chromium} "
 wants() { [[ $wanted == *" $1 "* ]]; }
 
 apt_install() { # package: installs a Debian package as root, or says how to
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         step "installing Debian's $1"
         apt-get update -qq
-        # --no-install-recommends: docker-compose alone, not a Docker engine.
+        # --no-install-recommends: docker-compose alone, not a Docker engine;
+        # Chromium without a desktop.
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$1" >/dev/null
     else
         die "$1 is missing: as root, run apt-get install -y --no-install-recommends $1"
@@ -41,3 +44,6 @@ if wants docker-compose && ! command -v docker-compose >/dev/null 2>&1; then
     apt_install docker-compose
 fi
 if wants schemathesis; then "$CALLCHAIN_ROOT/scripts/install-schemathesis.sh"; fi
+if wants chromium && ! command -v chromium >/dev/null 2>&1; then
+    apt_install chromium
+fi

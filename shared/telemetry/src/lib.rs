@@ -16,6 +16,8 @@
 //! - `kafka` (feature `kafka`): the same for Kafka message headers, and the
 //!   producer and consumer spans.
 //! - [`db`]: the client span of one database statement.
+//! - [`records`]: one JSON line per finished span (`target` `callchain::span`),
+//!   so the call chain can be rebuilt from the logs alone.
 //!
 //! Settings, the shutdown signal, health probes and the Postgres pool are not
 //! telemetry: they live in `callchain-runtime`.
@@ -29,6 +31,7 @@ pub mod kafka;
 pub mod layer;
 pub mod logs;
 pub mod propagation;
+pub mod records;
 
 use std::sync::Once;
 
@@ -145,7 +148,10 @@ where
     let resource = Resource::builder()
         .with_service_name(config.service_name.clone())
         .build();
-    let mut provider = SdkTracerProvider::builder().with_resource(resource);
+    let records = records::SpanRecords::default();
+    let mut provider = SdkTracerProvider::builder()
+        .with_resource(resource)
+        .with_span_processor(records.clone());
     if let Some(endpoint) = &config.otlp_endpoint {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
@@ -166,7 +172,9 @@ where
                 .event_format(logs::JsonFormat::new(&config.service_name))
                 .with_writer(writer),
         );
-    Ok((Dispatch::new(subscriber), TelemetryGuard { provider }))
+    let dispatch = Dispatch::new(subscriber);
+    records.write_to(&dispatch);
+    Ok((dispatch, TelemetryGuard { provider }))
 }
 
 /// W3C TraceContext and Baggage, process-wide. Idempotent.

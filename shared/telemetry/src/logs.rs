@@ -1,6 +1,7 @@
 //! The JSON log line: one object per event, with the ids of the trace it
 //! belongs to, so `grep <trace-id>` over every service's log tells a request's
-//! whole story.
+//! whole story. Span records ([`crate::records`]) are lines of this format
+//! too.
 
 use std::fmt;
 
@@ -49,19 +50,40 @@ where
         let message = fields.0.remove("message").unwrap_or_else(|| Value::from(""));
         line.insert("message".into(), message);
 
-        // The OpenTelemetry layer activates the span's context on entry.
-        let context = opentelemetry::Context::current();
-        let span = context.span();
-        let span_context = span.span_context();
-        if span_context.is_valid() {
-            line.insert("trace_id".into(), span_context.trace_id().to_string().into());
-            line.insert("span_id".into(), span_context.span_id().to_string().into());
+        // A span record's `span` object arrives as JSON text (an event field
+        // cannot hold an object); it is written as the object it is, spliced
+        // in as it came rather than parsed and printed again.
+        let mut span_object = None;
+        if meta.target() == crate::records::TARGET {
+            // A span record names its own span, not the one current where it
+            // ended: its ids are its fields.
+            if let Some(Value::String(text)) = fields.0.get("span")
+                && text.starts_with('{')
+                && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+            {
+                span_object = fields.0.remove("span");
+            }
+        } else {
+            // The OpenTelemetry layer activates the span's context on entry.
+            let context = opentelemetry::Context::current();
+            let span = context.span();
+            let span_context = span.span_context();
+            if span_context.is_valid() {
+                line.insert("trace_id".into(), span_context.trace_id().to_string().into());
+                line.insert("span_id".into(), span_context.span_id().to_string().into());
+            }
         }
         for (key, value) in fields.0 {
             line.entry(key).or_insert(value);
         }
 
-        let json = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
+        let mut json = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
+        if let Some(Value::String(object)) = span_object {
+            json.pop(); // the closing brace
+            json.push_str(",\"span\":");
+            json.push_str(&object);
+            json.push('}');
+        }
         writeln!(writer, "{json}")
     }
 }
@@ -140,7 +162,11 @@ mod tests {
             tracing::warn!(email_domain = "example.com", "inside");
         });
 
-        let lines = lines(&buffer);
+        // The event lines; the span's own record comes beside them.
+        let lines: Vec<Value> = lines(&buffer)
+            .into_iter()
+            .filter(|line| line["target"] != crate::records::TARGET)
+            .collect();
         assert_eq!(lines.len(), 2);
         let outside = &lines[0];
         assert_eq!(outside["message"], "outside");

@@ -9,18 +9,32 @@
 //!    makes registrations slow on purpose) at a fixed rate; lag from the API's
 //!    answer to the committed event row, p50 and p99.
 //! 3. Reads: `GET /v1/users/{id}` with a fixed number of connections.
+//! 4. Trace integrity: updates at a steady rate, every request sampled; how
+//!    many requests left a whole trace at the OTLP receiver, how many spans
+//!    lost their parent or were dropped on the way, how many of the log lines
+//!    written for the requests carry their trace id, and what tracechain's
+//!    `--check-all` says of the same run's logs.
 //!
 //! Sizes can be changed with BENCH_EVENTS, BENCH_WRITE_RATE,
-//! BENCH_WRITE_SECONDS, BENCH_READ_SECONDS.
+//! BENCH_WRITE_SECONDS, BENCH_READ_SECONDS, BENCH_INTEGRITY_RATE and
+//! BENCH_INTEGRITY_SECONDS; BENCH_INTEGRITY_LOGS=<folder> keeps the
+//! integrity run's logs there, for `tracechain --check-all <folder>` (an
+//! absolute path: cargo runs a bench in its package's folder).
 
 use std::{
+    collections::{BTreeMap, HashMap},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
 use callchain_e2e::stack::{Stack, spawn_consumer};
 use callchain_events::{EventType, UserEvent, UserPayload};
-use callchain_testkit::{kafka::Kafka, otlp::OtlpReceiver, postgres::TestDatabase};
+use callchain_testkit::{
+    kafka::Kafka,
+    otlp::OtlpReceiver,
+    postgres::TestDatabase,
+    spans::{SpanKind, SpanRecord},
+};
 use rdkafka::{
     ClientConfig,
     message::{Header, OwnedHeaders},
@@ -52,6 +66,8 @@ fn main() -> anyhow::Result<()> {
         std::env::set_var("OTEL_BSP_MAX_QUEUE_SIZE", "1000000");
         std::env::set_var("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2048");
         std::env::set_var("OTEL_BSP_SCHEDULE_DELAY", "200");
+        // Every request sampled (the SDK's default too, said out loud).
+        std::env::set_var("OTEL_TRACES_SAMPLER", "parentbased_always_on");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -67,6 +83,11 @@ fn main() -> anyhow::Result<()> {
         consumer_throughput(events, false).await?;
         write_lag(setting("BENCH_WRITE_RATE", 500), setting("BENCH_WRITE_SECONDS", 10)).await?;
         reads(setting("BENCH_READ_SECONDS", 10)).await?;
+        integrity(
+            setting("BENCH_INTEGRITY_RATE", 500),
+            setting("BENCH_INTEGRITY_SECONDS", 60),
+        )
+        .await?;
         Ok(())
     })
 }
@@ -335,5 +356,246 @@ async fn reads(seconds: u64) -> anyhow::Result<()> {
         percentile(&latencies, 99.0)
     );
     drop(stack);
+    Ok(())
+}
+
+/// The trace every update must leave: `(service, name, kind, parent's index)`.
+const UPDATE_CHAIN: [(&str, &str, SpanKind, Option<usize>); 7] = [
+    ("api", "PATCH /v1/users/{id}", SpanKind::Server, None),
+    ("api", "user.v1.UserService/UpdateUser", SpanKind::Client, Some(0)),
+    ("user", "user.v1.UserService/UpdateUser", SpanKind::Server, Some(1)),
+    ("user", "UPDATE users", SpanKind::Client, Some(2)),
+    ("api", "send <topic>", SpanKind::Producer, Some(0)),
+    ("consumer", "process <topic>", SpanKind::Consumer, Some(4)),
+    ("consumer", "INSERT user_events", SpanKind::Client, Some(5)),
+];
+
+/// Whether `spans` (one trace, as the OTLP receiver got it) are exactly
+/// the update chain, each span under the right parent.
+fn is_whole_update_chain(spans: &[SpanRecord], topic: &str) -> bool {
+    if spans.len() != UPDATE_CHAIN.len() {
+        return false;
+    }
+    let found: Vec<Option<&SpanRecord>> = UPDATE_CHAIN
+        .iter()
+        .map(|(service, name, kind, _)| {
+            let name = name.replace("<topic>", topic);
+            spans
+                .iter()
+                .find(|s| s.service == *service && s.name == name && s.kind == *kind)
+        })
+        .collect();
+    UPDATE_CHAIN.iter().zip(&found).all(|((.., parent), span)| {
+        let Some(span) = span else { return false };
+        match parent {
+            None => span.parent_span_id.is_none(),
+            Some(parent) => found[*parent].map(|p| p.span_id.as_str()) == span.parent_span_id.as_deref(),
+        }
+    })
+}
+
+/// Lines the services write for no request: the consumer's Kafka client and
+/// its offset commits, as `(target, message)` (`None`: any message).
+const BACKGROUND: &[(&str, Option<&str>)] = &[
+    ("librdkafka", None),
+    ("callchain_consumer::broker", None),
+    ("callchain_consumer::pipeline", Some("offsets committed")),
+];
+
+fn is_background(line: &serde_json::Value) -> bool {
+    let target = line["target"].as_str().unwrap_or_default();
+    let message = line["message"].as_str().unwrap_or_default();
+    BACKGROUND
+        .iter()
+        .any(|(t, m)| *t == target && m.is_none_or(|m| m == message))
+}
+
+/// Updates at `rate` for `seconds`, every request sampled; then the
+/// integrity of their traces, at the OTLP receiver and in the logs.
+async fn integrity(rate: u64, seconds: u64) -> anyhow::Result<()> {
+    println!("== trace integrity: PATCH /v1/users/{{id}} at {rate}/s for {seconds} s, every request sampled");
+    let stack = Stack::start().await?;
+    let admin = stack.admin_token().await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let user = stack
+            .register(&format!("integrity{i}@example.com"), "benchmark password")
+            .await;
+        ids.push(user["id"].as_str().unwrap_or_default().to_owned());
+    }
+    // Everything before the load is done and logged: the load's logs start here.
+    stack.kafka.wait_until_consumed(Duration::from_secs(60)).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let services = [&stack.api, &stack.user, &stack.consumer];
+    let offsets: Vec<usize> = services.iter().map(|s| s.logs.text().len()).collect();
+
+    let total = rate * seconds;
+    let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut requests = Vec::with_capacity(total as usize);
+    let started = Instant::now();
+    for n in 0..total {
+        interval.tick().await;
+        let (http, url, admin) = (
+            stack.http.clone(),
+            stack.url(&format!("/v1/users/{}", ids[n as usize % ids.len()])),
+            admin.clone(),
+        );
+        requests.push(tokio::spawn(async move {
+            let response = http
+                .patch(url)
+                .bearer_auth(admin)
+                .json(&json!({ "name": format!("i{n}") }))
+                .send()
+                .await;
+            match response {
+                Ok(r) if r.status() == 200 => r
+                    .headers()
+                    .get("traceparent")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| callchain_tracechain::parse_trace_id(v).ok()),
+                _ => None,
+            }
+        }));
+    }
+    let mut traces = Vec::with_capacity(requests.len());
+    for request in requests {
+        traces.extend(request.await?);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "   {} of {total} answered 200 in {elapsed:.1} s ({:.0}/s)",
+        traces.len(),
+        traces.len() as f64 / elapsed
+    );
+
+    // Wait for the consumer, for the last spans' records, then for export.
+    stack.kafka.wait_until_consumed(Duration::from_secs(120)).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let expected_records = 7 * traces.len();
+    let records_written = || {
+        services
+            .iter()
+            .zip(&offsets)
+            .map(|(s, &from)| s.logs.text()[from..].matches("\"target\":\"callchain::span\"").count())
+            .sum::<usize>()
+    };
+    while records_written() < expected_records && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stack.flush().await;
+    let wanted: std::collections::HashSet<&str> = traces.iter().map(String::as_str).collect();
+    let received_of_requests =
+        |spans: &[SpanRecord]| spans.iter().filter(|s| wanted.contains(s.trace_id.as_str())).count();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while received_of_requests(&stack.otlp.spans()) < records_written() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // At the receiver: whole traces, orphans.
+    let mut received: HashMap<String, Vec<SpanRecord>> = HashMap::new();
+    for span in stack.otlp.spans() {
+        if wanted.contains(span.trace_id.as_str()) {
+            received.entry(span.trace_id.clone()).or_default().push(span);
+        }
+    }
+    let complete = traces
+        .iter()
+        .filter(|id| {
+            received
+                .get(*id)
+                .is_some_and(|spans| is_whole_update_chain(spans, &stack.kafka.topic))
+        })
+        .count();
+    let orphans: usize = received
+        .values()
+        .map(|spans| {
+            spans
+                .iter()
+                .filter(|s| {
+                    s.parent_span_id
+                        .as_deref()
+                        .is_some_and(|parent| !spans.iter().any(|p| p.span_id == parent))
+                })
+                .count()
+        })
+        .sum();
+    let received_spans: usize = received.values().map(Vec::len).sum();
+
+    // In the logs: the span records (every span that ended), the lines.
+    let logs: Vec<(&str, String)> = services
+        .iter()
+        .zip(&offsets)
+        .map(|(s, &from)| (s.name, s.logs.text()[from..].to_owned()))
+        .collect();
+    let all: String = logs.iter().map(|(_, text)| text.as_str()).collect();
+    let read = callchain_tracechain::Logs::parse(&all);
+    let ended = read
+        .spans
+        .iter()
+        .filter(|s| wanted.contains(s.trace_id.as_str()))
+        .count();
+    let mut lines = 0usize;
+    let mut traced = 0usize;
+    let mut background = 0usize;
+    let mut sdk_drop_warnings = 0usize;
+    let mut untraced: BTreeMap<String, usize> = BTreeMap::new();
+    for line in all.lines() {
+        let Ok(line) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let target = line["target"].as_str().unwrap_or_default();
+        if target == "callchain::span" {
+            continue;
+        }
+        if target.starts_with("opentelemetry") && line.to_string().contains("BatchSpanProcessor") {
+            sdk_drop_warnings += 1;
+        }
+        if is_background(&line) {
+            background += 1;
+            continue;
+        }
+        lines += 1;
+        if line["trace_id"].as_str().is_some_and(|id| wanted.contains(id)) {
+            traced += 1;
+        } else {
+            let key = format!("{target}: {}", line["message"].as_str().unwrap_or_default());
+            *untraced.entry(key).or_default() += 1;
+        }
+    }
+    let summary = callchain_tracechain::Traces::new(read).check_all();
+
+    let share = |part: usize, whole: usize| 100.0 * part as f64 / whole.max(1) as f64;
+    println!(
+        "   complete traces at the receiver (the 7 spans, each under its parent): {complete} / {total} requests ({:.2}%)",
+        share(complete, total as usize)
+    );
+    println!("   orphan spans (a parent that never arrived): {orphans}");
+    println!(
+        "   spans dropped by the exporter: {} ({ended} spans ended, by their records in the logs; {received_spans} received; SDK drop warnings: {sdk_drop_warnings})",
+        ended.saturating_sub(received_spans)
+    );
+    println!(
+        "   in-request log lines carrying their trace id: {traced} / {lines} ({:.2}%); background lines left out: {background}",
+        share(traced, lines)
+    );
+    for (line, count) in untraced.iter().take(5) {
+        println!("     without it: {count} × {line}");
+    }
+    println!(
+        "   tracechain --check-all over the same logs: {} of {} traces complete, {} orphan spans",
+        summary.complete, summary.traces, summary.orphan_spans
+    );
+    for incomplete in summary.incomplete.iter().take(3) {
+        println!("     {}: {}", incomplete.trace_id, incomplete.gaps[0].message);
+    }
+    if let Ok(folder) = std::env::var("BENCH_INTEGRITY_LOGS") {
+        std::fs::create_dir_all(&folder)?;
+        for (service, text) in &logs {
+            std::fs::write(std::path::Path::new(&folder).join(format!("{service}.log")), text)?;
+        }
+        println!("   the run's logs are in {folder}");
+    }
+    println!();
     Ok(())
 }

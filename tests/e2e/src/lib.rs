@@ -4,8 +4,8 @@
 //! - [`chain`]: the call chain every registration must leave (DESIGN.md).
 //! - [`compose`]: checks of `docker-compose.yml` and the configs it mounts
 //!   that need no Docker engine.
-//! - [`jaeger`]: spans read back from Jaeger's query API, as
-//!   [`callchain_testkit::spans::SpanRecord`]s.
+//! - [`jaeger`]: spans read back from Jaeger's query API (or from the JSON
+//!   logs, by tracechain), as [`callchain_testkit::spans::SpanRecord`]s.
 //! - [`journey`]: a user's journey through a running system, judged by its
 //!   trace in Jaeger (shared by `make test` and `make e2e-up`).
 
