@@ -32,6 +32,8 @@ pub mod layer;
 pub mod logs;
 pub mod propagation;
 pub mod records;
+#[cfg(test)]
+mod test_support;
 
 use std::sync::Once;
 

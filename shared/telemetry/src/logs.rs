@@ -125,29 +125,7 @@ impl tracing::field::Visit for FieldVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buffer {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    fn lines(buffer: &Buffer) -> Vec<Value> {
-        let bytes = buffer.0.lock().unwrap().clone();
-        String::from_utf8(bytes)
-            .unwrap()
-            .lines()
-            .map(|line| serde_json::from_str(line).expect("every log line is JSON"))
-            .collect()
-    }
+    use crate::test_support::Buffer;
 
     #[test]
     fn log_line_inside_a_span_carries_trace_and_span_ids() {
@@ -163,7 +141,8 @@ mod tests {
         });
 
         // The event lines; the span's own record comes beside them.
-        let lines: Vec<Value> = lines(&buffer)
+        let lines: Vec<Value> = buffer
+            .lines()
             .into_iter()
             .filter(|line| line["target"] != crate::records::TARGET)
             .collect();

@@ -220,35 +220,13 @@ fn rfc3339(time: SystemTime) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use serde_json::{Value as Json, json};
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
     use super::*;
-
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buffer {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::test_support::Buffer;
 
     impl Buffer {
-        fn lines(&self) -> Vec<Json> {
-            String::from_utf8(self.0.lock().unwrap().clone())
-                .unwrap()
-                .lines()
-                .map(|line| serde_json::from_str(line).expect("every log line is JSON"))
-                .collect()
-        }
-
         fn records(&self) -> Vec<Json> {
             self.lines()
                 .into_iter()
