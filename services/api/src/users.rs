@@ -23,7 +23,10 @@ use crate::{
     error::{ApiError, Problem},
     events::event_of,
     extract::{ClientAddr, Deadline, IdempotencyKey, Json, Path, Query},
-    openapi::schema,
+    openapi::{
+        responses::{BodyRefused, EmailTakenOrInProgress, KeyReused, NoSuchUser, Unauthenticated, Unavailable},
+        schema,
+    },
 };
 
 /// A new user.
@@ -177,12 +180,10 @@ impl AppState {
         (status = 201, description = "Registered", body = UserBody,
             headers(("Location" = String, description = "The new user's URL"))),
         (status = 400, description = "A field or the `Idempotency-Key` is invalid, or the body is not JSON of the schema", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The email is taken, or a request with this `Idempotency-Key` is still in progress", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is larger than the API takes", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "The body is not `application/json`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The `Idempotency-Key` was used before for a different request", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "A dependency is down; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "The request ran out of time", body = Problem, content_type = "application/problem+json"),
+        EmailTakenOrInProgress,
+        BodyRefused,
+        KeyReused,
+        Unavailable,
     ))]
 pub async fn register(
     State(state): State<AppState>,
@@ -221,11 +222,9 @@ pub async fn register(
         (status = 200, description = "Logged in", body = TokenBody),
         (status = 400, description = "A field is invalid, or the body is not JSON of the schema", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Wrong email or password", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is larger than the API takes", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "The body is not `application/json`", body = Problem, content_type = "application/problem+json"),
+        BodyRefused,
         (status = 429, description = "Too many failed logins for this account or from this address; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "A dependency is down; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "The request ran out of time", body = Problem, content_type = "application/problem+json"),
+        Unavailable,
     ))]
 pub async fn login(
     State(state): State<AppState>,
@@ -275,11 +274,10 @@ pub async fn login(
     responses(
         (status = 200, description = "The user", body = UserBody),
         (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token, or its user no longer exists", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated,
         (status = 403, description = "Not yours to read", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "A dependency is down; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "The request ran out of time", body = Problem, content_type = "application/problem+json"),
+        NoSuchUser,
+        Unavailable,
     ))]
 pub async fn get_user(
     State(state): State<AppState>,
@@ -302,15 +300,13 @@ pub async fn get_user(
     responses(
         (status = 200, description = "Updated", body = UserBody),
         (status = 400, description = "The id, a field or the `Idempotency-Key` is invalid, or the body is not JSON of the schema", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token, or its user no longer exists", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated,
         (status = 403, description = "Not yours to change, a role change by someone not an administrator, or an administrator lowering its own role", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The email is taken, or a request with this `Idempotency-Key` is still in progress", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is larger than the API takes", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "The body is not `application/json`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The `Idempotency-Key` was used before for a different request", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "A dependency is down; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "The request ran out of time", body = Problem, content_type = "application/problem+json"),
+        NoSuchUser,
+        EmailTakenOrInProgress,
+        BodyRefused,
+        KeyReused,
+        Unavailable,
     ))]
 pub async fn update_user(
     State(state): State<AppState>,
@@ -371,13 +367,12 @@ pub async fn update_user(
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "The id or the `Idempotency-Key` is invalid", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token, or its user no longer exists", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated,
         (status = 403, description = "Not an administrator, or an administrator deleting itself", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+        NoSuchUser,
         (status = 409, description = "A request with this `Idempotency-Key` is still in progress", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The `Idempotency-Key` was used before for a different request", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "A dependency is down; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "The request ran out of time", body = Problem, content_type = "application/problem+json"),
+        KeyReused,
+        Unavailable,
     ))]
 pub async fn delete_user(
     State(state): State<AppState>,
@@ -412,10 +407,9 @@ pub async fn delete_user(
     responses(
         (status = 200, description = "A page of users", body = UserPage),
         (status = 400, description = "`page_size` or `page_token` is invalid, or the query has another parameter", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token, or its user no longer exists", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated,
         (status = 403, description = "Not an administrator", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "A dependency is down; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "The request ran out of time", body = Problem, content_type = "application/problem+json"),
+        Unavailable,
     ))]
 pub async fn list_users(
     State(state): State<AppState>,
