@@ -158,15 +158,9 @@ pub fn render(tree: &Tree) -> String {
     out
 }
 
+/// The page shows values as they are: no quotes around blank ones.
 fn event_text(event: &LogEvent) -> String {
-    let time = chrono::DateTime::from_timestamp_micros(event.timestamp_us)
-        .map(|t| t.format("%H:%M:%S%.6f").to_string())
-        .unwrap_or_default();
-    let mut text = format!("{time} {} {}", event.level, event.message);
-    for (key, value) in &event.fields {
-        let _ = write!(text, " {key}={value}");
-    }
-    text
+    event.line(false)
 }
 
 /// Distinct colours, one per service of the trace, in the order they
@@ -236,23 +230,13 @@ for (const row of document.querySelectorAll('.span-row')) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        logs::Logs,
-        traces::{
-            Traces,
-            tests::{TRACE, registration},
-        },
-    };
+    use crate::traces::tests::{registration, tree_of};
 
     #[test]
     fn one_row_per_span_with_its_bar_on_the_shared_axis() {
         let mut spans = registration();
         spans[0].attributes.insert("http.route".into(), "/v1/users<&>".into());
-        let traces = Traces::new(Logs {
-            spans,
-            ..Logs::default()
-        });
-        let page = render(&traces.tree(TRACE).unwrap());
+        let page = render(&tree_of(spans));
         assert_eq!(page.matches("class=\"span-row").count(), 7);
         assert_eq!(page.matches("class=\"details\" hidden").count(), 7);
         assert_eq!(page.matches(" critical\"").count(), 4);

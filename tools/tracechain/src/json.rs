@@ -87,21 +87,11 @@ pub(crate) fn rfc3339(micros: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        logs::Logs,
-        traces::{
-            Traces,
-            tests::{TRACE, registration},
-        },
-    };
+    use crate::traces::tests::{registration, tree_of};
 
     #[test]
     fn spans_nest_under_children_with_the_critical_path_marked() {
-        let traces = Traces::new(Logs {
-            spans: registration(),
-            ..Logs::default()
-        });
-        let json = render(&traces.tree(TRACE).unwrap());
+        let json = render(&tree_of(registration()));
         assert_eq!(json["complete"], true);
         assert_eq!(json["spans"], 7);
         assert_eq!(json["services"], json!(["api", "user", "consumer"]));

@@ -140,20 +140,9 @@ pub fn render_summary(summary: &Summary, limit: usize) -> String {
     out
 }
 
-/// `10:00:00.018391 INFO request finished status=201`
+/// `10:00:00.018391 INFO request finished status="user created"`
 fn event_line(event: &LogEvent) -> String {
-    let time = chrono::DateTime::from_timestamp_micros(event.timestamp_us)
-        .map(|t| t.format("%H:%M:%S%.6f").to_string())
-        .unwrap_or_default();
-    let mut line = format!("{time} {} {}", event.level, event.message);
-    for (key, value) in &event.fields {
-        if value.contains(char::is_whitespace) || value.is_empty() {
-            let _ = write!(line, " {key}={value:?}");
-        } else {
-            let _ = write!(line, " {key}={value}");
-        }
-    }
-    line
+    event.line(true)
 }
 
 /// Microseconds as milliseconds with three decimals: `18.342 ms`.
@@ -168,20 +157,10 @@ fn plural(count: usize) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        logs::Logs,
-        traces::{
-            Traces,
-            tests::{TRACE, registration},
-        },
-    };
+    use crate::traces::tests::{registration, tree_of};
 
     fn rendered(spans: Vec<crate::span::Span>) -> String {
-        let traces = Traces::new(Logs {
-            spans,
-            ..Logs::default()
-        });
-        render(&traces.tree(TRACE).unwrap())
+        render(&tree_of(spans))
     }
 
     #[test]

@@ -340,6 +340,16 @@ pub(crate) mod tests {
         }
     }
 
+    /// The tree of [`TRACE`] in logs that hold these spans.
+    pub(crate) fn tree_of(spans: Vec<Span>) -> Tree {
+        Traces::new(Logs {
+            spans,
+            ..Logs::default()
+        })
+        .tree(TRACE)
+        .unwrap()
+    }
+
     /// DESIGN.md's registration chain, with made-up ids and times (µs).
     pub(crate) fn registration() -> Vec<Span> {
         let mut client = span(
