@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
-use callchain_runtime::env::ExposeSecret as _;
 use callchain_telemetry::db;
 use sqlx::PgPool;
 use tracing::Span;
@@ -16,13 +14,13 @@ use crate::{
 
 /// A pool on `DATABASE_URL`, with the consumer's migrations applied.
 pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
-    callchain_runtime::db::connect(
-        config.database_url.expose_secret(),
+    callchain_runtime::db::open(
+        &config.database_url,
         config.max_connections,
         sqlx::migrate!("./migrations"),
+        "the consumer's database (DATABASE_URL)",
     )
     .await
-    .context("the consumer's database (DATABASE_URL)")
 }
 
 /// The longest a whole write (connection, statement, commit) may take before

@@ -45,13 +45,13 @@ pub async fn run(
 
 /// A pool on `DATABASE_URL`, with the user service's migrations applied.
 pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
-    callchain_runtime::db::connect(
-        config.database_url.expose_secret(),
+    callchain_runtime::db::open(
+        &config.database_url,
         config.max_connections,
         sqlx::migrate!("./migrations"),
+        "the user service's database (DATABASE_URL)",
     )
     .await
-    .context("the user service's database (DATABASE_URL)")
 }
 
 async fn ensure_admin(pool: &PgPool, email: &str, password: &SecretString) -> anyhow::Result<()> {

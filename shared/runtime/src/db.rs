@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+use secrecy::{ExposeSecret as _, SecretString};
 use sqlx::{PgPool, migrate::Migrator, postgres::PgPoolOptions};
 
 /// Why [`connect`] failed.
@@ -47,6 +49,19 @@ pub async fn connect(url: &str, max_connections: u32, mut migrator: Migrator) ->
     migrator.set_ignore_missing(true);
     migrator.run(&pool).await.map_err(ConnectError::Migrate)?;
     Ok(pool)
+}
+
+/// A service's own pool, as [`connect`] opens it, on the secret `url`; a
+/// failure names `database` (which one, and the setting it came from).
+pub async fn open(
+    url: &SecretString,
+    max_connections: u32,
+    migrator: Migrator,
+    database: &'static str,
+) -> anyhow::Result<PgPool> {
+    connect(url.expose_secret(), max_connections, migrator)
+        .await
+        .context(database)
 }
 
 /// Whether `error` means the server is not (yet) accepting connections, as
