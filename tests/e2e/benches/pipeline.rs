@@ -215,19 +215,38 @@ async fn feed(kafka: &Kafka, count: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Updates at a steady `rate` for `seconds`; the lag from each answer to its
-/// event row.
-async fn write_lag(rate: u64, seconds: u64) -> anyhow::Result<()> {
-    println!("== lag: PATCH /v1/users/{{id}} at {rate}/s for {seconds} s, answer -> committed event row");
-    let stack = Stack::start().await?;
-    let admin = stack.admin_token().await;
+/// One update of a steady load, as its client saw it.
+struct Update {
+    /// The name it set, which its event row carries.
+    name: String,
+    ok: bool,
+    latency: Duration,
+    answered: SystemTime,
+    traceparent: Option<String>,
+}
+
+/// Registers 20 users for a load (`<label><i>@example.com`); their ids.
+async fn load_users(stack: &Stack, label: &str) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..20 {
         let user = stack
-            .register(&format!("lag{i}@example.com"), "benchmark password")
+            .register(&format!("{label}{i}@example.com"), "benchmark password")
             .await;
         ids.push(user["id"].as_str().unwrap_or_default().to_owned());
     }
+    ids
+}
+
+/// Renames `ids` in turn, as `admin`, at a steady `rate` for `seconds`
+/// (`PATCH /v1/users/{id}`, names `<label><n>`); every answer, and the
+/// seconds the load took until the last one.
+async fn steady_updates(
+    stack: &Stack,
+    admin: &str,
+    ids: &[String],
+    (rate, seconds): (u64, u64),
+    label: &str,
+) -> anyhow::Result<(Vec<Update>, f64)> {
     let total = rate * seconds;
     let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -235,37 +254,66 @@ async fn write_lag(rate: u64, seconds: u64) -> anyhow::Result<()> {
     let started = Instant::now();
     for n in 0..total {
         interval.tick().await;
-        let (http, url, admin) = (
+        let (http, url, admin, name) = (
             stack.http.clone(),
             stack.url(&format!("/v1/users/{}", ids[n as usize % ids.len()])),
-            admin.clone(),
+            admin.to_owned(),
+            format!("{label}{n}"),
         );
         requests.push(tokio::spawn(async move {
             let sent = Instant::now();
             let response = http
                 .patch(url)
                 .bearer_auth(admin)
-                .json(&json!({ "name": format!("w{n}") }))
+                .json(&json!({ "name": name }))
                 .send()
                 .await;
             let answered = SystemTime::now();
-            let ok = matches!(&response, Ok(r) if r.status() == 200);
-            (n, ok, sent.elapsed(), answered)
+            let (ok, traceparent) = match &response {
+                Ok(r) if r.status() == 200 => (
+                    true,
+                    r.headers()
+                        .get("traceparent")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned),
+                ),
+                _ => (false, None),
+            };
+            Update {
+                name,
+                ok,
+                latency: sent.elapsed(),
+                answered,
+                traceparent,
+            }
         }));
     }
+    let mut updates = Vec::with_capacity(requests.len());
+    for request in requests {
+        updates.push(request.await?);
+    }
+    Ok((updates, started.elapsed().as_secs_f64()))
+}
+
+/// Updates at a steady `rate` for `seconds`; the lag from each answer to its
+/// event row.
+async fn write_lag(rate: u64, seconds: u64) -> anyhow::Result<()> {
+    println!("== lag: PATCH /v1/users/{{id}} at {rate}/s for {seconds} s, answer -> committed event row");
+    let stack = Stack::start().await?;
+    let admin = stack.admin_token().await;
+    let ids = load_users(&stack, "lag").await;
+    let (updates, elapsed) = steady_updates(&stack, &admin, &ids, (rate, seconds), "w").await?;
     let mut answered_at = std::collections::HashMap::new();
     let mut latencies = Vec::new();
     let mut failed = 0;
-    for request in requests {
-        let (n, ok, latency, answered) = request.await?;
-        if ok {
-            answered_at.insert(format!("w{n}"), answered);
-            latencies.push(latency.as_secs_f64() * 1000.0);
+    for update in updates {
+        if update.ok {
+            latencies.push(update.latency.as_secs_f64() * 1000.0);
+            answered_at.insert(update.name, update.answered);
         } else {
             failed += 1;
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
     // Wait for the last rows.
     let deadline = Instant::now() + Duration::from_secs(30);
     let rows: Vec<(String, chrono::DateTime<chrono::Utc>)> = loop {
@@ -424,13 +472,7 @@ async fn integrity(rate: u64, seconds: u64) -> anyhow::Result<()> {
     println!("== trace integrity: PATCH /v1/users/{{id}} at {rate}/s for {seconds} s, every request sampled");
     let stack = Stack::start().await?;
     let admin = stack.admin_token().await;
-    let mut ids = Vec::new();
-    for i in 0..20 {
-        let user = stack
-            .register(&format!("integrity{i}@example.com"), "benchmark password")
-            .await;
-        ids.push(user["id"].as_str().unwrap_or_default().to_owned());
-    }
+    let ids = load_users(&stack, "integrity").await;
     // Everything before the load is done and logged: the load's logs start here.
     stack.kafka.wait_until_consumed(Duration::from_secs(60)).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -438,39 +480,12 @@ async fn integrity(rate: u64, seconds: u64) -> anyhow::Result<()> {
     let offsets: Vec<usize> = services.iter().map(|s| s.logs.text().len()).collect();
 
     let total = rate * seconds;
-    let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut requests = Vec::with_capacity(total as usize);
-    let started = Instant::now();
-    for n in 0..total {
-        interval.tick().await;
-        let (http, url, admin) = (
-            stack.http.clone(),
-            stack.url(&format!("/v1/users/{}", ids[n as usize % ids.len()])),
-            admin.clone(),
-        );
-        requests.push(tokio::spawn(async move {
-            let response = http
-                .patch(url)
-                .bearer_auth(admin)
-                .json(&json!({ "name": format!("i{n}") }))
-                .send()
-                .await;
-            match response {
-                Ok(r) if r.status() == 200 => r
-                    .headers()
-                    .get("traceparent")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| callchain_tracechain::parse_trace_id(v).ok()),
-                _ => None,
-            }
-        }));
-    }
-    let mut traces = Vec::with_capacity(requests.len());
-    for request in requests {
-        traces.extend(request.await?);
-    }
-    let elapsed = started.elapsed().as_secs_f64();
+    let (updates, elapsed) = steady_updates(&stack, &admin, &ids, (rate, seconds), "i").await?;
+    let traces: Vec<String> = updates
+        .iter()
+        .filter_map(|update| update.traceparent.as_deref())
+        .filter_map(|header| callchain_tracechain::parse_trace_id(header).ok())
+        .collect();
     println!(
         "   {} of {total} answered 200 in {elapsed:.1} s ({:.0}/s)",
         traces.len(),
