@@ -166,6 +166,27 @@ impl Stack {
         response.json().await.expect("a user body")
     }
 
+    /// `PATCH /v1/users/{id}` with `body`, as the bearer of `token`.
+    pub async fn patch_user(&self, id: impl std::fmt::Display, token: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .patch(self.url(&format!("/v1/users/{id}")))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("PATCH /v1/users/{id}")
+    }
+
+    /// `DELETE /v1/users/{id}`, as the bearer of `token`.
+    pub async fn delete_user(&self, id: impl std::fmt::Display, token: &str) -> reqwest::Response {
+        self.http
+            .delete(self.url(&format!("/v1/users/{id}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("DELETE /v1/users/{id}")
+    }
+
     /// Logs in through the API and returns the bearer token.
     pub async fn login(&self, email: &str, password: &str) -> String {
         let response = self

@@ -22,13 +22,7 @@ async fn a_token_of_a_deleted_user_is_401() {
     assert_eq!(read().await.unwrap().status(), 200);
 
     let admin = stack.admin_token().await;
-    let deleted = stack
-        .http
-        .delete(stack.url(&format!("/v1/users/{id}")))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    let deleted = stack.delete_user(id, &admin).await;
     assert_eq!(deleted.status(), 204);
     assert_problem(read().await.unwrap(), 401, "no longer exists").await;
 }

@@ -54,14 +54,7 @@ async fn an_unknown_id_is_404_on_read_and_update() {
         .unwrap();
     assert_problem(response, 404, &unknown.to_string()).await;
 
-    let response = stack
-        .http
-        .patch(stack.url(&format!("/v1/users/{unknown}")))
-        .bearer_auth(&admin)
-        .json(&json!({ "name": "Nobody" }))
-        .send()
-        .await
-        .unwrap();
+    let response = stack.patch_user(unknown, &admin, &json!({ "name": "Nobody" })).await;
     assert_problem(response, 404, &unknown.to_string()).await;
 
     assert_unchanged(&stack, 1).await;

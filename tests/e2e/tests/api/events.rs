@@ -16,24 +16,11 @@ async fn update_and_delete_publish_their_events_each_in_its_own_trace() {
     let id = user["id"].as_str().unwrap();
     let admin = stack.admin_token().await;
 
-    let updated = stack
-        .http
-        .patch(stack.url(&format!("/v1/users/{id}")))
-        .bearer_auth(&admin)
-        .json(&json!({ "name": "Renamed" }))
-        .send()
-        .await
-        .unwrap();
+    let updated = stack.patch_user(id, &admin, &json!({ "name": "Renamed" })).await;
     assert_eq!(updated.status(), 200);
     let update_trace = trace_id(&updated);
 
-    let deleted = stack
-        .http
-        .delete(stack.url(&format!("/v1/users/{id}")))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    let deleted = stack.delete_user(id, &admin).await;
     assert_eq!(deleted.status(), 204);
     let delete_trace = trace_id(&deleted);
 

@@ -46,21 +46,10 @@ async fn no_secret_reaches_a_log_line_or_an_exported_span() {
         .unwrap();
     assert_eq!(bad.status(), 400);
     let patched = stack
-        .http
-        .patch(stack.url(&format!("/v1/users/{id}")))
-        .bearer_auth(&admin)
-        .json(&json!({ "password": "another good password" }))
-        .send()
-        .await
-        .unwrap();
+        .patch_user(id, &admin, &json!({ "password": "another good password" }))
+        .await;
     assert_eq!(patched.status(), 200);
-    let deleted = stack
-        .http
-        .delete(stack.url(&format!("/v1/users/{id}")))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    let deleted = stack.delete_user(id, &admin).await;
     assert_eq!(deleted.status(), 204);
     stack.events_of(id).await;
     stack.flush().await;

@@ -88,13 +88,12 @@ async fn update_changes_the_name_and_the_password() {
     };
     let id = user["id"].as_str().unwrap();
     let response = stack
-        .http
-        .patch(stack.url(&format!("/v1/users/{id}")))
-        .bearer_auth(&token)
-        .json(&json!({ "name": "Renamed", "password": "a brand new password" }))
-        .send()
-        .await
-        .unwrap();
+        .patch_user(
+            id,
+            &token,
+            &json!({ "name": "Renamed", "password": "a brand new password" }),
+        )
+        .await;
     assert_eq!(response.status(), 200);
     let updated: Value = response.json().await.unwrap();
     assert_eq!(updated["name"], "Renamed");
@@ -157,13 +156,7 @@ async fn admin_deletes_a_user_and_it_is_gone() {
     let id = user["id"].as_str().unwrap();
     let admin = stack.admin_token().await;
 
-    let response = stack
-        .http
-        .delete(stack.url(&format!("/v1/users/{id}")))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    let response = stack.delete_user(id, &admin).await;
     assert_eq!(response.status(), 204);
     assert_eq!(stack.user_count().await, 1);
 
@@ -183,14 +176,7 @@ async fn admin_may_promote_a_user() {
     let (user, _) = signed_in_user(&stack).await;
     let admin = stack.admin_token().await;
     let id = user["id"].as_str().unwrap();
-    let response = stack
-        .http
-        .patch(stack.url(&format!("/v1/users/{id}")))
-        .bearer_auth(&admin)
-        .json(&json!({ "role": "ADMIN" }))
-        .send()
-        .await
-        .unwrap();
+    let response = stack.patch_user(id, &admin, &json!({ "role": "ADMIN" })).await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["role"], "ADMIN");
