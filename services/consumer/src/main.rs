@@ -1,6 +1,9 @@
 use callchain_consumer::Config;
 use callchain_runtime::env::Env;
 
+#[global_allocator]
+static ALLOCATOR: callchain_runtime::Allocator = callchain_runtime::Allocator;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let env = Env::from_process();

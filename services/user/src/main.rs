@@ -1,6 +1,9 @@
 use callchain_runtime::env::Env;
 use callchain_user::Config;
 
+#[global_allocator]
+static ALLOCATOR: callchain_runtime::Allocator = callchain_runtime::Allocator;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let env = Env::from_process();

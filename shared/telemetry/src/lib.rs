@@ -58,13 +58,33 @@ pub const ENV_VARS: &[&str] = &[
     "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
 ];
 
+/// Where finished spans go, beside the span records in the logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Export {
+    /// To an OTLP/gRPC endpoint, through the batch span processor.
+    Otlp(String),
+    /// Through the batch span processor to an exporter that drops every
+    /// batch: the whole cost of recording spans and none of sending them.
+    /// `make bench` measures the price of export against it.
+    Discard,
+    /// Nowhere: no batch span processor at all.
+    Off,
+}
+
+impl From<Option<String>> for Export {
+    /// An endpoint exports there; none exports nothing.
+    fn from(endpoint: Option<String>) -> Self {
+        endpoint.map_or(Export::Off, Export::Otlp)
+    }
+}
+
 /// What a process's telemetry needs to know.
 #[derive(Debug, Clone)]
 pub struct TelemetryConfig {
     /// `service.name` on every span and `service` on every log line.
     pub service_name: String,
-    /// Where spans go (OTLP over gRPC); `None` exports nothing.
-    pub otlp_endpoint: Option<String>,
+    /// Where spans go.
+    pub export: Export,
     /// An `EnvFilter` directive, as in `RUST_LOG`.
     pub log_filter: String,
 }
@@ -75,16 +95,17 @@ impl TelemetryConfig {
     pub fn from_env(env: &Env, service: &str) -> Self {
         Self {
             service_name: env.var("OTEL_SERVICE_NAME").unwrap_or_else(|| service.to_owned()),
-            otlp_endpoint: env.var("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            export: env.var("OTEL_EXPORTER_OTLP_ENDPOINT").into(),
             log_filter: env.var("RUST_LOG").unwrap_or_else(|| "info".to_owned()),
         }
     }
 
-    /// A config for `service` that exports to `otlp_endpoint` and logs at `info`.
-    pub fn new(service: &str, otlp_endpoint: Option<String>) -> Self {
+    /// A config for `service` that exports as `export` says (an OTLP
+    /// endpoint, or `None` for nothing) and logs at `info`.
+    pub fn new(service: &str, export: impl Into<Export>) -> Self {
         Self {
             service_name: service.to_owned(),
-            otlp_endpoint,
+            export: export.into(),
             log_filter: "info".to_owned(),
         }
     }
@@ -154,12 +175,16 @@ where
     let mut provider = SdkTracerProvider::builder()
         .with_resource(resource)
         .with_span_processor(records.clone());
-    if let Some(endpoint) = &config.otlp_endpoint {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint.clone())
-            .build()?;
-        provider = provider.with_batch_exporter(exporter);
+    match &config.export {
+        Export::Otlp(endpoint) => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.clone())
+                .build()?;
+            provider = provider.with_batch_exporter(exporter);
+        }
+        Export::Discard => provider = provider.with_batch_exporter(DiscardExporter),
+        Export::Off => {}
     }
     // Without an exporter spans are still created, so logs and the
     // `traceparent` response header carry real trace ids.
@@ -177,6 +202,16 @@ where
     let dispatch = Dispatch::new(subscriber);
     records.write_to(&dispatch);
     Ok((dispatch, TelemetryGuard { provider }))
+}
+
+/// An exporter that accepts every batch and sends it nowhere.
+#[derive(Debug)]
+struct DiscardExporter;
+
+impl opentelemetry_sdk::trace::SpanExporter for DiscardExporter {
+    async fn export(&self, _batch: Vec<opentelemetry_sdk::trace::SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
 }
 
 /// W3C TraceContext and Baggage, process-wide. Idempotent.

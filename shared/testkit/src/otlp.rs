@@ -102,32 +102,56 @@ fn attributes(kvs: &[KeyValue]) -> std::collections::BTreeMap<String, String> {
 }
 
 /// A running receiver. Point `OTEL_EXPORTER_OTLP_ENDPOINT` at [`Self::endpoint`].
+/// It stops when dropped.
 pub struct OtlpReceiver {
     addr: SocketAddr,
     spans: Collected,
+    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl OtlpReceiver {
-    /// Starts serving on `127.0.0.1:0` on the current runtime.
+    /// Starts serving on `127.0.0.1:0`, on a thread of its own named
+    /// [`Self::THREAD`], so that a benchmark can tell the receiver's CPU time
+    /// (the collector's, in a real deployment) from the services'.
     pub async fn start() -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let spans = Collected::default();
         // Large batches (benchmarks export thousands of spans at once) exceed
         // tonic's default 4 MiB message limit.
         let service = TraceServiceServer::new(spans.clone()).max_decoding_message_size(256 * 1024 * 1024);
-        tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            if let Err(error) = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(incoming)
-                .await
-            {
-                eprintln!("OTLP receiver stopped: {error}");
-            }
-        });
-        Ok(Self { addr, spans })
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new()
+            .name(Self::THREAD.to_owned())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let incoming = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        Err(error) => return eprintln!("OTLP receiver cannot listen: {error}"),
+                    };
+                    let stopped = async move {
+                        let _ = stopped.await;
+                    };
+                    if let Err(error) = tonic::transport::Server::builder()
+                        .add_service(service)
+                        .serve_with_incoming_shutdown(incoming, stopped)
+                        .await
+                    {
+                        eprintln!("OTLP receiver stopped: {error}");
+                    }
+                })
+            })?;
+        Ok(Self {
+            addr,
+            spans,
+            _stop: stop,
+        })
     }
+
+    /// The name of the receiver's thread.
+    pub const THREAD: &'static str = "otlp-receiver";
 
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)

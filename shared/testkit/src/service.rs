@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use callchain_telemetry::{TelemetryConfig, TelemetryGuard};
+use callchain_telemetry::{Export, TelemetryConfig, TelemetryGuard};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
@@ -65,17 +65,19 @@ pub struct ServiceHandle {
 }
 
 impl ServiceHandle {
-    /// Starts `serve(listener, shutdown)` for `name` on a runtime of its own.
+    /// Starts `serve(listener, shutdown)` for `name` on a runtime of its own,
+    /// its spans exported as `export` says (an OTLP endpoint, `None`, or an
+    /// [`Export`]).
     /// The telemetry exporter runs on the caller's runtime (it must outlive
     /// the services' runtimes to flush their last spans).
-    pub fn spawn<F, Fut>(name: &'static str, otlp_endpoint: Option<String>, serve: F) -> anyhow::Result<Self>
+    pub fn spawn<F, Fut>(name: &'static str, export: impl Into<Export>, serve: F) -> anyhow::Result<Self>
     where
         F: FnOnce(tokio::net::TcpListener, oneshot::Receiver<()>) -> Fut + Send + 'static,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
         let logs = LogBuffer::default();
         let writer = logs.clone();
-        let mut config = TelemetryConfig::new(name, otlp_endpoint);
+        let mut config = TelemetryConfig::new(name, export);
         config.log_filter = "info,sqlx=warn,h2=warn,tower=warn,hyper=warn".to_owned();
         let (dispatch, telemetry) = callchain_telemetry::build(&config, move || writer.clone())?;
 

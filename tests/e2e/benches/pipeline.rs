@@ -17,7 +17,8 @@
 //!
 //! Sizes can be changed with BENCH_EVENTS, BENCH_WRITE_RATE,
 //! BENCH_WRITE_SECONDS, BENCH_READ_SECONDS, BENCH_INTEGRITY_RATE and
-//! BENCH_INTEGRITY_SECONDS; BENCH_INTEGRITY_LOGS=<folder> keeps the
+//! BENCH_INTEGRITY_SECONDS; BENCH_ONLY=consumer,lag,protocols,integrity runs only
+//! those; BENCH_INTEGRITY_LOGS=<folder> keeps the
 //! integrity run's logs there, for `tracechain --check-all <folder>` (an
 //! absolute path: cargo runs a bench in its package's folder).
 
@@ -27,8 +28,14 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use callchain_e2e::stack::{Stack, spawn_consumer};
+use callchain_e2e::{
+    cpu::{CpuTimes, process_cpu},
+    load::{self, Http1, Outcome, percentile},
+    stack::{Stack, spawn_consumer},
+};
 use callchain_events::{EventType, UserEvent, UserPayload};
+use callchain_proto::user::v1::{GetUserRequest, user_service_client::UserServiceClient};
+use callchain_telemetry::Export;
 use callchain_testkit::{
     kafka::Kafka,
     otlp::OtlpReceiver,
@@ -47,13 +54,15 @@ fn setting(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
+/// Whether the run `name` is among those `BENCH_ONLY` names (a
+/// comma-separated list; all of them when it is unset).
+fn runs(name: &str) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |only| only.split(',').any(|n| n.trim() == name))
 }
+
+/// The services run in this process, so it installs their allocator.
+#[global_allocator]
+static ALLOCATOR: callchain_runtime::Allocator = callchain_runtime::Allocator;
 
 fn main() -> anyhow::Result<()> {
     // Every span must reach the receiver: a queue large enough for a whole
@@ -79,15 +88,23 @@ fn main() -> anyhow::Result<()> {
             std::thread::available_parallelism()?.get()
         );
         let events = setting("BENCH_EVENTS", 100_000);
-        consumer_throughput(events, true).await?;
-        consumer_throughput(events, false).await?;
-        write_lag(setting("BENCH_WRITE_RATE", 500), setting("BENCH_WRITE_SECONDS", 10)).await?;
-        reads(setting("BENCH_READ_SECONDS", 10)).await?;
-        integrity(
-            setting("BENCH_INTEGRITY_RATE", 500),
-            setting("BENCH_INTEGRITY_SECONDS", 60),
-        )
-        .await?;
+        if runs("consumer") {
+            consumer_throughput(events, true).await?;
+            consumer_throughput(events, false).await?;
+        }
+        if runs("lag") {
+            write_lag(setting("BENCH_WRITE_RATE", 500), setting("BENCH_WRITE_SECONDS", 10)).await?;
+        }
+        if runs("protocols") {
+            protocols(setting("BENCH_READ_SECONDS", 10)).await?;
+        }
+        if runs("integrity") {
+            integrity(
+                setting("BENCH_INTEGRITY_RATE", 500),
+                setting("BENCH_INTEGRITY_SECONDS", 60),
+            )
+            .await?;
+        }
         Ok(())
     })
 }
@@ -97,7 +114,7 @@ async fn consumer_throughput(count: u64, export: bool) -> anyhow::Result<()> {
     let label = if export {
         "with every span exported"
     } else {
-        "without span export"
+        "every span recorded, none exported"
     };
     let db = TestDatabase::create().await?;
     let kafka = Kafka::shared().await?;
@@ -109,8 +126,12 @@ async fn consumer_throughput(count: u64, export: bool) -> anyhow::Result<()> {
     println!("   fed in {:.1} s", fed.elapsed().as_secs_f64());
 
     let started = Instant::now();
-    let endpoint = export.then(|| otlp.endpoint());
-    let mut consumer = spawn_consumer(&db, &kafka, endpoint).await?;
+    let spans = if export {
+        Export::Otlp(otlp.endpoint())
+    } else {
+        Export::Discard
+    };
+    let mut consumer = spawn_consumer(&db, &kafka, spans).await?;
     let mut last_report = Instant::now();
     loop {
         let written: i64 = sqlx::query_scalar("SELECT count(*) FROM user_events")
@@ -362,49 +383,217 @@ async fn write_lag(rate: u64, seconds: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `GET /v1/users/{id}` from 32 connections for `seconds`.
-async fn reads(seconds: u64) -> anyhow::Result<()> {
-    println!("== reads: GET /v1/users/{{id}} from 32 connections for {seconds} s");
-    let stack = Stack::start().await?;
-    let user = stack.register("reader@example.com", "benchmark password").await;
-    let token = stack.login("reader@example.com", "benchmark password").await;
-    let url = stack.url(&format!("/v1/users/{}", user["id"].as_str().unwrap_or_default()));
-    let until = Instant::now() + Duration::from_secs(seconds);
-    let mut workers = Vec::new();
-    for _ in 0..32 {
-        let (http, url, token) = (stack.http.clone(), url.clone(), token.clone());
-        workers.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut failed = 0u64;
-            while Instant::now() < until {
-                let sent = Instant::now();
-                match http.get(&url).bearer_auth(&token).send().await {
-                    Ok(r) if r.status() == 200 => {
-                        let _ = r.bytes().await;
-                        latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
-                    }
-                    _ => failed += 1,
-                }
-            }
-            (latencies, failed)
-        }));
-    }
-    let mut latencies = Vec::new();
-    let mut failed = 0;
-    for worker in workers {
-        let (l, f) = worker.await?;
-        latencies.extend(l);
-        failed += f;
-    }
-    latencies.sort_by(f64::total_cmp);
+/// Connections (or concurrent gRPC calls) of every protocol run.
+const CONNECTIONS: usize = 32;
+
+/// One user read through each protocol, then REST again with its spans
+/// recorded but not exported; a Markdown table of each.
+async fn protocols(seconds: u64) -> anyhow::Result<()> {
+    let duration = Duration::from_secs(seconds);
     println!(
-        "   {:.0} requests/s, p50 {:.1} ms, p99 {:.1} ms, {failed} failed\n",
-        latencies.len() as f64 / seconds as f64,
-        percentile(&latencies, 50.0),
-        percentile(&latencies, 99.0)
+        "== protocols: one user read through each protocol, {CONNECTIONS} connections, {seconds} s each \
+         (after 2 s of warm-up), every request sampled"
     );
-    drop(stack);
+    let exported = Stack::start().await?;
+    let reader = Reader::new(&exported).await?;
+    let rows = [
+        ("REST `GET /v1/users/{id}`", reader.rest(duration).await?),
+        ("JSON-RPC `user.get`", reader.json_rpc(duration).await?),
+        (
+            "gRPC `GetUser`, straight to the user service",
+            reader.grpc(duration).await?,
+        ),
+    ];
+    println!();
+    print_table(&rows);
+    let rest_exported = &rows[0].1;
+    let (rest, grpc, rpc) = (&rows[0].1, &rows[2].1, &rows[1].1);
+    println!(
+        "\n   REST p50 / gRPC p50 = {:.2}; JSON-RPC rate / REST rate = {:.2}\n",
+        rest.outcome.percentile(50.0) / grpc.outcome.percentile(50.0),
+        rpc.outcome.rate() / rest.outcome.rate()
+    );
+    drop(reader);
+    drop(exported);
+
+    println!("== the price of export: REST again, every span recorded and none exported");
+    let recording = Stack::start_recording_only().await?;
+    let reader = Reader::new(&recording).await?;
+    let rest_recorded = reader.rest(duration).await?;
+    println!();
+    print_table(&[
+        ("REST, every span exported", rest_exported.clone()),
+        ("REST, every span recorded, none exported", rest_recorded.clone()),
+    ]);
+    println!(
+        "\n   exported / recorded only: {:.2} of the requests/s\n",
+        rest_exported.outcome.rate() / rest_recorded.outcome.rate()
+    );
     Ok(())
+}
+
+/// A protocol run: what the load generator saw, and where the CPU went.
+#[derive(Clone)]
+struct Measured {
+    outcome: Outcome,
+    cpu: CpuTimes,
+    postgres: Duration,
+}
+
+/// Prints rows as a Markdown table.
+fn print_table(rows: &[(&str, Measured)]) {
+    println!(
+        "| read | requests/s | p50 ms | p99 ms | failed | CPU µs per request: api + user | Postgres | span export + receiver | load generator |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (name, m) in rows {
+        let n = m.outcome.latencies_ms.len().max(1) as f64;
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / n;
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            m.outcome.rate(),
+            m.outcome.percentile(50.0),
+            m.outcome.percentile(99.0),
+            m.outcome.failed,
+            per(m.cpu.of("api") + m.cpu.of("user")),
+            per(m.postgres),
+            per(m.cpu.of("span export") + m.cpu.of("receiver")),
+            per(m.cpu.of("load generator")),
+        );
+    }
+}
+
+/// One registered user, read back through each protocol.
+struct Reader<'a> {
+    stack: &'a Stack,
+    id: String,
+    token: String,
+}
+
+impl<'a> Reader<'a> {
+    async fn new(stack: &'a Stack) -> anyhow::Result<Self> {
+        let user = stack.register("reader@example.com", "benchmark password").await;
+        let token = stack.login("reader@example.com", "benchmark password").await;
+        let id = user["id"].as_str().unwrap_or_default().to_owned();
+        anyhow::ensure!(!id.is_empty(), "registering the reader failed: {user}");
+        Ok(Self { stack, id, token })
+    }
+
+    /// Warms up for 2 s, then measures `duration` of `run`, with the CPU
+    /// time of every thread of the process and of the Postgres backends.
+    async fn measure<F, Fut>(&self, duration: Duration, run: F) -> anyhow::Result<Measured>
+    where
+        F: Fn(Duration) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<Outcome>>,
+    {
+        run(Duration::from_secs(2)).await?;
+        let backends = self.postgres_backends().await?;
+        let (cpu, postgres) = (CpuTimes::now()?, process_cpu(&backends));
+        let outcome = run(duration).await?;
+        let cpu = CpuTimes::now()?.since(&cpu);
+        let postgres = process_cpu(&backends).saturating_sub(postgres);
+        Ok(Measured { outcome, cpu, postgres })
+    }
+
+    /// The server processes of the stack's database (the services' pools).
+    async fn postgres_backends(&self) -> anyhow::Result<Vec<u32>> {
+        let pids: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(self.stack.db.pool())
+        .await?;
+        Ok(pids.into_iter().map(|pid| pid as u32).collect())
+    }
+
+    async fn rest(&self, duration: Duration) -> anyhow::Result<Measured> {
+        let addr = self.stack.api.addr;
+        let request = Arc::new(load::request(
+            "GET",
+            &format!("/v1/users/{}", self.id),
+            addr,
+            &self.token,
+            None,
+        ));
+        self.measure(duration, |duration| {
+            let request = request.clone();
+            load::closed_loop(
+                CONNECTIONS,
+                duration,
+                move |_| Http1::connect(addr),
+                move |mut connection: Http1| {
+                    let request = request.clone();
+                    async move {
+                        let answer = connection.send(&request).await.map(|status| status == 200);
+                        (connection, answer)
+                    }
+                },
+            )
+        })
+        .await
+    }
+
+    async fn json_rpc(&self, duration: Duration) -> anyhow::Result<Measured> {
+        let addr = self.stack.api.addr;
+        let body = json!({ "jsonrpc": "2.0", "method": "user.get", "params": { "id": self.id }, "id": 1 }).to_string();
+        let request = Arc::new(load::request("POST", "/rpc", addr, &self.token, Some(&body)));
+        self.measure(duration, |duration| {
+            let request = request.clone();
+            load::closed_loop(
+                CONNECTIONS,
+                duration,
+                move |_| Http1::connect(addr),
+                move |mut connection: Http1| {
+                    let request = request.clone();
+                    async move {
+                        let answer = connection.send(&request).await.map(|status| {
+                            // An error is an answer too: only a result counts.
+                            status == 200 && connection.body().starts_with(br#"{"jsonrpc":"2.0","result""#)
+                        });
+                        (connection, answer)
+                    }
+                },
+            )
+        })
+        .await
+    }
+
+    /// Straight to the user service, over 4 HTTP/2 connections.
+    async fn grpc(&self, duration: Duration) -> anyhow::Result<Measured> {
+        let url = format!("http://{}", self.stack.user.addr);
+        let mut channels = Vec::new();
+        for _ in 0..4 {
+            channels.push(
+                tonic::transport::Endpoint::from_shared(url.clone())?
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await?,
+            );
+        }
+        let id = self.id.clone();
+        self.measure(duration, |duration| {
+            let (channels, id) = (channels.clone(), id.clone());
+            load::closed_loop(
+                CONNECTIONS,
+                duration,
+                move |n| {
+                    let channel = channels[n % channels.len()].clone();
+                    async move { Ok(UserServiceClient::new(channel)) }
+                },
+                move |mut client: UserServiceClient<tonic::transport::Channel>| {
+                    let id = id.clone();
+                    async move {
+                        let answer = client
+                            .get_user(GetUserRequest { id })
+                            .await
+                            .map(|response| response.into_inner().user.is_some())
+                            .map_err(anyhow::Error::from);
+                        (client, answer)
+                    }
+                },
+            )
+        })
+        .await
+    }
 }
 
 /// The trace every update must leave: `(service, name, kind, parent's index)`.

@@ -6,11 +6,15 @@
 //!   that need no Docker engine.
 //! - [`jaeger`]: spans read back from Jaeger's query API (or from the JSON
 //!   logs, by tracechain), as [`callchain_testkit::spans::SpanRecord`]s.
+//! - [`load`] and [`cpu`]: the benchmarks' load generator, and the CPU
+//!   time of each service, its span export and the load generator.
 //! - [`journey`]: a user's journey through a running system, judged by its
 //!   trace in Jaeger (shared by `make test` and `make e2e-up`).
 
 pub mod chain;
 pub mod compose;
+pub mod cpu;
 pub mod jaeger;
 pub mod journey;
+pub mod load;
 pub mod stack;

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use callchain_telemetry::Export;
+
 use callchain_testkit::{
     kafka::Kafka,
     otlp::OtlpReceiver,
@@ -44,10 +46,10 @@ pub fn consumer_config(db: &TestDatabase, kafka: &Kafka) -> callchain_consumer::
 pub async fn spawn_consumer(
     db: &TestDatabase,
     kafka: &Kafka,
-    otlp_endpoint: Option<String>,
+    export: impl Into<Export>,
 ) -> anyhow::Result<ServiceHandle> {
     let config = consumer_config(db, kafka);
-    let mut consumer = ServiceHandle::spawn("consumer", otlp_endpoint, move |listener, shutdown| {
+    let mut consumer = ServiceHandle::spawn("consumer", export, move |listener, shutdown| {
         callchain_consumer::run(config, listener, async move {
             let _ = shutdown.await;
         })
@@ -69,6 +71,14 @@ impl Stack {
         Self::launch(kafka, None).await
     }
 
+    /// Starts everything on the run's shared broker with the services
+    /// recording every span but exporting none ([`Export::Discard`]): what
+    /// `make bench` measures the price of export against. `otlp` then
+    /// receives nothing.
+    pub async fn start_recording_only() -> anyhow::Result<Self> {
+        Self::launch(Kafka::shared().await?, Some(Export::Discard)).await
+    }
+
     /// Starts everything on the run's shared broker, with the services
     /// exporting their spans to the run's OpenTelemetry Collector (named in
     /// `CALLCHAIN_TEST_OTLP`), which forwards them to the run's Jaeger: the
@@ -81,17 +91,19 @@ impl Stack {
                  `scripts/test-parts.sh up` and export what it prints"
             )
         })?;
-        Self::launch(Kafka::shared().await?, Some(collector)).await
+        Self::launch(Kafka::shared().await?, Some(Export::Otlp(collector))).await
     }
 
-    async fn launch(kafka: Kafka, collector: Option<String>) -> anyhow::Result<Self> {
+    /// Starts the stack with its spans exported as `export` says, or to
+    /// `otlp` when it says nothing.
+    async fn launch(kafka: Kafka, export: Option<Export>) -> anyhow::Result<Self> {
         let db = TestDatabase::create().await?;
         let otlp = OtlpReceiver::start().await?;
-        let endpoint = collector.unwrap_or_else(|| otlp.endpoint());
+        let endpoint = export.unwrap_or_else(|| Export::Otlp(otlp.endpoint()));
 
         let user_config =
             callchain_user::Config::for_tests(db.url(), Some((ADMIN_EMAIL.to_owned(), ADMIN_PASSWORD.to_owned())));
-        let mut user = ServiceHandle::spawn("user", Some(endpoint.clone()), move |listener, shutdown| {
+        let mut user = ServiceHandle::spawn("user", endpoint.clone(), move |listener, shutdown| {
             callchain_user::run(user_config, listener, async move {
                 let _ = shutdown.await;
             })
@@ -105,12 +117,12 @@ impl Stack {
             kafka.topic.clone(),
             JWT_SECRET.to_owned(),
         );
-        let mut api = ServiceHandle::spawn("api", Some(endpoint.clone()), move |listener, shutdown| {
+        let mut api = ServiceHandle::spawn("api", endpoint.clone(), move |listener, shutdown| {
             callchain_api::run(api_config, listener, async move {
                 let _ = shutdown.await;
             })
         })?;
-        let consumer = spawn_consumer(&db, &kafka, Some(endpoint)).await?;
+        let consumer = spawn_consumer(&db, &kafka, endpoint).await?;
 
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
         let ready = format!("http://{}/readyz", api.addr);

@@ -1,0 +1,138 @@
+//! CPU time by thread name, read from `/proc`: how a benchmark tells the
+//! services' CPU time from its load generator's and the span receiver's
+//! when all of them share one process.
+//!
+//! The in-process services run on threads named after them (`api`, `user`,
+//! `consumer`); the OpenTelemetry batch span processors on threads named
+//! `OpenTelemetry.*`; the OTLP receiver on `otlp-receiver`; librdkafka on
+//! `rdk:*`. The rest (the benchmark's own runtime) is the load generator.
+
+use std::{collections::BTreeMap, time::Duration};
+
+/// CPU time (user + system) of every thread of this process, summed by
+/// [`group`], as of one moment.
+#[derive(Debug, Clone, Default)]
+pub struct CpuTimes(BTreeMap<&'static str, Duration>);
+
+/// The group a thread's name (its `comm`, cut to 15 bytes by Linux) counts in.
+pub fn group(comm: &str) -> &'static str {
+    match comm {
+        "api" => "api",
+        "user" => "user",
+        "consumer" => "consumer",
+        "otlp-receiver" => "receiver",
+        comm if comm.starts_with("OpenTelemetry") => "span export",
+        comm if comm.starts_with("rdk:") => "librdkafka",
+        _ => "load generator",
+    }
+}
+
+impl CpuTimes {
+    /// The CPU time of this process's threads now. Threads that ended
+    /// before this moment are missing: take both snapshots of a
+    /// measurement while the same threads run.
+    pub fn now() -> std::io::Result<Self> {
+        let ticks = clock_ticks_per_second();
+        let mut times = BTreeMap::new();
+        for task in std::fs::read_dir("/proc/self/task")? {
+            let path = task?.path();
+            // A thread may end between the listing and the reading.
+            let (Ok(comm), Ok(stat)) = (
+                std::fs::read_to_string(path.join("comm")),
+                std::fs::read_to_string(path.join("stat")),
+            ) else {
+                continue;
+            };
+            let Some(busy) = busy_ticks(&stat) else { continue };
+            *times.entry(group(comm.trim())).or_default() += Duration::from_secs_f64(busy as f64 / ticks);
+        }
+        Ok(Self(times))
+    }
+
+    /// The CPU time spent between `earlier` and `self`, by group.
+    pub fn since(&self, earlier: &CpuTimes) -> CpuTimes {
+        CpuTimes(
+            self.0
+                .iter()
+                .map(|(group, time)| {
+                    let before = earlier.0.get(group).copied().unwrap_or_default();
+                    (*group, time.saturating_sub(before))
+                })
+                .collect(),
+        )
+    }
+
+    /// The time of one group (zero when no thread of it ran).
+    pub fn of(&self, group: &str) -> Duration {
+        self.0.get(group).copied().unwrap_or_default()
+    }
+
+    /// The time of every group but those named.
+    pub fn all_but(&self, groups: &[&str]) -> Duration {
+        self.0
+            .iter()
+            .filter(|(group, _)| !groups.contains(group))
+            .map(|(_, time)| *time)
+            .sum()
+    }
+}
+
+/// utime + stime, in clock ticks, from a `/proc/<pid>/task/<tid>/stat` line.
+fn busy_ticks(stat: &str) -> Option<u64> {
+    // The command name, field 2, is in parentheses and may hold spaces; the
+    // fields after its closing parenthesis start at field 3 (the state).
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The kernel's clock ticks per second for `/proc` times: 100 on every
+/// Linux this runs on (`getconf CLK_TCK`).
+fn clock_ticks_per_second() -> f64 {
+    100.0
+}
+
+/// CPU time (user + system) of processes outside this one, such as the
+/// Postgres backends serving a benchmark, in clock ticks from their
+/// `/proc/<pid>/stat`; processes that are gone count nothing.
+pub fn process_cpu(pids: &[u32]) -> Duration {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| busy_ticks(&stat))
+        .map(|ticks| Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second()))
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_ticks_are_utime_plus_stime_even_with_spaces_in_the_name() {
+        let stat = "4242 (OpenTelemetry.T x) S 1 2 3 4 5 6 7 8 9 10 120 35 0 0 20 0 1 0";
+        assert_eq!(busy_ticks(stat), Some(155));
+    }
+
+    #[test]
+    fn threads_are_grouped_by_their_names() {
+        assert_eq!(group("api"), "api");
+        assert_eq!(group("OpenTelemetry.T"), "span export");
+        assert_eq!(group("rdk:broker1"), "librdkafka");
+        assert_eq!(group("tokio-rt-worker"), "load generator");
+    }
+
+    #[test]
+    fn a_busy_thread_shows_in_the_load_generator_group() {
+        let before = CpuTimes::now().expect("/proc/self/task");
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < Duration::from_millis(300) {
+            x = x.wrapping_mul(31).wrapping_add(7);
+        }
+        std::hint::black_box(x);
+        let spent = CpuTimes::now().expect("/proc/self/task").since(&before);
+        assert!(spent.of("load generator") >= Duration::from_millis(200), "{spent:?}");
+    }
+}

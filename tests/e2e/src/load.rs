@@ -1,0 +1,179 @@
+//! A closed-loop load generator for the benchmarks: a fixed number of
+//! workers, each sending its next request as soon as the last is answered,
+//! for a fixed time; every latency kept.
+//!
+//! HTTP goes over [`Http1`], a keep-alive HTTP/1.1 connection that writes
+//! prepared request bytes and reads the answer with `httparse` (the parser
+//! under hyper): far less CPU per request than a general client, so on a
+//! shared 2-core box the services, not the load generator, get the cores.
+//! gRPC goes through tonic's own client.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+
+/// What a load run saw.
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    /// Latency of every answered request, in milliseconds, sorted.
+    pub latencies_ms: Vec<f64>,
+    /// Requests that failed or were answered with an unexpected status.
+    pub failed: u64,
+    /// How long the run lasted.
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    /// Answered requests per second.
+    pub fn rate(&self) -> f64 {
+        self.latencies_ms.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The `p`th percentile latency in milliseconds (NaN when nothing was answered).
+    pub fn percentile(&self, p: f64) -> f64 {
+        percentile(&self.latencies_ms, p)
+    }
+}
+
+/// The `p`th percentile of `sorted` (nearest rank; NaN when empty).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Runs `workers` workers for `duration`. Each is made by `worker(n)` (say,
+/// a connection) and then called in a loop: `call(state)` is one request,
+/// handing the state back with `Ok(true)` for an expected answer.
+pub async fn closed_loop<S, Make, MakeFut, Call, CallFut>(
+    workers: usize,
+    duration: Duration,
+    worker: Make,
+    call: Call,
+) -> anyhow::Result<Outcome>
+where
+    S: Send + 'static,
+    Make: Fn(usize) -> MakeFut,
+    MakeFut: Future<Output = anyhow::Result<S>>,
+    Call: Fn(S) -> CallFut + Clone + Send + 'static,
+    CallFut: Future<Output = (S, anyhow::Result<bool>)> + Send,
+{
+    let mut states = Vec::with_capacity(workers);
+    for n in 0..workers {
+        states.push(worker(n).await?);
+    }
+    let started = Instant::now();
+    let until = started + duration;
+    let tasks: Vec<_> = states
+        .into_iter()
+        .map(|mut state| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(1 << 16);
+                let mut failed = 0u64;
+                while Instant::now() < until {
+                    let sent = Instant::now();
+                    let (next, answer) = call(state).await;
+                    state = next;
+                    match answer {
+                        Ok(true) => latencies.push(sent.elapsed().as_secs_f64() * 1000.0),
+                        Ok(false) | Err(_) => failed += 1,
+                    }
+                }
+                (latencies, failed)
+            })
+        })
+        .collect();
+    let mut outcome = Outcome::default();
+    for task in tasks {
+        let (latencies, failed) = task.await?;
+        outcome.latencies_ms.extend(latencies);
+        outcome.failed += failed;
+    }
+    outcome.elapsed = started.elapsed();
+    outcome.latencies_ms.sort_by(f64::total_cmp);
+    Ok(outcome)
+}
+
+/// One keep-alive HTTP/1.1 connection.
+pub struct Http1 {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+    body: std::ops::Range<usize>,
+}
+
+impl Http1 {
+    pub async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            buffer: Vec::with_capacity(8192),
+            body: 0..0,
+        })
+    }
+
+    /// Sends `request` (a whole HTTP/1.1 request, as [`request`] makes it)
+    /// and reads the whole answer; its status.
+    pub async fn send(&mut self, request: &[u8]) -> anyhow::Result<u16> {
+        self.stream.write_all(request).await?;
+        self.buffer.clear();
+        loop {
+            if self.stream.read_buf(&mut self.buffer).await? == 0 {
+                anyhow::bail!("the server closed the connection");
+            }
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut response = httparse::Response::new(&mut headers);
+            let httparse::Status::Complete(head) = response.parse(&self.buffer)? else {
+                continue;
+            };
+            let status = response.code.context("a status code")?;
+            let length: usize = response
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .map(|h| std::str::from_utf8(h.value).unwrap_or("").trim().parse())
+                .transpose()?
+                .context("an answer without Content-Length")?;
+            while self.buffer.len() < head + length {
+                if self.stream.read_buf(&mut self.buffer).await? == 0 {
+                    anyhow::bail!("the server closed the connection mid-answer");
+                }
+            }
+            self.body = head..head + length;
+            return Ok(status);
+        }
+    }
+
+    /// The body of the last answer.
+    pub fn body(&self) -> &[u8] {
+        &self.buffer[self.body.clone()]
+    }
+}
+
+/// The bytes of an HTTP/1.1 request to `host`, with a bearer `token` and,
+/// when given, a JSON `body`.
+pub fn request(method: &str, path: &str, host: SocketAddr, token: &str, body: Option<&str>) -> Vec<u8> {
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n");
+    if let Some(body) = body {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+    } else {
+        request.push_str("\r\n");
+    }
+    request.into_bytes()
+}
