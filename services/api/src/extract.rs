@@ -97,6 +97,13 @@ pub struct IdempotencyKey(pub Option<callchain_domain::IdempotencyKey>);
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
 impl IdempotencyKey {
+    /// Parses `text`, the key as a client gave it in `field` (a header, or
+    /// a JSON-RPC param).
+    pub fn parse(text: &str, field: &'static str) -> Result<Self, ApiError> {
+        let key = callchain_domain::IdempotencyKey::parse(text).map_err(|invalid| invalid.named(field))?;
+        Ok(Self(Some(key)))
+    }
+
     /// The key as protobuf carries it: empty for none.
     pub fn into_wire(self) -> String {
         self.0.map(|key| key.as_str().to_owned()).unwrap_or_default()
@@ -112,9 +119,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
         };
         // Bytes that are not text become U+FFFD, which the domain refuses
         // with the same words as any other character out of range.
-        let text = String::from_utf8_lossy(value.as_bytes());
-        let key = callchain_domain::IdempotencyKey::parse(&text).map_err(|invalid| invalid.named(IDEMPOTENCY_KEY))?;
-        Ok(Self(Some(key)))
+        Self::parse(&String::from_utf8_lossy(value.as_bytes()), IDEMPOTENCY_KEY)
     }
 }
 
