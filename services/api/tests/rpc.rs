@@ -57,7 +57,7 @@ async fn post(body: impl Into<String>) -> Answer {
 
 /// Asserts `reply` is a JSON-RPC error with `code` and `id`, and returns
 /// the error object.
-fn assert_error<'a>(reply: &'a Value, code: i64, id: Value) -> &'a Value {
+fn assert_error(reply: &Value, code: i64, id: Value) -> &Value {
     assert_eq!(reply["jsonrpc"], "2.0", "{reply}");
     assert_eq!(reply["id"], id, "{reply}");
     assert!(reply.get("result").is_none(), "{reply}");
