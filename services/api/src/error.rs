@@ -70,6 +70,46 @@ impl ApiError {
             detail: detail.into(),
         }
     }
+
+    /// A body larger than `MAX_BODY_BYTES`.
+    pub fn body_too_large() -> Self {
+        ApiError::PayloadTooLarge("the request body is too large".into())
+    }
+
+    /// A body whose content type is not JSON.
+    pub fn body_not_json() -> Self {
+        ApiError::UnsupportedMediaType("the request body must be JSON (Content-Type: application/json)".into())
+    }
+
+    /// What the client is told, in every protocol: the error's own words,
+    /// or for an internal error nothing internal. The cause of an internal
+    /// error is logged here, once, inside the request's span.
+    pub fn public_detail(&self) -> String {
+        match self {
+            ApiError::Internal(cause) => {
+                tracing::error!(error = &**cause as &dyn std::error::Error, "internal error");
+                "an internal error occurred; quote the trace_id when reporting it".to_owned()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// The input field at fault, when one is.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ApiError::BadRequest { field, .. } => field.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Seconds the client should wait before retrying, when it should.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            ApiError::TooManyRequests { retry_after_secs, .. } => Some(*retry_after_secs),
+            ApiError::Unavailable(_) => Some(RETRY_AFTER_SECS),
+            _ => None,
+        }
+    }
 }
 
 impl From<Invalid> for ApiError {
@@ -111,10 +151,8 @@ impl From<tonic::Status> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge("the request body is too large".into()),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-                ApiError::UnsupportedMediaType("the request body must be JSON (Content-Type: application/json)".into())
-            }
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::body_too_large(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::body_not_json(),
             _ => match rejection {
                 JsonRejection::JsonSyntaxError(error) => ApiError::bad_request(format!(
                     "the request body is not valid JSON: {}",
@@ -179,25 +217,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let trace_id = callchain_telemetry::propagation::trace_id(&tracing::Span::current());
-        let detail = match &self {
-            ApiError::Internal(cause) => {
-                // Logged once, here, inside the request span; the client gets
-                // nothing internal.
-                tracing::error!(error = &**cause as &dyn std::error::Error, "internal error");
-                "an internal error occurred; quote the trace_id when reporting it".to_owned()
-            }
-            other => other.to_string(),
-        };
-        let field = match &self {
-            ApiError::BadRequest { field, .. } => field.clone(),
-            _ => None,
-        };
         let problem = Problem {
             kind: "about:blank",
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
-            detail,
-            field,
+            detail: self.public_detail(),
+            field: self.field().map(str::to_owned),
             trace_id,
         };
         let mut response = (status, Json(problem)).into_response();
@@ -206,17 +231,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        match (status, &self) {
-            (_, ApiError::TooManyRequests { retry_after_secs, .. }) => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
-            }
-            (StatusCode::SERVICE_UNAVAILABLE, _) => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
-            }
-            (StatusCode::UNAUTHORIZED, _) => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            _ => {}
+        if let Some(seconds) = self.retry_after_secs() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

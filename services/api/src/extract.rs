@@ -7,8 +7,9 @@ use std::{
 };
 
 use axum::{
+    body::Bytes,
     extract::{ConnectInfo, FromRequest, FromRequestParts, Request},
-    http::request::Parts,
+    http::{HeaderMap, StatusCode, header, request::Parts},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -24,6 +25,45 @@ impl<T: serde::Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
         axum::Json(self.0).into_response()
     }
+}
+
+/// The bytes of a JSON body, for a handler that parses them itself (the
+/// JSON-RPC endpoint): refused as [`Json`] refuses a body, `415` unless the
+/// content type is JSON (`application/json`, or `application/*+json`) and
+/// `413` past `MAX_BODY_BYTES`.
+#[derive(Debug)]
+pub struct JsonBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(request.headers()) {
+            return Err(ApiError::body_not_json());
+        }
+        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::body_too_large()
+            } else {
+                ApiError::bad_request(rejection.body_text())
+            }
+        })?;
+        Ok(Self(bytes))
+    }
+}
+
+/// Whether the `Content-Type` names JSON, as `axum::Json` decides it.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    let suffix = subtype.len().checked_sub(5).and_then(|at| subtype.get(at..));
+    kind.eq_ignore_ascii_case("application")
+        && (subtype.eq_ignore_ascii_case("json") || suffix.is_some_and(|suffix| suffix.eq_ignore_ascii_case("+json")))
 }
 
 /// `axum::extract::Path`, rejected as problem+json.
@@ -97,6 +137,13 @@ pub struct IdempotencyKey(pub Option<callchain_domain::IdempotencyKey>);
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
 impl IdempotencyKey {
+    /// Parses `text`, the key as a client gave it in `field` (a header, or
+    /// a JSON-RPC param).
+    pub fn parse(text: &str, field: &'static str) -> Result<Self, ApiError> {
+        let key = callchain_domain::IdempotencyKey::parse(text).map_err(|invalid| invalid.named(field))?;
+        Ok(Self(Some(key)))
+    }
+
     /// The key as protobuf carries it: empty for none.
     pub fn into_wire(self) -> String {
         self.0.map(|key| key.as_str().to_owned()).unwrap_or_default()
@@ -112,9 +159,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
         };
         // Bytes that are not text become U+FFFD, which the domain refuses
         // with the same words as any other character out of range.
-        let text = String::from_utf8_lossy(value.as_bytes());
-        let key = callchain_domain::IdempotencyKey::parse(&text).map_err(|invalid| invalid.named(IDEMPOTENCY_KEY))?;
-        Ok(Self(Some(key)))
+        Self::parse(&String::from_utf8_lossy(value.as_bytes()), IDEMPOTENCY_KEY)
     }
 }
 
@@ -155,6 +200,22 @@ mod tests {
             other => panic!("unexpected unit {other} in {text}"),
         };
         assert!(micros > 1_000_000 && micros <= 2_000_000, "{text}");
+    }
+
+    #[test]
+    fn json_content_types_are_told_from_others() {
+        let of = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, value.parse().unwrap());
+            is_json(&headers)
+        };
+        assert!(of("application/json"));
+        assert!(of("Application/JSON; charset=utf-8"));
+        assert!(of("application/problem+json"));
+        assert!(!of("text/plain"));
+        assert!(!of("application/x-json-not"));
+        assert!(!of("json"));
+        assert!(!is_json(&HeaderMap::new()));
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! The API service: REST over HTTP (axum), calling the user service over gRPC.
+//! The API service: REST and JSON-RPC 2.0 over HTTP (axum), calling the user service over gRPC.
 //!
 //! - [`config`]: settings from the environment.
-//! - `users`: the handlers; bodies are parsed into domain types here.
+//! - `users`: the REST handlers, and the one implementation of each
+//!   operation; inputs are parsed into domain types here.
+//! - `rpc`: JSON-RPC 2.0 on `POST /rpc`, calling the same operations.
 //! - `auth`: JWT bearer tokens and the roles; the caller's id as baggage.
 //! - `roles`: the user service's word on a token's user, kept briefly.
 //! - `throttle`: failed logins counted per account and per address.
@@ -21,6 +23,7 @@ mod events;
 mod extract;
 mod openapi;
 mod roles;
+mod rpc;
 mod throttle;
 mod users;
 
@@ -107,6 +110,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
                 .delete(users::delete_user),
         )
         .route("/v1/auth/login", post(users::login))
+        .route("/rpc", post(rpc::handle))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

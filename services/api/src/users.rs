@@ -1,6 +1,9 @@
-//! The REST resources: users and logins. Bodies are parsed into domain types
-//! here, before any call leaves the service, and the user service's answers
-//! come back as domain types too.
+//! Users and logins: the REST resources, and the one implementation of each
+//! operation that they and the JSON-RPC methods (`rpc`) share. Inputs are
+//! parsed into domain types here, before any call leaves the service, and
+//! the user service's answers come back as domain types too.
+
+use std::net::IpAddr;
 
 use axum::{
     extract::State,
@@ -191,27 +194,9 @@ pub async fn register(
     key: Result<IdempotencyKey, ApiError>,
     body: Result<Json<RegisterRequest>, ApiError>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let key = key?;
-    let Json(body) = body?;
-    let email = Email::parse(&body.email)?;
-    let name = UserName::parse(&body.name)?;
-    let password = Password::parse(&body.password)?;
-    let request = deadline.grpc(CreateUserRequest {
-        email: email.as_str().to_owned(),
-        name: name.as_str().to_owned(),
-        password: password.expose().to_owned(),
-        idempotency_key: key.into_wire(),
-    })?;
-    let response = state.users.clone().create_user(request).await?.into_inner();
-    let user = state
-        .publish_write(EventType::UserCreated, response.user, response.change, &deadline)
-        .await?;
+    let user = create(&state, &deadline, key, body.map(|Json(body)| body)).await?;
     let location = format!("/v1/users/{}", user.id);
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(UserBody::from(user)),
-    ))
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(user)))
 }
 
 /// Exchange email and password for a bearer token. Failed logins are
@@ -232,7 +217,149 @@ pub async fn login(
     deadline: Deadline,
     body: Result<Json<LoginRequest>, ApiError>,
 ) -> Result<Json<TokenBody>, ApiError> {
-    let Json(body) = body?;
+    log_in(&state, address, &deadline, body.map(|Json(body)| body))
+        .await
+        .map(Json)
+}
+
+/// Read a user (itself, or anyone for an administrator).
+#[utoipa::path(get, path = "/v1/users/{id}", tag = "users", params(UserPath),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The user", body = UserBody),
+        (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated,
+        (status = 403, description = "Not yours to read", body = Problem, content_type = "application/problem+json"),
+        NoSuchUser,
+        Unavailable,
+    ))]
+pub async fn get_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    deadline: Deadline,
+    path: Result<Path<String>, ApiError>,
+) -> Result<Json<UserBody>, ApiError> {
+    read(&state, caller, &deadline, path.map(|Path(id)| id)).await.map(Json)
+}
+
+/// Change a user's email, name, password or (administrators only) role.
+#[utoipa::path(patch, path = "/v1/users/{id}", tag = "users", params(UserPath, IdempotencyKeyParam),
+    request_body = UpdateRequest, security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Updated", body = UserBody),
+        (status = 400, description = "The id, a field or the `Idempotency-Key` is invalid, or the body is not JSON of the schema", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated,
+        (status = 403, description = "Not yours to change, a role change by someone not an administrator, or an administrator lowering its own role", body = Problem, content_type = "application/problem+json"),
+        NoSuchUser,
+        EmailTakenOrInProgress,
+        BodyRefused,
+        KeyReused,
+        Unavailable,
+    ))]
+pub async fn update_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    deadline: Deadline,
+    path: Result<Path<String>, ApiError>,
+    key: Result<IdempotencyKey, ApiError>,
+    body: Result<Json<UpdateRequest>, ApiError>,
+) -> Result<Json<UserBody>, ApiError> {
+    update(
+        &state,
+        caller,
+        &deadline,
+        path.map(|Path(id)| id),
+        key,
+        body.map(|Json(body)| body),
+    )
+    .await
+    .map(Json)
+}
+
+/// Delete a user (administrators only).
+#[utoipa::path(delete, path = "/v1/users/{id}", tag = "users", params(UserPath, IdempotencyKeyParam),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "The id or the `Idempotency-Key` is invalid", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated,
+        (status = 403, description = "Not an administrator, or an administrator deleting itself", body = Problem, content_type = "application/problem+json"),
+        NoSuchUser,
+        (status = 409, description = "A request with this `Idempotency-Key` is still in progress", body = Problem, content_type = "application/problem+json"),
+        KeyReused,
+        Unavailable,
+    ))]
+pub async fn delete_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    deadline: Deadline,
+    path: Result<Path<String>, ApiError>,
+    key: Result<IdempotencyKey, ApiError>,
+) -> Result<StatusCode, ApiError> {
+    delete(&state, caller, &deadline, path.map(|Path(id)| id), key).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// List users, a page at a time (administrators only).
+#[utoipa::path(get, path = "/v1/users", tag = "users", params(ListQuery), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of users", body = UserPage),
+        (status = 400, description = "`page_size` or `page_token` is invalid, or the query has another parameter", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated,
+        (status = 403, description = "Not an administrator", body = Problem, content_type = "application/problem+json"),
+        Unavailable,
+    ))]
+pub async fn list_users(
+    State(state): State<AppState>,
+    caller: Caller,
+    deadline: Deadline,
+    query: Result<Query<ListQuery>, ApiError>,
+) -> Result<Json<UserPage>, ApiError> {
+    list(&state, caller, &deadline, query.map(|Query(query)| query))
+        .await
+        .map(Json)
+}
+
+// The operations themselves, one function each, which the REST handlers
+// above and the JSON-RPC methods (`rpc`) both call. Each takes its inputs as
+// they arrived, a rejected one as its error, and looks at them in one order:
+// the caller (401), its role (403), then the input (400), so both protocols
+// refuse the same request for the same reason.
+
+/// Registers a user: `user.create`, `POST /v1/users`.
+pub async fn create(
+    state: &AppState,
+    deadline: &Deadline,
+    key: Result<IdempotencyKey, ApiError>,
+    body: Result<RegisterRequest, ApiError>,
+) -> Result<UserBody, ApiError> {
+    let key = key?;
+    let body = body?;
+    let email = Email::parse(&body.email)?;
+    let name = UserName::parse(&body.name)?;
+    let password = Password::parse(&body.password)?;
+    let request = deadline.grpc(CreateUserRequest {
+        email: email.as_str().to_owned(),
+        name: name.as_str().to_owned(),
+        password: password.expose().to_owned(),
+        idempotency_key: key.into_wire(),
+    })?;
+    let response = state.users.clone().create_user(request).await?.into_inner();
+    let user = state
+        .publish_write(EventType::UserCreated, response.user, response.change, deadline)
+        .await?;
+    Ok(user.into())
+}
+
+/// Exchanges credentials for a token, throttled: `auth.login`,
+/// `POST /v1/auth/login`.
+pub async fn log_in(
+    state: &AppState,
+    address: Option<IpAddr>,
+    deadline: &Deadline,
+    body: Result<LoginRequest, ApiError>,
+) -> Result<TokenBody, ApiError> {
+    let body = body?;
     let email = Email::parse(&body.email)?;
     let password = Password::parse(&body.password)?;
     let attempt = state.throttle.begin(&email, address)?;
@@ -260,66 +387,41 @@ pub async fn login(
     };
     let user: User = answered(response.user, "user")?;
     let (access_token, expires_in) = state.keys.issue(user.id, user.role)?;
-    Ok(Json(TokenBody {
+    Ok(TokenBody {
         access_token,
         token_type: "Bearer",
         expires_in,
         user: user.into(),
-    }))
+    })
 }
 
-/// Read a user (itself, or anyone for an administrator).
-#[utoipa::path(get, path = "/v1/users/{id}", tag = "users", params(UserPath),
-    security(("bearer" = [])),
-    responses(
-        (status = 200, description = "The user", body = UserBody),
-        (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
-        Unauthenticated,
-        (status = 403, description = "Not yours to read", body = Problem, content_type = "application/problem+json"),
-        NoSuchUser,
-        Unavailable,
-    ))]
-pub async fn get_user(
-    State(state): State<AppState>,
+/// Reads a user: `user.get`, `GET /v1/users/{id}`.
+pub async fn read(
+    state: &AppState,
     caller: Caller,
-    deadline: Deadline,
-    path: Result<Path<String>, ApiError>,
-) -> Result<Json<UserBody>, ApiError> {
+    deadline: &Deadline,
+    id: Result<String, ApiError>,
+) -> Result<UserBody, ApiError> {
     caller.signed_in()?;
-    let Path(id) = path?;
-    let (id, _) = caller.may_act_on(&id)?;
+    let (id, _) = caller.may_act_on(&id?)?;
     let request = deadline.grpc(GetUserRequest { id: id.to_string() })?;
     let response = state.users.clone().get_user(request).await?.into_inner();
     let user: User = answered(response.user, "user")?;
-    Ok(Json(user.into()))
+    Ok(user.into())
 }
 
-/// Change a user's email, name, password or (administrators only) role.
-#[utoipa::path(patch, path = "/v1/users/{id}", tag = "users", params(UserPath, IdempotencyKeyParam),
-    request_body = UpdateRequest, security(("bearer" = [])),
-    responses(
-        (status = 200, description = "Updated", body = UserBody),
-        (status = 400, description = "The id, a field or the `Idempotency-Key` is invalid, or the body is not JSON of the schema", body = Problem, content_type = "application/problem+json"),
-        Unauthenticated,
-        (status = 403, description = "Not yours to change, a role change by someone not an administrator, or an administrator lowering its own role", body = Problem, content_type = "application/problem+json"),
-        NoSuchUser,
-        EmailTakenOrInProgress,
-        BodyRefused,
-        KeyReused,
-        Unavailable,
-    ))]
-pub async fn update_user(
-    State(state): State<AppState>,
+/// Changes a user: `user.update`, `PATCH /v1/users/{id}`.
+pub async fn update(
+    state: &AppState,
     caller: Caller,
-    deadline: Deadline,
-    path: Result<Path<String>, ApiError>,
+    deadline: &Deadline,
+    id: Result<String, ApiError>,
     key: Result<IdempotencyKey, ApiError>,
-    body: Result<Json<UpdateRequest>, ApiError>,
-) -> Result<Json<UserBody>, ApiError> {
+    body: Result<UpdateRequest, ApiError>,
+) -> Result<UserBody, ApiError> {
     caller.signed_in()?;
-    let Path(id) = path?;
-    let (id, caller_role) = caller.may_act_on(&id)?;
-    let Json(body) = body?;
+    let (id, caller_role) = caller.may_act_on(&id?)?;
+    let body = body?;
     // Authorization before the fields: whatever role it names, only an
     // administrator may change one.
     if body.role.is_some() && caller_role != Role::Admin {
@@ -355,35 +457,22 @@ pub async fn update_user(
     state.roles.forget(id);
     let response = response?.into_inner();
     let user = state
-        .publish_write(EventType::UserUpdated, response.user, response.change, &deadline)
+        .publish_write(EventType::UserUpdated, response.user, response.change, deadline)
         .await?;
     state.roles.remember(&user);
-    Ok(Json(user.into()))
+    Ok(user.into())
 }
 
-/// Delete a user (administrators only).
-#[utoipa::path(delete, path = "/v1/users/{id}", tag = "users", params(UserPath, IdempotencyKeyParam),
-    security(("bearer" = [])),
-    responses(
-        (status = 204, description = "Deleted"),
-        (status = 400, description = "The id or the `Idempotency-Key` is invalid", body = Problem, content_type = "application/problem+json"),
-        Unauthenticated,
-        (status = 403, description = "Not an administrator, or an administrator deleting itself", body = Problem, content_type = "application/problem+json"),
-        NoSuchUser,
-        (status = 409, description = "A request with this `Idempotency-Key` is still in progress", body = Problem, content_type = "application/problem+json"),
-        KeyReused,
-        Unavailable,
-    ))]
-pub async fn delete_user(
-    State(state): State<AppState>,
+/// Deletes a user: `user.delete`, `DELETE /v1/users/{id}`.
+pub async fn delete(
+    state: &AppState,
     caller: Caller,
-    deadline: Deadline,
-    path: Result<Path<String>, ApiError>,
+    deadline: &Deadline,
+    id: Result<String, ApiError>,
     key: Result<IdempotencyKey, ApiError>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<(), ApiError> {
     caller.require_admin()?;
-    let Path(id) = path?;
-    let id = UserId::parse(&id)?;
+    let id = UserId::parse(&id?)?;
     // So that the last administrator cannot lock everyone out.
     if caller.signed_in()?.0 == id {
         return Err(ApiError::Forbidden("an administrator may not delete itself".into()));
@@ -397,28 +486,20 @@ pub async fn delete_user(
     state.roles.forget(id);
     let response = response?.into_inner();
     state
-        .publish_write(EventType::UserDeleted, response.user, response.change, &deadline)
+        .publish_write(EventType::UserDeleted, response.user, response.change, deadline)
         .await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
-/// List users, a page at a time (administrators only).
-#[utoipa::path(get, path = "/v1/users", tag = "users", params(ListQuery), security(("bearer" = [])),
-    responses(
-        (status = 200, description = "A page of users", body = UserPage),
-        (status = 400, description = "`page_size` or `page_token` is invalid, or the query has another parameter", body = Problem, content_type = "application/problem+json"),
-        Unauthenticated,
-        (status = 403, description = "Not an administrator", body = Problem, content_type = "application/problem+json"),
-        Unavailable,
-    ))]
-pub async fn list_users(
-    State(state): State<AppState>,
+/// Lists users: `user.list`, `GET /v1/users`.
+pub async fn list(
+    state: &AppState,
     caller: Caller,
-    deadline: Deadline,
-    query: Result<Query<ListQuery>, ApiError>,
-) -> Result<Json<UserPage>, ApiError> {
+    deadline: &Deadline,
+    query: Result<ListQuery, ApiError>,
+) -> Result<UserPage, ApiError> {
     caller.require_admin()?;
-    let Query(query) = query?;
+    let query = query?;
     let page_size = query.page_size.map(PageSize::parse).transpose()?;
     let page_token = query
         .page_token
@@ -435,10 +516,10 @@ pub async fn list_users(
         .into_iter()
         .map(|user| answered::<_, User>(Some(user), "user").map(UserBody::from))
         .collect::<Result<_, _>>()?;
-    Ok(Json(UserPage {
+    Ok(UserPage {
         users,
         next_page_token: Some(page.next_page_token).filter(|token| !token.is_empty()),
-    }))
+    })
 }
 
 /// The `{id}` of a user's URL. (The parameters' descriptions, and that a

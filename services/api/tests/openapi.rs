@@ -194,3 +194,51 @@ async fn security_is_declared_per_operation() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_jsonrpc_endpoint_is_described_as_it_answers() {
+    let doc = document().await;
+    let rpc = operation(&doc, "post", "/rpc");
+    let listed: BTreeSet<&str> = rpc["responses"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(listed, BTreeSet::from(["200", "204", "400", "413", "415", "504"]));
+    assert_eq!(rpc["security"], json!([{}, { "bearer": [] }]), "a token is optional");
+    assert_eq!(
+        rpc["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/RpcBody"
+    );
+
+    let body = schema(&doc, "RpcBody");
+    let batch = &body["oneOf"][1];
+    assert_eq!(
+        (batch["minItems"].clone(), batch["maxItems"].clone()),
+        (json!(1), json!(100))
+    );
+    assert_eq!(
+        batch["items"],
+        json!({}),
+        "a batch's elements are answered one by one, whatever they are"
+    );
+
+    let request = schema(&doc, "RpcRequest");
+    assert_eq!(request["additionalProperties"], false);
+    assert_eq!(request["required"], json!(["jsonrpc", "method"]));
+    assert_eq!(request["properties"]["jsonrpc"]["enum"], json!(["2.0"]));
+    assert_eq!(
+        request["properties"]["method"]["anyOf"][0]["enum"],
+        json!([
+            "user.create",
+            "user.get",
+            "user.update",
+            "user.delete",
+            "user.list",
+            "auth.login"
+        ])
+    );
+    assert_eq!(request["properties"]["params"]["type"], json!(["object", "array"]));
+    assert_eq!(request["properties"]["id"]["type"], json!(["string", "number", "null"]));
+}

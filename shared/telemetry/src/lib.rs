@@ -15,6 +15,8 @@
 //!   and move the context across the wire, so no handler touches headers.
 //! - `kafka` (feature `kafka`): the same for Kafka message headers, and the
 //!   producer and consumer spans.
+//! - [`jsonrpc`]: what the HTTP server span says of a JSON-RPC request, and
+//!   the span of each call in a batch.
 //! - [`db`]: the client span of one database statement.
 //! - [`records`]: one JSON line per finished span (`target` `callchain::span`),
 //!   so the call chain can be rebuilt from the logs alone.
@@ -26,6 +28,7 @@ pub mod baggage;
 pub mod db;
 pub mod grpc;
 pub mod http;
+pub mod jsonrpc;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod layer;
