@@ -7,7 +7,7 @@ use axum::{
     http::{StatusCode, header},
     response::IntoResponse,
 };
-use callchain_domain::{Change, Email, Invalid, PageSize, Password, Role, User, UserId, UserName};
+use callchain_domain::{Email, Invalid, PageSize, Password, Role, User, UserId, UserName};
 use callchain_proto::user::v1::{
     self as pb, AuthenticateRequest, CreateUserRequest, DeleteUserRequest, GetUserRequest, ListUsersRequest,
     UpdateUserRequest,
@@ -15,13 +15,10 @@ use callchain_proto::user::v1::{
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use callchain_events::EventType;
-
 use crate::{
     AppState,
     auth::Caller,
     error::{ApiError, Problem},
-    events::event_of,
     extract::{ClientAddr, Deadline, IdempotencyKey, Json, Path, Query},
     openapi::{
         responses::{BodyRefused, EmailTakenOrInProgress, KeyReused, NoSuchUser, Unauthenticated, Unavailable},
@@ -153,26 +150,6 @@ fn answered<P, T: TryFrom<P, Error = Invalid>>(part: Option<P>, what: &str) -> R
     T::try_from(part).map_err(|invalid| internal(format!("with a malformed {what}: {invalid}")))
 }
 
-impl AppState {
-    /// Publishes the event of a write the user service made and hands back
-    /// the user it answered with: a write answers 2xx only once the broker
-    /// has acknowledged its event.
-    async fn publish_write(
-        &self,
-        event_type: EventType,
-        user: Option<pb::User>,
-        change: Option<pb::Change>,
-        deadline: &Deadline,
-    ) -> Result<User, ApiError> {
-        let user: User = answered(user, "user")?;
-        let change: Change = answered(change, "change")?;
-        self.events
-            .publish(&event_of(event_type, &user, &change), deadline)
-            .await?;
-        Ok(user)
-    }
-}
-
 /// Register a user (open to guests).
 #[utoipa::path(post, path = "/v1/users", tag = "users", request_body = RegisterRequest,
     params(IdempotencyKeyParam), security(()),
@@ -203,9 +180,8 @@ pub async fn register(
         idempotency_key: key.into_wire(),
     })?;
     let response = state.users.clone().create_user(request).await?.into_inner();
-    let user = state
-        .publish_write(EventType::UserCreated, response.user, response.change, &deadline)
-        .await?;
+    // The user service stored the event with the user, in its outbox.
+    let user: User = answered(response.user, "user")?;
     let location = format!("/v1/users/{}", user.id);
     Ok((
         StatusCode::CREATED,
@@ -354,9 +330,7 @@ pub async fn update_user(
     // Whatever the answer, what this process knew of the user may be stale.
     state.roles.forget(id);
     let response = response?.into_inner();
-    let user = state
-        .publish_write(EventType::UserUpdated, response.user, response.change, &deadline)
-        .await?;
+    let user: User = answered(response.user, "user")?;
     state.roles.remember(&user);
     Ok(Json(user.into()))
 }
@@ -395,10 +369,7 @@ pub async fn delete_user(
     })?;
     let response = state.users.clone().delete_user(request).await;
     state.roles.forget(id);
-    let response = response?.into_inner();
-    state
-        .publish_write(EventType::UserDeleted, response.user, response.change, &deadline)
-        .await?;
+    response?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -57,6 +57,35 @@ pub async fn spawn_consumer(
     Ok(consumer)
 }
 
+/// The user service's settings for a test database and the test's topic,
+/// with the test administrator.
+pub fn user_config(db: &TestDatabase, kafka: &Kafka) -> callchain_user::Config {
+    callchain_user::Config::for_tests(
+        db.url(),
+        Some((ADMIN_EMAIL.to_owned(), ADMIN_PASSWORD.to_owned())),
+        kafka.bootstrap(),
+        &kafka.topic,
+    )
+}
+
+/// Starts the user service (and its outbox relay) on `db` and the test's
+/// topic, and waits until it serves.
+pub async fn spawn_user(
+    db: &TestDatabase,
+    kafka: &Kafka,
+    otlp_endpoint: Option<String>,
+) -> anyhow::Result<ServiceHandle> {
+    let config = user_config(db, kafka);
+    let mut user = ServiceHandle::spawn("user", otlp_endpoint, move |listener, shutdown| {
+        callchain_user::run(config, listener, async move {
+            let _ = shutdown.await;
+        })
+    })?;
+    let addr = user.addr;
+    wait_until(&mut user, || callchain_user::healthcheck(addr)).await?;
+    Ok(user)
+}
+
 impl Stack {
     /// Starts everything on the run's shared broker and waits until the API
     /// is ready.
@@ -89,22 +118,9 @@ impl Stack {
         let otlp = OtlpReceiver::start().await?;
         let endpoint = collector.unwrap_or_else(|| otlp.endpoint());
 
-        let user_config =
-            callchain_user::Config::for_tests(db.url(), Some((ADMIN_EMAIL.to_owned(), ADMIN_PASSWORD.to_owned())));
-        let mut user = ServiceHandle::spawn("user", Some(endpoint.clone()), move |listener, shutdown| {
-            callchain_user::run(user_config, listener, async move {
-                let _ = shutdown.await;
-            })
-        })?;
-        let user_addr = user.addr;
-        wait_until(&mut user, || callchain_user::healthcheck(user_addr)).await?;
+        let user = spawn_user(&db, &kafka, Some(endpoint.clone())).await?;
 
-        let api_config = callchain_api::Config::for_tests(
-            format!("http://{}", user.addr),
-            kafka.bootstrap().to_owned(),
-            kafka.topic.clone(),
-            JWT_SECRET.to_owned(),
-        );
+        let api_config = callchain_api::Config::for_tests(format!("http://{}", user.addr), JWT_SECRET.to_owned());
         let mut api = ServiceHandle::spawn("api", Some(endpoint.clone()), move |listener, shutdown| {
             callchain_api::run(api_config, listener, async move {
                 let _ = shutdown.await;

@@ -31,9 +31,9 @@ async fn update_and_delete_publish_their_events_each_in_its_own_trace() {
     assert_eq!(rows[2].1.as_deref(), Some(delete_trace.as_str()));
 
     stack.flush().await;
-    for (trace_id, route) in [
-        (&update_trace, "PATCH /v1/users/{id}"),
-        (&delete_trace, "DELETE /v1/users/{id}"),
+    for (trace_id, route, method) in [
+        (&update_trace, "PATCH /v1/users/{id}", "UpdateUser"),
+        (&delete_trace, "DELETE /v1/users/{id}", "DeleteUser"),
     ] {
         let spans = stack
             .otlp
@@ -43,14 +43,20 @@ async fn update_and_delete_publish_their_events_each_in_its_own_trace() {
             .await;
         let trace = Trace(&spans);
         let http = trace.span("api", route, SpanKind::Server);
-        let send = trace.span("api", &format!("send {}", stack.kafka.topic), SpanKind::Producer);
+        let server = trace.span("user", &format!("user.v1.UserService/{method}"), SpanKind::Server);
+        let send = trace.span("user", &format!("send {}", stack.kafka.topic), SpanKind::Producer);
         let process = trace.span(
             "consumer",
             &format!("process {}", stack.kafka.topic),
             SpanKind::Consumer,
         );
         let write = trace.span("consumer", "INSERT user_events", SpanKind::Client);
-        trace.assert_parent(send, http);
+        let client = trace.span("api", &format!("user.v1.UserService/{method}"), SpanKind::Client);
+        trace.assert_parent(client, http);
+        trace.assert_parent(server, client);
+        // The relay publishes under the request's user-service span, whose
+        // context the outbox row kept.
+        trace.assert_parent(send, server);
         trace.assert_parent(process, send);
         trace.assert_parent(write, process);
         assert_eq!(send.attribute("messaging.kafka.message.key"), Some(id));
