@@ -234,10 +234,39 @@ impl Stack {
             .collect()
     }
 
+    /// How many events wait in the user service's outbox.
+    pub async fn outbox_len(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(self.db.pool())
+            .await
+            .expect("counting the outbox")
+    }
+
+    /// Waits (up to `patience`) until the relay has published every event
+    /// of the outbox.
+    pub async fn wait_until_published(&self, patience: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let waiting = self.outbox_len().await;
+            if waiting == 0 {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{waiting} events still in the outbox after {patience:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The event rows of `user_id` as `(event_type, trace_id)`, oldest
-    /// first, once the consumer has caught up with everything written to the
-    /// topic so far (so a duplicate would be there too).
+    /// first, once the relay has published the whole outbox and the consumer
+    /// has caught up with everything written to the topic so far (so a
+    /// duplicate would be there too).
     pub async fn events_of(&self, user_id: &str) -> Vec<(String, Option<String>)> {
+        self.wait_until_published(Duration::from_secs(90))
+            .await
+            .expect("the relay publishes the outbox");
         self.kafka
             .wait_until_consumed(Duration::from_secs(90))
             .await
