@@ -7,7 +7,8 @@
 //! - [`lifecycle`]: the shutdown signal every binary waits for, and the
 //!   probe behind every `--healthcheck`.
 //! - `db` (feature `postgres`): the Postgres pool with the service's
-//!   migrations applied, patient while Postgres starts.
+//!   migrations applied, patient while Postgres starts; and the one reading
+//!   of database errors (transient, refused, other) every service shares.
 //!
 //! Logs, traces and the spans of database statements live in
 //! `callchain-telemetry`.
