@@ -15,9 +15,6 @@ pub const ENV_VARS: &[&str] = &[
     "JWT_TTL_SECONDS",
     "REQUEST_TIMEOUT_MS",
     "MAX_BODY_BYTES",
-    "KAFKA_BROKERS",
-    "KAFKA_TOPIC",
-    "KAFKA_PUBLISH_TIMEOUT_MS",
     "LOGIN_MAX_FAILURES_PER_ACCOUNT",
     "LOGIN_MAX_FAILURES_PER_ADDRESS",
     "LOGIN_FAILURE_WINDOW_SECONDS",
@@ -50,13 +47,6 @@ pub struct Config {
     pub request_timeout: Duration,
     /// `MAX_BODY_BYTES`, default 16384.
     pub max_body_bytes: usize,
-    /// `KAFKA_BROKERS`, default `127.0.0.1:9092`.
-    pub kafka_brokers: String,
-    /// `KAFKA_TOPIC`, default `user-events`: where the events go.
-    pub kafka_topic: String,
-    /// `KAFKA_PUBLISH_TIMEOUT_MS`, default 5000: how long a write waits for
-    /// the broker to acknowledge its event before answering 503.
-    pub publish_timeout: Duration,
     /// `LOGIN_MAX_FAILURES_PER_ACCOUNT` (default 5) and
     /// `LOGIN_MAX_FAILURES_PER_ADDRESS` (default 50) failed logins within
     /// `LOGIN_FAILURE_WINDOW_SECONDS` (default 900); past either, a login
@@ -104,22 +94,13 @@ impl Config {
             jwt_ttl: Duration::from_secs(env.parse_or("JWT_TTL_SECONDS", "a whole number", 3600)?),
             request_timeout: Duration::from_millis(env.parse_or("REQUEST_TIMEOUT_MS", "a whole number", 10_000)?),
             max_body_bytes: env.parse_or("MAX_BODY_BYTES", "a whole number", 16 * 1024)?,
-            kafka_brokers: env.var("KAFKA_BROKERS").unwrap_or_else(|| "127.0.0.1:9092".to_owned()),
-            kafka_topic: env
-                .var("KAFKA_TOPIC")
-                .unwrap_or_else(|| callchain_events::TOPIC.to_owned()),
-            publish_timeout: Duration::from_millis(env.parse_or(
-                "KAFKA_PUBLISH_TIMEOUT_MS",
-                "a whole number",
-                5_000,
-            )?),
             login_limits,
             auth_cache_ttl: Duration::from_millis(env.parse_or("AUTH_CACHE_TTL_MS", "a whole number", 1_000)?),
         })
     }
 
-    /// Defaults for tests: the given user service, broker and topic, a fixed test key.
-    pub fn for_tests(user_service_url: String, kafka_brokers: String, kafka_topic: String, jwt_secret: String) -> Self {
+    /// Defaults for tests: the given user service and signing key.
+    pub fn for_tests(user_service_url: String, jwt_secret: String) -> Self {
         Self {
             listen_addr: "127.0.0.1:0".parse().expect("a valid address"),
             user_service_url,
@@ -127,9 +108,6 @@ impl Config {
             jwt_ttl: Duration::from_secs(3600),
             request_timeout: Duration::from_secs(10),
             max_body_bytes: 16 * 1024,
-            kafka_brokers,
-            kafka_topic,
-            publish_timeout: Duration::from_secs(3),
             login_limits: Limits::default(),
             auth_cache_ttl: Duration::from_secs(1),
         }

@@ -7,7 +7,6 @@
 //! - `auth`: JWT bearer tokens and the roles; the caller's id as baggage.
 //! - `roles`: the user service's word on a token's user, kept briefly.
 //! - `throttle`: failed logins counted per account and per address.
-//! - `events`: the user events published to Kafka after each write.
 //! - `extract`: extractors that reject as problem+json, the request deadline,
 //!   the `Idempotency-Key` header.
 //! - `error`: the one error type, and the one gRPC → HTTP status mapping.
@@ -19,7 +18,6 @@
 mod auth;
 pub mod config;
 mod error;
-mod events;
 mod extract;
 mod openapi;
 mod roles;
@@ -54,14 +52,12 @@ use error::ApiError;
 /// The user service's client, traced.
 type UserClient = UserServiceClient<Traced<Channel, GrpcClient>>;
 
-/// What every handler shares: one gRPC channel to the user service, one
-/// Kafka producer, the token keys, what is known of tokens' users, and the
-/// login throttle.
+/// What every handler shares: one gRPC channel to the user service, the
+/// token keys, what is known of tokens' users, and the login throttle.
 #[derive(Clone)]
 pub struct AppState {
     users: UserClient,
     health: tonic_health::pb::health_client::HealthClient<Channel>,
-    events: Arc<events::Publisher>,
     keys: Keys,
     roles: Arc<roles::Roles>,
     throttle: Arc<throttle::LoginThrottle>,
@@ -81,11 +77,6 @@ impl AppState {
         Ok(Self {
             users: UserServiceClient::new(traced),
             health: tonic_health::pb::health_client::HealthClient::new(channel),
-            events: Arc::new(events::Publisher::new(
-                &config.kafka_brokers,
-                &config.kafka_topic,
-                config.publish_timeout,
-            )?),
             keys: Keys::new(&config.jwt_secret, config.jwt_ttl),
             roles: Arc::new(roles::Roles::new(config.auth_cache_ttl)),
             throttle: Arc::new(throttle::LoginThrottle::new(config.login_limits)),
@@ -144,7 +135,6 @@ pub async fn run(
     tracing::info!(
         addr = %listener.local_addr()?,
         user_service = %config.user_service_url,
-        kafka = %config.kafka_brokers,
         "api listening"
     );
     // The peer's address reaches the handlers, for the login throttle.
@@ -159,12 +149,9 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready when the user service answers its health check and the broker its
-/// metadata request.
+/// Ready when the user service answers its health check. (The API holds no
+/// other connection: the user service publishes the events.)
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    if !state.events.ready().await {
-        return Err(ApiError::Unavailable("the event broker is not reachable".into()));
-    }
     let mut health = state.health.clone();
     let mut request = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
         service: "user.v1.UserService".into(),

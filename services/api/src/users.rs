@@ -10,7 +10,7 @@ use axum::{
     http::{StatusCode, header},
     response::IntoResponse,
 };
-use callchain_domain::{Change, Email, Invalid, PageSize, Password, Role, User, UserId, UserName};
+use callchain_domain::{Email, Invalid, PageSize, Password, Role, User, UserId, UserName};
 use callchain_proto::user::v1::{
     self as pb, AuthenticateRequest, CreateUserRequest, DeleteUserRequest, GetUserRequest, ListUsersRequest,
     UpdateUserRequest,
@@ -18,13 +18,10 @@ use callchain_proto::user::v1::{
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use callchain_events::EventType;
-
 use crate::{
     AppState,
     auth::Caller,
     error::{ApiError, Problem},
-    events::event_of,
     extract::{ClientAddr, Deadline, IdempotencyKey, Json, Path, Query},
     openapi::{
         responses::{BodyRefused, EmailTakenOrInProgress, KeyReused, NoSuchUser, Unauthenticated, Unavailable},
@@ -154,26 +151,6 @@ fn answered<P, T: TryFrom<P, Error = Invalid>>(part: Option<P>, what: &str) -> R
     let internal = |why: String| ApiError::Internal(anyhow::anyhow!("the user service answered {why}"));
     let part = part.ok_or_else(|| internal(format!("without a {what}")))?;
     T::try_from(part).map_err(|invalid| internal(format!("with a malformed {what}: {invalid}")))
-}
-
-impl AppState {
-    /// Publishes the event of a write the user service made and hands back
-    /// the user it answered with: a write answers 2xx only once the broker
-    /// has acknowledged its event.
-    async fn publish_write(
-        &self,
-        event_type: EventType,
-        user: Option<pb::User>,
-        change: Option<pb::Change>,
-        deadline: &Deadline,
-    ) -> Result<User, ApiError> {
-        let user: User = answered(user, "user")?;
-        let change: Change = answered(change, "change")?;
-        self.events
-            .publish(&event_of(event_type, &user, &change), deadline)
-            .await?;
-        Ok(user)
-    }
 }
 
 /// Register a user (open to guests).
@@ -345,9 +322,8 @@ pub async fn create(
         idempotency_key: key.into_wire(),
     })?;
     let response = state.users.clone().create_user(request).await?.into_inner();
-    let user = state
-        .publish_write(EventType::UserCreated, response.user, response.change, deadline)
-        .await?;
+    // The user service stored the event with the user, in its outbox.
+    let user: User = answered(response.user, "user")?;
     Ok(user.into())
 }
 
@@ -456,9 +432,7 @@ pub async fn update(
     // Whatever the answer, what this process knew of the user may be stale.
     state.roles.forget(id);
     let response = response?.into_inner();
-    let user = state
-        .publish_write(EventType::UserUpdated, response.user, response.change, deadline)
-        .await?;
+    let user: User = answered(response.user, "user")?;
     state.roles.remember(&user);
     Ok(user.into())
 }
@@ -484,10 +458,7 @@ pub async fn delete(
     })?;
     let response = state.users.clone().delete_user(request).await;
     state.roles.forget(id);
-    let response = response?.into_inner();
-    state
-        .publish_write(EventType::UserDeleted, response.user, response.change, deadline)
-        .await?;
+    response?;
     Ok(())
 }
 

@@ -15,8 +15,6 @@ use tower::ServiceExt as _;
 async fn document() -> Value {
     let config = Config::for_tests(
         "http://127.0.0.1:1".into(),
-        "127.0.0.1:1".into(),
-        "user-events".into(),
         "callchain-openapi-test-secret-0123456789".into(),
     );
     let app = router(AppState::new(&config).unwrap(), &config);

@@ -136,12 +136,7 @@ async fn app_with(configure: impl FnOnce(&mut Config)) -> (Router, StandIn) {
             .add_service(service)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let mut config = Config::for_tests(
-        format!("http://{addr}"),
-        "127.0.0.1:1".to_owned(),
-        "user-events".to_owned(),
-        SECRET.to_owned(),
-    );
+    let mut config = Config::for_tests(format!("http://{addr}"), SECRET.to_owned());
     configure(&mut config);
     let state = AppState::new(&config).expect("the API's state");
     (router(state, &config), stand_in)

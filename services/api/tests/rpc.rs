@@ -17,8 +17,6 @@ use tower::ServiceExt as _;
 fn app() -> Router {
     let config = Config::for_tests(
         "http://127.0.0.1:1".into(),
-        "127.0.0.1:1".into(),
-        "user-events".into(),
         "callchain-rpc-test-secret-0123456789abcdef".into(),
     );
     router(AppState::new(&config).expect("the API's state"), &config)

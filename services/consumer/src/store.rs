@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use callchain_runtime::db::Failure;
 use callchain_telemetry::db;
 use sqlx::PgPool;
 use tracing::Span;
@@ -50,20 +51,13 @@ pub enum WriteError {
 }
 
 impl From<sqlx::Error> for WriteError {
+    /// Only rows Postgres refused are rejected (and dead-lettered); a
+    /// transient failure, and anything else, is retried, so no event is
+    /// dead-lettered for Postgres being down.
     fn from(error: sqlx::Error) -> Self {
-        let refused = match &error {
-            // SQLSTATE class 22 is "data exception" (a NUL in a string, a
-            // date out of range), class 23 "integrity constraint violation".
-            sqlx::Error::Database(db) => db
-                .code()
-                .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
-            sqlx::Error::Encode(_) => true,
-            _ => false,
-        };
-        if refused {
-            Self::Rejected(error)
-        } else {
-            Self::Unavailable(error)
+        match callchain_runtime::db::classify(&error) {
+            Failure::Refused => Self::Rejected(error),
+            Failure::Transient | Failure::Other => Self::Unavailable(error),
         }
     }
 }

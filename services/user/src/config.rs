@@ -1,6 +1,6 @@
 //! Settings, from environment variables.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
 use callchain_runtime::env::{Env, SecretString};
@@ -12,6 +12,9 @@ pub const ENV_VARS: &[&str] = &[
     "DATABASE_MAX_CONNECTIONS",
     "ADMIN_EMAIL",
     "ADMIN_PASSWORD",
+    "KAFKA_BROKERS",
+    "KAFKA_TOPIC",
+    "KAFKA_PUBLISH_TIMEOUT_MS",
 ];
 
 /// The variables without which it does not start.
@@ -28,17 +31,33 @@ pub struct Config {
     /// `ADMIN_EMAIL` and `ADMIN_PASSWORD`: an administrator created at start
     /// when no user has that email. Both or neither. The password is a secret.
     pub admin: Option<(String, SecretString)>,
+    /// `KAFKA_BROKERS`, default `127.0.0.1:9092`: where the outbox relay
+    /// publishes the events.
+    pub kafka_brokers: String,
+    /// `KAFKA_TOPIC`, default `user-events`.
+    pub kafka_topic: String,
+    /// `KAFKA_PUBLISH_TIMEOUT_MS`, default 5000: how long the relay waits for
+    /// the broker to acknowledge a batch before it rolls back and retries.
+    pub publish_timeout: Duration,
 }
 
 impl Config {
-    /// Defaults for tests: the given database and administrator, on a port-0
-    /// listener the test binds.
-    pub fn for_tests(database_url: &str, admin: Option<(String, String)>) -> Self {
+    /// Defaults for tests: the given database, administrator, broker and
+    /// topic, on a port-0 listener the test binds.
+    pub fn for_tests(
+        database_url: &str,
+        admin: Option<(String, String)>,
+        kafka_brokers: &str,
+        kafka_topic: &str,
+    ) -> Self {
         Self {
             listen_addr: "127.0.0.1:0".parse().expect("a valid address"),
             database_url: database_url.into(),
             max_connections: 5,
             admin: admin.map(|(email, password)| (email, password.into())),
+            kafka_brokers: kafka_brokers.to_owned(),
+            kafka_topic: kafka_topic.to_owned(),
+            publish_timeout: Duration::from_secs(3),
         }
     }
 
@@ -60,6 +79,15 @@ impl Config {
                 .context("DATABASE_URL is required, e.g. postgres://callchain:callchain@127.0.0.1:5432/callchain")?,
             max_connections: env.parse_or("DATABASE_MAX_CONNECTIONS", "a whole number", 10)?,
             admin,
+            kafka_brokers: env.var("KAFKA_BROKERS").unwrap_or_else(|| "127.0.0.1:9092".to_owned()),
+            kafka_topic: env
+                .var("KAFKA_TOPIC")
+                .unwrap_or_else(|| callchain_events::TOPIC.to_owned()),
+            publish_timeout: Duration::from_millis(env.parse_or(
+                "KAFKA_PUBLISH_TIMEOUT_MS",
+                "a whole number",
+                5_000,
+            )?),
         })
     }
 }

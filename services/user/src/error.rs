@@ -32,7 +32,9 @@ impl From<sqlx::Error> for UserError {
             sqlx::Error::Database(db) if db.is_unique_violation() && db.constraint() == Some("users_email_key") => {
                 UserError::EmailTaken
             }
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => UserError::Unavailable(error),
+            // Postgres restarting, out of connections, or a connection lost
+            // mid-call: the caller may retry, so 503, not a 500 bug.
+            _ if callchain_runtime::db::is_transient(&error) => UserError::Unavailable(error),
             _ => UserError::Internal(error.into()),
         }
     }

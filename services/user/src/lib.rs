@@ -2,16 +2,20 @@
 //!
 //! - [`config`]: settings from the environment.
 //! - `service`: the gRPC handlers; requests are parsed into domain types here.
-//! - `store`: every SQL statement, each in its own database client span.
+//! - `store`: every SQL statement of a request, each in its own database
+//!   client span; a write's event goes into the outbox in its transaction.
+//! - `relay`: publishes the outbox to Kafka, woken by each commit.
 //! - `password`: argon2id hashing, off the async workers.
 //! - `error`: the one error type and its mapping to gRPC status codes.
 //!
-//! [`run`] connects, migrates and serves on a listener it is given, until the
-//! shutdown future resolves, so `main` and the tests start it the same way.
+//! [`run`] connects, migrates, starts the relay and serves on a listener it
+//! is given, until the shutdown future resolves, so `main` and the tests
+//! start it the same way.
 
 pub mod config;
 mod error;
 mod password;
+mod relay;
 mod service;
 mod store;
 
@@ -29,8 +33,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 pub use config::Config;
 pub use service::UserGrpc;
 
-/// Connects, migrates, creates the configured administrator, and serves on
-/// `listener` until `shutdown` resolves; in-flight calls drain first.
+/// Connects, migrates, creates the configured administrator, starts the
+/// outbox relay, and serves on `listener` until `shutdown` resolves;
+/// in-flight calls drain first, then the relay finishes its round.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -40,7 +45,12 @@ pub async fn run(
     if let Some((email, password)) = &config.admin {
         ensure_admin(&pool, email, password).await?;
     }
-    serve(listener, pool, shutdown).await
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let relay = tokio::spawn(relay::Relay::new(pool.clone(), &config)?.run(stopped));
+    let served = serve(listener, pool, config.kafka_topic.clone(), shutdown).await;
+    let _ = stop.send(true);
+    relay.await.context("the outbox relay panicked")?;
+    served
 }
 
 /// A pool on `DATABASE_URL`, with the user service's migrations applied.
@@ -69,10 +79,12 @@ async fn ensure_admin(pool: &PgPool, email: &str, password: &SecretString) -> an
     Ok(())
 }
 
-/// Serves `user.v1.UserService`, gRPC health and reflection on `listener`.
+/// Serves `user.v1.UserService`, gRPC health and reflection on `listener`;
+/// writes put their events on `topic` (through the outbox).
 pub async fn serve(
     listener: TcpListener,
     pool: PgPool,
+    topic: String,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -90,7 +102,7 @@ pub async fn serve(
         // Both reflection versions: grpcurl and other tools still ask v1alpha.
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
-        .add_service(UserServiceServer::new(UserGrpc::new(pool)))
+        .add_service(UserServiceServer::new(UserGrpc::new(pool, topic)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     tracing::info!("user service stopped");

@@ -1,7 +1,10 @@
 //! `user.v1.UserService`: parses each request into domain types, does the
-//! work in one transaction, and answers with protobuf types.
+//! work in one transaction, and answers with protobuf types. A write's event
+//! goes into the outbox in that same transaction, so a committed change
+//! always has its event; the relay publishes it.
 
-use callchain_domain::{Change, Email, IdempotencyKey, Invalid, PageSize, Password, Role, UserId, UserName};
+use callchain_domain::{Change, Email, IdempotencyKey, Invalid, PageSize, Password, Role, User, UserId, UserName};
+use callchain_events::{EventType, UserEvent};
 use callchain_proto::user::v1::{
     AuthenticateRequest, AuthenticateResponse, CreateUserRequest, CreateUserResponse, DeleteUserRequest,
     DeleteUserResponse, GetUserRequest, GetUserResponse, ListUsersRequest, ListUsersResponse, UpdateUserRequest,
@@ -9,23 +12,43 @@ use callchain_proto::user::v1::{
 };
 use chrono::Utc;
 use prost::Message;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tonic::{Request, Response, Status};
 
 use crate::{
     error::UserError,
     password,
-    store::{self, NewUser, UserChanges},
+    store::{self, NewUser, OutboxEvent, UserChanges},
 };
 
 #[derive(Clone)]
 pub struct UserGrpc {
     pool: PgPool,
+    /// Where the outbox relay publishes the events.
+    topic: String,
 }
 
 impl UserGrpc {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: PgPool, topic: String) -> Self {
+        Self { pool, topic }
+    }
+
+    /// Puts the event of `change` to `user` into the outbox, in the write's
+    /// transaction, with the current (request's) trace context.
+    async fn record(
+        &self,
+        tx: &mut PgConnection,
+        event_type: EventType,
+        user: &User,
+        change: &Change,
+    ) -> Result<(), UserError> {
+        let event = UserEvent::of(event_type, user, change);
+        let row = OutboxEvent {
+            event: &event,
+            topic: &self.topic,
+            trace: callchain_telemetry::propagation::fields(&tracing::Span::current()),
+        };
+        store::insert_outbox(tx, &row).await
     }
 
     async fn create(&self, request: CreateUserRequest) -> Result<CreateUserResponse, UserError> {
@@ -51,8 +74,10 @@ impl UserGrpc {
         };
         let user = store::insert_user(&mut tx, &user).await?;
         let id = user.id;
+        let change = Change::new(user.updated_at);
+        self.record(&mut tx, EventType::UserCreated, &user, &change).await?;
         let response = CreateUserResponse {
-            change: Some(Change::new(user.updated_at).into()),
+            change: Some(change.into()),
             user: Some(user.into()),
         };
         if let Some(key) = &key {
@@ -101,8 +126,10 @@ impl UserGrpc {
             return decode(&stored);
         }
         let user = store::update_user(&mut tx, id, &changes).await?;
+        let change = Change::new(user.updated_at);
+        self.record(&mut tx, EventType::UserUpdated, &user, &change).await?;
         let response = UpdateUserResponse {
-            change: Some(Change::new(user.updated_at).into()),
+            change: Some(change.into()),
             user: Some(user.into()),
         };
         if let Some(key) = &key {
@@ -123,9 +150,11 @@ impl UserGrpc {
             return decode(&stored);
         }
         let user = store::delete_user(&mut tx, id).await?;
+        let change = Change::new(Utc::now());
+        self.record(&mut tx, EventType::UserDeleted, &user, &change).await?;
         let response = DeleteUserResponse {
             user: Some(user.into()),
-            change: Some(Change::new(Utc::now()).into()),
+            change: Some(change.into()),
         };
         if let Some(key) = &key {
             store::complete_key(&mut tx, "DeleteUser", key, &response.encode_to_vec()).await?;

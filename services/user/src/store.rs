@@ -1,6 +1,10 @@
-//! The users table and the idempotency keys, one traced statement at a time.
+//! The users table, the idempotency keys and the outbox's writes, one traced
+//! statement at a time. (The relay reads and clears the outbox itself.)
+
+use std::collections::HashMap;
 
 use callchain_domain::{Email, IdempotencyKey, Invalid, Role, User, UserId, UserName};
+use callchain_events::UserEvent;
 use callchain_telemetry::db;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -236,5 +240,37 @@ pub async fn complete_key(
         .bind(response)
         .execute(conn);
     db::traced(db::span("UPDATE", "idempotency_keys", COMPLETE_KEY), query).await?;
+    Ok(())
+}
+
+/// An event to publish, as the outbox keeps it.
+pub struct OutboxEvent<'a> {
+    pub event: &'a UserEvent,
+    pub topic: &'a str,
+    /// The writing request's trace context (`traceparent`, `tracestate`,
+    /// `baggage`), so the relay's publish joins that request's trace.
+    pub trace: HashMap<String, String>,
+}
+
+const INSERT_OUTBOX: &str = "INSERT INTO outbox \
+     (event_id, topic, key, event_type, payload, traceparent, tracestate, baggage) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// Adds an event to the outbox, in the write's transaction: it commits with
+/// the change or not at all, and its commit wakes the relay (the table's
+/// trigger notifies `outbox`).
+pub async fn insert_outbox(conn: &mut PgConnection, row: &OutboxEvent<'_>) -> Result<(), UserError> {
+    let field = |name: &str| row.trace.get(name).map(String::as_str);
+    let query = sqlx::query(INSERT_OUTBOX)
+        .bind(row.event.event_id)
+        .bind(row.topic)
+        .bind(row.event.key())
+        .bind(row.event.event_type.as_str())
+        .bind(row.event.to_json())
+        .bind(field("traceparent"))
+        .bind(field("tracestate"))
+        .bind(field("baggage"))
+        .execute(conn);
+    db::traced(db::span("INSERT", "outbox", INSERT_OUTBOX), query).await?;
     Ok(())
 }

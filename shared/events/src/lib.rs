@@ -1,4 +1,5 @@
-//! What travels on Kafka between the API and the consumer.
+//! What travels on Kafka between the user service (its outbox relay) and
+//! the consumer.
 //!
 //! - [`UserEvent`]: the envelope (`event_id`, `event_type`, `occurred_at`,
 //!   `user_id`, `schema_version`) and its payload, which holds no secret.
@@ -10,7 +11,7 @@
 //!
 //! Messages are keyed by user id, so one user's events keep their order.
 
-use callchain_domain::{Email, Invalid, Role, UserName};
+use callchain_domain::{Change, Email, Invalid, Role, User, UserName};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -122,6 +123,22 @@ impl UserEvent {
             schema_version: SCHEMA_VERSION,
             payload,
         }
+    }
+
+    /// The event of a write: `change` made to `user` (as it stands after
+    /// the change; for a deletion, as it stood before).
+    pub fn of(event_type: EventType, user: &User, change: &Change) -> Self {
+        Self::new(
+            event_type,
+            change.event_id,
+            change.occurred_at,
+            user.id.as_uuid(),
+            UserPayload {
+                email: user.email.to_string(),
+                name: user.name.as_str().to_owned(),
+                role: user.role.as_str().to_owned(),
+            },
+        )
     }
 
     /// The message key: the user id, so one user's events stay in order.

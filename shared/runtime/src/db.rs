@@ -74,3 +74,99 @@ fn not_up_yet(error: &sqlx::Error) -> bool {
         _ => false,
     }
 }
+
+/// What a failed database call means for whoever made it: the one reading
+/// of SQLSTATEs every service shares, so the user service and the consumer
+/// never disagree on whether Postgres is down or a request is wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Postgres is unreachable, restarting, out of connections or resources,
+    /// or gave up on a transaction to resolve a conflict: the same call may
+    /// succeed later. Callers answer "unavailable" or retry; never a bug.
+    Transient,
+    /// Postgres refused the data itself (SQLSTATE class 22, data exception;
+    /// class 23, integrity constraint violation; or a value that cannot be
+    /// encoded): the same call fails again.
+    Refused,
+    /// Anything else: a statement or schema that does not fit (a bug of ours).
+    Other,
+}
+
+/// Reads `error` into a [`Failure`].
+pub fn classify(error: &sqlx::Error) -> Failure {
+    match error {
+        // The connection is gone or never came: a socket error, a pool with
+        // no connection to give, one closed for shutdown, or a reply cut off
+        // mid-message by a dying socket.
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => Failure::Transient,
+        sqlx::Error::Database(db) => db.code().as_deref().map_or(Failure::Other, classify_sqlstate),
+        sqlx::Error::Encode(_) => Failure::Refused,
+        _ => Failure::Other,
+    }
+}
+
+/// Whether `error` means "try again": [`Failure::Transient`].
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    classify(error) == Failure::Transient
+}
+
+/// Reads a SQLSTATE (five characters, its first two the class).
+pub fn classify_sqlstate(code: &str) -> Failure {
+    match code {
+        // 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now.
+        "57P01" | "57P02" | "57P03" => Failure::Transient,
+        // 40001 serialization_failure, 40P01 deadlock_detected: Postgres
+        // rolled the transaction back to let another through.
+        "40001" | "40P01" => Failure::Transient,
+        // Class 08, connection exception; class 53, insufficient resources
+        // (53300 too_many_connections, 53100 disk_full, 53200 out_of_memory).
+        code if code.starts_with("08") || code.starts_with("53") => Failure::Transient,
+        code if code.starts_with("22") || code.starts_with("23") => Failure::Refused,
+        _ => Failure::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shutdowns_lost_connections_and_exhausted_resources_are_transient() {
+        for code in [
+            "57P01", "57P02", "57P03", "53300", "53100", "53200", "08000", "08003", "08006", "40001", "40P01",
+        ] {
+            assert_eq!(classify_sqlstate(code), Failure::Transient, "{code}");
+        }
+    }
+
+    #[test]
+    fn data_and_constraint_errors_are_refused() {
+        for code in ["22021", "22P02", "22008", "23505", "23503", "23514"] {
+            assert_eq!(classify_sqlstate(code), Failure::Refused, "{code}");
+        }
+    }
+
+    #[test]
+    fn statement_errors_are_neither() {
+        // 42P01 undefined_table, 42703 undefined_column, 57014 query_canceled.
+        for code in ["42P01", "42703", "42601", "57014", "XX000"] {
+            assert_eq!(classify_sqlstate(code), Failure::Other, "{code}");
+        }
+    }
+
+    #[test]
+    fn a_lost_connection_is_transient() {
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(is_transient(&sqlx::Error::Io(reset)));
+        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(is_transient(&sqlx::Error::PoolClosed));
+        assert!(is_transient(&sqlx::Error::Protocol("unexpected end of message".into())));
+        assert!(!is_transient(&sqlx::Error::RowNotFound));
+        assert_eq!(classify(&sqlx::Error::ColumnNotFound("id".into())), Failure::Other);
+    }
+}

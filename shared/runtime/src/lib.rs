@@ -8,7 +8,8 @@
 //!   probe behind every `--healthcheck`.
 //! - [`Allocator`]: the global allocator every binary installs.
 //! - `db` (feature `postgres`): the Postgres pool with the service's
-//!   migrations applied, patient while Postgres starts.
+//!   migrations applied, patient while Postgres starts; and the one reading
+//!   of database errors (transient, refused, other) every service shares.
 //!
 //! Logs, traces and the spans of database statements live in
 //! `callchain-telemetry`.

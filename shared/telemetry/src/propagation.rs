@@ -5,6 +5,8 @@
 //! [`HeaderExtractor`] and [`HeaderInjector`]. Incoming baggage is held to a
 //! [`BaggagePolicy`](crate::baggage::BaggagePolicy).
 
+use std::collections::HashMap;
+
 use ::http::HeaderMap;
 use opentelemetry::{Context, trace::TraceContextExt as _};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
@@ -28,6 +30,24 @@ pub fn inject(context: &Context, headers: &mut HeaderMap) {
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(context, &mut HeaderInjector(headers))
     });
+}
+
+/// The context of `span` as its W3C fields (`traceparent`, and `tracestate`
+/// and `baggage` when it has them), to keep beside work that is carried on
+/// later, elsewhere: an outbox row the relay publishes after the request
+/// has ended. Empty outside a trace.
+pub fn fields(span: &tracing::Span) -> HashMap<String, String> {
+    let mut fields = HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&span.context(), &mut fields)
+    });
+    fields
+}
+
+/// The context kept by [`fields`], written by one of our own services:
+/// baggage within the W3C limits, every key kept.
+pub fn extract_fields(fields: &HashMap<String, String>) -> Context {
+    BaggagePolicy::TRUSTED.extract(fields)
 }
 
 /// The `traceparent` value of a span, for answering clients.
@@ -81,6 +101,29 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
         );
         assert_eq!(outgoing["baggage"], "tenant=acme");
+    }
+
+    #[test]
+    fn a_context_kept_as_fields_is_extracted_from_them() {
+        crate::install_propagator();
+        let mut incoming = HeaderMap::new();
+        incoming.insert(
+            "traceparent",
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        incoming.insert("baggage", HeaderValue::from_static("enduser.id=u1"));
+        let mut kept = HashMap::new();
+        opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.inject_context(&extract(&incoming), &mut kept)
+        });
+        assert_eq!(
+            kept["traceparent"],
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        let context = extract_fields(&kept);
+        let span_context = context.span().span_context().clone();
+        assert_eq!(span_context.span_id().to_string(), "00f067aa0ba902b7");
+        assert_eq!(crate::baggage::enduser_id(&context), Some("u1"));
     }
 
     #[test]

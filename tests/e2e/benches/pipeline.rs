@@ -597,14 +597,17 @@ impl<'a> Reader<'a> {
 }
 
 /// The trace every update must leave: `(service, name, kind, parent's index)`.
-const UPDATE_CHAIN: [(&str, &str, SpanKind, Option<usize>); 7] = [
+/// The outbox relay's send continues the user service's span, whose context
+/// the outbox row kept.
+const UPDATE_CHAIN: [(&str, &str, SpanKind, Option<usize>); 8] = [
     ("api", "PATCH /v1/users/{id}", SpanKind::Server, None),
     ("api", "user.v1.UserService/UpdateUser", SpanKind::Client, Some(0)),
     ("user", "user.v1.UserService/UpdateUser", SpanKind::Server, Some(1)),
     ("user", "UPDATE users", SpanKind::Client, Some(2)),
-    ("api", "send <topic>", SpanKind::Producer, Some(0)),
-    ("consumer", "process <topic>", SpanKind::Consumer, Some(4)),
-    ("consumer", "INSERT user_events", SpanKind::Client, Some(5)),
+    ("user", "INSERT outbox", SpanKind::Client, Some(2)),
+    ("user", "send <topic>", SpanKind::Producer, Some(2)),
+    ("consumer", "process <topic>", SpanKind::Consumer, Some(5)),
+    ("consumer", "INSERT user_events", SpanKind::Client, Some(6)),
 ];
 
 /// Whether `spans` (one trace, as the OTLP receiver got it) are exactly
@@ -663,6 +666,7 @@ async fn integrity(rate: u64, seconds: u64) -> anyhow::Result<()> {
     let admin = stack.admin_token().await;
     let ids = load_users(&stack, "integrity").await;
     // Everything before the load is done and logged: the load's logs start here.
+    stack.wait_until_published(Duration::from_secs(60)).await?;
     stack.kafka.wait_until_consumed(Duration::from_secs(60)).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let services = [&stack.api, &stack.user, &stack.consumer];
@@ -681,10 +685,12 @@ async fn integrity(rate: u64, seconds: u64) -> anyhow::Result<()> {
         traces.len() as f64 / elapsed
     );
 
-    // Wait for the consumer, for the last spans' records, then for export.
+    // Wait for the relay and the consumer, for the last spans' records, then
+    // for export.
+    stack.wait_until_published(Duration::from_secs(120)).await?;
     stack.kafka.wait_until_consumed(Duration::from_secs(120)).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    let expected_records = 7 * traces.len();
+    let expected_records = UPDATE_CHAIN.len() * traces.len();
     let records_written = || {
         services
             .iter()
@@ -779,7 +785,7 @@ async fn integrity(rate: u64, seconds: u64) -> anyhow::Result<()> {
 
     let share = |part: usize, whole: usize| 100.0 * part as f64 / whole.max(1) as f64;
     println!(
-        "   complete traces at the receiver (the 7 spans of the chain, and every span, under its parent): {complete} / {total} requests ({:.2}%)",
+        "   complete traces at the receiver (the 8 spans of the chain, and every span, under its parent): {complete} / {total} requests ({:.2}%)",
         share(complete, total as usize)
     );
     println!("   orphan spans (a parent that never arrived): {orphans}");

@@ -5,14 +5,17 @@
 use callchain_testkit::spans::{SpanKind, SpanRecord, Trace};
 
 /// The spans of the request chain of DESIGN.md, for `POST /v1/users` with
-/// events on `topic` (`user-events` in a real stack).
-fn chain(topic: &str) -> [(&'static str, String, SpanKind); 7] {
+/// events on `topic` (`user-events` in a real stack). The event goes through
+/// the user service's outbox, so `send` sits one hop down, under the user
+/// service's server span: the relay continues the context the outbox row kept.
+fn chain(topic: &str) -> [(&'static str, String, SpanKind); 8] {
     [
         ("api", "POST /v1/users".to_owned(), SpanKind::Server),
         ("api", "user.v1.UserService/CreateUser".to_owned(), SpanKind::Client),
         ("user", "user.v1.UserService/CreateUser".to_owned(), SpanKind::Server),
         ("user", "INSERT users".to_owned(), SpanKind::Client),
-        ("api", format!("send {topic}"), SpanKind::Producer),
+        ("user", "INSERT outbox".to_owned(), SpanKind::Client),
+        ("user", format!("send {topic}"), SpanKind::Producer),
         ("consumer", format!("process {topic}"), SpanKind::Consumer),
         ("consumer", "INSERT user_events".to_owned(), SpanKind::Client),
     ]
@@ -28,15 +31,15 @@ pub fn has_registration_chain(spans: &[SpanRecord], topic: &str) -> bool {
 }
 
 /// Checks the whole trace of one `POST /v1/users`, as DESIGN.md draws it:
-/// seven spans across `api`, `user` and `consumer` under one trace id, with
+/// eight spans across `api`, `user` and `consumer` under one trace id, with
 /// the right parents, kinds and attributes. Used both on spans from the
 /// in-test OTLP receiver and on spans read back from Jaeger.
 pub fn assert_registration_chain(spans: &[SpanRecord], topic: &str) {
     let trace = Trace(spans);
-    let [http, client, server, insert, send, process, write] =
+    let [http, client, server, insert, outbox, send, process, write] =
         chain(topic).map(|(service, name, kind)| trace.span(service, &name, kind));
 
-    let trace_ids: std::collections::BTreeSet<&str> = [http, client, server, insert, send, process, write]
+    let trace_ids: std::collections::BTreeSet<&str> = [http, client, server, insert, outbox, send, process, write]
         .iter()
         .map(|s| s.trace_id.as_str())
         .collect();
@@ -51,7 +54,8 @@ pub fn assert_registration_chain(spans: &[SpanRecord], topic: &str) {
     trace.assert_parent(client, http);
     trace.assert_parent(server, client);
     trace.assert_parent(insert, server);
-    trace.assert_parent(send, http);
+    trace.assert_parent(outbox, server);
+    trace.assert_parent(send, server);
     trace.assert_parent(process, send);
     trace.assert_parent(write, process);
     assert!(
@@ -78,7 +82,7 @@ pub fn assert_registration_chain(spans: &[SpanRecord], topic: &str) {
         expect(span, "rpc.method", "CreateUser");
         expect(span, "rpc.grpc.status_code", "0");
     }
-    for (span, table) in [(insert, "users"), (write, "user_events")] {
+    for (span, table) in [(insert, "users"), (outbox, "outbox"), (write, "user_events")] {
         expect(span, "db.system.name", "postgresql");
         expect(span, "db.operation.name", "INSERT");
         expect(span, "db.collection.name", table);

@@ -59,6 +59,35 @@ pub async fn spawn_consumer(
     Ok(consumer)
 }
 
+/// The user service's settings for a test database and the test's topic,
+/// with the test administrator.
+pub fn user_config(db: &TestDatabase, kafka: &Kafka) -> callchain_user::Config {
+    callchain_user::Config::for_tests(
+        db.url(),
+        Some((ADMIN_EMAIL.to_owned(), ADMIN_PASSWORD.to_owned())),
+        kafka.bootstrap(),
+        &kafka.topic,
+    )
+}
+
+/// Starts the user service (and its outbox relay) on `db` and the test's
+/// topic, and waits until it serves.
+pub async fn spawn_user(
+    db: &TestDatabase,
+    kafka: &Kafka,
+    export: impl Into<Export>,
+) -> anyhow::Result<ServiceHandle> {
+    let config = user_config(db, kafka);
+    let mut user = ServiceHandle::spawn("user", export, move |listener, shutdown| {
+        callchain_user::run(config, listener, async move {
+            let _ = shutdown.await;
+        })
+    })?;
+    let addr = user.addr;
+    wait_until(&mut user, || callchain_user::healthcheck(addr)).await?;
+    Ok(user)
+}
+
 impl Stack {
     /// Starts everything on the run's shared broker and waits until the API
     /// is ready.
@@ -101,22 +130,9 @@ impl Stack {
         let otlp = OtlpReceiver::start().await?;
         let endpoint = export.unwrap_or_else(|| Export::Otlp(otlp.endpoint()));
 
-        let user_config =
-            callchain_user::Config::for_tests(db.url(), Some((ADMIN_EMAIL.to_owned(), ADMIN_PASSWORD.to_owned())));
-        let mut user = ServiceHandle::spawn("user", endpoint.clone(), move |listener, shutdown| {
-            callchain_user::run(user_config, listener, async move {
-                let _ = shutdown.await;
-            })
-        })?;
-        let user_addr = user.addr;
-        wait_until(&mut user, || callchain_user::healthcheck(user_addr)).await?;
+        let user = spawn_user(&db, &kafka, endpoint.clone()).await?;
 
-        let api_config = callchain_api::Config::for_tests(
-            format!("http://{}", user.addr),
-            kafka.bootstrap().to_owned(),
-            kafka.topic.clone(),
-            JWT_SECRET.to_owned(),
-        );
+        let api_config = callchain_api::Config::for_tests(format!("http://{}", user.addr), JWT_SECRET.to_owned());
         let mut api = ServiceHandle::spawn("api", endpoint.clone(), move |listener, shutdown| {
             callchain_api::run(api_config, listener, async move {
                 let _ = shutdown.await;
@@ -230,10 +246,39 @@ impl Stack {
             .collect()
     }
 
+    /// How many events wait in the user service's outbox.
+    pub async fn outbox_len(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(self.db.pool())
+            .await
+            .expect("counting the outbox")
+    }
+
+    /// Waits (up to `patience`) until the relay has published every event
+    /// of the outbox.
+    pub async fn wait_until_published(&self, patience: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let waiting = self.outbox_len().await;
+            if waiting == 0 {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{waiting} events still in the outbox after {patience:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The event rows of `user_id` as `(event_type, trace_id)`, oldest
-    /// first, once the consumer has caught up with everything written to the
-    /// topic so far (so a duplicate would be there too).
+    /// first, once the relay has published the whole outbox and the consumer
+    /// has caught up with everything written to the topic so far (so a
+    /// duplicate would be there too).
     pub async fn events_of(&self, user_id: &str) -> Vec<(String, Option<String>)> {
+        self.wait_until_published(Duration::from_secs(90))
+            .await
+            .expect("the relay publishes the outbox");
         self.kafka
             .wait_until_consumed(Duration::from_secs(90))
             .await

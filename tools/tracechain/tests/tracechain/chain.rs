@@ -12,9 +12,10 @@ fn expected(topic: &str) -> Vec<(usize, &'static str, String, Kind)> {
         (1, "api", "user.v1.UserService/CreateUser".to_owned(), Kind::Client),
         (2, "user", "user.v1.UserService/CreateUser".to_owned(), Kind::Server),
         (3, "user", "INSERT users".to_owned(), Kind::Client),
-        (1, "api", format!("send {topic}"), Kind::Producer),
-        (2, "consumer", format!("process {topic}"), Kind::Consumer),
-        (3, "consumer", "INSERT user_events".to_owned(), Kind::Client),
+        (3, "user", "INSERT outbox".to_owned(), Kind::Client),
+        (3, "user", format!("send {topic}"), Kind::Producer),
+        (4, "consumer", format!("process {topic}"), Kind::Consumer),
+        (5, "consumer", "INSERT user_events".to_owned(), Kind::Client),
     ]
 }
 
@@ -42,7 +43,7 @@ fn tree_of_the_run() -> Tree {
 }
 
 #[test]
-fn the_logs_of_a_registration_rebuild_the_seven_span_chain() {
+fn the_logs_of_a_registration_rebuild_the_eight_span_chain() {
     let run = registration();
     let tree = tree_of_the_run();
     let drawn = text::render(&tree);
@@ -66,12 +67,15 @@ fn the_critical_path_runs_from_the_request_to_the_consumers_write() {
         .filter(|node| node.critical)
         .map(|node| node.span.name.clone())
         .collect();
-    // The API answers once the broker has the event; the consumer's write
-    // ends after that.
+    // The API answers once the user service has committed; the relay's
+    // send, under the user service's span, and the consumer's write end
+    // after that.
     assert_eq!(
         critical,
         [
             "POST /v1/users".to_owned(),
+            "user.v1.UserService/CreateUser".to_owned(),
+            "user.v1.UserService/CreateUser".to_owned(),
             format!("send {}", run.topic),
             format!("process {}", run.topic),
             "INSERT user_events".to_owned()
@@ -137,7 +141,7 @@ fn json_output_nests_the_spans_with_their_events() {
     let tree: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
     assert_eq!(tree["trace_id"], run.trace_id.as_str());
     assert_eq!(tree["complete"], true);
-    assert_eq!(tree["spans"], 7);
+    assert_eq!(tree["spans"], 8);
     let root = &tree["roots"][0];
     assert_eq!(
         (root["name"].as_str(), root["kind"].as_str()),

@@ -53,7 +53,7 @@ fn the_waterfall_page_shows_one_row_per_span_in_chromium() {
     assert!(dom.status.success(), "chromium --dump-dom failed: {}", stderr(&dom));
     let dom = String::from_utf8_lossy(&dom.stdout);
     let rows = dom.matches("class=\"span-row").count();
-    assert_eq!(rows, 7, "one row per span:\n{dom}");
+    assert_eq!(rows, 8, "one row per span:\n{dom}");
     for name in ["POST /v1/users", "INSERT users", "INSERT user_events"] {
         assert!(dom.contains(name), "{name} is drawn");
     }

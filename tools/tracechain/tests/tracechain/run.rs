@@ -91,7 +91,7 @@ pub async fn register_and_wait_for_the_chain(stack: &Stack) -> RunLogs {
 
     // The consumer's span ends, and writes its record, just after its row.
     let deadline = Instant::now() + Duration::from_secs(15);
-    while Traces::new(Logs::parse(&stack.all_logs())).spans_of(&trace_id).len() < 7 && Instant::now() < deadline {
+    while Traces::new(Logs::parse(&stack.all_logs())).spans_of(&trace_id).len() < 8 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     RunLogs {
