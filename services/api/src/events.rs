@@ -96,10 +96,9 @@ impl Publisher {
 
     fn unavailable(&self, span: &tracing::Span, reason: &str) -> ApiError {
         span.in_scope(|| tracing::warn!(reason, "publishing an event failed"));
-        ApiError::Unavailable(
+        ApiError::unavailable(
             "the event broker did not acknowledge the event; the change is stored: retry with the same \
-             Idempotency-Key to publish it"
-                .into(),
+             Idempotency-Key to publish it",
         )
     }
 
