@@ -2,7 +2,7 @@
 //! database, topics of its own on the run's Kafka, the OTLP receiver, and the
 //! user service, the API and the consumer, each in process on port 0.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use serde_json::{Value, json};
 
@@ -27,8 +27,12 @@ pub const JWT_SECRET: &str = "callchain-test-secret-0123456789abcdef";
 pub struct Stack {
     pub db: TestDatabase,
     pub otlp: OtlpReceiver,
+    /// Where the services send their spans.
+    pub otlp_endpoint: String,
     pub kafka: Kafka,
     pub user: ServiceHandle,
+    /// The user service's other replicas, when the stack has more than one.
+    pub replicas: Vec<ServiceHandle>,
     pub api: ServiceHandle,
     pub consumer: ServiceHandle,
     pub http: reqwest::Client,
@@ -57,6 +61,33 @@ pub async fn spawn_consumer(
     Ok(consumer)
 }
 
+/// How a test's stack differs from the usual one.
+#[derive(Default)]
+pub struct Options {
+    /// User service replicas beside the first, all named to the API.
+    pub more_replicas: usize,
+    /// Changes to the API's test settings.
+    pub api: Option<Box<dyn FnOnce(&mut callchain_api::Config) + Send>>,
+}
+
+/// Starts a user service on `db`, listening on `addr` (port 0 for any), and
+/// waits until it is healthy.
+pub async fn spawn_user(
+    db: &TestDatabase,
+    addr: SocketAddr,
+    otlp_endpoint: Option<String>,
+) -> anyhow::Result<ServiceHandle> {
+    let config = callchain_user::Config::for_tests(db.url(), Some((ADMIN_EMAIL.to_owned(), ADMIN_PASSWORD.to_owned())));
+    let mut user = ServiceHandle::spawn_at(addr, "user", otlp_endpoint, move |listener, shutdown| {
+        callchain_user::run(config, listener, async move {
+            let _ = shutdown.await;
+        })
+    })?;
+    let user_addr = user.addr;
+    wait_until(&mut user, || callchain_user::healthcheck(user_addr)).await?;
+    Ok(user)
+}
+
 impl Stack {
     /// Starts everything on the run's shared broker and waits until the API
     /// is ready.
@@ -66,7 +97,12 @@ impl Stack {
 
     /// The same, on the broker and topics given.
     pub async fn start_on(kafka: Kafka) -> anyhow::Result<Self> {
-        Self::launch(kafka, None).await
+        Self::launch(kafka, None, Options::default()).await
+    }
+
+    /// Starts everything on the run's shared broker, as `options` say.
+    pub async fn start_with(options: Options) -> anyhow::Result<Self> {
+        Self::launch(Kafka::shared().await?, None, options).await
     }
 
     /// Starts everything on the run's shared broker, with the services
@@ -81,36 +117,41 @@ impl Stack {
                  `scripts/test-parts.sh up` and export what it prints"
             )
         })?;
-        Self::launch(Kafka::shared().await?, Some(collector)).await
+        Self::launch(Kafka::shared().await?, Some(collector), Options::default()).await
     }
 
-    async fn launch(kafka: Kafka, collector: Option<String>) -> anyhow::Result<Self> {
+    async fn launch(kafka: Kafka, collector: Option<String>, options: Options) -> anyhow::Result<Self> {
         let db = TestDatabase::create().await?;
         let otlp = OtlpReceiver::start().await?;
         let endpoint = collector.unwrap_or_else(|| otlp.endpoint());
+        let any_port: SocketAddr = ([127, 0, 0, 1], 0).into();
 
-        let user_config =
-            callchain_user::Config::for_tests(db.url(), Some((ADMIN_EMAIL.to_owned(), ADMIN_PASSWORD.to_owned())));
-        let mut user = ServiceHandle::spawn("user", Some(endpoint.clone()), move |listener, shutdown| {
-            callchain_user::run(user_config, listener, async move {
-                let _ = shutdown.await;
-            })
-        })?;
-        let user_addr = user.addr;
-        wait_until(&mut user, || callchain_user::healthcheck(user_addr)).await?;
+        let user = spawn_user(&db, any_port, Some(endpoint.clone())).await?;
+        let mut replicas = Vec::new();
+        for _ in 0..options.more_replicas {
+            replicas.push(spawn_user(&db, any_port, Some(endpoint.clone())).await?);
+        }
 
-        let api_config = callchain_api::Config::for_tests(
-            format!("http://{}", user.addr),
+        let urls = std::iter::once(&user)
+            .chain(&replicas)
+            .map(|replica| format!("http://{}", replica.addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut api_config = callchain_api::Config::for_tests(
+            urls,
             kafka.bootstrap().to_owned(),
             kafka.topic.clone(),
             JWT_SECRET.to_owned(),
         );
+        if let Some(configure) = options.api {
+            configure(&mut api_config);
+        }
         let mut api = ServiceHandle::spawn("api", Some(endpoint.clone()), move |listener, shutdown| {
             callchain_api::run(api_config, listener, async move {
                 let _ = shutdown.await;
             })
         })?;
-        let consumer = spawn_consumer(&db, &kafka, Some(endpoint)).await?;
+        let consumer = spawn_consumer(&db, &kafka, Some(endpoint.clone())).await?;
 
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
         let ready = format!("http://{}/readyz", api.addr);
@@ -128,8 +169,10 @@ impl Stack {
         Ok(Self {
             db,
             otlp,
+            otlp_endpoint: endpoint,
             kafka,
             user,
+            replicas,
             api,
             consumer,
             http,
@@ -144,6 +187,9 @@ impl Stack {
     /// Exports every finished span of every service.
     pub async fn flush(&self) {
         self.user.flush().await;
+        for replica in &self.replicas {
+            replica.flush().await;
+        }
         self.api.flush().await;
         self.consumer.flush().await;
     }

@@ -10,6 +10,7 @@ mod events;
 mod grpc;
 mod helpers;
 mod jaeger;
+mod resilience;
 mod secrets;
 mod trace;
 mod users;
