@@ -61,13 +61,16 @@ pub async fn spawn_consumer(
     Ok(consumer)
 }
 
+/// A change to the API's test settings.
+pub type ApiSettings = Box<dyn FnOnce(&mut callchain_api::Config) + Send>;
+
 /// How a test's stack differs from the usual one.
 #[derive(Default)]
 pub struct Options {
     /// User service replicas beside the first, all named to the API.
     pub more_replicas: usize,
     /// Changes to the API's test settings.
-    pub api: Option<Box<dyn FnOnce(&mut callchain_api::Config) + Send>>,
+    pub api: Option<ApiSettings>,
 }
 
 /// Starts a user service on `db`, listening on `addr` (port 0 for any), and
