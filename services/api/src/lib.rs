@@ -171,7 +171,7 @@ async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError>
     if !state.events.ready().await {
         return Err(ApiError::unavailable("the event broker is not reachable"));
     }
-    if state.replicas.serving() == 0 {
+    if state.replicas.check_now().await == 0 {
         return Err(ApiError::unavailable("no user service replica is serving"));
     }
     Ok("ready")

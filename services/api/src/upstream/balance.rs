@@ -7,7 +7,11 @@
 //! again and checks each replica's health every [`CHECK_EVERY`]: a replica
 //! takes calls only while it answers SERVING, and one that fails a call at
 //! the connection level is dropped at once, so after a crash only the calls
-//! already in flight meet it (and the idempotent ones are retried).
+//! already in flight meet it (and the idempotent ones are retried). A replica
+//! whose health check answers nothing in time is given [`PATIENCE`] before it
+//! is dropped: a slow user service is the circuit breaker's business, and its
+//! callers get their `504` at their deadline, but one that stays silent is as
+//! good as gone (a host that vanished answers nothing at all).
 
 use std::{
     collections::HashSet,
@@ -15,7 +19,7 @@ use std::{
     net::SocketAddr,
     str::FromStr,
     sync::{Arc, Mutex, Weak},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures::future::BoxFuture;
@@ -29,8 +33,10 @@ use tower::{BoxError, Service, ServiceExt as _};
 
 /// How often names are resolved again and replicas checked.
 pub const CHECK_EVERY: Duration = Duration::from_millis(500);
-/// How long a health check may take before its replica counts as down.
+/// How long a health check may take before it counts as unanswered.
 const CHECK_TIMEOUT: Duration = Duration::from_millis(300);
+/// How long a serving replica may leave its health checks unanswered.
+pub const PATIENCE: Duration = Duration::from_secs(3);
 /// The service whose health the user service reports.
 const HEALTH_SERVICE: &str = "user.v1.UserService";
 
@@ -99,6 +105,8 @@ struct Replica {
     target: usize,
     channel: Channel,
     serving: bool,
+    /// Since when its health checks have gone unanswered.
+    silent_since: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -124,10 +132,17 @@ impl Replicas {
         Self { members }
     }
 
-    /// How many replicas serve now.
+    /// How many replicas serve now, as their last health check said.
     pub fn serving(&self) -> usize {
         let members = self.members.lock().expect("replicas");
         members.replicas.iter().filter(|replica| replica.serving).count()
+    }
+
+    /// Checks every replica's health now, rather than at the next round,
+    /// and says how many serve: the readiness probe's answer.
+    pub async fn check_now(&self) -> usize {
+        check_all(&self.members).await;
+        self.serving()
     }
 
     fn pick(&self) -> Option<(SocketAddr, Channel)> {
@@ -222,37 +237,54 @@ async fn watch(targets: Targets, members: Weak<Mutex<Members>>) {
             }
         }
         let Some(members) = members.upgrade() else { return };
-        let checks = {
-            let mut members = members.lock().expect("replicas");
-            update(&mut members, &found, &unresolved);
-            members
-                .replicas
-                .iter()
-                .map(|replica| (replica.addr, replica.channel.clone()))
-                .collect::<Vec<_>>()
+        update(&mut members.lock().expect("replicas"), &found, &unresolved);
+        check_all(&members).await;
+    }
+}
+
+/// Checks every replica's health at once, and moves each in or out of the
+/// rotation as its check says.
+async fn check_all(members: &Mutex<Members>) {
+    let checks = members
+        .lock()
+        .expect("replicas")
+        .replicas
+        .iter()
+        .map(|replica| (replica.addr, replica.channel.clone()))
+        .collect::<Vec<_>>();
+    let results = futures::future::join_all(
+        checks
+            .into_iter()
+            .map(|(addr, channel)| async move { (addr, check(channel).await) }),
+    )
+    .await;
+    let now = Instant::now();
+    let mut members = members.lock().expect("replicas");
+    for (addr, health) in results {
+        let Some(replica) = members.replicas.iter_mut().find(|replica| replica.addr == addr) else {
+            continue;
         };
-        let results = futures::future::join_all(
-            checks
-                .into_iter()
-                .map(|(addr, channel)| async move { (addr, check(channel).await) }),
-        )
-        .await;
-        let mut members = members.lock().expect("replicas");
-        for (addr, result) in results {
-            let Some(replica) = members.replicas.iter_mut().find(|replica| replica.addr == addr) else {
-                continue;
-            };
-            match (replica.serving, result) {
-                (false, Ok(())) => {
+        let failed = match health {
+            Health::Serving => {
+                replica.silent_since = None;
+                if !replica.serving {
                     replica.serving = true;
                     tracing::info!(replica = %addr, "user service replica joined");
                 }
-                (true, Err(why)) => {
-                    replica.serving = false;
-                    tracing::warn!(replica = %addr, reason = %why, "user service replica left: its health check failed");
-                }
-                _ => {}
+                continue;
             }
+            Health::Down(why) => why,
+            Health::Silent => {
+                let since = *replica.silent_since.get_or_insert(now);
+                if now.duration_since(since) < PATIENCE {
+                    continue;
+                }
+                format!("its health checks went unanswered for {PATIENCE:?}")
+            }
+        };
+        if replica.serving {
+            replica.serving = false;
+            tracing::warn!(replica = %addr, reason = %failed, "user service replica left: its health check failed");
         }
     }
 }
@@ -277,6 +309,7 @@ fn update(members: &mut Members, found: &[(usize, SocketAddr)], unresolved: &Has
                 target,
                 channel,
                 serving: false,
+                silent_since: None,
             }),
             Err(error) => {
                 tracing::warn!(replica = %addr, error = %error, "cannot make a channel to a user service replica")
@@ -285,18 +318,29 @@ fn update(members: &mut Members, found: &[(usize, SocketAddr)], unresolved: &Has
     }
 }
 
-/// One health check: `Ok` when the replica answers SERVING in time.
-async fn check(channel: Channel) -> Result<(), String> {
+/// What one health check found.
+enum Health {
+    Serving,
+    /// It answered, or its connection failed: it does not serve, and why.
+    Down(String),
+    /// No answer in time.
+    Silent,
+}
+
+async fn check(channel: Channel) -> Health {
     let mut request = tonic::Request::new(HealthCheckRequest {
         service: HEALTH_SERVICE.into(),
     });
     request.set_timeout(CHECK_TIMEOUT);
     let answer = tokio::time::timeout(CHECK_TIMEOUT, HealthClient::new(channel).check(request)).await;
     match answer {
-        Err(_) => Err("no answer in time".to_owned()),
-        Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
-        Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32 => Ok(()),
-        Ok(Ok(response)) => Err(format!("status {:?}", response.get_ref().status())),
+        Err(_) => Health::Silent,
+        Ok(Err(status)) if matches!(status.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled) => {
+            Health::Silent
+        }
+        Ok(Err(status)) => Health::Down(format!("{:?}: {}", status.code(), status.message())),
+        Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32 => Health::Serving,
+        Ok(Ok(response)) => Health::Down(format!("it answered {:?}", response.get_ref().status())),
     }
 }
 
