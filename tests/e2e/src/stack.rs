@@ -262,7 +262,8 @@ impl Stack {
     /// Every JSON log line of every service, as text (for greps).
     pub fn all_logs(&self) -> String {
         [&self.user, &self.api, &self.consumer]
-            .iter()
+            .into_iter()
+            .chain(&self.replicas)
             .map(|service| service.logs.text())
             .collect()
     }
