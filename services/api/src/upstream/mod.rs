@@ -265,6 +265,84 @@ mod tests {
         );
     }
 
+    /// A breaker that opens on two failures in two calls, for an hour, around
+    /// a fake channel answering `code` (or never, for `None`); and how many
+    /// calls reached the fake.
+    fn breaker_around(
+        code: Option<&'static str>,
+    ) -> (
+        CircuitBreaker<impl Service<Request<Body>, Response = Response<Body>, Error = BoxError, Future: Send> + Clone>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let reached = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = reached.clone();
+        let fake = tower::service_fn(move |_: Request<Body>| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                let Some(code) = code else {
+                    return futures::future::pending().await;
+                };
+                let mut response = Response::new(Body::empty());
+                response
+                    .headers_mut()
+                    .insert("grpc-status", HeaderValue::from_static(code));
+                Ok::<_, BoxError>(response)
+            }
+        });
+        let policy = BreakerPolicy {
+            min_calls: 2,
+            open_for: Duration::from_secs(3600),
+            ..BreakerPolicy::default()
+        };
+        (CircuitBreaker::new(fake, Breaker::new(policy, Instant::now())), reached)
+    }
+
+    fn request(timeout: &'static str) -> Request<Body> {
+        Request::builder()
+            .uri("/user.v1.UserService/GetUser")
+            .header("grpc-timeout", timeout)
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn once_open_the_breaker_answers_unavailable_itself_without_a_call() {
+        use tower::ServiceExt as _;
+        let (mut breaker, reached) = breaker_around(Some("14"));
+        for _ in 0..2 {
+            let response = breaker.ready().await.unwrap().call(request("5S")).await.unwrap();
+            assert_eq!(grpc_status(response.headers()), Some(tonic::Code::Unavailable));
+        }
+        let error = breaker.ready().await.unwrap().call(request("5S")).await.unwrap_err();
+        let status = error.downcast::<tonic::Status>().expect("a status");
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(status.metadata().get(RETRY_AFTER).unwrap(), "3600");
+        assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn calls_given_up_after_their_deadline_count_as_failures_and_before_it_not() {
+        use tower::ServiceExt as _;
+        let (mut breaker, reached) = breaker_around(None);
+        // Abandoned with time left: no outcome.
+        for _ in 0..3 {
+            drop(breaker.ready().await.unwrap().call(request("5S")));
+        }
+        assert!(matches!(
+            breaker.breaker.lock().unwrap().admit(Instant::now()).0,
+            Admission::Call
+        ));
+        // Abandoned past their deadline: the user service was too slow.
+        for _ in 0..2 {
+            drop(breaker.ready().await.unwrap().call(request("0u")));
+        }
+        assert!(matches!(
+            breaker.breaker.lock().unwrap().admit(Instant::now()).0,
+            Admission::Refused { .. }
+        ));
+        assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 5);
+    }
+
     #[test]
     fn only_unavailability_and_slowness_count_as_failures() {
         let answer = |code: &'static str| {

@@ -172,6 +172,106 @@ mod tests {
         Ok(response)
     }
 
+    /// What a fake user service saw of each attempt: its retry number and
+    /// its body.
+    type Seen = Arc<Mutex<Vec<(Option<u32>, Bytes)>>>;
+
+    /// A fake channel answering the `codes` in turn (0: success), then 0.
+    fn fake(
+        codes: &[i32],
+    ) -> (
+        impl Service<Request<Body>, Response = Response<Body>, Error = BoxError, Future: Send> + Clone + Send + 'static,
+        Seen,
+    ) {
+        let seen = Seen::default();
+        let codes = Arc::new(Mutex::new(codes.iter().copied().rev().collect::<Vec<_>>()));
+        let service = tower::service_fn({
+            let seen = seen.clone();
+            move |request: Request<Body>| {
+                let (seen, codes) = (seen.clone(), codes.clone());
+                async move {
+                    let attempt = request.extensions().get::<RetryAttempt>().map(|RetryAttempt(n)| *n);
+                    let body = request.into_body().collect().await?.to_bytes();
+                    seen.lock().unwrap().push((attempt, body));
+                    let code = codes.lock().unwrap().pop().unwrap_or(0);
+                    let mut response = Response::new(Body::empty());
+                    if code != 0 {
+                        response.headers_mut().insert("grpc-status", code.into());
+                    }
+                    Ok::<_, BoxError>(response)
+                }
+            }
+        });
+        (service, seen)
+    }
+
+    fn request(method: &str, timeout: &'static str) -> Request<Body> {
+        Request::builder()
+            .uri(format!("/user.v1.UserService/{method}"))
+            .header("grpc-timeout", timeout)
+            .body(Body::new(Full::new(Bytes::from_static(b"the message"))))
+            .unwrap()
+    }
+
+    fn budget(min_per_second: f64) -> RetryBudget {
+        let policy = super::super::budget::BudgetPolicy {
+            min_per_second,
+            ..Default::default()
+        };
+        RetryBudget::new(policy, Instant::now())
+    }
+
+    async fn call<S>(retry: &mut Retry<S>, request: Request<Body>) -> Option<tonic::Code>
+    where
+        S: Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        let response = retry.ready().await.unwrap().call(request).await.unwrap();
+        super::super::grpc_status(response.headers())
+    }
+
+    #[tokio::test]
+    async fn a_read_that_met_unavailable_is_sent_again_whole_and_marked_as_a_retry() {
+        let (service, seen) = fake(&[14]);
+        let mut retry = Retry::new(service, budget(10.0));
+        assert_eq!(call(&mut retry, request("GetUser", "5S")).await, None);
+        let seen = seen.lock().unwrap().clone();
+        let body = Bytes::from_static(b"the message");
+        assert_eq!(seen, [(None, body.clone()), (Some(1), body)]);
+    }
+
+    #[tokio::test]
+    async fn a_write_is_never_sent_twice() {
+        let (service, seen) = fake(&[14]);
+        let mut retry = Retry::new(service, budget(10.0));
+        assert_eq!(
+            call(&mut retry, request("CreateUser", "5S")).await,
+            Some(tonic::Code::Unavailable)
+        );
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn retries_stop_at_the_attempt_limit_the_deadline_and_the_budget() {
+        let (service, seen) = fake(&[14, 14, 14, 14]);
+        let mut retry = Retry::new(service, budget(10.0));
+        assert_eq!(
+            call(&mut retry, request("ListUsers", "5S")).await,
+            Some(tonic::Code::Unavailable)
+        );
+        assert_eq!(seen.lock().unwrap().len(), MAX_ATTEMPTS as usize);
+
+        let (service, seen) = fake(&[14, 14]);
+        let mut retry = Retry::new(service, budget(10.0));
+        call(&mut retry, request("GetUser", "0u")).await;
+        assert_eq!(seen.lock().unwrap().len(), 1, "no time left for a retry");
+
+        let (service, seen) = fake(&[14, 14]);
+        let mut retry = Retry::new(service, budget(0.0));
+        call(&mut retry, request("Authenticate", "5S")).await;
+        assert_eq!(seen.lock().unwrap().len(), 1, "one call earns a fifth of a retry");
+    }
+
     #[test]
     fn only_unavailable_and_failed_connections_are_retried() {
         assert!(retryable(&answer(Some(14))));
