@@ -12,7 +12,10 @@
 # JSON lines). Kafka keeps its data in .dev/kafka, so events survive a
 # restart. The services export their spans to the collector, which forwards
 # them to Jaeger; OTEL_EXPORTER_OTLP_ENDPOINT sends them elsewhere instead.
-# DEV_DETACH=1 returns once everything is up.
+# DEV_DETACH=1 returns once everything is up. USER_REPLICAS=2 starts two user
+# services (user, user2) on consecutive ports from USER_PORT and gives the API
+# both, to watch it balance over them and drop one that is killed
+# (`kill $(cat .dev/pids/user2)`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -26,6 +29,7 @@ export OTELCOL_HEALTH_PORT=${OTELCOL_HEALTH_PORT:-13133}
 export JAEGER_QUERY_PORT=${JAEGER_QUERY_PORT:-16686}
 API_PORT=${API_PORT:-8080}
 USER_PORT=${USER_PORT:-50051}
+USER_REPLICAS=${USER_REPLICAS:-1}
 CONSUMER_PORT=${CONSUMER_PORT:-8081}
 BIN=${DEV_BIN_DIR:-${CARGO_TARGET_DIR:-target}/release}
 
@@ -35,6 +39,17 @@ if [ "${1:-}" = "down" ]; then
     stop_all
     exit 0
 fi
+
+case $USER_REPLICAS in
+    '' | *[!0-9]* | 0) die "USER_REPLICAS must be a whole number of at least 1, not '$USER_REPLICAS'" ;;
+esac
+# The replicas' names (user, user2, ...), ports and URLs, in order.
+USER_NAMES=() USER_PORTS=() USER_URLS=()
+for i in $(seq 1 "$USER_REPLICAS"); do
+    if [ "$i" = 1 ]; then USER_NAMES+=(user); else USER_NAMES+=("user$i"); fi
+    USER_PORTS+=($((USER_PORT + i - 1)))
+    USER_URLS+=("http://127.0.0.1:$((USER_PORT + i - 1))")
+done
 
 wait_for() { # name, command...
     local name=$1
@@ -60,7 +75,7 @@ start() { # name, command...
 }
 
 stop_all
-for port in "$API_PORT" "$USER_PORT" "$CONSUMER_PORT"; do port_free "$port" "a callchain service"; done
+for port in "$API_PORT" "${USER_PORTS[@]}" "$CONSUMER_PORT"; do port_free "$port" "a callchain service"; done
 scripts/install-tools.sh postgres kafka otelcol jaeger
 scripts/ensure-postgres.sh
 step "building the services (release)"
@@ -74,17 +89,20 @@ export OTEL_EXPORTER_OTLP_ENDPOINT=${OTEL_EXPORTER_OTLP_ENDPOINT:-http://127.0.0
 export DATABASE_URL=${DATABASE_URL:-postgres://callchain:callchain@127.0.0.1:5432/callchain}
 export KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
 export KAFKA_GROUP_INSTANCE_ID=${KAFKA_GROUP_INSTANCE_ID:-consumer-1}
-export USER_LISTEN_ADDR=127.0.0.1:$USER_PORT
 export API_LISTEN_ADDR=127.0.0.1:$API_PORT
 export CONSUMER_HEALTH_ADDR=127.0.0.1:$CONSUMER_PORT
-export USER_SERVICE_URL=http://127.0.0.1:$USER_PORT
+USER_SERVICE_URL=$(IFS=,; echo "${USER_URLS[*]}")
+export USER_SERVICE_URL
 export JWT_SECRET=${JWT_SECRET:-callchain-dev-only-secret-change-me-0123456789}
 export ADMIN_EMAIL=${ADMIN_EMAIL:-admin@callchain.dev}
 export ADMIN_PASSWORD=${ADMIN_PASSWORD:-admin-password-dev}
 
 step "starting the services (spans to $OTEL_EXPORTER_OTLP_ENDPOINT)"
-OTEL_SERVICE_NAME=user start user "$BIN/user"
-wait_for user "$BIN/user" --healthcheck
+for i in "${!USER_NAMES[@]}"; do
+    export USER_LISTEN_ADDR=127.0.0.1:${USER_PORTS[$i]}
+    OTEL_SERVICE_NAME=user start "${USER_NAMES[$i]}" "$BIN/user"
+    wait_for "${USER_NAMES[$i]}" "$BIN/user" --healthcheck
+done
 OTEL_SERVICE_NAME=consumer start consumer "$BIN/consumer"
 wait_for consumer "$BIN/consumer" --healthcheck
 OTEL_SERVICE_NAME=api start api "$BIN/api"
@@ -99,7 +117,7 @@ callchain is running (logs: $LOGS/*.log)
   Jaeger      $jaeger/api/traces/<trace id>   (its query API; the UI comes with make up)
   collector   OTLP gRPC http://127.0.0.1:$OTELCOL_GRPC_PORT, health http://127.0.0.1:$OTELCOL_HEALTH_PORT/
   Kafka       127.0.0.1:$KAFKA_PORT (Apache Kafka $KAFKA_VERSION)
-  user        grpc://127.0.0.1:$USER_PORT
+  user        $(printf 'grpc://127.0.0.1:%s ' "${USER_PORTS[@]}")
   consumer    http://127.0.0.1:$CONSUMER_PORT/readyz
   admin       $ADMIN_EMAIL / $ADMIN_PASSWORD
 
@@ -120,6 +138,7 @@ if [ -n "${DEV_DETACH:-}" ]; then
 fi
 echo "Ctrl-C stops everything."
 while :; do
+    # The other replicas may be stopped, to watch the API drop them.
     for name in kafka jaeger otelcol user consumer api; do
         if ! kill -0 "$(cat "$PIDS/$name")" 2>/dev/null; then
             echo "$name stopped; see $LOGS/$name.log" >&2

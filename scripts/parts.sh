@@ -33,8 +33,13 @@ for setting in KAFKA_PORT=9092 KAFKA_CONTROLLER_PORT=9093 \
 done
 
 # Everything `make dev` or `make test` may have started, in the order to stop
-# it: services first (they drain and flush their spans), Kafka last.
-STOP_ORDER="api consumer user user2 otelcol jaeger kafka"
+# it: services first (they drain and flush their spans), Kafka last. The user
+# service's replicas are user, user2, user3... (`USER_REPLICAS=3 make dev`).
+stop_order() {
+    local replicas
+    replicas=$(cd "$PIDS" 2>/dev/null && ls -1 | grep -E '^user[0-9]+$' | sort -V | tr '\n' ' ' || true)
+    echo "api consumer user $replicas otelcol jaeger kafka"
+}
 
 usage() { die "usage: scripts/parts.sh up|down|rss DIR"; }
 
@@ -66,13 +71,13 @@ stop_one() { # name
 
 down() {
     [ -d "$PIDS" ] || return 0
-    for name in $STOP_ORDER; do stop_one "$name"; done
+    for name in $(stop_order); do stop_one "$name"; done
 }
 
 rss() {
     local total=0 kib name
     printf '%-10s %8s\n' process RSS
-    for name in $STOP_ORDER; do
+    for name in $(stop_order); do
         running "$name" || continue
         kib=$(awk '/^VmRSS:/ {print $2}' "/proc/$(cat "$PIDS/$name")/status")
         total=$((total + kib))

@@ -5,7 +5,10 @@ use std::{net::SocketAddr, time::Duration};
 use callchain_runtime::env::Env;
 use secrecy::{ExposeSecret as _, SecretString};
 
-use crate::throttle::Limits;
+use crate::{
+    throttle::Limits,
+    upstream::{BreakerPolicy, Targets},
+};
 
 /// Every variable this service reads (beside the telemetry's own).
 pub const ENV_VARS: &[&str] = &[
@@ -19,6 +22,10 @@ pub const ENV_VARS: &[&str] = &[
     "LOGIN_MAX_FAILURES_PER_ADDRESS",
     "LOGIN_FAILURE_WINDOW_SECONDS",
     "AUTH_CACHE_TTL_MS",
+    "BREAKER_FAILURE_RATE",
+    "BREAKER_MIN_CALLS",
+    "BREAKER_OPEN_MS",
+    "API_MAX_IN_FLIGHT",
 ];
 
 /// The variables without which a release build does not start.
@@ -35,8 +42,10 @@ const DEV_JWT_SECRET: &str = "callchain-development-secret-do-not-use-in-product
 pub struct Config {
     /// `API_LISTEN_ADDR`, default `0.0.0.0:8080`.
     pub listen_addr: SocketAddr,
-    /// `USER_SERVICE_URL`, default `http://127.0.0.1:50051`.
-    pub user_service_url: String,
+    /// `USER_SERVICE_URL`, default `http://127.0.0.1:50051`: one URL or
+    /// several, comma-separated; a name that resolves to several addresses
+    /// is a replica per address.
+    pub user_service: Targets,
     /// `JWT_SECRET`: the HMAC key tokens are signed with (at least 32 bytes).
     /// A secret: it never prints.
     pub jwt_secret: SecretString,
@@ -56,6 +65,13 @@ pub struct Config {
     /// a token's user (still there, with what role) is kept; 0 asks on every
     /// request.
     pub auth_cache_ttl: Duration,
+    /// `BREAKER_FAILURE_RATE` (default 0.5) of at least `BREAKER_MIN_CALLS`
+    /// (default 20) calls to the user service within 10 s failing opens the
+    /// circuit breaker for `BREAKER_OPEN_MS` (default 5000).
+    pub breaker: BreakerPolicy,
+    /// `API_MAX_IN_FLIGHT`, default 512: requests served at once; past it a
+    /// request answers 503 at once instead of queueing.
+    pub max_in_flight: usize,
 }
 
 impl Config {
@@ -81,35 +97,58 @@ impl Config {
             login_limits.per_account > 0 && login_limits.per_address > 0 && !login_limits.window.is_zero(),
             "LOGIN_MAX_FAILURES_PER_ACCOUNT, LOGIN_MAX_FAILURES_PER_ADDRESS and LOGIN_FAILURE_WINDOW_SECONDS must be at least 1"
         );
+        let breaker = BreakerPolicy {
+            failure_rate: env.parse_or("BREAKER_FAILURE_RATE", "a number above 0 and at most 1", 0.5)?,
+            min_calls: env.parse_or("BREAKER_MIN_CALLS", "a whole number", 20)?,
+            open_for: Duration::from_millis(env.parse_or("BREAKER_OPEN_MS", "a whole number", 5_000)?),
+            ..BreakerPolicy::default()
+        };
+        anyhow::ensure!(
+            breaker.failure_rate > 0.0 && breaker.failure_rate <= 1.0,
+            "BREAKER_FAILURE_RATE must be above 0 and at most 1"
+        );
+        anyhow::ensure!(
+            breaker.min_calls > 0 && !breaker.open_for.is_zero(),
+            "BREAKER_MIN_CALLS and BREAKER_OPEN_MS must be at least 1"
+        );
+        let max_in_flight = env.parse_or("API_MAX_IN_FLIGHT", "a whole number", 512)?;
+        anyhow::ensure!(max_in_flight > 0, "API_MAX_IN_FLIGHT must be at least 1");
         Ok(Self {
             listen_addr: env.parse_or(
                 "API_LISTEN_ADDR",
                 "an address such as 0.0.0.0:8080",
                 ([0, 0, 0, 0], 8080).into(),
             )?,
-            user_service_url: env
+            user_service: env
                 .var("USER_SERVICE_URL")
-                .unwrap_or_else(|| "http://127.0.0.1:50051".to_owned()),
+                .as_deref()
+                .unwrap_or("http://127.0.0.1:50051")
+                .parse()?,
             jwt_secret,
             jwt_ttl: Duration::from_secs(env.parse_or("JWT_TTL_SECONDS", "a whole number", 3600)?),
             request_timeout: Duration::from_millis(env.parse_or("REQUEST_TIMEOUT_MS", "a whole number", 10_000)?),
             max_body_bytes: env.parse_or("MAX_BODY_BYTES", "a whole number", 16 * 1024)?,
             login_limits,
             auth_cache_ttl: Duration::from_millis(env.parse_or("AUTH_CACHE_TTL_MS", "a whole number", 1_000)?),
+            breaker,
+            max_in_flight,
         })
     }
 
-    /// Defaults for tests: the given user service and signing key.
+    /// Defaults for tests: the given user service (one URL or several,
+    /// comma-separated) and signing key.
     pub fn for_tests(user_service_url: String, jwt_secret: String) -> Self {
         Self {
             listen_addr: "127.0.0.1:0".parse().expect("a valid address"),
-            user_service_url,
+            user_service: user_service_url.parse().expect("valid user service URLs"),
             jwt_secret: jwt_secret.into(),
             jwt_ttl: Duration::from_secs(3600),
             request_timeout: Duration::from_secs(10),
             max_body_bytes: 16 * 1024,
             login_limits: Limits::default(),
             auth_cache_ttl: Duration::from_secs(1),
+            breaker: BreakerPolicy::default(),
+            max_in_flight: 512,
         }
     }
 }
@@ -144,5 +183,43 @@ mod tests {
         );
         let zero = Env::from_pairs([("LOGIN_MAX_FAILURES_PER_ACCOUNT", "0")]);
         assert!(Config::from_env(&zero).is_err());
+    }
+
+    #[test]
+    fn resilience_settings_are_read_and_checked() {
+        let env = Env::from_pairs([
+            ("USER_SERVICE_URL", "http://127.0.0.1:50051,http://127.0.0.1:50052"),
+            ("BREAKER_FAILURE_RATE", "0.25"),
+            ("BREAKER_MIN_CALLS", "8"),
+            ("BREAKER_OPEN_MS", "1500"),
+            ("API_MAX_IN_FLIGHT", "64"),
+        ]);
+        let config = Config::from_env(&env).unwrap();
+        assert_eq!(
+            config.user_service.to_string(),
+            "http://127.0.0.1:50051,http://127.0.0.1:50052"
+        );
+        assert_eq!(
+            (
+                config.breaker.failure_rate,
+                config.breaker.min_calls,
+                config.breaker.open_for
+            ),
+            (0.25, 8, Duration::from_millis(1500))
+        );
+        assert_eq!(config.max_in_flight, 64);
+        for (name, value) in [
+            ("BREAKER_FAILURE_RATE", "0"),
+            ("BREAKER_FAILURE_RATE", "1.5"),
+            ("BREAKER_MIN_CALLS", "0"),
+            ("BREAKER_OPEN_MS", "0"),
+            ("API_MAX_IN_FLIGHT", "0"),
+            ("USER_SERVICE_URL", "user:50051"),
+        ] {
+            assert!(
+                Config::from_env(&Env::from_pairs([(name, value)])).is_err(),
+                "{name}={value}"
+            );
+        }
     }
 }

@@ -37,8 +37,9 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("{detail}")]
     TooManyRequests { detail: String, retry_after_secs: u64 },
-    #[error("{0}")]
-    Unavailable(String),
+    /// `503`; `retry_after_secs` is answered as `Retry-After`.
+    #[error("{detail}")]
+    Unavailable { detail: String, retry_after_secs: u64 },
     #[error("{0}")]
     DeadlineExceeded(String),
     #[error("internal error")]
@@ -58,9 +59,17 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A `503` whose client may retry after [`RETRY_AFTER_SECS`].
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        ApiError::Unavailable {
+            detail: detail.into(),
+            retry_after_secs: RETRY_AFTER_SECS,
         }
     }
 
@@ -106,7 +115,7 @@ impl ApiError {
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
             ApiError::TooManyRequests { retry_after_secs, .. } => Some(*retry_after_secs),
-            ApiError::Unavailable(_) => Some(RETRY_AFTER_SECS),
+            ApiError::Unavailable { retry_after_secs, .. } => Some(*retry_after_secs),
             _ => None,
         }
     }
@@ -142,7 +151,15 @@ impl From<tonic::Status> for ApiError {
             Code::DeadlineExceeded | Code::Cancelled => {
                 ApiError::DeadlineExceeded("the request ran out of time waiting for the user service".into())
             }
-            Code::Unavailable => ApiError::Unavailable("the user service is unavailable; retry shortly".into()),
+            // An open circuit breaker says how long it stays open.
+            Code::Unavailable => ApiError::Unavailable {
+                detail: "the user service is unavailable; retry shortly".into(),
+                retry_after_secs: status
+                    .metadata()
+                    .get(crate::upstream::RETRY_AFTER)
+                    .and_then(|value| value.to_str().ok()?.parse().ok())
+                    .unwrap_or(RETRY_AFTER_SECS),
+            },
             _ => ApiError::Internal(anyhow::Error::new(status)),
         }
     }
@@ -272,6 +289,15 @@ mod tests {
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[header::RETRY_AFTER], "1");
         assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");
+    }
+
+    #[test]
+    fn an_open_breaker_answers_retry_after_its_remaining_cool_down() {
+        let mut status = tonic::Status::unavailable("the user service's circuit breaker is open");
+        status.metadata_mut().insert(crate::upstream::RETRY_AFTER, 4.into());
+        let response = ApiError::from(status).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "4");
     }
 
     #[test]

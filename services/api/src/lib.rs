@@ -9,6 +9,8 @@
 //! - `throttle`: failed logins counted per account and per address.
 //! - `extract`: extractors that reject as problem+json, the request deadline,
 //!   the `Idempotency-Key` header.
+//! - `upstream`: the calls to the user service: its replicas, retries
+//!   within a budget, and a circuit breaker.
 //! - `error`: the one error type, and the one gRPC → HTTP status mapping.
 //! - `openapi`: the OpenAPI document, generated from the handlers.
 //!
@@ -23,41 +25,39 @@ mod openapi;
 mod roles;
 mod rpc;
 mod throttle;
+mod upstream;
 mod users;
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use axum::{
     Router,
+    error_handling::HandleErrorLayer,
     extract::{DefaultBodyLimit, MatchedPath, State},
     http::Extensions,
     response::IntoResponse,
     routing::{get, post},
 };
 use callchain_proto::user::v1::user_service_client::UserServiceClient;
-use callchain_telemetry::{
-    baggage::BaggagePolicy,
-    grpc::{GrpcClient, GrpcClientLayer},
-    http::HttpServerLayer,
-    layer::Traced,
-};
-use tonic::transport::{Channel, Endpoint};
+use callchain_telemetry::{baggage::BaggagePolicy, http::HttpServerLayer};
 use tower::ServiceBuilder;
 use utoipa::OpenApi as _;
 
 pub use auth::Keys;
 pub use config::Config;
 use error::ApiError;
+pub use upstream::{BreakerPolicy, Targets};
 
-/// The user service's client, traced.
-type UserClient = UserServiceClient<Traced<Channel, GrpcClient>>;
+/// The user service's client: balanced over its replicas, retried, traced,
+/// behind a circuit breaker (see `upstream`).
+type UserClient = UserServiceClient<upstream::Upstream>;
 
-/// What every handler shares: one gRPC channel to the user service, the
+/// What every handler shares: the user service's client and replicas, the
 /// token keys, what is known of tokens' users, and the login throttle.
 #[derive(Clone)]
 pub struct AppState {
     users: UserClient,
-    health: tonic_health::pb::health_client::HealthClient<Channel>,
+    replicas: upstream::Replicas,
     keys: Keys,
     roles: Arc<roles::Roles>,
     throttle: Arc<throttle::LoginThrottle>,
@@ -66,21 +66,22 @@ pub struct AppState {
 impl AppState {
     /// Connects lazily, so the API starts (and answers 503) while the user
     /// service is still down, and recovers by itself when it comes back.
+    /// Must be called on a Tokio runtime: it starts the replicas' watcher.
     pub fn new(config: &Config) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(config.user_service_url.clone())?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        let traced = ServiceBuilder::new()
-            .layer(GrpcClientLayer::default())
-            .service(channel.clone());
+        let (users, replicas) = upstream::upstream(config.user_service.clone(), config.breaker);
         Ok(Self {
-            users: UserServiceClient::new(traced),
-            health: tonic_health::pb::health_client::HealthClient::new(channel),
+            users: UserServiceClient::new(users),
+            replicas,
             keys: Keys::new(&config.jwt_secret, config.jwt_ttl),
             roles: Arc::new(roles::Roles::new(config.auth_cache_ttl)),
             throttle: Arc::new(throttle::LoginThrottle::new(config.login_limits)),
         })
+    }
+
+    /// How many user service replicas pass their health check now (the
+    /// first check runs as soon as the state is made).
+    pub fn user_service_replicas_serving(&self) -> usize {
+        self.replicas.serving()
     }
 }
 
@@ -92,6 +93,14 @@ const CLIENT_BAGGAGE: &[&str] = &["session.id"];
 /// The whole HTTP interface.
 pub fn router(state: AppState, config: &Config) -> Router {
     let budget = config.request_timeout;
+    // Past the limit a request is refused at once rather than queued: a
+    // queue would only turn an overload into timeouts for everyone.
+    let shed = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+            ApiError::unavailable("the API is serving as many requests as it can; retry shortly")
+        }))
+        .load_shed()
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(config.max_in_flight));
     let api = Router::new()
         .route("/v1/users", post(users::register).get(users::list_users))
         .route(
@@ -110,8 +119,9 @@ pub fn router(state: AppState, config: &Config) -> Router {
             extract::deadline(budget, request, next)
         }))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
-        .layer(HttpServerLayer::new(route_of).with_baggage(BaggagePolicy::untrusted(CLIENT_BAGGAGE)));
-    // Probes stay out of the traces.
+        .layer(HttpServerLayer::new(route_of).with_baggage(BaggagePolicy::untrusted(CLIENT_BAGGAGE)))
+        .layer(shed);
+    // Probes stay out of the traces, and out of the limit.
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -134,7 +144,7 @@ pub async fn run(
     let app = router(state, &config);
     tracing::info!(
         addr = %listener.local_addr()?,
-        user_service = %config.user_service_url,
+        user_service = %config.user_service,
         "api listening"
     );
     // The peer's address reaches the handlers, for the login throttle.
@@ -149,22 +159,14 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready when the user service answers its health check. (The API holds no
-/// other connection: the user service publishes the events.)
+/// Ready when at least one user service replica passes its health check.
+/// (The API holds no other connection: the user service publishes the
+/// events.)
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    let mut health = state.health.clone();
-    let mut request = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
-        service: "user.v1.UserService".into(),
-    });
-    request.set_timeout(Duration::from_secs(1));
-    match health.check(request).await {
-        Ok(response)
-            if response.get_ref().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 =>
-        {
-            Ok("ready")
-        }
-        _ => Err(ApiError::Unavailable("the user service is not serving".into())),
+    if state.replicas.check_now().await == 0 {
+        return Err(ApiError::unavailable("no user service replica is serving"));
     }
+    Ok("ready")
 }
 
 async fn openapi() -> impl IntoResponse {

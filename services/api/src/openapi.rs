@@ -344,7 +344,7 @@ pub mod responses {
     pub enum Unavailable {
         #[response(
             status = 503,
-            description = "A dependency is down; retry after `Retry-After`",
+            description = "A dependency is down or failing (its circuit breaker is open), or the API is serving as many requests as it can; retry after `Retry-After`",
             content_type = "application/problem+json"
         )]
         Down(Problem),

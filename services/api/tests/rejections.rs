@@ -131,14 +131,28 @@ async fn app_with(configure: impl FnOnce(&mut Config)) -> (Router, StandIn) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let service = pb::user_service_server::UserServiceServer::new(stand_in.clone());
+    // The API sends calls only to a replica whose health check passes.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::user_service_server::UserServiceServer<StandIn>>()
+        .await;
     tokio::spawn(
         tonic::transport::Server::builder()
+            .add_service(health_service)
             .add_service(service)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     let mut config = Config::for_tests(format!("http://{addr}"), SECRET.to_owned());
     configure(&mut config);
     let state = AppState::new(&config).expect("the API's state");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while state.user_service_replicas_serving() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stand-in never passed its health check"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     (router(state, &config), stand_in)
 }
 

@@ -7,7 +7,9 @@
 //!
 //! Both name the span after the full method (`user.v1.UserService/CreateUser`)
 //! and record `rpc.system`, `rpc.service`, `rpc.method` and
-//! `rpc.grpc.status_code`. The server trusts the baggage of its callers (our
+//! `rpc.grpc.status_code`; a client call that is a retry also records
+//! `rpc.grpc.retry.attempt` (1 for the first retry), from the
+//! [`RetryAttempt`] its caller put in the request's extensions. The server trusts the baggage of its callers (our
 //! own services), within the W3C limits, and records the caller's id in it
 //! as `enduser.id`. Infrastructure services (`grpc.health.v1`,
 //! reflection) get no span, so health probes do not flood the traces.
@@ -38,9 +40,16 @@ fn rpc_span(kind: &'static str, service: &str, method: &str) -> Span {
         rpc.service = service,
         rpc.method = method,
         rpc.grpc.status_code = Empty,
+        rpc.grpc.retry.attempt = Empty,
         enduser.id = Empty,
     )
 }
+
+/// Marks a client request as a retry: its number, 1 for the first. A retry
+/// layer outside [`GrpcClientLayer`] sets it, so each attempt's span says
+/// which one it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryAttempt(pub u32);
 
 /// The status code of a unary response: a failed call carries `grpc-status`
 /// in its headers (trailers-only); a successful one only in its trailers.
@@ -103,6 +112,9 @@ impl Hop for GrpcClient {
             Some((service, method)) => rpc_span("client", service, method),
             None => Span::none(),
         };
+        if let Some(RetryAttempt(attempt)) = request.extensions().get::<RetryAttempt>() {
+            span.record("rpc.grpc.retry.attempt", attempt);
+        }
         crate::propagation::inject(&span.context(), request.headers_mut());
         span
     }

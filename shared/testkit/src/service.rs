@@ -75,6 +75,21 @@ impl ServiceHandle {
         F: FnOnce(tokio::net::TcpListener, oneshot::Receiver<()>) -> Fut + Send + 'static,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
+        Self::spawn_at("127.0.0.1:0".parse()?, name, export, serve)
+    }
+
+    /// The same, on `addr`: a service started again where a stopped one
+    /// listened, so its callers find it at the address they know.
+    pub fn spawn_at<F, Fut>(
+        addr: SocketAddr,
+        name: &'static str,
+        export: impl Into<Export>,
+        serve: F,
+    ) -> anyhow::Result<Self>
+    where
+        F: FnOnce(tokio::net::TcpListener, oneshot::Receiver<()>) -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
         let logs = LogBuffer::default();
         let writer = logs.clone();
         let mut config = TelemetryConfig::new(name, export);
@@ -92,7 +107,8 @@ impl ServiceHandle {
             })
             .build()?;
 
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let std_listener =
+            std::net::TcpListener::bind(addr).with_context(|| format!("{name} cannot listen on {addr}"))?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
         let (shutdown_tx, shutdown_rx) = oneshot::channel();

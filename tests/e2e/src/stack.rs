@@ -2,7 +2,7 @@
 //! database, topics of its own on the run's Kafka, the OTLP receiver, and the
 //! user service, the API and the consumer, each in process on port 0.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use serde_json::{Value, json};
 
@@ -29,8 +29,12 @@ pub const JWT_SECRET: &str = "callchain-test-secret-0123456789abcdef";
 pub struct Stack {
     pub db: TestDatabase,
     pub otlp: OtlpReceiver,
+    /// Where the services send their spans.
+    pub export: Export,
     pub kafka: Kafka,
     pub user: ServiceHandle,
+    /// The user service's other replicas, when the stack has more than one.
+    pub replicas: Vec<ServiceHandle>,
     pub api: ServiceHandle,
     pub consumer: ServiceHandle,
     pub http: reqwest::Client,
@@ -70,15 +74,28 @@ pub fn user_config(db: &TestDatabase, kafka: &Kafka) -> callchain_user::Config {
     )
 }
 
+/// A change to the API's test settings.
+pub type ApiSettings = Box<dyn FnOnce(&mut callchain_api::Config) + Send>;
+
+/// How a test's stack differs from the usual one.
+#[derive(Default)]
+pub struct Options {
+    /// User service replicas beside the first, all named to the API.
+    pub more_replicas: usize,
+    /// Changes to the API's test settings.
+    pub api: Option<ApiSettings>,
+}
+
 /// Starts the user service (and its outbox relay) on `db` and the test's
-/// topic, and waits until it serves.
+/// topic, listening on `addr` (port 0 for any), and waits until it serves.
 pub async fn spawn_user(
     db: &TestDatabase,
     kafka: &Kafka,
+    addr: SocketAddr,
     export: impl Into<Export>,
 ) -> anyhow::Result<ServiceHandle> {
     let config = user_config(db, kafka);
-    let mut user = ServiceHandle::spawn("user", export, move |listener, shutdown| {
+    let mut user = ServiceHandle::spawn_at(addr, "user", export, move |listener, shutdown| {
         callchain_user::run(config, listener, async move {
             let _ = shutdown.await;
         })
@@ -97,7 +114,12 @@ impl Stack {
 
     /// The same, on the broker and topics given.
     pub async fn start_on(kafka: Kafka) -> anyhow::Result<Self> {
-        Self::launch(kafka, None).await
+        Self::launch(kafka, None, Options::default()).await
+    }
+
+    /// Starts everything on the run's shared broker, as `options` say.
+    pub async fn start_with(options: Options) -> anyhow::Result<Self> {
+        Self::launch(Kafka::shared().await?, None, options).await
     }
 
     /// Starts everything on the run's shared broker with the services
@@ -105,7 +127,7 @@ impl Stack {
     /// `make bench` measures the price of export against. `otlp` then
     /// receives nothing.
     pub async fn start_recording_only() -> anyhow::Result<Self> {
-        Self::launch(Kafka::shared().await?, Some(Export::Discard)).await
+        Self::launch(Kafka::shared().await?, Some(Export::Discard), Options::default()).await
     }
 
     /// Starts everything on the run's shared broker, with the services
@@ -120,25 +142,38 @@ impl Stack {
                  `scripts/test-parts.sh up` and export what it prints"
             )
         })?;
-        Self::launch(Kafka::shared().await?, Some(Export::Otlp(collector))).await
+        Self::launch(Kafka::shared().await?, Some(Export::Otlp(collector)), Options::default()).await
     }
 
-    /// Starts the stack with its spans exported as `export` says, or to
-    /// `otlp` when it says nothing.
-    async fn launch(kafka: Kafka, export: Option<Export>) -> anyhow::Result<Self> {
+    /// Starts the stack with its spans exported as `export` says (to `otlp`
+    /// when it says nothing), as `options` say.
+    async fn launch(kafka: Kafka, export: Option<Export>, options: Options) -> anyhow::Result<Self> {
         let db = TestDatabase::create().await?;
         let otlp = OtlpReceiver::start().await?;
         let endpoint = export.unwrap_or_else(|| Export::Otlp(otlp.endpoint()));
+        let any_port: SocketAddr = ([127, 0, 0, 1], 0).into();
 
-        let user = spawn_user(&db, &kafka, endpoint.clone()).await?;
+        let user = spawn_user(&db, &kafka, any_port, endpoint.clone()).await?;
+        let mut replicas = Vec::new();
+        for _ in 0..options.more_replicas {
+            replicas.push(spawn_user(&db, &kafka, any_port, endpoint.clone()).await?);
+        }
 
-        let api_config = callchain_api::Config::for_tests(format!("http://{}", user.addr), JWT_SECRET.to_owned());
+        let urls = std::iter::once(&user)
+            .chain(&replicas)
+            .map(|replica| format!("http://{}", replica.addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut api_config = callchain_api::Config::for_tests(urls, JWT_SECRET.to_owned());
+        if let Some(configure) = options.api {
+            configure(&mut api_config);
+        }
         let mut api = ServiceHandle::spawn("api", endpoint.clone(), move |listener, shutdown| {
             callchain_api::run(api_config, listener, async move {
                 let _ = shutdown.await;
             })
         })?;
-        let consumer = spawn_consumer(&db, &kafka, endpoint).await?;
+        let consumer = spawn_consumer(&db, &kafka, endpoint.clone()).await?;
 
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
         let ready = format!("http://{}/readyz", api.addr);
@@ -156,8 +191,10 @@ impl Stack {
         Ok(Self {
             db,
             otlp,
+            export: endpoint,
             kafka,
             user,
+            replicas,
             api,
             consumer,
             http,
@@ -172,6 +209,9 @@ impl Stack {
     /// Exports every finished span of every service.
     pub async fn flush(&self) {
         self.user.flush().await;
+        for replica in &self.replicas {
+            replica.flush().await;
+        }
         self.api.flush().await;
         self.consumer.flush().await;
     }
@@ -241,7 +281,8 @@ impl Stack {
     /// Every JSON log line of every service, as text (for greps).
     pub fn all_logs(&self) -> String {
         [&self.user, &self.api, &self.consumer]
-            .iter()
+            .into_iter()
+            .chain(&self.replicas)
             .map(|service| service.logs.text())
             .collect()
     }

@@ -16,7 +16,10 @@
 //!    over HTTP or SQL, whose servers leave no span of ours), so it needs a
 //!    `server` span under it (`no_server`). A call that never reached its
 //!    server (the service was down) is such a gap too: the chain did end
-//!    there.
+//!    there, unless the call was retried: an attempt followed by its retry
+//!    (the same call under the same parent, whose `rpc.grpc.retry.attempt`
+//!    is one more) needs no server span, since the chain went on through the
+//!    retry, which is held to the rule in its stead.
 //! 4. **One trace id.** A span whose parent is a span of this trace, or a
 //!    consumer or server span that rule 2 or 3 looks for, must carry this
 //!    trace's id; found under another one it is a gap (`other_trace`): the
@@ -33,6 +36,23 @@ use crate::{
     span::{Kind, LogEvent, Span},
     tree::Tree,
 };
+
+/// The attribute a gRPC client span carries when it is a retry: its number,
+/// 1 for the first.
+const RETRY_ATTEMPT: &str = "rpc.grpc.retry.attempt";
+
+/// Whether the gRPC call `span` was retried: a span of the same call under
+/// the same parent is its next attempt.
+fn retried(span: &Span, spans: &[&Span]) -> bool {
+    let attempt = |span: &Span| span.attribute(RETRY_ATTEMPT).and_then(|n| n.parse::<u32>().ok());
+    let next = attempt(span).unwrap_or(0) + 1;
+    spans.iter().any(|other| {
+        other.kind == Kind::Client
+            && other.name == span.name
+            && other.parent_span_id == span.parent_span_id
+            && attempt(other) == Some(next)
+    })
+}
 
 /// What breaks a call chain; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -186,6 +206,9 @@ impl Traces {
             let (wanted, name, caller, kind) = match span.kind {
                 Kind::Producer => (Kind::Consumer, "consumer", "producer", GapKind::NoConsumer),
                 Kind::Client if span.attribute("rpc.system") == Some("grpc") => {
+                    if retried(span, &spans) {
+                        continue;
+                    }
                     (Kind::Server, "server", "gRPC client", GapKind::NoServer)
                 }
                 _ => continue,
@@ -505,6 +528,22 @@ pub(crate) mod tests {
         spans.remove(2);
         // The INSERT users span went with its server; the client is HTTP now.
         assert_eq!(gaps(spans), vec![]);
+    }
+
+    #[test]
+    fn a_call_retried_after_it_failed_to_reach_its_server_is_no_gap() {
+        let mut spans = registration();
+        let mut failed = spans[1].clone();
+        failed.span_id = format!("{:0>16}", "9");
+        spans.push(failed.clone());
+        spans[1].attributes.insert(RETRY_ATTEMPT.into(), "1".into());
+        assert_eq!(gaps(spans.clone()), vec![]);
+        // A retry that failed too ends the chain, at the retry.
+        spans.remove(3);
+        spans.remove(2);
+        let gaps = gaps(spans);
+        assert_eq!(kinds(&gaps), [GapKind::NoServer], "{gaps:?}");
+        assert_eq!(gaps[0].span_id, format!("{:0>16}", "2"));
     }
 
     #[test]

@@ -332,7 +332,12 @@ async fn the_relay_of_a_restarted_user_service_publishes_what_the_stopped_one_le
     assert_eq!(stack.outbox_len().await, 3, "nothing acknowledged, nothing removed");
 
     tokio::task::block_in_place(|| stack.kafka.broker().restart()).expect("the broker restarts");
-    stack.user = callchain_e2e::stack::spawn_user(&stack.db, &stack.kafka, Some(stack.otlp.endpoint()))
+    stack.user = callchain_e2e::stack::spawn_user(
+        &stack.db,
+        &stack.kafka,
+        ([127, 0, 0, 1], 0).into(),
+        Some(stack.otlp.endpoint()),
+    )
         .await
         .expect("the user service starts again");
     for id in &ids {

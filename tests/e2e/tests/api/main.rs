@@ -11,6 +11,7 @@ mod grpc;
 mod helpers;
 mod jaeger;
 mod rpc;
+mod resilience;
 mod secrets;
 mod trace;
 mod users;
