@@ -22,6 +22,7 @@ pub const ENV_VARS: &[&str] = &[
     "LOGIN_MAX_FAILURES_PER_ADDRESS",
     "LOGIN_FAILURE_WINDOW_SECONDS",
     "AUTH_CACHE_TTL_MS",
+    callchain_runtime::lifecycle::SHUTDOWN_TIMEOUT_VAR,
 ];
 
 /// The variables without which a release build does not start.

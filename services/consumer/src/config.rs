@@ -16,6 +16,7 @@ pub const ENV_VARS: &[&str] = &[
     "KAFKA_GROUP_INSTANCE_ID",
     "CONSUMER_BATCH_SIZE",
     "CONSUMER_BATCH_TIMEOUT_MS",
+    callchain_runtime::lifecycle::SHUTDOWN_TIMEOUT_VAR,
 ];
 
 /// The variables without which it does not start.

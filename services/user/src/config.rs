@@ -12,6 +12,7 @@ pub const ENV_VARS: &[&str] = &[
     "DATABASE_MAX_CONNECTIONS",
     "ADMIN_EMAIL",
     "ADMIN_PASSWORD",
+    callchain_runtime::lifecycle::SHUTDOWN_TIMEOUT_VAR,
 ];
 
 /// The variables without which it does not start.
