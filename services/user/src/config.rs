@@ -1,9 +1,11 @@
 //! Settings, from environment variables.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
 use callchain_runtime::env::{Env, SecretString};
+
+use crate::fault::Faults;
 
 /// Every variable this service reads (beside the telemetry's own).
 pub const ENV_VARS: &[&str] = &[
@@ -12,6 +14,8 @@ pub const ENV_VARS: &[&str] = &[
     "DATABASE_MAX_CONNECTIONS",
     "ADMIN_EMAIL",
     "ADMIN_PASSWORD",
+    "FAULT_LATENCY_MS",
+    "FAULT_ERROR_RATE",
     callchain_runtime::lifecycle::SHUTDOWN_TIMEOUT_VAR,
 ];
 
@@ -29,6 +33,10 @@ pub struct Config {
     /// `ADMIN_EMAIL` and `ADMIN_PASSWORD`: an administrator created at start
     /// when no user has that email. Both or neither. The password is a secret.
     pub admin: Option<(String, SecretString)>,
+    /// `FAULT_LATENCY_MS` (default 0) and `FAULT_ERROR_RATE` (0 to 1,
+    /// default 0): faults injected into every `UserService` call, for chaos
+    /// runs. Never set them in production.
+    pub faults: Faults,
 }
 
 impl Config {
@@ -40,6 +48,7 @@ impl Config {
             database_url: database_url.into(),
             max_connections: 5,
             admin: admin.map(|(email, password)| (email, password.into())),
+            faults: Faults::default(),
         }
     }
 
@@ -61,8 +70,22 @@ impl Config {
                 .context("DATABASE_URL is required, e.g. postgres://callchain:callchain@127.0.0.1:5432/callchain")?,
             max_connections: env.parse_or("DATABASE_MAX_CONNECTIONS", "a whole number", 10)?,
             admin,
+            faults: faults(env)?,
         })
     }
+}
+
+/// The injected faults: none unless set.
+fn faults(env: &Env) -> anyhow::Result<Faults> {
+    let error_rate: f64 = env.parse_or("FAULT_ERROR_RATE", "a fraction from 0 to 1", 0.0)?;
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&error_rate),
+        "FAULT_ERROR_RATE must be a fraction from 0 to 1, not {error_rate}"
+    );
+    Ok(Faults {
+        latency: Duration::from_millis(env.parse_or("FAULT_LATENCY_MS", "a whole number of milliseconds", 0)?),
+        error_rate,
+    })
 }
 
 #[cfg(test)]
@@ -82,5 +105,21 @@ mod tests {
         let debug = format!("{:?}", Config::from_env(&env).unwrap());
         assert!(debug.contains("admin@example.com"), "{debug}");
         assert!(!debug.contains("never-shown"), "{debug}");
+    }
+
+    #[test]
+    fn faults_are_off_unless_set_and_a_rate_outside_0_to_1_is_refused() {
+        let url = ("DATABASE_URL", "postgres://x@127.0.0.1/x");
+        assert!(!Config::from_env(&Env::from_pairs([url])).unwrap().faults.is_active());
+        let env = Env::from_pairs([url, ("FAULT_LATENCY_MS", "250"), ("FAULT_ERROR_RATE", "0.1")]);
+        assert_eq!(
+            Config::from_env(&env).unwrap().faults,
+            Faults {
+                latency: Duration::from_millis(250),
+                error_rate: 0.1
+            }
+        );
+        let env = Env::from_pairs([url, ("FAULT_ERROR_RATE", "1.5")]);
+        assert!(Config::from_env(&env).is_err());
     }
 }

@@ -5,12 +5,14 @@
 //! - `store`: every SQL statement, each in its own database client span.
 //! - `password`: argon2id hashing, off the async workers.
 //! - `error`: the one error type and its mapping to gRPC status codes.
+//! - `fault`: latency and errors injected for chaos runs, as a tower layer.
 //!
 //! [`run`] connects, migrates and serves on a listener it is given, until the
 //! shutdown future resolves, so `main` and the tests start it the same way.
 
 pub mod config;
 mod error;
+pub mod fault;
 mod password;
 mod service;
 mod store;
@@ -27,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 pub use config::Config;
+use fault::{FaultLayer, Faults};
 pub use service::UserGrpc;
 
 /// Connects, migrates, creates the configured administrator, and serves on
@@ -40,7 +43,7 @@ pub async fn run(
     if let Some((email, password)) = &config.admin {
         ensure_admin(&pool, email, password).await?;
     }
-    serve(listener, pool, shutdown).await
+    serve_with_faults(listener, pool, &config.faults, shutdown).await
 }
 
 /// A pool on `DATABASE_URL`, with the user service's migrations applied.
@@ -75,6 +78,23 @@ pub async fn serve(
     pool: PgPool,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    serve_with_faults(listener, pool, &Faults::default(), shutdown).await
+}
+
+/// [`serve`], with `faults` injected into every `UserService` call.
+pub async fn serve_with_faults(
+    listener: TcpListener,
+    pool: PgPool,
+    faults: &Faults,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    if faults.is_active() {
+        tracing::warn!(
+            latency_ms = faults.latency.as_millis() as u64,
+            error_rate = faults.error_rate,
+            "faults are injected into every UserService call (FAULT_LATENCY_MS, FAULT_ERROR_RATE)"
+        );
+    }
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<UserServiceServer<UserGrpc>>().await;
     let reflection = || {
@@ -86,6 +106,8 @@ pub async fn serve(
     tracing::info!(addr = %listener.local_addr()?, "user service listening");
     tonic::transport::Server::builder()
         .layer(GrpcServerLayer::default())
+        // Inside the server span, so a trace shows the injected delay.
+        .layer(FaultLayer::new(faults.clone()))
         .add_service(health_service)
         // Both reflection versions: grpcurl and other tools still ask v1alpha.
         .add_service(reflection().build_v1()?)
