@@ -34,7 +34,23 @@ impl ServiceProcess {
         K: AsRef<std::ffi::OsStr>,
         V: AsRef<std::ffi::OsStr>,
     {
+        Self::spawn_with_args(name, program, &[] as &[&str], env)
+    }
+
+    /// [`Self::spawn`], with command-line arguments.
+    pub fn spawn_with_args<A, K, V>(
+        name: &str,
+        program: &str,
+        args: &[A],
+        env: impl IntoIterator<Item = (K, V)>,
+    ) -> anyhow::Result<Self>
+    where
+        A: AsRef<std::ffi::OsStr>,
+        K: AsRef<std::ffi::OsStr>,
+        V: AsRef<std::ffi::OsStr>,
+    {
         let mut command = Command::new(program);
+        command.args(args);
         command.env_clear();
         for kept in ["PATH", "HOME"] {
             if let Some(value) = std::env::var_os(kept) {
