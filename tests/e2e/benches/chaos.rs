@@ -24,8 +24,9 @@
 //!
 //! Settings: `CHAOS_ONLY=2` (or `2,6`) runs those scenarios;
 //! `CHAOS_QUICK=1` shortens every phase; `CHAOS_RATE` (default 200) is the
-//! write rate per second; `CHAOS_BIN_DIR` takes the service binaries from
-//! that folder instead of building them in release first.
+//! write rate per second; `CHAOS_BIN_DIR` is where the service binaries are
+//! (default `target/release`, which `make chaos` builds first: a bench cannot
+//! run cargo itself while cargo holds the target folder).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -90,10 +91,15 @@ fn main() -> anyhow::Result<()> {
             .filter_map(|n| n.trim().parse().ok())
             .collect::<BTreeSet<u32>>()
     });
-    let bins = match setting("CHAOS_BIN_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => build_release()?,
-    };
+    let bins = setting("CHAOS_BIN_DIR").map_or_else(release_dir, PathBuf::from);
+    for bin in ["api", "user", "consumer"] {
+        anyhow::ensure!(
+            bins.join(bin).exists(),
+            "no {bin} binary in {}: run `make chaos`, or build them with \
+             `cargo build --release --bins -p callchain-api -p callchain-user -p callchain-consumer`",
+            bins.display()
+        );
+    }
     let settings = Settings {
         quick: setting("CHAOS_QUICK").is_some_and(|v| v != "0"),
         only,
@@ -134,27 +140,12 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the three service binaries with the release profile, and names
-/// the folder they are in.
-fn build_release() -> anyhow::Result<PathBuf> {
+/// Where `cargo build --release` puts the binaries.
+fn release_dir() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    eprintln!("==> building the service binaries (release)");
-    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(&root)
-        .args(["build", "--release", "--bins"])
-        .args([
-            "-p",
-            "callchain-api",
-            "-p",
-            "callchain-user",
-            "-p",
-            "callchain-consumer",
-        ])
-        .status()
-        .context("cannot run cargo")?;
-    anyhow::ensure!(status.success(), "building the service binaries failed");
-    let target = setting("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    Ok(target.join("release"))
+    setting("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), PathBuf::from)
+        .join("release")
 }
 
 async fn run(settings: &Settings) -> anyhow::Result<Vec<Row>> {
