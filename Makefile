@@ -37,8 +37,7 @@ bench: ## Print the performance figures (consumer events/s, write-to-row lag, re
 	@scripts/test-parts.sh run cargo bench -p callchain-e2e --bench pipeline
 
 chaos: ## Inject faults (broker, consumer, Postgres, replicas, a slow user service, the collector, SIGTERM) under load; fails on a lost or duplicated change. CHAOS_ONLY=2 CHAOS_QUICK=1
-	@scripts/test-parts.sh run bash -c 'cargo build --release --bins -p callchain-api -p callchain-user -p callchain-consumer \
-		&& cargo bench -p callchain-e2e --bench chaos'
+	@scripts/test-parts.sh run bash -c 'scripts/build-services.sh && cargo bench -p callchain-e2e --bench chaos'
 
 dev: ## Run everything on this machine without Docker (Kafka, Postgres, the collector, Jaeger, the services); Ctrl-C stops it
 	@scripts/dev.sh

@@ -95,8 +95,7 @@ fn main() -> anyhow::Result<()> {
     for bin in ["api", "user", "consumer"] {
         anyhow::ensure!(
             bins.join(bin).exists(),
-            "no {bin} binary in {}: run `make chaos`, or build them with \
-             `cargo build --release --bins -p callchain-api -p callchain-user -p callchain-consumer`",
+            "no {bin} binary in {}: run `make chaos`, or build them with `make build`",
             bins.display()
         );
     }
