@@ -916,8 +916,11 @@ async fn postgres_restart(settings: &Settings, row: &mut Row) -> anyhow::Result<
     row.check(
         last_5xx.is_none_or(|last| last <= back + reconnect),
         format!(
-            "5xx stop within {reconnect:?} of Postgres being back (last {:.1?} after)",
-            last_5xx.map(|last| last.saturating_sub(back))
+            "5xx stop within {reconnect:?} of Postgres being back (the last {})",
+            last_5xx.map_or_else(
+                || "never came".to_owned(),
+                |last| format!("{:.1} s after", last.saturating_sub(back).as_secs_f64())
+            )
         ),
     );
     row.must(recovered.is_some(), "the API answers 2xx again by itself");
