@@ -7,7 +7,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 TEST_RUNNER ?= $(shell command -v cargo-nextest >/dev/null 2>&1 && echo "cargo nextest run --no-fail-fast" || echo "cargo test --no-fail-fast")
 
 .DEFAULT_GOAL := help
-.PHONY: help tools postgres build test lint fmt ci dev dev-down bench trace
+.PHONY: help tools postgres build test lint fmt ci dev dev-down bench chaos trace
 
 help: ## List the commands
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ ci: lint test ## What CI runs
 
 bench: ## Print the performance figures (consumer events/s, write-to-row lag, read rate, trace integrity) on real Kafka; optimised build
 	@scripts/test-parts.sh run cargo bench -p callchain-e2e --bench pipeline
+
+chaos: ## Inject faults (broker, consumer, Postgres, replicas, a slow user service, the collector, SIGTERM) under load; fails on a lost or duplicated change. CHAOS_ONLY=2 CHAOS_QUICK=1
+	@scripts/test-parts.sh run bash -c 'scripts/build-services.sh && cargo bench -p callchain-e2e --bench chaos'
 
 dev: ## Run everything on this machine without Docker (Kafka, Postgres, the collector, Jaeger, the services); Ctrl-C stops it
 	@scripts/dev.sh

@@ -96,6 +96,11 @@ export USER_SERVICE_URL
 export JWT_SECRET=${JWT_SECRET:-callchain-dev-only-secret-change-me-0123456789}
 export ADMIN_EMAIL=${ADMIN_EMAIL:-admin@callchain.dev}
 export ADMIN_PASSWORD=${ADMIN_PASSWORD:-admin-password-dev}
+export SHUTDOWN_TIMEOUT_SECONDS=${SHUTDOWN_TIMEOUT_SECONDS:-10}
+# Chaos knobs (README, Configuration), off unless set in the calling shell.
+export FAULT_LATENCY_MS=${FAULT_LATENCY_MS:-}
+export FAULT_ERROR_RATE=${FAULT_ERROR_RATE:-}
+export FAULT_PROCESS_DELAY_MS=${FAULT_PROCESS_DELAY_MS:-}
 
 step "starting the services (spans to $OTEL_EXPORTER_OTLP_ENDPOINT)"
 for i in "${!USER_NAMES[@]}"; do

@@ -26,6 +26,7 @@ pub const ENV_VARS: &[&str] = &[
     "BREAKER_MIN_CALLS",
     "BREAKER_OPEN_MS",
     "API_MAX_IN_FLIGHT",
+    callchain_runtime::lifecycle::SHUTDOWN_TIMEOUT_VAR,
 ];
 
 /// The variables without which a release build does not start.

@@ -16,6 +16,8 @@ pub const ENV_VARS: &[&str] = &[
     "KAFKA_GROUP_INSTANCE_ID",
     "CONSUMER_BATCH_SIZE",
     "CONSUMER_BATCH_TIMEOUT_MS",
+    "FAULT_PROCESS_DELAY_MS",
+    callchain_runtime::lifecycle::SHUTDOWN_TIMEOUT_VAR,
 ];
 
 /// The variables without which it does not start.
@@ -46,6 +48,10 @@ pub struct Config {
     pub batch_size: usize,
     /// `CONSUMER_BATCH_TIMEOUT_MS`, default 20: longest wait to fill a batch.
     pub batch_timeout: Duration,
+    /// `FAULT_PROCESS_DELAY_MS`, default 0: a delay injected per message
+    /// before its batch is written, for chaos runs (a slow consumer). Never
+    /// set it in production.
+    pub process_delay: Duration,
 }
 
 impl Config {
@@ -62,6 +68,7 @@ impl Config {
             group_instance_id: None,
             batch_size: 500,
             batch_timeout: Duration::from_millis(20),
+            process_delay: Duration::ZERO,
         }
     }
 
@@ -89,6 +96,11 @@ impl Config {
             group_instance_id: env.var("KAFKA_GROUP_INSTANCE_ID"),
             batch_size,
             batch_timeout: Duration::from_millis(env.parse_or("CONSUMER_BATCH_TIMEOUT_MS", "a whole number", 20)?),
+            process_delay: Duration::from_millis(env.parse_or(
+                "FAULT_PROCESS_DELAY_MS",
+                "a whole number of milliseconds",
+                0,
+            )?),
         })
     }
 }

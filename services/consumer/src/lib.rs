@@ -47,6 +47,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let shutdown = Shutdown::new(shutdown);
+    if !config.process_delay.is_zero() {
+        tracing::warn!(
+            delay_ms = config.process_delay.as_millis() as u64,
+            "a delay is injected per message (FAULT_PROCESS_DELAY_MS)"
+        );
+    }
     let pool = store::connect(&config).await?;
     let health = Arc::new(Health::default());
     let pipeline = Pipeline::new(&config, pool.clone(), health.clone(), shutdown.clone())?;

@@ -69,6 +69,8 @@ enum Write {
 pub struct Pipeline {
     source: Source,
     sink: Sink,
+    /// `FAULT_PROCESS_DELAY_MS` per message: a slow consumer, on purpose.
+    process_delay: Duration,
 }
 
 /// The Kafka side: batches in, offsets out.
@@ -110,6 +112,7 @@ impl Pipeline {
                 dead_letters: DeadLetters::new(producer, dlq_topic(&config.topic)),
                 health,
             },
+            process_delay: config.process_delay,
         })
     }
 
@@ -123,6 +126,10 @@ impl Pipeline {
             .with_context(|| format!("cannot subscribe to {}", self.source.topic))?;
         tracing::info!(topic = %self.source.topic, group = %self.source.group_id, "consuming");
         while let Some(batch) = self.source.next_batch().await {
+            if !self.process_delay.is_zero() {
+                let messages = u32::try_from(batch.len()).unwrap_or(u32::MAX);
+                tokio::time::sleep(self.process_delay.saturating_mul(messages)).await;
+            }
             match self.handle(batch).await {
                 Handled::Stored => {}
                 Handled::StoppedWhileRetrying => {

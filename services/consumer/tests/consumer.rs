@@ -9,6 +9,7 @@ use callchain_testkit::{
     kafka::Kafka,
     otlp::OtlpReceiver,
     postgres::{TestDatabase, admin_url},
+    process::{ServiceProcess, free_addr},
     service::{ServiceHandle, wait_until},
     spans::{SpanKind, Trace},
 };
@@ -687,4 +688,96 @@ async fn after_a_broker_kill_and_restart_the_consumer_goes_on_and_loses_nothing(
         assert_eq!(parts.rows_of(event.event_id).await, 1, "exactly one row per event");
     }
     assert_eq!(parts.row_count().await, 40);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_mid_stream_finishes_the_batch_commits_what_is_written_flushes_its_spans_and_exits_0() {
+    const EVENTS: usize = 300;
+    const BOUND_SECONDS: u64 = 5;
+    let parts = Parts::start().await;
+    let otlp = OtlpReceiver::start().await.expect("an OTLP receiver");
+    for _ in 0..EVENTS {
+        parts.produce_event(&user_event(Uuid::now_v7()), None).await;
+    }
+    let health = free_addr().unwrap();
+    let mut consumer = ServiceProcess::spawn(
+        "consumer",
+        env!("CARGO_BIN_EXE_consumer"),
+        [
+            ("DATABASE_URL", parts.db.url().to_owned()),
+            ("KAFKA_BROKERS", parts.kafka.bootstrap().to_owned()),
+            ("KAFKA_TOPIC", parts.kafka.topic.clone()),
+            ("KAFKA_GROUP_ID", parts.kafka.group.clone()),
+            ("CONSUMER_HEALTH_ADDR", health.to_string()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint()),
+            // Nothing is exported on the way unless the exit flushes it.
+            ("OTEL_BSP_SCHEDULE_DELAY", "60000".to_owned()),
+            // Small, slow batches: there is a middle of the stream to stop in.
+            ("CONSUMER_BATCH_SIZE", "20".to_owned()),
+            ("FAULT_PROCESS_DELAY_MS", "5".to_owned()),
+            ("SHUTDOWN_TIMEOUT_SECONDS", BOUND_SECONDS.to_string()),
+        ],
+    )
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while parts.row_count().await < 40 {
+        assert!(consumer.try_exit().is_none(), "the consumer exited");
+        assert!(tokio::time::Instant::now() < deadline, "no rows after {PATIENCE:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let signalled = tokio::time::Instant::now();
+    consumer.terminate().unwrap();
+    let status = consumer
+        .wait_exit(Duration::from_secs(BOUND_SECONDS + 2))
+        .await
+        .expect("the consumer exits after SIGTERM");
+    let took = signalled.elapsed();
+    assert!(
+        status.success(),
+        "exit status {status}; its logs:\n{}",
+        consumer.log_text().join("\n")
+    );
+    assert!(
+        took < Duration::from_secs(BOUND_SECONDS),
+        "exited {took:?} after SIGTERM"
+    );
+
+    let rows = parts.row_count().await;
+    assert!(
+        (rows as usize) < EVENTS,
+        "it wrote all {rows} rows before the signal: nothing to drain"
+    );
+    // What is committed is exactly what is written: the batch in hand was
+    // finished, and its offsets committed on the way out.
+    let written: Vec<(i32, i64)> =
+        sqlx::query_as("SELECT kafka_partition, max(kafka_offset) + 1 FROM user_events GROUP BY kafka_partition")
+            .fetch_all(parts.db.pool())
+            .await
+            .unwrap();
+    for (partition, next) in written {
+        assert_eq!(
+            parts.committed_offset(partition).await,
+            Some(next),
+            "partition {partition}: committed offset against the rows written"
+        );
+    }
+    let (events,): (i64,) = sqlx::query_as("SELECT count(DISTINCT event_id) FROM user_events")
+        .fetch_one(parts.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(events, rows, "one row per event");
+    // The spans of every written event were flushed before the exit.
+    let process = format!("process {}", parts.kafka.topic);
+    let spans = otlp
+        .spans()
+        .into_iter()
+        .filter(|span| span.kind == SpanKind::Consumer && span.name == process)
+        .count();
+    assert!(spans as i64 >= rows, "{spans} process spans for {rows} rows written");
+    assert!(
+        consumer.messages().iter().any(|message| message == "offsets committed"),
+        "{:?}",
+        consumer.messages()
+    );
 }

@@ -5,6 +5,8 @@ use std::{net::SocketAddr, time::Duration};
 use anyhow::Context as _;
 use callchain_runtime::env::{Env, SecretString};
 
+use crate::fault::Faults;
+
 /// Every variable this service reads (beside the telemetry's own).
 pub const ENV_VARS: &[&str] = &[
     "USER_LISTEN_ADDR",
@@ -15,6 +17,9 @@ pub const ENV_VARS: &[&str] = &[
     "KAFKA_BROKERS",
     "KAFKA_TOPIC",
     "KAFKA_PUBLISH_TIMEOUT_MS",
+    "FAULT_LATENCY_MS",
+    "FAULT_ERROR_RATE",
+    callchain_runtime::lifecycle::SHUTDOWN_TIMEOUT_VAR,
 ];
 
 /// The variables without which it does not start.
@@ -39,6 +44,10 @@ pub struct Config {
     /// `KAFKA_PUBLISH_TIMEOUT_MS`, default 5000: how long the relay waits for
     /// the broker to acknowledge a batch before it rolls back and retries.
     pub publish_timeout: Duration,
+    /// `FAULT_LATENCY_MS` (default 0) and `FAULT_ERROR_RATE` (0 to 1,
+    /// default 0): faults injected into every `UserService` call, for chaos
+    /// runs. Never set them in production.
+    pub faults: Faults,
 }
 
 impl Config {
@@ -58,6 +67,7 @@ impl Config {
             kafka_brokers: kafka_brokers.to_owned(),
             kafka_topic: kafka_topic.to_owned(),
             publish_timeout: Duration::from_secs(3),
+            faults: Faults::default(),
         }
     }
 
@@ -88,8 +98,22 @@ impl Config {
                 "a whole number",
                 5_000,
             )?),
+            faults: faults(env)?,
         })
     }
+}
+
+/// The injected faults: none unless set.
+fn faults(env: &Env) -> anyhow::Result<Faults> {
+    let error_rate: f64 = env.parse_or("FAULT_ERROR_RATE", "a fraction from 0 to 1", 0.0)?;
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&error_rate),
+        "FAULT_ERROR_RATE must be a fraction from 0 to 1, not {error_rate}"
+    );
+    Ok(Faults {
+        latency: Duration::from_millis(env.parse_or("FAULT_LATENCY_MS", "a whole number of milliseconds", 0)?),
+        error_rate,
+    })
 }
 
 #[cfg(test)]
@@ -109,5 +133,21 @@ mod tests {
         let debug = format!("{:?}", Config::from_env(&env).unwrap());
         assert!(debug.contains("admin@example.com"), "{debug}");
         assert!(!debug.contains("never-shown"), "{debug}");
+    }
+
+    #[test]
+    fn faults_are_off_unless_set_and_a_rate_outside_0_to_1_is_refused() {
+        let url = ("DATABASE_URL", "postgres://x@127.0.0.1/x");
+        assert!(!Config::from_env(&Env::from_pairs([url])).unwrap().faults.is_active());
+        let env = Env::from_pairs([url, ("FAULT_LATENCY_MS", "250"), ("FAULT_ERROR_RATE", "0.1")]);
+        assert_eq!(
+            Config::from_env(&env).unwrap().faults,
+            Faults {
+                latency: Duration::from_millis(250),
+                error_rate: 0.1
+            }
+        );
+        let env = Env::from_pairs([url, ("FAULT_ERROR_RATE", "1.5")]);
+        assert!(Config::from_env(&env).is_err());
     }
 }

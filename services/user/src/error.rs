@@ -119,4 +119,53 @@ mod tests {
         let status = Status::from(UserError::IdempotencyKeyReused);
         assert!(status.get_details_bad_request().is_none());
     }
+
+    /// A database error with only a SQLSTATE: a fake of Postgres's answer,
+    /// for the pure mapping.
+    #[derive(Debug)]
+    struct Coded(&'static str);
+
+    impl std::fmt::Display for Coded {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "SQLSTATE {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Coded {}
+
+    impl sqlx::error::DatabaseError for Coded {
+        fn message(&self) -> &str {
+            self.0
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    #[test]
+    fn a_postgres_restart_is_unavailable_not_internal() {
+        // 57P01: terminated by an administrator (a restart); 57P03: still
+        // starting; 08006: the connection failed. 42P01 is a bug of ours.
+        for (code, expected) in [
+            ("57P01", Code::Unavailable),
+            ("57P03", Code::Unavailable),
+            ("08006", Code::Unavailable),
+            ("42P01", Code::Internal),
+        ] {
+            let error = UserError::from(sqlx::Error::Database(Box::new(Coded(code))));
+            assert_eq!(Status::from(error).code(), expected, "SQLSTATE {code}");
+        }
+    }
 }

@@ -7,6 +7,7 @@
 //! - `relay`: publishes the outbox to Kafka, woken by each commit.
 //! - `password`: argon2id hashing, off the async workers.
 //! - `error`: the one error type and its mapping to gRPC status codes.
+//! - `fault`: latency and errors injected for chaos runs, as a tower layer.
 //!
 //! [`run`] connects, migrates, starts the relay and serves on a listener it
 //! is given, until the shutdown future resolves, so `main` and the tests
@@ -14,6 +15,7 @@
 
 pub mod config;
 mod error;
+pub mod fault;
 mod password;
 mod relay;
 mod service;
@@ -31,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 pub use config::Config;
+use fault::{FaultLayer, Faults};
 pub use service::UserGrpc;
 
 /// Connects, migrates, creates the configured administrator, starts the
@@ -47,7 +50,7 @@ pub async fn run(
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let relay = tokio::spawn(relay::Relay::new(pool.clone(), &config)?.run(stopped));
-    let served = serve(listener, pool, config.kafka_topic.clone(), shutdown).await;
+    let served = serve_with_faults(listener, pool, config.kafka_topic.clone(), &config.faults, shutdown).await;
     let _ = stop.send(true);
     relay.await.context("the outbox relay panicked")?;
     served
@@ -87,6 +90,24 @@ pub async fn serve(
     topic: String,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    serve_with_faults(listener, pool, topic, &Faults::default(), shutdown).await
+}
+
+/// [`serve`], with `faults` injected into every `UserService` call.
+pub async fn serve_with_faults(
+    listener: TcpListener,
+    pool: PgPool,
+    topic: String,
+    faults: &Faults,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    if faults.is_active() {
+        tracing::warn!(
+            latency_ms = faults.latency.as_millis() as u64,
+            error_rate = faults.error_rate,
+            "faults are injected into every UserService call (FAULT_LATENCY_MS, FAULT_ERROR_RATE)"
+        );
+    }
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<UserServiceServer<UserGrpc>>().await;
     let reflection = || {
@@ -98,6 +119,8 @@ pub async fn serve(
     tracing::info!(addr = %listener.local_addr()?, "user service listening");
     tonic::transport::Server::builder()
         .layer(GrpcServerLayer::default())
+        // Inside the server span, so a trace shows the injected delay.
+        .layer(FaultLayer::new(faults.clone()))
         .add_service(health_service)
         // Both reflection versions: grpcurl and other tools still ask v1alpha.
         .add_service(reflection().build_v1()?)

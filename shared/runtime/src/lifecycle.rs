@@ -1,5 +1,97 @@
 //! Process lifecycle shared by every binary.
 
+use std::{future::Future, time::Duration};
+
+use crate::env::{Env, InvalidVar};
+
+/// The variable that bounds a graceful shutdown, read by every service.
+pub const SHUTDOWN_TIMEOUT_VAR: &str = "SHUTDOWN_TIMEOUT_SECONDS";
+
+/// How long a service may drain after SIGTERM when `SHUTDOWN_TIMEOUT_SECONDS`
+/// is unset: Docker's own grace period before it sends SIGKILL is 10 s too.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `SHUTDOWN_TIMEOUT_SECONDS` (whole seconds, at least 1), or
+/// [`DEFAULT_SHUTDOWN_TIMEOUT`].
+pub fn shutdown_timeout(env: &Env) -> Result<Duration, InvalidVar> {
+    let seconds = env.parse_or(
+        SHUTDOWN_TIMEOUT_VAR,
+        "a whole number of seconds, at least 1",
+        DEFAULT_SHUTDOWN_TIMEOUT.as_secs(),
+    )?;
+    if seconds == 0 {
+        return Err(InvalidVar {
+            name: SHUTDOWN_TIMEOUT_VAR.to_owned(),
+            expected: "a whole number of seconds, at least 1",
+            value: "0".to_owned(),
+        });
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
+/// A drain that outlasted its bound: the process must exit anyway.
+#[derive(Debug, thiserror::Error)]
+#[error("still draining {0:?} after the shutdown signal; giving up")]
+pub struct DrainTimedOut(pub Duration);
+
+/// Runs a service until it returns by itself, or until the shutdown signal
+/// ([`shutdown_signal`]) and then its drain; the drain may last `bound` at
+/// most. `serve` is given the future that resolves at the signal, as every
+/// service's `run` takes it.
+///
+/// `Err` when the drain outlasted `bound`: the caller flushes what it can and
+/// exits non-zero, so a stuck request or an unreachable dependency never holds
+/// a process past its orchestrator's patience (after which comes SIGKILL, and
+/// no flush at all).
+pub async fn run_until_signal<F, S>(bound: Duration, serve: S) -> Result<F::Output, DrainTimedOut>
+where
+    S: FnOnce(BoxedSignal) -> F,
+    F: Future,
+{
+    run_until(shutdown_signal(), bound, serve).await
+}
+
+/// The future a service is given to learn that it must stop.
+pub type BoxedSignal = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// [`run_until_signal`] with any signal: the tests give their own.
+pub async fn run_until<F, S>(
+    signal: impl Future<Output = ()>,
+    bound: Duration,
+    serve: S,
+) -> Result<F::Output, DrainTimedOut>
+where
+    S: FnOnce(BoxedSignal) -> F,
+    F: Future,
+{
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut stopped_rx = stopped;
+    let service = serve(Box::pin(async move {
+        // An error means the sender is gone: stop as well.
+        let _ = stopped_rx.wait_for(|stop| *stop).await;
+    }));
+    tokio::pin!(service);
+    tokio::select! {
+        output = &mut service => return Ok(output),
+        () = signal => {}
+    }
+    let started = tokio::time::Instant::now();
+    stop.send_replace(true);
+    match tokio::time::timeout(bound, service).await {
+        Ok(output) => {
+            tracing::info!(drain_ms = started.elapsed().as_millis() as u64, "drained");
+            Ok(output)
+        }
+        Err(_) => {
+            tracing::error!(
+                bound_ms = bound.as_millis() as u64,
+                "the drain outlasted its bound; exiting anyway"
+            );
+            Err(DrainTimedOut(bound))
+        }
+    }
+}
+
 /// Resolves on Ctrl-C or SIGTERM: the signal to drain and stop.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -63,6 +155,55 @@ pub async fn http_probe(addr: std::net::SocketAddr, path: &str) -> std::io::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shutdown_bound_defaults_to_10_s_and_refuses_zero() {
+        assert_eq!(shutdown_timeout(&Env::default()).unwrap(), Duration::from_secs(10));
+        let env = Env::from_pairs([(SHUTDOWN_TIMEOUT_VAR, "3")]);
+        assert_eq!(shutdown_timeout(&env).unwrap(), Duration::from_secs(3));
+        let env = Env::from_pairs([(SHUTDOWN_TIMEOUT_VAR, "0")]);
+        assert!(shutdown_timeout(&env).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_service_that_drains_in_time_returns_its_output() {
+        let output = run_until(std::future::ready(()), Duration::from_secs(5), |signal| async move {
+            signal.await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            7
+        })
+        .await;
+        assert_eq!(output.unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn a_drain_past_its_bound_is_given_up() {
+        let started = tokio::time::Instant::now();
+        let output = run_until(
+            std::future::ready(()),
+            Duration::from_millis(200),
+            |signal| async move {
+                signal.await;
+                std::future::pending::<()>().await;
+            },
+        )
+        .await;
+        assert!(output.is_err());
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(200) && waited < Duration::from_secs(2),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_service_that_ends_by_itself_is_not_given_the_signal() {
+        let output = run_until(std::future::pending::<()>(), Duration::from_secs(5), |_signal| async {
+            "done"
+        })
+        .await;
+        assert_eq!(output.unwrap(), "done");
+    }
 
     #[test]
     fn an_unspecified_address_is_probed_on_loopback() {

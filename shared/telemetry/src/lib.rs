@@ -17,6 +17,8 @@
 //!   producer and consumer spans.
 //! - [`jsonrpc`]: what the HTTP server span says of a JSON-RPC request, and
 //!   the span of each call in a batch.
+//! - [`export`]: the OTLP exporter, counting the spans of failed exports and
+//!   logging when export starts failing and when it resumes.
 //! - [`db`]: the client span of one database statement.
 //! - [`records`]: one JSON line per finished span (`target` `callchain::span`),
 //!   so the call chain can be rebuilt from the logs alone.
@@ -26,6 +28,7 @@
 
 pub mod baggage;
 pub mod db;
+pub mod export;
 pub mod grpc;
 pub mod http;
 pub mod jsonrpc;
@@ -38,7 +41,7 @@ pub mod records;
 #[cfg(test)]
 mod test_support;
 
-use std::sync::Once;
+use std::sync::{Arc, Once};
 
 use callchain_runtime::env::Env;
 use opentelemetry::trace::TracerProvider as _;
@@ -130,9 +133,15 @@ pub enum TelemetryError {
 #[must_use = "dropping the guard shuts telemetry down"]
 pub struct TelemetryGuard {
     provider: SdkTracerProvider,
+    export: Option<Arc<export::ExportCounts>>,
 }
 
 impl TelemetryGuard {
+    /// What span export has done so far; `None` when nothing is exported.
+    pub fn export_counts(&self) -> Option<&export::ExportCounts> {
+        self.export.as_deref()
+    }
+
     /// Exports every finished span now. Blocks until the exporter answers.
     pub fn flush(&self) {
         if let Err(error) = self.provider.force_flush() {
@@ -178,12 +187,17 @@ where
     let mut provider = SdkTracerProvider::builder()
         .with_resource(resource)
         .with_span_processor(records.clone());
+    let mut export = None;
     match &config.export {
         Export::Otlp(endpoint) => {
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint.clone())
-                .build()?;
+            let exporter = export::CountingExporter::new(
+                opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(endpoint.clone())
+                    .build()?,
+            );
+            export = Some((exporter.counts(), exporter.log_to()));
+            // The SDK's batch processor: ending a span never waits for export.
             provider = provider.with_batch_exporter(exporter);
         }
         Export::Discard => provider = provider.with_batch_exporter(DiscardExporter),
@@ -204,7 +218,11 @@ where
         );
     let dispatch = Dispatch::new(subscriber);
     records.write_to(&dispatch);
-    Ok((dispatch, TelemetryGuard { provider }))
+    let export = export.map(|(counts, log)| {
+        export::log_to(&log, &dispatch);
+        counts
+    });
+    Ok((dispatch, TelemetryGuard { provider, export }))
 }
 
 /// An exporter that accepts every batch and sends it nowhere.

@@ -4,6 +4,8 @@
 //! - [`kafka`]: Apache Kafka: the run's shared broker with topics of the
 //!   test's own, or a broker of the test's own to stop and restart.
 //! - [`otlp`]: an in-process OTLP receiver that keeps the spans it is sent.
+//! - [`process`]: a service binary in a process of its own, to send it
+//!   SIGTERM or `kill -9` and read its log lines and exit status.
 //! - [`service`]: one service in process, on its own runtime and telemetry,
 //!   on a port-0 listener, and [`service::wait_until`] it is ready.
 //! - [`spans`]: spans as tests see them, and a trace's tree.
@@ -14,5 +16,6 @@
 pub mod kafka;
 pub mod otlp;
 pub mod postgres;
+pub mod process;
 pub mod service;
 pub mod spans;

@@ -1,0 +1,109 @@
+//! SIGTERM to the user service binary while calls are in flight: each call
+//! it accepted is answered in full, its spans reach the collector, and the
+//! process exits 0 within `SHUTDOWN_TIMEOUT_SECONDS`.
+
+use std::time::Duration;
+
+use callchain_proto::user::v1::{CreateUserRequest, user_service_client::UserServiceClient};
+use callchain_testkit::{
+    otlp::OtlpReceiver,
+    postgres::TestDatabase,
+    process::{ServiceProcess, free_addr},
+    spans::SpanKind,
+};
+
+/// Calls in flight when SIGTERM arrives.
+const CALLS: usize = 12;
+/// Long enough that every call is still waiting when the signal comes.
+const FAULT_LATENCY_MS: u64 = 700;
+const BOUND_SECONDS: u64 = 5;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_under_load_answers_every_accepted_call_flushes_its_spans_and_exits_0_within_the_bound() {
+    let db = TestDatabase::create().await.expect("a test database");
+    let otlp = OtlpReceiver::start().await.expect("an OTLP receiver");
+    let addr = free_addr().unwrap();
+    let mut user = ServiceProcess::spawn(
+        "user",
+        env!("CARGO_BIN_EXE_user"),
+        [
+            ("DATABASE_URL", db.url().to_owned()),
+            ("USER_LISTEN_ADDR", addr.to_string()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint()),
+            // Nothing is exported on the way unless the exit flushes it.
+            ("OTEL_BSP_SCHEDULE_DELAY", "60000".to_owned()),
+            ("FAULT_LATENCY_MS", FAULT_LATENCY_MS.to_string()),
+            ("SHUTDOWN_TIMEOUT_SECONDS", BOUND_SECONDS.to_string()),
+        ],
+    )
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while callchain_user::healthcheck(addr).await.is_err() {
+        assert!(user.try_exit().is_none(), "the user service exited at start");
+        assert!(tokio::time::Instant::now() < deadline, "the user service never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let calls: Vec<_> = (0..CALLS)
+        .map(|n| {
+            let mut client = UserServiceClient::new(channel.clone());
+            tokio::spawn(async move {
+                client
+                    .create_user(CreateUserRequest {
+                        email: format!("drain-{n}@example.com"),
+                        name: format!("Drain {n}"),
+                        password: "correct horse battery staple".into(),
+                        idempotency_key: String::new(),
+                    })
+                    .await
+            })
+        })
+        .collect();
+    // Every call is accepted, and waiting on the injected latency.
+    tokio::time::sleep(Duration::from_millis(FAULT_LATENCY_MS / 3)).await;
+    let signalled = tokio::time::Instant::now();
+    user.terminate().unwrap();
+
+    let status = user
+        .wait_exit(Duration::from_secs(BOUND_SECONDS + 2))
+        .await
+        .expect("the user service exits after SIGTERM");
+    let took = signalled.elapsed();
+    assert!(
+        status.success(),
+        "exit status {status}; its logs:\n{}",
+        user.log_text().join("\n")
+    );
+    assert!(
+        took < Duration::from_secs(BOUND_SECONDS),
+        "exited {took:?} after SIGTERM"
+    );
+
+    for (n, call) in calls.into_iter().enumerate() {
+        let answer = call.await.unwrap();
+        assert!(answer.is_ok(), "call {n} was cut off by the shutdown: {answer:?}");
+    }
+    let (users,): (i64,) = sqlx::query_as("SELECT count(*) FROM users")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(users, CALLS as i64, "every answered call's user is stored");
+
+    // The spans were flushed before the process exited: no waiting here.
+    let served = otlp
+        .spans()
+        .into_iter()
+        .filter(|span| span.kind == SpanKind::Server && span.name == "user.v1.UserService/CreateUser")
+        .count();
+    assert_eq!(served, CALLS, "a server span for every answered call");
+    let messages = user.messages();
+    assert!(
+        messages.iter().any(|message| message == "user service stopped"),
+        "{messages:?}"
+    );
+}
