@@ -142,7 +142,12 @@ impl Stack {
                  `scripts/test-parts.sh up` and export what it prints"
             )
         })?;
-        Self::launch(Kafka::shared().await?, Some(Export::Otlp(collector)), Options::default()).await
+        Self::launch(
+            Kafka::shared().await?,
+            Some(Export::Otlp(collector)),
+            Options::default(),
+        )
+        .await
     }
 
     /// Starts the stack with its spans exported as `export` says (to `otlp`

@@ -126,8 +126,30 @@ pub struct Replicas {
 impl Replicas {
     /// Starts watching `targets` on the current Tokio runtime; the watcher
     /// ends once the last clone of the returned value is dropped.
+    ///
+    /// Before its first health check a replica is tried (nothing says yet
+    /// that it is down, and the API's first requests should not fail for
+    /// want of a check): those named by IP address join at once, those of a
+    /// name at its first resolution. A call that cannot reach one, or its
+    /// first failed check, takes it out. Replicas found later join once
+    /// their health check passes.
     pub fn watch(targets: Targets) -> Self {
         let members = Arc::new(Mutex::new(Members::default()));
+        let literal: Vec<(usize, SocketAddr)> = targets
+            .0
+            .iter()
+            .enumerate()
+            .filter_map(|(index, target)| {
+                let ip: std::net::IpAddr = target.host.parse().ok()?;
+                Some((index, SocketAddr::new(ip, target.port)))
+            })
+            .collect();
+        update(
+            &mut members.lock().expect("replicas"),
+            &literal,
+            &HashSet::new(),
+            Untried::Join,
+        );
         tokio::spawn(watch(targets, Arc::downgrade(&members)));
         Self { members }
     }
@@ -219,6 +241,7 @@ async fn watch(targets: Targets, members: Weak<Mutex<Members>>) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Which targets failed to resolve, so each failure is logged once.
     let mut unresolved = HashSet::new();
+    let mut untried = Untried::Join;
     loop {
         ticks.tick().await;
         let mut found = Vec::new();
@@ -237,7 +260,8 @@ async fn watch(targets: Targets, members: Weak<Mutex<Members>>) {
             }
         }
         let Some(members) = members.upgrade() else { return };
-        update(&mut members.lock().expect("replicas"), &found, &unresolved);
+        update(&mut members.lock().expect("replicas"), &found, &unresolved, untried);
+        untried = Untried::WaitForCheck;
         check_all(&members).await;
     }
 }
@@ -289,9 +313,18 @@ async fn check_all(members: &Mutex<Members>) {
     }
 }
 
+/// Whether a replica found before its first health check takes calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Untried {
+    /// At start: it does, until a call or a check says it is down.
+    Join,
+    /// Later: it waits for its first check to pass.
+    WaitForCheck,
+}
+
 /// Adds the replicas newly `found`, and removes those whose target resolved
 /// without them (a target that failed to resolve keeps its own).
-fn update(members: &mut Members, found: &[(usize, SocketAddr)], unresolved: &HashSet<usize>) {
+fn update(members: &mut Members, found: &[(usize, SocketAddr)], unresolved: &HashSet<usize>, untried: Untried) {
     members.replicas.retain(|replica| {
         let keep = unresolved.contains(&replica.target) || found.iter().any(|(_, addr)| *addr == replica.addr);
         if !keep && replica.serving {
@@ -304,13 +337,19 @@ fn update(members: &mut Members, found: &[(usize, SocketAddr)], unresolved: &Has
             continue;
         }
         match channel_to(addr) {
-            Ok(channel) => members.replicas.push(Replica {
-                addr,
-                target,
-                channel,
-                serving: false,
-                silent_since: None,
-            }),
+            Ok(channel) => {
+                let serving = untried == Untried::Join;
+                if serving {
+                    tracing::info!(replica = %addr, "user service replica joined, before its first health check");
+                }
+                members.replicas.push(Replica {
+                    addr,
+                    target,
+                    channel,
+                    serving,
+                    silent_since: None,
+                });
+            }
             Err(error) => {
                 tracing::warn!(replica = %addr, error = %error, "cannot make a channel to a user service replica")
             }

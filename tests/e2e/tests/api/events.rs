@@ -338,8 +338,8 @@ async fn the_relay_of_a_restarted_user_service_publishes_what_the_stopped_one_le
         ([127, 0, 0, 1], 0).into(),
         Some(stack.otlp.endpoint()),
     )
-        .await
-        .expect("the user service starts again");
+    .await
+    .expect("the user service starts again");
     for id in &ids {
         let rows = stack.events_of(id).await;
         assert_eq!(rows.len(), 1, "user {id}: exactly one event row");

@@ -294,8 +294,9 @@ async fn a_call_is_traced_as_rest_is_with_the_jsonrpc_attributes_on_the_server_s
     tree.assert_parent(client, http);
     let server = tree.span("user", "user.v1.UserService/CreateUser", SpanKind::Server);
     tree.assert_parent(server, client);
-    let send = tree.span("api", &topic, SpanKind::Producer);
-    tree.assert_parent(send, http);
+    // The outbox relay sends the event under the user service's span.
+    let send = tree.span("user", &topic, SpanKind::Producer);
+    tree.assert_parent(send, server);
     let process = tree.span(
         "consumer",
         &format!("process {}", stack.kafka.topic),
