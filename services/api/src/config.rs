@@ -66,9 +66,9 @@ pub struct Config {
     /// a token's user (still there, with what role) is kept; 0 asks on every
     /// request.
     pub auth_cache_ttl: Duration,
-    /// `BREAKER_FAILURE_RATE` (default 0.5) of at least `BREAKER_MIN_CALLS`
-    /// (default 20) calls to the user service within 10 s failing opens the
-    /// circuit breaker for `BREAKER_OPEN_MS` (default 5000).
+    /// `BREAKER_FAILURE_RATE` (default 0.5) of the last `BREAKER_MIN_CALLS`
+    /// (default 20) calls to the user service (within 10 s) failing opens
+    /// the circuit breaker for `BREAKER_OPEN_MS` (default 5000).
     pub breaker: BreakerPolicy,
     /// `API_MAX_IN_FLIGHT`, default 512: requests served at once; past it a
     /// request answers 503 at once instead of queueing.

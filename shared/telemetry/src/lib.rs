@@ -208,16 +208,17 @@ where
     let provider = provider.build();
     let tracer = provider.tracer(config.service_name.clone());
 
+    let writer = logs::LogWriter::new(writer);
     let subscriber = tracing_subscriber::registry()
         .with(EnvFilter::try_new(&config.log_filter)?)
         .with(tracing_opentelemetry::layer().with_tracer(tracer).with_location(false))
         .with(
             tracing_subscriber::fmt::layer()
                 .event_format(logs::JsonFormat::new(&config.service_name))
-                .with_writer(writer),
+                .with_writer(writer.clone()),
         );
     let dispatch = Dispatch::new(subscriber);
-    records.write_to(&dispatch);
+    records.write_to(&dispatch, writer, &config.service_name);
     let export = export.map(|(counts, log)| {
         export::log_to(&log, &dispatch);
         counts

@@ -3,19 +3,26 @@
 //! whole story. Span records ([`crate::records`]) are lines of this format
 //! too.
 
-use std::fmt;
+use std::{
+    fmt::{self, Write as _},
+    io,
+    sync::Arc,
+};
 
 use opentelemetry::trace::TraceContextExt as _;
-use serde_json::{Map, Value};
 use tracing::{Event, Subscriber, field::Field};
 use tracing_subscriber::{
-    fmt::{FmtContext, FormatEvent, FormatFields, format::Writer, time::FormatTime as _},
+    fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter, format::Writer, writer::BoxMakeWriter},
     registry::LookupSpan,
 };
 
 /// Formats events as single-line JSON objects with `timestamp`, `level`,
-/// `target`, `message`, `service`, the event's own fields and, inside a span,
-/// `trace_id` and `span_id`.
+/// `target`, `service`, inside a span `trace_id` and `span_id`, `message`,
+/// and the event's own fields.
+///
+/// Every request writes several lines, so the line is written straight
+/// into one buffer, each value escaped on the way: no map of fields, no
+/// JSON tree, no string per field.
 #[derive(Debug, Clone)]
 pub struct JsonFormat {
     service: String,
@@ -29,102 +36,231 @@ impl JsonFormat {
     }
 }
 
+/// The keys every line starts with; an event field of one of these names
+/// is left out rather than written twice.
+const RESERVED: &[&str] = &["timestamp", "level", "target", "service", "trace_id", "span_id"];
+
 impl<S, N> FormatEvent<S, N> for JsonFormat
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
     fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
-        let mut timestamp = String::new();
-        tracing_subscriber::fmt::time::SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
-
         let meta = event.metadata();
-        let mut line = Map::new();
-        line.insert("timestamp".into(), timestamp.into());
-        line.insert("level".into(), meta.level().as_str().into());
-        line.insert("target".into(), meta.target().into());
-        line.insert("service".into(), self.service.clone().into());
-
-        let mut fields = FieldVisitor(Map::new());
+        let mut line = Line::start(chrono::Utc::now(), meta.level().as_str(), meta.target(), &self.service);
+        // The OpenTelemetry layer activates the span's context on entry.
+        let context = opentelemetry::Context::current();
+        let span = context.span();
+        let span_context = span.span_context();
+        if span_context.is_valid() {
+            line.display("trace_id", span_context.trace_id());
+            line.display("span_id", span_context.span_id());
+        }
+        let mut fields = FieldWriter {
+            line: &mut line,
+            message: false,
+        };
         event.record(&mut fields);
-        let message = fields.0.remove("message").unwrap_or_else(|| Value::from(""));
-        line.insert("message".into(), message);
-
-        // A span record's `span` object arrives as JSON text (an event field
-        // cannot hold an object); it is written as the object it is, spliced
-        // in as it came rather than parsed and printed again.
-        let mut span_object = None;
-        if meta.target() == crate::records::TARGET {
-            // A span record names its own span, not the one current where it
-            // ended: its ids are its fields.
-            if let Some(Value::String(text)) = fields.0.get("span")
-                && text.starts_with('{')
-                && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
-            {
-                span_object = fields.0.remove("span");
-            }
-        } else {
-            // The OpenTelemetry layer activates the span's context on entry.
-            let context = opentelemetry::Context::current();
-            let span = context.span();
-            let span_context = span.span_context();
-            if span_context.is_valid() {
-                line.insert("trace_id".into(), span_context.trace_id().to_string().into());
-                line.insert("span_id".into(), span_context.span_id().to_string().into());
-            }
+        if !fields.message {
+            line.str("message", "");
         }
-        for (key, value) in fields.0 {
-            line.entry(key).or_insert(value);
-        }
-
-        let mut json = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
-        if let Some(Value::String(object)) = span_object {
-            json.pop(); // the closing brace
-            json.push_str(",\"span\":");
-            json.push_str(&object);
-            json.push('}');
-        }
-        writeln!(writer, "{json}")
+        writer.write_str(&line.finish())
     }
 }
 
-struct FieldVisitor(Map<String, Value>);
+/// One JSON log line, written as it goes: `{"timestamp":..,"level":..,
+/// "target":..,"service":..` first, then each field.
+pub(crate) struct Line(String);
 
-impl tracing::field::Visit for FieldVisitor {
+impl Line {
+    pub(crate) fn start(at: chrono::DateTime<chrono::Utc>, level: &str, target: &str, service: &str) -> Self {
+        let mut line = Line(String::with_capacity(512));
+        line.0.push('{');
+        line.key("timestamp");
+        let _ = write!(line.0, "\"{}\"", at.format("%Y-%m-%dT%H:%M:%S%.6fZ"));
+        line.str("level", level);
+        line.str("target", target);
+        line.str("service", service);
+        line
+    }
+
+    fn key(&mut self, key: &str) {
+        if !self.0.ends_with('{') {
+            self.0.push(',');
+        }
+        self.0.push('"');
+        let _ = Escaped(&mut self.0).write_str(key);
+        self.0.push_str("\":");
+    }
+
+    /// `key` and a JSON string.
+    pub(crate) fn str(&mut self, key: &str, value: &str) {
+        self.display(key, value);
+    }
+
+    /// `key` and `value`'s text as a JSON string, escaped as it is written.
+    pub(crate) fn display(&mut self, key: &str, value: impl fmt::Display) {
+        self.key(key);
+        self.0.push('"');
+        let _ = write!(Escaped(&mut self.0), "{value}");
+        self.0.push('"');
+    }
+
+    /// `key` and a value that is JSON already (a number, or an object made
+    /// by `serde_json`).
+    pub(crate) fn raw(&mut self, key: &str, json: impl fmt::Display) {
+        self.key(key);
+        let _ = write!(self.0, "{json}");
+    }
+
+    /// The line, closed and ended with a newline.
+    pub(crate) fn finish(mut self) -> String {
+        self.0.push_str("}\n");
+        self.0
+    }
+}
+
+/// Writes text into a JSON string: quotes, backslashes and control
+/// characters escaped.
+struct Escaped<'a>(&'a mut String);
+
+impl fmt::Write for Escaped<'_> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        let mut plain = 0;
+        for (at, byte) in text.bytes().enumerate() {
+            let escape = match byte {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0..=0x1f | 0x7f => "",
+                _ => continue,
+            };
+            self.0.push_str(&text[plain..at]);
+            if escape.is_empty() {
+                let _ = write!(self.0, "\\u{byte:04x}");
+            } else {
+                self.0.push_str(escape);
+            }
+            plain = at + 1;
+        }
+        self.0.push_str(&text[plain..]);
+        Ok(())
+    }
+}
+
+/// Writes an event's fields into its line, with their JSON types.
+struct FieldWriter<'a> {
+    line: &'a mut Line,
+    message: bool,
+}
+
+impl FieldWriter<'_> {
+    /// The key to write `field` under, or `None` to leave it out.
+    fn name(&mut self, field: &Field) -> Option<&'static str> {
+        let name = field.name();
+        if name == "message" {
+            self.message = true;
+        }
+        (!RESERVED.contains(&name)).then_some(name)
+    }
+}
+
+impl tracing::field::Visit for FieldWriter<'_> {
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.0.insert(field.name().into(), value.into());
+        if let Some(name) = self.name(field) {
+            if value.is_finite() {
+                self.line.raw(name, value);
+            } else {
+                self.line.display(name, value);
+            }
+        }
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().into(), value.into());
+        if let Some(name) = self.name(field) {
+            self.line.raw(name, value);
+        }
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().into(), value.into());
+        if let Some(name) = self.name(field) {
+            self.line.raw(name, value);
+        }
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().into(), value.into());
+        if let Some(name) = self.name(field) {
+            self.line.raw(name, value);
+        }
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().into(), value.into());
+        if let Some(name) = self.name(field) {
+            self.line.str(name, value);
+        }
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        // The whole cause chain, once.
-        let mut text = value.to_string();
-        let mut source = value.source();
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
+        if let Some(name) = self.name(field) {
+            // The whole cause chain, once.
+            self.line.display(name, Chain(value));
         }
-        self.0.insert(field.name().into(), text.into());
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0.insert(field.name().into(), format!("{value:?}").into());
+        if let Some(name) = self.name(field) {
+            self.line.display(name, format_args!("{value:?}"));
+        }
+    }
+}
+
+/// An error and its causes, `: `-separated.
+struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+/// Where a service's lines go, shared by its event lines and its span
+/// records (which are written beside the events, not through them).
+#[derive(Clone)]
+pub(crate) struct LogWriter(Arc<BoxMakeWriter>);
+
+impl LogWriter {
+    pub(crate) fn new<W>(writer: W) -> Self
+    where
+        W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+    {
+        Self(Arc::new(BoxMakeWriter::new(writer)))
+    }
+
+    /// Writes one whole line at once, so lines of several threads never mix.
+    pub(crate) fn write_line(&self, line: &str) {
+        let _ = io::Write::write_all(&mut self.0.make_writer(), line.as_bytes());
+    }
+}
+
+impl std::fmt::Debug for LogWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LogWriter")
+    }
+}
+
+impl<'a> MakeWriter<'a> for LogWriter {
+    type Writer = Box<dyn io::Write + 'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.0.make_writer()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use serde_json::Value;
     use crate::test_support::Buffer;
 
     #[test]
@@ -163,5 +299,40 @@ mod tests {
         assert_eq!(trace_id.len(), 32);
         assert_ne!(trace_id, "0".repeat(32));
         assert_eq!(inside["span_id"].as_str().unwrap().len(), 16);
+    }
+
+    #[test]
+    fn fields_keep_their_json_types_and_text_is_escaped() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let config = crate::TelemetryConfig::new("unit", None);
+        let (dispatch, _guard) = crate::build(&config, move || writer.clone()).unwrap();
+        let error = std::io::Error::other("disk \"full\"");
+        tracing::dispatcher::with_default(&dispatch, || {
+            tracing::info!(
+                count = 3u64,
+                delta = -2i64,
+                ratio = 0.5,
+                ok = true,
+                text = "a \"quote\", a \\ and\na newline\u{1}",
+                shown = %"display",
+                debugged = ?Some(1),
+                error = &error as &dyn std::error::Error,
+                service = "not the service",
+                "hello \"world\""
+            );
+        });
+        let lines = buffer.lines();
+        let line = &lines[0];
+        assert_eq!(line["message"], "hello \"world\"");
+        assert_eq!(line["count"], 3);
+        assert_eq!(line["delta"], -2);
+        assert_eq!(line["ratio"], 0.5);
+        assert_eq!(line["ok"], true);
+        assert_eq!(line["text"], "a \"quote\", a \\ and\na newline\u{1}");
+        assert_eq!(line["shown"], "display");
+        assert_eq!(line["debugged"], "Some(1)");
+        assert_eq!(line["error"], "disk \"full\"");
+        assert_eq!(line["service"], "unit", "a field never overwrites the line's own keys");
     }
 }

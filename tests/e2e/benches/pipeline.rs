@@ -3,12 +3,19 @@
 //! the same process. It prints figures; it asserts no time.
 //!
 //! 1. Consumer throughput: events fed straight into the topic, then the
-//!    consumer started; events per second written into Postgres, with and
-//!    without span export, and whether every span arrived.
+//!    consumer started; events per second written into Postgres with every
+//!    span exported, and again with every span recorded but none exported
+//!    (the batch processor hands its batches to an exporter that drops
+//!    them), and whether every span arrived.
 //! 2. Lag at a steady write rate: `PATCH /v1/users/{id}` (updates: argon2
 //!    makes registrations slow on purpose) at a fixed rate; lag from the API's
 //!    answer to the committed event row, p50 and p99.
-//! 3. Reads: `GET /v1/users/{id}` with a fixed number of connections.
+//! 3. Protocols: one user read through REST (`GET /v1/users/{id}`),
+//!    JSON-RPC (`user.get`) and gRPC straight to the user service, each from
+//!    32 connections; requests/s, p50, p99 and the CPU time per request of
+//!    the services, Postgres, the span export and the load generator, as a
+//!    Markdown table. Then REST again with every span recorded, none
+//!    exported: the price of export.
 //! 4. Trace integrity: updates at a steady rate, every request sampled; how
 //!    many requests left a whole trace at the OTLP receiver, how many spans
 //!    lost their parent or were dropped on the way, how many of the log lines
@@ -17,9 +24,9 @@
 //!
 //! Sizes can be changed with BENCH_EVENTS, BENCH_WRITE_RATE,
 //! BENCH_WRITE_SECONDS, BENCH_READ_SECONDS, BENCH_INTEGRITY_RATE and
-//! BENCH_INTEGRITY_SECONDS; BENCH_ONLY=consumer,lag,protocols,integrity runs only
-//! those; BENCH_INTEGRITY_LOGS=<folder> keeps the
-//! integrity run's logs there, for `tracechain --check-all <folder>` (an
+//! BENCH_INTEGRITY_SECONDS; BENCH_ONLY=consumer,lag,protocols,integrity runs
+//! only those; BENCH_INTEGRITY_LOGS=<folder> keeps the integrity run's logs
+//! there, for `tracechain --check-all <folder>` (an
 //! absolute path: cargo runs a bench in its package's folder).
 
 use std::{

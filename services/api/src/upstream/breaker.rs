@@ -1,26 +1,31 @@
 //! The circuit breaker's state machine: pure, the caller passes the time.
 //!
-//! Closed, it counts outcomes over a rolling window; once the window holds
-//! at least `min_calls` and the failed share reaches `failure_rate`, it
-//! opens. Open, every call fails at once for `open_for`, so a struggling user
+//! Closed, it keeps the outcomes of the last `min_calls` calls (those no
+//! older than `window`); once it holds that many and the failed share of
+//! them reaches `failure_rate`, it opens. Counting the last calls rather
+//! than a stretch of time makes it open within about one deadline of a
+//! sudden slowdown, however many calls had succeeded just before: when every
+//! call starts to wait out its deadline, the calls that fail are the last
+//! ones made. Open, every call fails at once for `open_for`, so a struggling user
 //! service is left alone to recover and callers get their answer without
 //! waiting out a deadline. Then one probe goes through (half-open): success
 //! closes the breaker, failure opens it again for another `open_for`.
 
-use std::time::{Duration, Instant};
-
-/// How many slots the window is cut into; the oldest slot leaves as a whole.
-const SLOTS: u32 = 10;
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BreakerPolicy {
     /// The failed share of calls at which the breaker opens (0.5).
     pub failure_rate: f64,
-    /// The fewest calls in the window before the rate means anything (20).
+    /// How many of the last calls the rate is taken over; fewer (in the
+    /// window) mean nothing yet (20).
     pub min_calls: u32,
     /// How long it stays open before a probe (5 s).
     pub open_for: Duration,
-    /// How far back outcomes count (10 s).
+    /// How old an outcome may be and still count (10 s).
     pub window: Duration,
 }
 
@@ -64,13 +69,6 @@ pub enum Admission {
     Refused { retry_after: Duration },
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Slot {
-    index: u64,
-    calls: u32,
-    failures: u32,
-}
-
 #[derive(Debug, Clone, Copy)]
 enum Phase {
     Closed,
@@ -87,17 +85,16 @@ enum Phase {
 #[derive(Debug)]
 pub struct Breaker {
     policy: BreakerPolicy,
-    origin: Instant,
-    slots: [Slot; SLOTS as usize],
+    /// When each of the last calls ended, and whether it failed.
+    outcomes: VecDeque<(Instant, bool)>,
     phase: Phase,
 }
 
 impl Breaker {
-    pub fn new(policy: BreakerPolicy, now: Instant) -> Self {
+    pub fn new(policy: BreakerPolicy) -> Self {
         Self {
             policy,
-            origin: now,
-            slots: [Slot::default(); SLOTS as usize],
+            outcomes: VecDeque::with_capacity(policy.min_calls as usize),
             phase: Phase::Closed,
         }
     }
@@ -153,16 +150,25 @@ impl Breaker {
             }
             (Admission::Probe, Phase::HalfOpen { .. }) => {
                 self.phase = Phase::Closed;
-                self.slots = [Slot::default(); SLOTS as usize];
+                self.outcomes.clear();
                 Some(State::Closed)
             }
             (Admission::Call, Phase::Closed) => {
-                let slot = self.current(now);
-                slot.calls += 1;
-                slot.failures += u32::from(failed);
-                let (calls, failures) = self.totals(now);
-                let tripped = calls >= self.policy.min_calls
-                    && f64::from(failures) >= self.policy.failure_rate * f64::from(calls);
+                let last = self.policy.min_calls.max(1) as usize;
+                if self.outcomes.len() == last {
+                    self.outcomes.pop_front();
+                }
+                self.outcomes.push_back((now, failed));
+                while self
+                    .outcomes
+                    .front()
+                    .is_some_and(|(at, _)| now.saturating_duration_since(*at) > self.policy.window)
+                {
+                    self.outcomes.pop_front();
+                }
+                let calls = self.outcomes.len();
+                let failures = self.outcomes.iter().filter(|(_, failed)| *failed).count();
+                let tripped = calls >= last && failures as f64 >= self.policy.failure_rate * calls as f64;
                 tripped.then(|| {
                     self.phase = Phase::Open {
                         until: now + self.policy.open_for,
@@ -174,33 +180,6 @@ impl Breaker {
             // they would speak to has passed.
             _ => None,
         }
-    }
-
-    fn slot_index(&self, now: Instant) -> u64 {
-        let length = (self.policy.window / SLOTS).max(Duration::from_millis(1));
-        (now.saturating_duration_since(self.origin).as_nanos() / length.as_nanos()) as u64
-    }
-
-    fn current(&mut self, now: Instant) -> &mut Slot {
-        let index = self.slot_index(now);
-        let slot = &mut self.slots[(index % u64::from(SLOTS)) as usize];
-        if slot.index != index {
-            *slot = Slot {
-                index,
-                ..Slot::default()
-            };
-        }
-        slot
-    }
-
-    fn totals(&self, now: Instant) -> (u32, u32) {
-        let newest = self.slot_index(now);
-        self.slots
-            .iter()
-            .filter(|slot| slot.index + u64::from(SLOTS) > newest && slot.index <= newest)
-            .fold((0, 0), |(calls, failures), slot| {
-                (calls + slot.calls, failures + slot.failures)
-            })
     }
 }
 
@@ -230,7 +209,7 @@ mod tests {
     #[test]
     fn it_opens_on_the_failure_rate_once_enough_calls_count() {
         let now = Instant::now();
-        let mut breaker = Breaker::new(policy(), now);
+        let mut breaker = Breaker::new(policy());
         assert_eq!(calls(&mut breaker, 2, false, now), None);
         // 1 failure of 3: too few calls; 2 of 4: half of them, open.
         assert_eq!(calls(&mut breaker, 1, true, now), None);
@@ -241,16 +220,29 @@ mod tests {
     #[test]
     fn failures_below_the_rate_keep_it_closed() {
         let now = Instant::now();
-        let mut breaker = Breaker::new(policy(), now);
-        calls(&mut breaker, 10, false, now);
-        assert_eq!(calls(&mut breaker, 9, true, now), None);
+        let mut breaker = Breaker::new(policy());
+        // One failure in every four calls: a quarter of any last four.
+        for _ in 0..10 {
+            assert_eq!(calls(&mut breaker, 3, false, now), None);
+            assert_eq!(calls(&mut breaker, 1, true, now), None);
+        }
         assert_eq!(breaker.state(), State::Closed);
+    }
+
+    #[test]
+    fn a_sudden_run_of_failures_opens_it_however_many_calls_succeeded_before() {
+        let now = Instant::now();
+        let mut breaker = Breaker::new(policy());
+        calls(&mut breaker, 1000, false, now);
+        let later = now + Duration::from_secs(1);
+        assert_eq!(calls(&mut breaker, 1, true, later), None);
+        assert_eq!(calls(&mut breaker, 1, true, later), Some(State::Open));
     }
 
     #[test]
     fn old_failures_leave_the_window() {
         let now = Instant::now();
-        let mut breaker = Breaker::new(policy(), now);
+        let mut breaker = Breaker::new(policy());
         calls(&mut breaker, 3, true, now);
         let later = now + Duration::from_secs(11);
         assert_eq!(calls(&mut breaker, 1, true, later), None);
@@ -260,7 +252,7 @@ mod tests {
     #[test]
     fn open_refuses_with_the_time_left_then_lets_one_probe_through() {
         let now = Instant::now();
-        let mut breaker = Breaker::new(policy(), now);
+        let mut breaker = Breaker::new(policy());
         calls(&mut breaker, 4, true, now);
         let (admission, _) = breaker.admit(now + Duration::from_secs(2));
         assert_eq!(
@@ -282,7 +274,7 @@ mod tests {
     #[test]
     fn a_failed_probe_opens_it_again_for_a_full_cool_down() {
         let now = Instant::now();
-        let mut breaker = Breaker::new(policy(), now);
+        let mut breaker = Breaker::new(policy());
         calls(&mut breaker, 4, true, now);
         let after = now + Duration::from_secs(5);
         let (probe, _) = breaker.admit(after);
@@ -298,7 +290,7 @@ mod tests {
     #[test]
     fn a_probe_that_never_reports_is_replaced_after_a_cool_down() {
         let now = Instant::now();
-        let mut breaker = Breaker::new(policy(), now);
+        let mut breaker = Breaker::new(policy());
         calls(&mut breaker, 4, true, now);
         let after = now + Duration::from_secs(5);
         assert_eq!(breaker.admit(after).0, Admission::Probe);
@@ -308,7 +300,7 @@ mod tests {
     #[test]
     fn late_answers_of_calls_from_before_do_not_move_it() {
         let now = Instant::now();
-        let mut breaker = Breaker::new(policy(), now);
+        let mut breaker = Breaker::new(policy());
         calls(&mut breaker, 4, true, now);
         assert_eq!(breaker.record(Admission::Call, false, now), None);
         assert_eq!(breaker.state(), State::Open);

@@ -59,7 +59,7 @@ pub fn upstream(targets: Targets, breaker: BreakerPolicy) -> (Upstream, Replicas
     let replicas = Replicas::watch(targets);
     let traced = GrpcClientLayer::default().layer(replicas.clone());
     let retry = Retry::new(traced, RetryBudget::new(BudgetPolicy::default(), now));
-    (CircuitBreaker::new(retry, Breaker::new(breaker, now)), replicas)
+    (CircuitBreaker::new(retry, Breaker::new(breaker)), replicas)
 }
 
 /// The request's time budget, from its `grpc-timeout` header.
@@ -294,7 +294,7 @@ mod tests {
             open_for: Duration::from_secs(3600),
             ..BreakerPolicy::default()
         };
-        (CircuitBreaker::new(fake, Breaker::new(policy, Instant::now())), reached)
+        (CircuitBreaker::new(fake, Breaker::new(policy)), reached)
     }
 
     fn request(timeout: &'static str) -> Request<Body> {
