@@ -260,8 +260,8 @@ impl<'a> MakeWriter<'a> for LogWriter {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::Value;
     use crate::test_support::Buffer;
+    use serde_json::Value;
 
     #[test]
     fn log_line_inside_a_span_carries_trace_and_span_ids() {

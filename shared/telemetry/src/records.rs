@@ -80,7 +80,8 @@ impl SpanRecords {
     /// a foreign thread still belongs to the service that made it. Whether
     /// `RUST_LOG` lets records through is read here, once.
     pub(crate) fn write_to(&self, dispatch: &Dispatch, writer: LogWriter, service: &str) {
-        let enabled = tracing::dispatcher::with_default(dispatch, || tracing::enabled!(target: TARGET, tracing::Level::INFO));
+        let enabled =
+            tracing::dispatcher::with_default(dispatch, || tracing::enabled!(target: TARGET, tracing::Level::INFO));
         let _ = self.sink.set(Sink {
             service: service.to_owned(),
             writer: enabled.then_some(writer),

@@ -1,10 +1,11 @@
 //! Retries of the idempotent calls, within the retry budget and the deadline.
 //!
-//! Only `GetUser`, `ListUsers` and `Authenticate` are retried (a retried
-//! write could apply twice, or wait on its own idempotency key), and only
-//! when the call never reached a working server: UNAVAILABLE, or a
-//! connection that failed. Never a call that ran out of time, and never
-//! past the request's deadline. Each attempt is a call of its own through
+//! `GetUser`, `ListUsers` and `Authenticate` are retried when the call never
+//! reached a working server: UNAVAILABLE, or a connection that failed. A
+//! write is retried only when its connection was refused, so it was never
+//! sent (a replica killed a moment ago): any other failure may have come
+//! after the write applied, and a second one could apply it twice. Never a
+//! call that ran out of time, and never past the request's deadline. Each attempt is a call of its own through
 //! the traced channel, so each has its own client span, the retries carrying
 //! `rpc.grpc.retry.attempt`.
 
@@ -46,14 +47,31 @@ pub fn backoff(retry: u32, jitter: f64) -> Duration {
     step.mul_f64(jitter.clamp(0.0, 1.0))
 }
 
-/// Whether an attempt's outcome is worth another attempt.
-fn retryable(outcome: &Result<Response<Body>, BoxError>) -> bool {
+/// Whether an attempt's outcome is worth another attempt, for a call that
+/// is `idempotent` or not.
+fn retryable(outcome: &Result<Response<Body>, BoxError>, idempotent: bool) -> bool {
     match outcome {
-        Ok(response) => super::grpc_status(response.headers()) == Some(tonic::Code::Unavailable),
+        Ok(response) => idempotent && super::grpc_status(response.headers()) == Some(tonic::Code::Unavailable),
+        Err(error) if !idempotent => refused(&**error),
         // A status is this process's own answer (no replica serves): asking
         // again at once would find the same.
         Err(error) => !timed_out(&**error) && !error.is::<tonic::Status>(),
     }
+}
+
+/// Whether the connection was refused: the request never left.
+fn refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut error = Some(error);
+    while let Some(current) = error {
+        if current
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        error = current.source();
+    }
+    false
 }
 
 /// The retrying service, around the traced channel.
@@ -89,9 +107,7 @@ where
         // The ready service goes with this call; a clone stays for the next.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        if !IDEMPOTENT.contains(&request.uri().path()) {
-            return Box::pin(inner.call(request));
-        }
+        let idempotent = IDEMPOTENT.contains(&request.uri().path());
         let budget = self.budget.clone();
         Box::pin(async move {
             let started = Instant::now();
@@ -104,7 +120,7 @@ where
             let template = Request::from_parts(parts, ());
             let mut outcome = inner.call(copy(&template, &body)).await;
             for retry in 1..MAX_ATTEMPTS {
-                if !retryable(&outcome) {
+                if !retryable(&outcome, idempotent) {
                     break;
                 }
                 let pause = backoff(retry, fastrand::f64());
@@ -274,12 +290,25 @@ mod tests {
 
     #[test]
     fn only_unavailable_and_failed_connections_are_retried() {
-        assert!(retryable(&answer(Some(14))));
-        assert!(!retryable(&answer(None)));
-        assert!(!retryable(&answer(Some(5))));
-        assert!(!retryable(&answer(Some(4))));
-        assert!(retryable(&Err("connection refused".into())));
-        assert!(!retryable(&Err(Box::new(tonic::TimeoutExpired(())))));
-        assert!(!retryable(&Err(Box::new(tonic::Status::unavailable("no replica")))));
+        assert!(retryable(&answer(Some(14)), true));
+        assert!(!retryable(&answer(None), true));
+        assert!(!retryable(&answer(Some(5)), true));
+        assert!(!retryable(&answer(Some(4)), true));
+        assert!(retryable(&Err("connection refused".into()), true));
+        assert!(!retryable(&Err(Box::new(tonic::TimeoutExpired(()))), true));
+        assert!(!retryable(
+            &Err(Box::new(tonic::Status::unavailable("no replica"))),
+            true
+        ));
+    }
+
+    #[test]
+    fn a_write_is_retried_only_when_its_connection_was_refused() {
+        let refused: BoxError = Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(retryable(&Err(refused), false));
+        let reset: BoxError = Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(!retryable(&Err(reset), false));
+        assert!(!retryable(&answer(Some(14)), false));
+        assert!(!retryable(&Err("connection closed".into()), false));
     }
 }
