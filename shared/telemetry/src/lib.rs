@@ -215,6 +215,7 @@ where
         .with(
             tracing_subscriber::fmt::layer()
                 .event_format(logs::JsonFormat::new(&config.service_name))
+                .fmt_fields(logs::NoSpanFields)
                 .with_writer(writer.clone()),
         );
     let dispatch = Dispatch::new(subscriber);

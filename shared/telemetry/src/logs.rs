@@ -9,6 +9,7 @@ use std::{
     sync::Arc,
 };
 
+use chrono::{Datelike as _, Timelike as _};
 use opentelemetry::trace::TraceContextExt as _;
 use tracing::{Event, Subscriber, field::Field};
 use tracing_subscriber::{
@@ -68,6 +69,22 @@ where
     }
 }
 
+/// What the `fmt` layer writes of a span's fields when the span opens: nothing.
+/// Left to itself it formats every span's fields into text (ANSI styles and
+/// all) and keeps it for event formats that print their spans; ours prints
+/// the span's ids, and the span's fields reach the span itself.
+pub struct NoSpanFields;
+
+impl<'writer> FormatFields<'writer> for NoSpanFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        _writer: Writer<'writer>,
+        _fields: R,
+    ) -> fmt::Result {
+        Ok(())
+    }
+}
+
 /// One JSON log line, written as it goes: `{"timestamp":..,"level":..,
 /// "target":..,"service":..` first, then each field.
 pub(crate) struct Line(String);
@@ -77,7 +94,19 @@ impl Line {
         let mut line = Line(String::with_capacity(512));
         line.0.push('{');
         line.key("timestamp");
-        let _ = write!(line.0, "\"{}\"", at.format("%Y-%m-%dT%H:%M:%S%.6fZ"));
+        let (date, time) = (at.date_naive(), at.time());
+        let _ = write!(
+            line.0,
+            "\"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z\"",
+            date.year(),
+            date.month(),
+            date.day(),
+            time.hour(),
+            time.minute(),
+            time.second(),
+            // A leap second's nanoseconds run past one second.
+            (time.nanosecond() % 1_000_000_000) / 1_000
+        );
         line.str("level", level);
         line.str("target", target);
         line.str("service", service);

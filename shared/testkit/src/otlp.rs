@@ -194,3 +194,155 @@ impl OtlpReceiver {
         }
     }
 }
+
+/// An OTLP/gRPC receiver that only counts the spans it is sent, by name:
+/// what a benchmark points its services at, so that the receiving end (a
+/// collector's work, on another machine in a deployment) costs the process
+/// as little as it can. It decodes each span's name and skips the rest of
+/// the span unread. Like [`OtlpReceiver`], it runs on a thread named
+/// [`OtlpReceiver::THREAD`] and stops when dropped.
+pub struct SpanCounter {
+    addr: SocketAddr,
+    counts: Counts,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+#[derive(Clone, Default)]
+struct Counts(Arc<Mutex<std::collections::HashMap<String, usize>>>);
+
+/// The export request, read for the span names alone: prost skips every
+/// field a message here does not name.
+mod light {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ExportRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub resource_spans: Vec<ResourceSpans>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ResourceSpans {
+        #[prost(message, repeated, tag = "2")]
+        pub scope_spans: Vec<ScopeSpans>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ScopeSpans {
+        #[prost(message, repeated, tag = "2")]
+        pub spans: Vec<Span>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Span {
+        #[prost(string, tag = "5")]
+        pub name: String,
+    }
+}
+
+impl tonic::server::UnaryService<light::ExportRequest> for Counts {
+    type Response = ExportTraceServiceResponse;
+    type Future = std::future::Ready<Result<tonic::Response<Self::Response>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<light::ExportRequest>) -> Self::Future {
+        let mut counts = self.0.lock().expect("span counts");
+        for span in request
+            .into_inner()
+            .resource_spans
+            .into_iter()
+            .flat_map(|batch| batch.scope_spans)
+            .flat_map(|scope| scope.spans)
+        {
+            *counts.entry(span.name).or_default() += 1;
+        }
+        std::future::ready(Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        })))
+    }
+}
+
+/// The trace service's one method, served by [`Counts`].
+#[derive(Clone)]
+struct CountingService(Counts);
+
+impl tonic::server::NamedService for CountingService {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for CountingService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let counts = self.0.clone();
+        Box::pin(async move {
+            if request.uri().path() != "/opentelemetry.proto.collector.trace.v1.TraceService/Export" {
+                return Ok(Status::unimplemented("only Export").into_http());
+            }
+            let codec = tonic_prost::ProstCodec::<ExportTraceServiceResponse, light::ExportRequest>::default();
+            let mut grpc = tonic::server::Grpc::new(codec).max_decoding_message_size(256 * 1024 * 1024);
+            Ok(grpc.unary(counts, request).await)
+        })
+    }
+}
+
+impl SpanCounter {
+    /// Starts counting on `127.0.0.1:0`, on a thread of its own.
+    pub fn start() -> anyhow::Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let counts = Counts::default();
+        let service = CountingService(counts.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new()
+            .name(OtlpReceiver::THREAD.to_owned())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let incoming = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        Err(error) => return eprintln!("OTLP span counter cannot listen: {error}"),
+                    };
+                    let stopped = async move {
+                        let _ = stopped.await;
+                    };
+                    if let Err(error) = tonic::transport::Server::builder()
+                        .add_service(service)
+                        .serve_with_incoming_shutdown(incoming, stopped)
+                        .await
+                    {
+                        eprintln!("OTLP span counter stopped: {error}");
+                    }
+                })
+            })?;
+        Ok(Self {
+            addr,
+            counts,
+            _stop: stop,
+        })
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// How many spans named `name` have arrived.
+    pub fn count_of(&self, name: &str) -> usize {
+        self.counts
+            .0
+            .lock()
+            .expect("span counts")
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// How many spans have arrived, whatever their names.
+    pub fn count(&self) -> usize {
+        self.counts.0.lock().expect("span counts").values().sum()
+    }
+}

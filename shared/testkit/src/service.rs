@@ -16,12 +16,28 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 /// The JSON log lines a service wrote.
+///
+/// Kept in chunks of [`CHUNK`] bytes, never one growing buffer: a benchmark
+/// writes hundreds of megabytes of lines, and reallocating (and copying) one
+/// buffer that size would charge the service's threads for the harness's
+/// memory, more and more as the run goes on.
 #[derive(Clone, Default)]
-pub struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+pub struct LogBuffer(Arc<Mutex<Vec<Vec<u8>>>>);
+
+/// The size of one chunk of a [`LogBuffer`].
+const CHUNK: usize = 1 << 20;
 
 impl Write for LogBuffer {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        let mut chunks = self.0.lock().expect("log buffer");
+        match chunks.last_mut() {
+            Some(chunk) if chunk.len() + buf.len() <= chunk.capacity() => chunk.extend_from_slice(buf),
+            _ => {
+                let mut chunk = Vec::with_capacity(CHUNK.max(buf.len()));
+                chunk.extend_from_slice(buf);
+                chunks.push(chunk);
+            }
+        }
         Ok(buf.len())
     }
 
@@ -33,7 +49,8 @@ impl Write for LogBuffer {
 impl LogBuffer {
     /// The raw text, one JSON object per line.
     pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
+        let chunks = self.0.lock().expect("log buffer");
+        String::from_utf8_lossy(&chunks.concat()).into_owned()
     }
 
     /// Every line, parsed. Panics on a line that is not JSON: that is a bug.

@@ -52,12 +52,25 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+/// How a run sends: each worker as fast as it is answered, or paced.
+#[derive(Debug, Clone, Copy)]
+pub enum Pace {
+    /// The next request as soon as the last is answered: the most the
+    /// server can do, and its latency when saturated.
+    Flat,
+    /// So many requests a second in all, spread over the workers: latency
+    /// below saturation.
+    Rate(u32),
+}
+
 /// Runs `workers` workers for `duration`. Each is made by `worker(n)` (say,
-/// a connection) and then called in a loop: `call(state)` is one request,
-/// handing the state back with `Ok(true)` for an expected answer.
+/// a connection) and then called in a loop, as `pace` says: `call(state)`
+/// is one request, handing the state back with `Ok(true)` for an expected
+/// answer.
 pub async fn closed_loop<S, Make, MakeFut, Call, CallFut>(
     workers: usize,
     duration: Duration,
+    pace: Pace,
     worker: Make,
     call: Call,
 ) -> anyhow::Result<Outcome>
@@ -76,12 +89,28 @@ where
     let until = started + duration;
     let tasks: Vec<_> = states
         .into_iter()
-        .map(|mut state| {
+        .enumerate()
+        .map(|(n, mut state)| {
             let call = call.clone();
+            // A paced worker sends every `period`, the workers' turns spread
+            // evenly over one period.
+            let mut ticks = match pace {
+                Pace::Flat => None,
+                Pace::Rate(rate) => {
+                    let period = Duration::from_secs_f64(workers as f64 / f64::from(rate.max(1)));
+                    let first = tokio::time::Instant::now() + period.mul_f64(n as f64 / workers as f64);
+                    let mut ticks = tokio::time::interval_at(first, period);
+                    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    Some(ticks)
+                }
+            };
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(1 << 16);
                 let mut failed = 0u64;
                 while Instant::now() < until {
+                    if let Some(ticks) = &mut ticks {
+                        ticks.tick().await;
+                    }
                     let sent = Instant::now();
                     let (next, answer) = call(state).await;
                     state = next;

@@ -127,7 +127,14 @@ impl Stack {
     /// `make bench` measures the price of export against. `otlp` then
     /// receives nothing.
     pub async fn start_recording_only() -> anyhow::Result<Self> {
-        Self::launch(Kafka::shared().await?, Some(Export::Discard), Options::default()).await
+        Self::start_exporting(Export::Discard).await
+    }
+
+    /// Starts everything on the run's shared broker with the services'
+    /// spans exported as `export` says (a benchmark's span counter, say).
+    /// `otlp` then receives nothing.
+    pub async fn start_exporting(export: Export) -> anyhow::Result<Self> {
+        Self::launch(Kafka::shared().await?, Some(export), Options::default()).await
     }
 
     /// Starts everything on the run's shared broker, with the services
