@@ -966,17 +966,17 @@ async fn replica_killed(settings: &Settings, row: &mut Row) -> anyhow::Result<()
     warm_up(settings).await;
     let killed = load.now();
     services.users[0].1.kill();
+    // A request sent before the replica was gone may have reached it.
+    let dead = load.now();
     tokio::time::sleep(settings.secs(10, 5)).await;
     let answers = load.stop().await;
     if let Some(took) = first_2xx_after(&answers, killed) {
         row.recovered(took);
     }
     audit(row, &parts, &load_users, &answers).await?;
-    // In flight at the kill: sent before it, answered after it.
-    let in_flight = answers
-        .iter()
-        .filter(|a| a.sent <= killed && a.done() >= killed)
-        .count();
+    // In flight at the kill: sent before the replica was gone, answered
+    // after the kill began.
+    let in_flight = answers.iter().filter(|a| a.sent <= dead && a.done() >= killed).count();
     row.check(
         row.server_errors <= in_flight,
         format!(
@@ -994,25 +994,30 @@ async fn replica_killed(settings: &Settings, row: &mut Row) -> anyhow::Result<()
 /// service is healed (restarted without the fault).
 async fn slow_user(settings: &Settings, row: &mut Row) -> anyhow::Result<()> {
     let parts = Parts::start().await?;
-    let (users, api, consumer) = specs(settings, &parts, 1, &parts.otlp.endpoint())?;
+    // Two replicas named to the API, so that the fault comes and goes
+    // without a moment when no user service listens: the API's answers in
+    // the slow phase are the slowness's alone, not a restart's.
+    let (users, api, consumer) = specs(settings, &parts, 2, &parts.otlp.endpoint())?;
     let api = api.with("REQUEST_TIMEOUT_MS", DEADLINE_MS.to_string());
     let mut services = Services::start(users, api, consumer).await?;
     let load_users = register(&services.base()).await?;
     let load = Load::start(services.base(), &load_users, settings.rate);
     warm_up(settings).await;
 
+    // The second replica turns slow while the first serves; then the first
+    // stops, and every call meets the slow one.
     let slowed = load.now();
-    let (spec, process) = &mut services.users[0];
-    process.terminate()?;
-    process.wait_exit(SHUTDOWN_BOUND + Duration::from_secs(1)).await?;
-    let slow = spec.clone().with("FAULT_LATENCY_MS", (DEADLINE_MS + 500).to_string());
-    *process = slow.start().await?;
+    let healthy = services.users[1].0.clone();
+    restart_user(&mut services, 1, Some(DEADLINE_MS + 500)).await?;
+    stop_user(&mut services, 0).await?;
     tokio::time::sleep(settings.secs(10, 5)).await;
 
+    // Healed: the first comes back as it was, then the slow one leaves and
+    // comes back healthy.
     let healed = load.now();
-    process.terminate()?;
-    process.wait_exit(SHUTDOWN_BOUND + Duration::from_secs(1)).await?;
-    *process = spec.start().await?;
+    start_user(&mut services, 0).await?;
+    stop_user(&mut services, 1).await?;
+    services.users[1].1 = healthy.start().await?;
     tokio::time::sleep(settings.secs(10, 5)).await;
     let answers = load.stop().await;
     let recovered = first_2xx_after(&answers, healed);
@@ -1056,6 +1061,34 @@ async fn slow_user(settings: &Settings, row: &mut Row) -> anyhow::Result<()> {
         "writes answer 2xx again once the service is healed",
     );
     all_alive(row, &mut services);
+    Ok(())
+}
+
+/// Restarts user replica `index`, with `FAULT_LATENCY_MS` when `latency_ms`
+/// is given; the other replica serves meanwhile.
+async fn restart_user(services: &mut Services, index: usize, latency_ms: Option<u64>) -> anyhow::Result<()> {
+    stop_user(services, index).await?;
+    let (spec, process) = &mut services.users[index];
+    let spec = match latency_ms {
+        Some(latency) => spec.clone().with("FAULT_LATENCY_MS", latency.to_string()),
+        None => spec.clone(),
+    };
+    *process = spec.start().await?;
+    Ok(())
+}
+
+/// Stops user replica `index` with SIGTERM and waits for it to exit.
+async fn stop_user(services: &mut Services, index: usize) -> anyhow::Result<()> {
+    let process = &mut services.users[index].1;
+    process.terminate()?;
+    process.wait_exit(SHUTDOWN_BOUND + Duration::from_secs(1)).await?;
+    Ok(())
+}
+
+/// Starts user replica `index` again, as its spec says.
+async fn start_user(services: &mut Services, index: usize) -> anyhow::Result<()> {
+    let (spec, process) = &mut services.users[index];
+    *process = spec.start().await?;
     Ok(())
 }
 

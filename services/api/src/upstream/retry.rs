@@ -59,14 +59,23 @@ fn retryable(outcome: &Result<Response<Body>, BoxError>, idempotent: bool) -> bo
     }
 }
 
-/// Whether the connection was refused: the request never left.
+/// Whether the request certainly never reached the user service: its
+/// connection was refused, the connection closed before the request was
+/// written (hyper's "canceled"), or the server refused the stream unread
+/// (HTTP/2's REFUSED_STREAM, which promises no processing).
 fn refused(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut error = Some(error);
     while let Some(current) = error {
-        if current
+        let unsent = current
             .downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
-        {
+            || current
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_canceled)
+            || current
+                .downcast_ref::<h2::Error>()
+                .is_some_and(|h2| h2.reason() == Some(h2::Reason::REFUSED_STREAM));
+        if unsent {
             return true;
         }
         error = current.source();
@@ -310,5 +319,9 @@ mod tests {
         assert!(!retryable(&Err(reset), false));
         assert!(!retryable(&answer(Some(14)), false));
         assert!(!retryable(&Err("connection closed".into()), false));
+        let refused_stream: BoxError = Box::new(h2::Error::from(h2::Reason::REFUSED_STREAM));
+        assert!(retryable(&Err(refused_stream), false));
+        let cancelled: BoxError = Box::new(h2::Error::from(h2::Reason::CANCEL));
+        assert!(!retryable(&Err(cancelled), false));
     }
 }
