@@ -114,35 +114,11 @@ impl OtlpReceiver {
     /// [`Self::THREAD`], so that a benchmark can tell the receiver's CPU time
     /// (the collector's, in a real deployment) from the services'.
     pub async fn start() -> anyhow::Result<Self> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
         let spans = Collected::default();
         // Large batches (benchmarks export thousands of spans at once) exceed
         // tonic's default 4 MiB message limit.
         let service = TraceServiceServer::new(spans.clone()).max_decoding_message_size(256 * 1024 * 1024);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        std::thread::Builder::new()
-            .name(Self::THREAD.to_owned())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let incoming = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(listener) => tokio_stream::wrappers::TcpListenerStream::new(listener),
-                        Err(error) => return eprintln!("OTLP receiver cannot listen: {error}"),
-                    };
-                    let stopped = async move {
-                        let _ = stopped.await;
-                    };
-                    if let Err(error) = tonic::transport::Server::builder()
-                        .add_service(service)
-                        .serve_with_incoming_shutdown(incoming, stopped)
-                        .await
-                    {
-                        eprintln!("OTLP receiver stopped: {error}");
-                    }
-                })
-            })?;
+        let (addr, stop) = serve_on_own_thread(tonic::service::Routes::new(service), "OTLP receiver")?;
         Ok(Self {
             addr,
             spans,
@@ -292,33 +268,9 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for CountingServic
 impl SpanCounter {
     /// Starts counting on `127.0.0.1:0`, on a thread of its own.
     pub fn start() -> anyhow::Result<Self> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
         let counts = Counts::default();
-        let service = CountingService(counts.clone());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        std::thread::Builder::new()
-            .name(OtlpReceiver::THREAD.to_owned())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let incoming = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(listener) => tokio_stream::wrappers::TcpListenerStream::new(listener),
-                        Err(error) => return eprintln!("OTLP span counter cannot listen: {error}"),
-                    };
-                    let stopped = async move {
-                        let _ = stopped.await;
-                    };
-                    if let Err(error) = tonic::transport::Server::builder()
-                        .add_service(service)
-                        .serve_with_incoming_shutdown(incoming, stopped)
-                        .await
-                    {
-                        eprintln!("OTLP span counter stopped: {error}");
-                    }
-                })
-            })?;
+        let routes = tonic::service::Routes::new(CountingService(counts.clone()));
+        let (addr, stop) = serve_on_own_thread(routes, "OTLP span counter")?;
         Ok(Self {
             addr,
             counts,
@@ -345,4 +297,38 @@ impl SpanCounter {
     pub fn count(&self) -> usize {
         self.counts.0.lock().expect("span counts").values().sum()
     }
+}
+
+/// Serves `routes` on `127.0.0.1:0` on a thread of its own named
+/// [`OtlpReceiver::THREAD`], until the returned sender is dropped.
+fn serve_on_own_thread(
+    routes: tonic::service::Routes,
+    what: &'static str,
+) -> anyhow::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new()
+        .name(OtlpReceiver::THREAD.to_owned())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let incoming = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    Err(error) => return eprintln!("{what} cannot listen: {error}"),
+                };
+                let stopped = async move {
+                    let _ = stopped.await;
+                };
+                if let Err(error) = tonic::transport::Server::builder()
+                    .add_routes(routes)
+                    .serve_with_incoming_shutdown(incoming, stopped)
+                    .await
+                {
+                    eprintln!("{what} stopped: {error}");
+                }
+            })
+        })?;
+    Ok((addr, stop))
 }

@@ -603,37 +603,30 @@ impl<'a> Reader<'a> {
     }
 
     async fn rest(&self, duration: Duration, pace: Pace) -> anyhow::Result<Measured> {
-        let addr = self.stack.api.addr;
-        let request = Arc::new(load::request(
-            "GET",
-            &format!("/v1/users/{}", self.id),
-            addr,
-            &self.token,
-            None,
-        ));
-        self.measure(duration, |duration| {
-            let request = request.clone();
-            load::closed_loop(
-                CONNECTIONS,
-                duration,
-                pace,
-                move |_| Http1::connect(addr),
-                move |mut connection: Http1| {
-                    let request = request.clone();
-                    async move {
-                        let answer = connection.send(&request).await.map(|status| status == 200);
-                        (connection, answer)
-                    }
-                },
-            )
-        })
-        .await
+        let path = format!("/v1/users/{}", self.id);
+        let request = load::request("GET", &path, self.stack.api.addr, &self.token, None);
+        self.http(request, |status, _| status == 200, duration, pace).await
     }
 
     async fn json_rpc(&self, duration: Duration, pace: Pace) -> anyhow::Result<Measured> {
-        let addr = self.stack.api.addr;
         let body = json!({ "jsonrpc": "2.0", "method": "user.get", "params": { "id": self.id }, "id": 1 }).to_string();
-        let request = Arc::new(load::request("POST", "/rpc", addr, &self.token, Some(&body)));
+        let request = load::request("POST", "/rpc", self.stack.api.addr, &self.token, Some(&body));
+        // An error is an answer too: only a result counts.
+        let answered = |status, body: &[u8]| status == 200 && body.starts_with(br#"{"jsonrpc":"2.0","result""#);
+        self.http(request, answered, duration, pace).await
+    }
+
+    /// `request` to the API over its own keep-alive connections; `answered`
+    /// tells an expected answer by its status and body.
+    async fn http(
+        &self,
+        request: Vec<u8>,
+        answered: fn(u16, &[u8]) -> bool,
+        duration: Duration,
+        pace: Pace,
+    ) -> anyhow::Result<Measured> {
+        let addr = self.stack.api.addr;
+        let request = Arc::new(request);
         self.measure(duration, |duration| {
             let request = request.clone();
             load::closed_loop(
@@ -644,10 +637,10 @@ impl<'a> Reader<'a> {
                 move |mut connection: Http1| {
                     let request = request.clone();
                     async move {
-                        let answer = connection.send(&request).await.map(|status| {
-                            // An error is an answer too: only a result counts.
-                            status == 200 && connection.body().starts_with(br#"{"jsonrpc":"2.0","result""#)
-                        });
+                        let answer = connection
+                            .send(&request)
+                            .await
+                            .map(|status| answered(status, connection.body()));
                         (connection, answer)
                     }
                 },
