@@ -1009,6 +1009,7 @@ async fn slow_user(settings: &Settings, row: &mut Row) -> anyhow::Result<()> {
     let slowed = load.now();
     let healthy = services.users[1].0.clone();
     restart_user(&mut services, 1, Some(DEADLINE_MS + 500)).await?;
+    rejoin().await;
     stop_user(&mut services, 0).await?;
     tokio::time::sleep(settings.secs(10, 5)).await;
 
@@ -1016,6 +1017,7 @@ async fn slow_user(settings: &Settings, row: &mut Row) -> anyhow::Result<()> {
     // comes back healthy.
     let healed = load.now();
     start_user(&mut services, 0).await?;
+    rejoin().await;
     stop_user(&mut services, 1).await?;
     services.users[1].1 = healthy.start().await?;
     tokio::time::sleep(settings.secs(10, 5)).await;
@@ -1075,6 +1077,12 @@ async fn restart_user(services: &mut Services, index: usize, latency_ms: Option<
     };
     *process = spec.start().await?;
     Ok(())
+}
+
+/// Waits until the API has health-checked a replica that came back (it
+/// checks every half second), so stopping the other leaves one serving.
+async fn rejoin() {
+    tokio::time::sleep(Duration::from_millis(1500)).await;
 }
 
 /// Stops user replica `index` with SIGTERM and waits for it to exit.
