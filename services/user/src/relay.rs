@@ -49,6 +49,8 @@ const TICK: Duration = Duration::from_secs(1);
 /// The pause after a failed round, doubled on each failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a round under way may go on once the service is stopping.
+pub const ROUND_GRACE: Duration = Duration::from_secs(2);
 
 /// The key of the advisory lock a round holds: one relay publishes at a time.
 /// (A single bigint key, apart from the idempotency keys' pairs of int4.)
@@ -126,7 +128,8 @@ impl Relay {
     }
 
     /// Publishes until `stop` turns true; a round under way finishes (its
-    /// sends acknowledged and its rows deleted, or rolled back) first.
+    /// sends acknowledged and its rows deleted, or rolled back) first, if it
+    /// can within [`ROUND_GRACE`].
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let wake = Arc::new(Notify::new());
         let listener = tokio::spawn(listen(self.pool.clone(), wake.clone()));
@@ -134,7 +137,32 @@ impl Relay {
         // Since when rounds fail, so an outage is logged once, not per round.
         let mut failing: Option<Instant> = None;
         loop {
-            let pause = match self.round().await {
+            let outcome = {
+                let round = self.round();
+                tokio::pin!(round);
+                tokio::select! {
+                outcome = &mut round => outcome,
+                () = stopping(&mut stop) => {
+                    // The round under way gets a moment to finish; past it
+                    // (a broker that does not answer) it is dropped: its
+                    // transaction rolls back and its rows wait in the outbox
+                    // for the next start, so the process still stops within
+                    // its bound and nothing is lost.
+                    match tokio::time::timeout(ROUND_GRACE, &mut round).await {
+                        Ok(outcome) => outcome,
+                        Err(_) => {
+                            tracing::warn!(
+                                grace_ms = ROUND_GRACE.as_millis() as u64,
+                                "the outbox relay stops with a round unfinished; its events stay in the outbox"
+                            );
+                            listener.abort();
+                            return;
+                        }
+                    }
+                }
+                }
+            };
+            let pause = match outcome {
                 Ok(Round::Published(n)) => {
                     if let Some(since) = failing.take() {
                         tracing::info!(
@@ -180,7 +208,19 @@ impl Relay {
             }
         }
         listener.abort();
-        tracing::info!("outbox relay stopped");
+        // The changes committed while the service drained: one last round
+        // sends them, so a clean stop leaves nothing waiting.
+        match tokio::time::timeout(ROUND_GRACE, self.round()).await {
+            Ok(Ok(Round::Published(n))) => tracing::info!(published = n, "outbox relay stopped"),
+            Ok(Ok(Round::Busy)) => tracing::info!("outbox relay stopped; another replica's relay publishes"),
+            Ok(Err(error)) => tracing::warn!(
+                error = %error,
+                "outbox relay stopped; its last round failed and its events stay in the outbox"
+            ),
+            Err(_) => {
+                tracing::warn!("outbox relay stopped with its last round unfinished; its events stay in the outbox")
+            }
+        }
     }
 
     /// One round: lock, read a batch, send it all, await every
@@ -357,4 +397,12 @@ fn producer(brokers: &str, timeout: Duration) -> anyhow::Result<FutureProducer> 
         .set("linger.ms", "2")
         .set("reconnect.backoff.max.ms", "1000")
         .create()?)
+}
+
+/// Resolves once `stop` says the service is stopping.
+async fn stopping(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|stopping| *stopping).await.is_err() {
+        // The sender is gone: nobody will ever say stop.
+        std::future::pending::<()>().await;
+    }
 }

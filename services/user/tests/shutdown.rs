@@ -1,11 +1,13 @@
 //! SIGTERM to the user service binary while calls are in flight: each call
-//! it accepted is answered in full, its spans reach the collector, and the
-//! process exits 0 within `SHUTDOWN_TIMEOUT_SECONDS`.
+//! it accepted is answered in full, its event is sent to the run's broker
+//! before the process exits, its spans reach the collector, and the process
+//! exits 0 within `SHUTDOWN_TIMEOUT_SECONDS`.
 
 use std::time::Duration;
 
 use callchain_proto::user::v1::{CreateUserRequest, user_service_client::UserServiceClient};
 use callchain_testkit::{
+    kafka::Kafka,
     otlp::OtlpReceiver,
     postgres::TestDatabase,
     process::{ServiceProcess, free_addr},
@@ -21,6 +23,7 @@ const BOUND_SECONDS: u64 = 5;
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_under_load_answers_every_accepted_call_flushes_its_spans_and_exits_0_within_the_bound() {
     let db = TestDatabase::create().await.expect("a test database");
+    let kafka = Kafka::shared().await.expect("the test run's Kafka broker");
     let otlp = OtlpReceiver::start().await.expect("an OTLP receiver");
     let addr = free_addr().unwrap();
     let mut user = ServiceProcess::spawn(
@@ -29,6 +32,8 @@ async fn sigterm_under_load_answers_every_accepted_call_flushes_its_spans_and_ex
         [
             ("DATABASE_URL", db.url().to_owned()),
             ("USER_LISTEN_ADDR", addr.to_string()),
+            ("KAFKA_BROKERS", kafka.bootstrap().to_owned()),
+            ("KAFKA_TOPIC", kafka.topic.clone()),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint()),
             // Nothing is exported on the way unless the exit flushes it.
             ("OTEL_BSP_SCHEDULE_DELAY", "60000".to_owned()),
@@ -93,6 +98,11 @@ async fn sigterm_under_load_answers_every_accepted_call_flushes_its_spans_and_ex
         .await
         .unwrap();
     assert_eq!(users, CALLS as i64, "every answered call's user is stored");
+    let (waiting,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(waiting, 0, "the relay sent every committed event before it stopped");
 
     // The spans were flushed before the process exited: no waiting here.
     let served = otlp
@@ -106,4 +116,66 @@ async fn sigterm_under_load_answers_every_accepted_call_flushes_its_spans_and_ex
         messages.iter().any(|message| message == "user service stopped"),
         "{messages:?}"
     );
+}
+
+/// With no broker to take the events, SIGTERM still stops the service within
+/// its bound: the relay's round is given up, and the events stay in the
+/// outbox for the next start.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_with_the_broker_unreachable_exits_within_the_bound_and_keeps_the_events() {
+    let db = TestDatabase::create().await.expect("a test database");
+    let addr = free_addr().unwrap();
+    let mut user = ServiceProcess::spawn(
+        "user",
+        env!("CARGO_BIN_EXE_user"),
+        [
+            ("DATABASE_URL", db.url().to_owned()),
+            ("USER_LISTEN_ADDR", addr.to_string()),
+            // Nothing listens there.
+            ("KAFKA_BROKERS", "127.0.0.1:1".to_owned()),
+            ("KAFKA_PUBLISH_TIMEOUT_MS", "30000".to_owned()),
+            ("SHUTDOWN_TIMEOUT_SECONDS", BOUND_SECONDS.to_string()),
+        ],
+    )
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while callchain_user::healthcheck(addr).await.is_err() {
+        assert!(user.try_exit().is_none(), "the user service exited at start");
+        assert!(tokio::time::Instant::now() < deadline, "the user service never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut client = UserServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    client
+        .create_user(CreateUserRequest {
+            email: "kept@example.com".into(),
+            name: "Kept".into(),
+            password: "correct horse battery staple".into(),
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect("the change commits without the broker");
+    // The relay is now waiting on a broker that never answers.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let signalled = tokio::time::Instant::now();
+    user.terminate().unwrap();
+    let status = user
+        .wait_exit(Duration::from_secs(BOUND_SECONDS + 2))
+        .await
+        .expect("the user service exits after SIGTERM");
+    let took = signalled.elapsed();
+    assert!(
+        status.success(),
+        "exit status {status}; its logs:\n{}",
+        user.log_text().join("\n")
+    );
+    assert!(
+        took < Duration::from_secs(BOUND_SECONDS),
+        "exited {took:?} after SIGTERM"
+    );
+    let (waiting,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(waiting, 1, "the unsent event waits in the outbox");
 }
