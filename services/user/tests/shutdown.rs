@@ -20,34 +20,56 @@ const CALLS: usize = 12;
 const FAULT_LATENCY_MS: u64 = 700;
 const BOUND_SECONDS: u64 = 5;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigterm_under_load_answers_every_accepted_call_flushes_its_spans_and_exits_0_within_the_bound() {
-    let db = TestDatabase::create().await.expect("a test database");
-    let kafka = Kafka::shared().await.expect("the test run's Kafka broker");
-    let otlp = OtlpReceiver::start().await.expect("an OTLP receiver");
+/// The user service binary on a free port with `env`, once it serves.
+async fn start(mut env: Vec<(&'static str, String)>) -> (ServiceProcess, std::net::SocketAddr) {
     let addr = free_addr().unwrap();
-    let mut user = ServiceProcess::spawn(
-        "user",
-        env!("CARGO_BIN_EXE_user"),
-        [
-            ("DATABASE_URL", db.url().to_owned()),
-            ("USER_LISTEN_ADDR", addr.to_string()),
-            ("KAFKA_BROKERS", kafka.bootstrap().to_owned()),
-            ("KAFKA_TOPIC", kafka.topic.clone()),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint()),
-            // Nothing is exported on the way unless the exit flushes it.
-            ("OTEL_BSP_SCHEDULE_DELAY", "60000".to_owned()),
-            ("FAULT_LATENCY_MS", FAULT_LATENCY_MS.to_string()),
-            ("SHUTDOWN_TIMEOUT_SECONDS", BOUND_SECONDS.to_string()),
-        ],
-    )
-    .unwrap();
+    env.push(("USER_LISTEN_ADDR", addr.to_string()));
+    env.push(("SHUTDOWN_TIMEOUT_SECONDS", BOUND_SECONDS.to_string()));
+    let mut user = ServiceProcess::spawn("user", env!("CARGO_BIN_EXE_user"), env).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while callchain_user::healthcheck(addr).await.is_err() {
         assert!(user.try_exit().is_none(), "the user service exited at start");
         assert!(tokio::time::Instant::now() < deadline, "the user service never served");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    (user, addr)
+}
+
+/// Sends SIGTERM and checks that the service exits 0 within the bound.
+async fn terminate_within_the_bound(user: &mut ServiceProcess) {
+    let signalled = tokio::time::Instant::now();
+    user.terminate().unwrap();
+    let status = user
+        .wait_exit(Duration::from_secs(BOUND_SECONDS + 2))
+        .await
+        .expect("the user service exits after SIGTERM");
+    let took = signalled.elapsed();
+    assert!(
+        status.success(),
+        "exit status {status}; its logs:\n{}",
+        user.log_text().join("\n")
+    );
+    assert!(
+        took < Duration::from_secs(BOUND_SECONDS),
+        "exited {took:?} after SIGTERM"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_under_load_answers_every_accepted_call_flushes_its_spans_and_exits_0_within_the_bound() {
+    let db = TestDatabase::create().await.expect("a test database");
+    let kafka = Kafka::shared().await.expect("the test run's Kafka broker");
+    let otlp = OtlpReceiver::start().await.expect("an OTLP receiver");
+    let (mut user, addr) = start(vec![
+        ("DATABASE_URL", db.url().to_owned()),
+        ("KAFKA_BROKERS", kafka.bootstrap().to_owned()),
+        ("KAFKA_TOPIC", kafka.topic.clone()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint()),
+        // Nothing is exported on the way unless the exit flushes it.
+        ("OTEL_BSP_SCHEDULE_DELAY", "60000".to_owned()),
+        ("FAULT_LATENCY_MS", FAULT_LATENCY_MS.to_string()),
+    ])
+    .await;
 
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
@@ -71,23 +93,7 @@ async fn sigterm_under_load_answers_every_accepted_call_flushes_its_spans_and_ex
         .collect();
     // Every call is accepted, and waiting on the injected latency.
     tokio::time::sleep(Duration::from_millis(FAULT_LATENCY_MS / 3)).await;
-    let signalled = tokio::time::Instant::now();
-    user.terminate().unwrap();
-
-    let status = user
-        .wait_exit(Duration::from_secs(BOUND_SECONDS + 2))
-        .await
-        .expect("the user service exits after SIGTERM");
-    let took = signalled.elapsed();
-    assert!(
-        status.success(),
-        "exit status {status}; its logs:\n{}",
-        user.log_text().join("\n")
-    );
-    assert!(
-        took < Duration::from_secs(BOUND_SECONDS),
-        "exited {took:?} after SIGTERM"
-    );
+    terminate_within_the_bound(&mut user).await;
 
     for (n, call) in calls.into_iter().enumerate() {
         let answer = call.await.unwrap();
@@ -124,26 +130,13 @@ async fn sigterm_under_load_answers_every_accepted_call_flushes_its_spans_and_ex
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_with_the_broker_unreachable_exits_within_the_bound_and_keeps_the_events() {
     let db = TestDatabase::create().await.expect("a test database");
-    let addr = free_addr().unwrap();
-    let mut user = ServiceProcess::spawn(
-        "user",
-        env!("CARGO_BIN_EXE_user"),
-        [
-            ("DATABASE_URL", db.url().to_owned()),
-            ("USER_LISTEN_ADDR", addr.to_string()),
-            // Nothing listens there.
-            ("KAFKA_BROKERS", "127.0.0.1:1".to_owned()),
-            ("KAFKA_PUBLISH_TIMEOUT_MS", "30000".to_owned()),
-            ("SHUTDOWN_TIMEOUT_SECONDS", BOUND_SECONDS.to_string()),
-        ],
-    )
-    .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while callchain_user::healthcheck(addr).await.is_err() {
-        assert!(user.try_exit().is_none(), "the user service exited at start");
-        assert!(tokio::time::Instant::now() < deadline, "the user service never served");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (mut user, addr) = start(vec![
+        ("DATABASE_URL", db.url().to_owned()),
+        // Nothing listens there.
+        ("KAFKA_BROKERS", "127.0.0.1:1".to_owned()),
+        ("KAFKA_PUBLISH_TIMEOUT_MS", "30000".to_owned()),
+    ])
+    .await;
     let mut client = UserServiceClient::connect(format!("http://{addr}")).await.unwrap();
     client
         .create_user(CreateUserRequest {
@@ -157,22 +150,7 @@ async fn sigterm_with_the_broker_unreachable_exits_within_the_bound_and_keeps_th
     // The relay is now waiting on a broker that never answers.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let signalled = tokio::time::Instant::now();
-    user.terminate().unwrap();
-    let status = user
-        .wait_exit(Duration::from_secs(BOUND_SECONDS + 2))
-        .await
-        .expect("the user service exits after SIGTERM");
-    let took = signalled.elapsed();
-    assert!(
-        status.success(),
-        "exit status {status}; its logs:\n{}",
-        user.log_text().join("\n")
-    );
-    assert!(
-        took < Duration::from_secs(BOUND_SECONDS),
-        "exited {took:?} after SIGTERM"
-    );
+    terminate_within_the_bound(&mut user).await;
     let (waiting,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox")
         .fetch_one(db.pool())
         .await
