@@ -211,7 +211,17 @@ where
     let writer = logs::LogWriter::new(writer);
     let subscriber = tracing_subscriber::registry()
         .with(EnvFilter::try_new(&config.log_filter)?)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer).with_location(false))
+        // Spans carry what the semantic conventions name, nothing of the
+        // bridge's own: no source location, thread, target, or busy and
+        // idle times (which would time every poll of every span's future).
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_location(false)
+                .with_threads(false)
+                .with_target(false)
+                .with_tracked_inactivity(false),
+        )
         .with(
             tracing_subscriber::fmt::layer()
                 .event_format(logs::JsonFormat::new(&config.service_name))

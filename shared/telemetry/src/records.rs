@@ -6,9 +6,9 @@
 //! `span_id` are the span's own, and whose `span` object holds the rest:
 //!
 //! ```json
-//! {"level":"INFO","message":"span ended","service":"api","span_id":"00f067aa0ba902b7",
-//!  "target":"callchain::span","timestamp":"2026-11-25T10:00:00.018391Z",
-//!  "trace_id":"4bf92f3577b34da6a3ce929d0e0e4736",
+//! {"timestamp":"2026-11-25T10:00:00.018391Z","level":"INFO","target":"callchain::span",
+//!  "service":"api","message":"span ended","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736",
+//!  "span_id":"00f067aa0ba902b7",
 //!  "span":{"parent_span_id":null,"name":"POST /v1/users","kind":"server",
 //!          "start":"2026-11-25T10:00:00.000049Z","duration_us":18342,"status":"unset",
 //!          "links":[],"attributes":{"http.request.method":"POST","http.route":"/v1/users",

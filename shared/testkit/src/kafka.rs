@@ -106,7 +106,17 @@ impl Kafka {
                 for &partition in &partitions {
                     list.add_partition(&topic, partition);
                 }
-                let committed = probe.committed_offsets(list, timeout)?;
+                // A fresh broker answers "not coordinator" while it makes its
+                // offsets topic: asked again, it answers.
+                let committed = match probe.committed_offsets(list, timeout) {
+                    Ok(committed) => committed,
+                    Err(error) if started.elapsed() < patience => {
+                        eprintln!("committed offsets not readable yet ({error}); asking again");
+                        std::thread::sleep(Duration::from_millis(200));
+                        continue;
+                    }
+                    Err(error) => return Err(error.into()),
+                };
                 let behind: Vec<String> = ends
                     .iter()
                     .filter_map(|&(partition, end)| {
