@@ -39,6 +39,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use callchain_e2e::load::percentile;
 use callchain_events::UserEvent;
 use callchain_testkit::{
     kafka::Kafka,
@@ -292,14 +293,6 @@ impl Row {
         self.p99_ms = percentile(&latencies, 99.0);
         self.committed = self.ok;
     }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
 }
 
 // ---------------------------------------------------------------------------
@@ -815,6 +808,23 @@ fn all_alive(row: &mut Row, services: &mut Services) {
     );
 }
 
+/// Starts the services as `specs` makes them (`replicas` user services,
+/// spans to `otlp`, the API's spec changed by `api`), registers the load's
+/// users and starts the steady write load on them.
+async fn start_load(
+    settings: &Settings,
+    parts: &Parts,
+    replicas: usize,
+    otlp: &str,
+    api: impl FnOnce(Spec) -> Spec,
+) -> anyhow::Result<(Services, Vec<LoadUser>, Load)> {
+    let (users, api_spec, consumer) = specs(settings, parts, replicas, otlp)?;
+    let services = Services::start(users, api(api_spec), consumer).await?;
+    let load_users = register(&services.base()).await?;
+    let load = Load::start(services.base(), &load_users, settings.rate);
+    Ok((services, load_users, load))
+}
+
 /// Sends the load for `seconds` before a fault.
 async fn warm_up(settings: &Settings) {
     tokio::time::sleep(settings.secs(5, 2)).await;
@@ -827,10 +837,7 @@ async fn warm_up(settings: &Settings) {
 /// absorb it, so writes keep answering 2xx.
 async fn broker_outage(settings: &Settings, row: &mut Row) -> anyhow::Result<()> {
     let mut parts = Parts::start().await?;
-    let (users, api, consumer) = specs(settings, &parts, 1, &parts.otlp.endpoint())?;
-    let mut services = Services::start(users, api, consumer).await?;
-    let load_users = register(&services.base()).await?;
-    let load = Load::start(services.base(), &load_users, settings.rate);
+    let (mut services, load_users, load) = start_load(settings, &parts, 1, &parts.otlp.endpoint(), |api| api).await?;
     warm_up(settings).await;
     let outage = settings.secs(10, 10);
     tokio::task::block_in_place(|| parts.kafka.broker().kill());
@@ -857,10 +864,7 @@ async fn broker_outage(settings: &Settings, row: &mut Row) -> anyhow::Result<()>
 /// 2: the consumer `kill -9`ed ten times in a row, restarted at once each time.
 async fn consumer_kills(settings: &Settings, row: &mut Row) -> anyhow::Result<()> {
     let parts = Parts::start().await?;
-    let (users, api, consumer) = specs(settings, &parts, 1, &parts.otlp.endpoint())?;
-    let mut services = Services::start(users, api, consumer).await?;
-    let load_users = register(&services.base()).await?;
-    let load = Load::start(services.base(), &load_users, settings.rate);
+    let (mut services, load_users, load) = start_load(settings, &parts, 1, &parts.otlp.endpoint(), |api| api).await?;
     warm_up(settings).await;
     let mut slowest = Duration::ZERO;
     let mut unrecovered = 0;
@@ -891,10 +895,7 @@ async fn consumer_kills(settings: &Settings, row: &mut Row) -> anyhow::Result<()
 /// restart, answering 503 (and only 503) meanwhile.
 async fn postgres_restart(settings: &Settings, row: &mut Row) -> anyhow::Result<()> {
     let parts = Parts::start().await?;
-    let (users, api, consumer) = specs(settings, &parts, 1, &parts.otlp.endpoint())?;
-    let mut services = Services::start(users, api, consumer).await?;
-    let load_users = register(&services.base()).await?;
-    let load = Load::start(services.base(), &load_users, settings.rate);
+    let (mut services, load_users, load) = start_load(settings, &parts, 1, &parts.otlp.endpoint(), |api| api).await?;
     warm_up(settings).await;
     let began = load.now();
     restart_postgres()?;
@@ -959,10 +960,7 @@ fn restart_postgres() -> anyhow::Result<()> {
 /// `USER_SERVICE_URL`) answers from the other.
 async fn replica_killed(settings: &Settings, row: &mut Row) -> anyhow::Result<()> {
     let parts = Parts::start().await?;
-    let (users, api, consumer) = specs(settings, &parts, 2, &parts.otlp.endpoint())?;
-    let mut services = Services::start(users, api, consumer).await?;
-    let load_users = register(&services.base()).await?;
-    let load = Load::start(services.base(), &load_users, settings.rate);
+    let (mut services, load_users, load) = start_load(settings, &parts, 2, &parts.otlp.endpoint(), |api| api).await?;
     warm_up(settings).await;
     let killed = load.now();
     services.users[0].1.kill();
@@ -997,11 +995,10 @@ async fn slow_user(settings: &Settings, row: &mut Row) -> anyhow::Result<()> {
     // Two replicas named to the API, so that the fault comes and goes
     // without a moment when no user service listens: the API's answers in
     // the slow phase are the slowness's alone, not a restart's.
-    let (users, api, consumer) = specs(settings, &parts, 2, &parts.otlp.endpoint())?;
-    let api = api.with("REQUEST_TIMEOUT_MS", DEADLINE_MS.to_string());
-    let mut services = Services::start(users, api, consumer).await?;
-    let load_users = register(&services.base()).await?;
-    let load = Load::start(services.base(), &load_users, settings.rate);
+    let (mut services, load_users, load) = start_load(settings, &parts, 2, &parts.otlp.endpoint(), |api| {
+        api.with("REQUEST_TIMEOUT_MS", DEADLINE_MS.to_string())
+    })
+    .await?;
     warm_up(settings).await;
 
     // The second replica turns slow while the first serves; then the first
@@ -1106,10 +1103,7 @@ async fn start_user(services: &mut Services, index: usize) -> anyhow::Result<()>
 async fn collector_down(settings: &Settings, row: &mut Row) -> anyhow::Result<()> {
     let parts = Parts::start().await?;
     let mut collector = Collector::start()?;
-    let (users, api, consumer) = specs(settings, &parts, 1, &collector.endpoint())?;
-    let mut services = Services::start(users, api, consumer).await?;
-    let load_users = register(&services.base()).await?;
-    let load = Load::start(services.base(), &load_users, settings.rate);
+    let (mut services, load_users, load) = start_load(settings, &parts, 1, &collector.endpoint(), |api| api).await?;
     let phase = settings.secs(30, 10);
     tokio::time::sleep(phase).await;
     let stopped = load.now();
@@ -1263,10 +1257,7 @@ impl Collector {
 /// spans arrive, and each service exits 0 within the bound.
 async fn sigterm_each(settings: &Settings, row: &mut Row) -> anyhow::Result<()> {
     let parts = Parts::start().await?;
-    let (users, api, consumer) = specs(settings, &parts, 1, &parts.otlp.endpoint())?;
-    let mut services = Services::start(users, api, consumer).await?;
-    let load_users = register(&services.base()).await?;
-    let load = Load::start(services.base(), &load_users, settings.rate);
+    let (mut services, load_users, load) = start_load(settings, &parts, 1, &parts.otlp.endpoint(), |api| api).await?;
     warm_up(settings).await;
     let mut exits = Vec::new();
     let mut slowest_restart = Duration::ZERO;

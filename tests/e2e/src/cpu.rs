@@ -32,7 +32,6 @@ impl CpuTimes {
     /// before this moment are missing: take both snapshots of a
     /// measurement while the same threads run.
     pub fn now() -> std::io::Result<Self> {
-        let ticks = clock_ticks_per_second();
         let mut times = BTreeMap::new();
         for task in std::fs::read_dir("/proc/self/task")? {
             let path = task?.path();
@@ -44,7 +43,8 @@ impl CpuTimes {
                 continue;
             };
             let Some(busy) = busy_ticks(&stat) else { continue };
-            *times.entry(group(comm.trim())).or_default() += Duration::from_secs_f64(busy as f64 / ticks);
+            *times.entry(group(comm.trim())).or_default() +=
+                Duration::from_secs_f64(busy as f64 / CLOCK_TICKS_PER_SECOND);
         }
         Ok(Self(times))
     }
@@ -90,9 +90,7 @@ fn busy_ticks(stat: &str) -> Option<u64> {
 
 /// The kernel's clock ticks per second for `/proc` times: 100 on every
 /// Linux this runs on (`getconf CLK_TCK`).
-fn clock_ticks_per_second() -> f64 {
-    100.0
-}
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 
 /// CPU time (user + system) of processes outside this one, such as the
 /// Postgres backends serving a benchmark, in clock ticks from their
@@ -101,7 +99,7 @@ pub fn process_cpu(pids: &[u32]) -> Duration {
     pids.iter()
         .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
         .filter_map(|stat| busy_ticks(&stat))
-        .map(|ticks| Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second()))
+        .map(|ticks| Duration::from_secs_f64(ticks as f64 / CLOCK_TICKS_PER_SECOND))
         .sum()
 }
 
