@@ -100,14 +100,15 @@ fn grpc_status(headers: &HeaderMap) -> Option<tonic::Code> {
 
 /// Whether the call's own deadline ended it.
 fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut error = Some(error);
-    while let Some(current) = error {
-        if current.is::<tonic::TimeoutExpired>() {
-            return true;
-        }
-        error = current.source();
-    }
-    false
+    any_cause(error, |cause| cause.is::<tonic::TimeoutExpired>())
+}
+
+/// Whether `error`, or any error in its chain of sources, is `what`.
+fn any_cause(
+    error: &(dyn std::error::Error + 'static),
+    what: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> bool {
+    std::iter::successors(Some(error), |current| current.source()).any(what)
 }
 
 /// Whether an outcome counts against the user service: it was down, or

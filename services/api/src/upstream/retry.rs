@@ -21,7 +21,7 @@ use http_body_util::{BodyExt as _, Full};
 use tonic::{body::Body, codegen::Bytes};
 use tower::{BoxError, Service, ServiceExt as _};
 
-use super::{budget::RetryBudget, grpc_timeout, set_grpc_timeout, timed_out};
+use super::{any_cause, budget::RetryBudget, grpc_timeout, set_grpc_timeout, timed_out};
 
 /// The methods that may run twice with the same effect as once.
 const IDEMPOTENT: &[&str] = &[
@@ -64,23 +64,17 @@ fn retryable(outcome: &Result<Response<Body>, BoxError>, idempotent: bool) -> bo
 /// written (hyper's "canceled"), or the server refused the stream unread
 /// (HTTP/2's REFUSED_STREAM, which promises no processing).
 fn refused(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut error = Some(error);
-    while let Some(current) = error {
-        let unsent = current
+    any_cause(error, |cause| {
+        cause
             .downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
-            || current
+            || cause
                 .downcast_ref::<hyper::Error>()
                 .is_some_and(hyper::Error::is_canceled)
-            || current
+            || cause
                 .downcast_ref::<h2::Error>()
-                .is_some_and(|h2| h2.reason() == Some(h2::Reason::REFUSED_STREAM));
-        if unsent {
-            return true;
-        }
-        error = current.source();
-    }
-    false
+                .is_some_and(|h2| h2.reason() == Some(h2::Reason::REFUSED_STREAM))
+    })
 }
 
 /// The retrying service, around the traced channel.
