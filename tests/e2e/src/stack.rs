@@ -257,6 +257,16 @@ impl Stack {
             .expect("PATCH /v1/users/{id}")
     }
 
+    /// `GET /v1/users/{id}`, as the bearer of `token`.
+    pub async fn get_user(&self, id: impl std::fmt::Display, token: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(&format!("/v1/users/{id}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("GET /v1/users/{id}")
+    }
+
     /// `DELETE /v1/users/{id}`, as the bearer of `token`.
     pub async fn delete_user(&self, id: impl std::fmt::Display, token: &str) -> reqwest::Response {
         self.http

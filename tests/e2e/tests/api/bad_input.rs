@@ -45,13 +45,7 @@ async fn an_unknown_id_is_404_on_read_and_update() {
     let stack = stack().await;
     let admin = stack.admin_token().await;
     let unknown = uuid::Uuid::now_v7();
-    let response = stack
-        .http
-        .get(stack.url(&format!("/v1/users/{unknown}")))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    let response = stack.get_user(&unknown, &admin).await;
     assert_problem(response, 404, &unknown.to_string()).await;
 
     let response = stack.patch_user(unknown, &admin, &json!({ "name": "Nobody" })).await;

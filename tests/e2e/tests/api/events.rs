@@ -154,13 +154,7 @@ async fn a_key_reused_for_a_different_update_or_delete_is_422_and_changes_nothin
     };
     assert_eq!(delete(other["id"].as_str().unwrap()).await.unwrap().status(), 204);
     assert_problem(delete(id).await.unwrap(), 422, "different request").await;
-    let read = stack
-        .http
-        .get(stack.url(&format!("/v1/users/{id}")))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    let read = stack.get_user(&id, &admin).await;
     let read: Value = read.json().await.unwrap();
     assert_eq!(
         read["name"], "First",
@@ -393,16 +387,7 @@ async fn a_database_connection_terminated_mid_write_answers_503_with_retry_after
     assert_problem(response, 503, "unavailable").await;
     let events = stack.events_of(&id).await;
     assert_eq!(events.len(), 1, "only the creation: the update wrote no event");
-    let read: Value = stack
-        .http
-        .get(stack.url(&format!("/v1/users/{id}")))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let read: Value = stack.get_user(&id, &token).await.json().await.unwrap();
     assert_eq!(read["name"], "Test User", "the update did not happen");
     assert!(
         stack.user.logs.text().contains("database unavailable"),

@@ -97,13 +97,7 @@ async fn every_method_answers_as_its_rest_resource_does() {
 
     let deleted = result(&stack, Some(&admin), "user.delete", json!({ "id": id })).await;
     assert_eq!(deleted, Value::Null);
-    let response = stack
-        .http
-        .get(stack.url(&format!("/v1/users/{id}")))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    let response = stack.get_user(&id, &admin).await;
     assert_eq!(response.status(), 404, "REST no longer finds the deleted user");
     error(&stack, Some(&admin), "user.get", json!({ "id": id }), -32004, 404).await;
 

@@ -50,13 +50,7 @@ async fn login_returns_a_bearer_token_that_reads_the_user() {
     let token = body["access_token"].as_str().unwrap();
 
     let id = user["id"].as_str().unwrap();
-    let response = stack
-        .http
-        .get(stack.url(&format!("/v1/users/{id}")))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+    let response = stack.get_user(&id, token).await;
     assert_eq!(response.status(), 200);
     let read: Value = response.json().await.unwrap();
     assert_eq!(read, user);
@@ -160,13 +154,7 @@ async fn admin_deletes_a_user_and_it_is_gone() {
     assert_eq!(response.status(), 204);
     assert_eq!(stack.user_count().await, 1);
 
-    let response = stack
-        .http
-        .get(stack.url(&format!("/v1/users/{id}")))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    let response = stack.get_user(&id, &admin).await;
     assert_problem(response, 404, id).await;
 }
 
