@@ -46,7 +46,10 @@ use std::sync::{Arc, Once};
 use callchain_runtime::env::Env;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
-use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use opentelemetry_sdk::{
+    Resource,
+    trace::{BatchSpanProcessor, SdkTracerProvider},
+};
 use tracing::Dispatch;
 use tracing_subscriber::{EnvFilter, fmt::MakeWriter, layer::SubscriberExt as _};
 
@@ -183,12 +186,10 @@ where
     let resource = Resource::builder()
         .with_service_name(config.service_name.clone())
         .build();
-    let records = records::SpanRecords::default();
-    let mut provider = SdkTracerProvider::builder()
-        .with_resource(resource)
-        .with_span_processor(records.clone());
     let mut export = None;
-    match &config.export {
+    // The span records come first, and pass each span on to the batch
+    // processor (see `records::SpanRecords`).
+    let records = match &config.export {
         Export::Otlp(endpoint) => {
             let exporter = export::CountingExporter::new(
                 opentelemetry_otlp::SpanExporter::builder()
@@ -198,11 +199,15 @@ where
             );
             export = Some((exporter.counts(), exporter.log_to()));
             // The SDK's batch processor: ending a span never waits for export.
-            provider = provider.with_batch_exporter(exporter);
+            records::SpanRecords::then(BatchSpanProcessor::builder(exporter).build())
         }
-        Export::Discard => provider = provider.with_batch_exporter(DiscardExporter),
-        Export::Off => {}
-    }
+        Export::Discard => records::SpanRecords::then(BatchSpanProcessor::builder(DiscardExporter).build()),
+        Export::Off => records::SpanRecords::default(),
+    };
+    let sink = records.sink();
+    let provider = SdkTracerProvider::builder()
+        .with_resource(resource)
+        .with_span_processor(records);
     // Without an exporter spans are still created, so logs and the
     // `traceparent` response header carry real trace ids.
     let provider = provider.build();
@@ -229,7 +234,7 @@ where
                 .with_writer(writer.clone()),
         );
     let dispatch = Dispatch::new(subscriber);
-    records.write_to(&dispatch, writer, &config.service_name);
+    sink.write_to(&dispatch, writer, &config.service_name);
     let export = export.map(|(counts, log)| {
         export::log_to(&log, &dispatch);
         counts

@@ -59,12 +59,23 @@ use crate::logs::{Line, LogWriter};
 /// tell them from event lines.
 pub const TARGET: &str = "callchain::span";
 
-/// Writes a span record for every sampled span that ends; see the module docs.
-#[derive(Debug, Clone, Default)]
+/// Writes a span record for every sampled span that ends, then hands the
+/// span on to the next processor (the batch processor, when spans are
+/// exported); see the module docs.
+///
+/// The provider holds this one processor, not the two side by side: with
+/// two, the SDK copies every span's data (name, attributes, events, links)
+/// for the first before handing it to the second; in a chain the span's
+/// data moves.
+#[derive(Debug, Default)]
 pub struct SpanRecords {
-    /// Where the records go, set once the service's log exists.
-    sink: Arc<OnceLock<Sink>>,
+    sink: RecordSink,
+    next: Option<Box<dyn SpanProcessor>>,
 }
+
+/// Where a [`SpanRecords`] writes, set once the service's log exists.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RecordSink(Arc<OnceLock<Sink>>);
 
 #[derive(Debug)]
 struct Sink {
@@ -74,6 +85,21 @@ struct Sink {
 }
 
 impl SpanRecords {
+    /// Records every span, then hands it to `next`.
+    pub(crate) fn then(next: impl SpanProcessor + 'static) -> Self {
+        Self {
+            sink: RecordSink::default(),
+            next: Some(Box::new(next)),
+        }
+    }
+
+    /// Where the records will go: see [`RecordSink::write_to`].
+    pub(crate) fn sink(&self) -> RecordSink {
+        self.sink.clone()
+    }
+}
+
+impl RecordSink {
     /// Sends the records to the log `writer` of `service`, whose events
     /// `dispatch` filters, whichever thread ends a span: in a test process
     /// several services share the threads of the test, and a span dropped on
@@ -82,24 +108,21 @@ impl SpanRecords {
     pub(crate) fn write_to(&self, dispatch: &Dispatch, writer: LogWriter, service: &str) {
         let enabled =
             tracing::dispatcher::with_default(dispatch, || tracing::enabled!(target: TARGET, tracing::Level::INFO));
-        let _ = self.sink.set(Sink {
+        let _ = self.0.set(Sink {
             service: service.to_owned(),
             writer: enabled.then_some(writer),
         });
     }
-}
 
-impl SpanProcessor for SpanRecords {
-    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
-
-    fn on_end(&self, span: SpanData) {
+    /// Writes `span`'s record, when it is sampled and records are on.
+    fn write(&self, span: &SpanData) {
         if !span.span_context.is_sampled() {
             return;
         }
         let Some(Sink {
             service,
             writer: Some(writer),
-        }) = self.sink.get()
+        }) = self.0.get()
         else {
             return;
         };
@@ -110,16 +133,39 @@ impl SpanProcessor for SpanRecords {
         line.str("message", "span ended");
         line.display("trace_id", span.span_context.trace_id());
         line.display("span_id", span.span_context.span_id());
-        line.raw("span", record(&span));
+        line.raw("span", record(span));
         writer.write_line(&line.finish());
+    }
+}
+
+impl SpanProcessor for SpanRecords {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        if let Some(next) = &self.next {
+            next.on_start(span, cx);
+        }
+    }
+
+    fn on_end(&self, span: SpanData) {
+        self.sink.write(&span);
+        if let Some(next) = &self.next {
+            next.on_end(span);
+        }
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        Ok(())
+        self.next.as_ref().map_or(Ok(()), |next| next.force_flush())
     }
 
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        Ok(())
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.next
+            .as_ref()
+            .map_or(Ok(()), |next| next.shutdown_with_timeout(timeout))
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        if let Some(next) = &mut self.next {
+            next.set_resource(resource);
+        }
     }
 }
 
