@@ -54,11 +54,13 @@ type UserClient = UserServiceClient<upstream::Upstream>;
 
 /// What every handler shares: the user service's client and replicas, the
 /// token keys, what is known of tokens' users, and the login throttle.
+/// Cloned for every request (by each extractor and middleware that takes
+/// it), so every field is a handle: a clone allocates nothing.
 #[derive(Clone)]
 pub struct AppState {
     users: UserClient,
     replicas: upstream::Replicas,
-    keys: Keys,
+    keys: Arc<Keys>,
     roles: Arc<roles::Roles>,
     throttle: Arc<throttle::LoginThrottle>,
 }
@@ -72,7 +74,7 @@ impl AppState {
         Ok(Self {
             users: UserServiceClient::new(users),
             replicas,
-            keys: Keys::new(&config.jwt_secret, config.jwt_ttl),
+            keys: Arc::new(Keys::new(&config.jwt_secret, config.jwt_ttl)),
             roles: Arc::new(roles::Roles::new(config.auth_cache_ttl)),
             throttle: Arc::new(throttle::LoginThrottle::new(config.login_limits)),
         })
