@@ -297,6 +297,22 @@ impl SpanCounter {
     pub fn count(&self) -> usize {
         self.counts.0.lock().expect("span counts").values().sum()
     }
+
+    /// Waits until no span has arrived for `quiet` (at most `limit` in
+    /// all), so a run's export has ended before the next run starts and
+    /// none is charged for another's spans. Says how many arrived meanwhile.
+    pub async fn wait_quiet(&self, quiet: Duration, limit: Duration) -> usize {
+        let (started, before) = (std::time::Instant::now(), self.count());
+        let (mut last, mut since) = (before, std::time::Instant::now());
+        while since.elapsed() < quiet && started.elapsed() < limit {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = self.count();
+            if now != last {
+                (last, since) = (now, std::time::Instant::now());
+            }
+        }
+        last - before
+    }
 }
 
 /// Serves `routes` on `127.0.0.1:0` on a thread of its own named
