@@ -36,6 +36,7 @@ pub mod jsonrpc;
 pub mod kafka;
 pub mod layer;
 pub mod logs;
+mod otlp;
 pub mod propagation;
 pub mod records;
 #[cfg(test)]
@@ -45,7 +46,6 @@ use std::sync::{Arc, Once};
 
 use callchain_runtime::env::Env;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::{
     Resource,
     trace::{BatchSpanProcessor, SdkTracerProvider},
@@ -126,7 +126,7 @@ pub enum TelemetryError {
     #[error("invalid RUST_LOG filter: {0}")]
     Filter(#[from] tracing_subscriber::filter::ParseError),
     #[error("cannot build the OTLP span exporter: {0}")]
-    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    Exporter(#[from] tonic::transport::Error),
     #[error("a global tracing subscriber is already set")]
     AlreadySet(#[from] tracing::dispatcher::SetGlobalDefaultError),
 }
@@ -191,12 +191,7 @@ where
     // processor (see `records::SpanRecords`).
     let records = match &config.export {
         Export::Otlp(endpoint) => {
-            let exporter = export::CountingExporter::new(
-                opentelemetry_otlp::SpanExporter::builder()
-                    .with_tonic()
-                    .with_endpoint(endpoint.clone())
-                    .build()?,
-            );
+            let exporter = export::CountingExporter::new(otlp::OtlpExporter::new(endpoint)?);
             export = Some((exporter.counts(), exporter.log_to()));
             // The SDK's batch processor: ending a span never waits for export.
             records::SpanRecords::then(BatchSpanProcessor::builder(exporter).build())
