@@ -37,6 +37,7 @@ use axum::{
     http::Extensions,
     response::IntoResponse,
     routing::{get, post},
+    serve::ListenerExt as _,
 };
 use callchain_proto::user::v1::user_service_client::UserServiceClient;
 use callchain_telemetry::{baggage::BaggagePolicy, http::HttpServerLayer};
@@ -149,6 +150,14 @@ pub async fn run(
         user_service = %config.user_service,
         "api listening"
     );
+    // Every answer is written at once: without TCP_NODELAY, Nagle's
+    // algorithm holds a write back until the client acknowledges the last,
+    // which a client may delay by up to 40 ms.
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::warn!(error = %error, "cannot set TCP_NODELAY on a connection");
+        }
+    });
     // The peer's address reaches the handlers, for the login throttle.
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)

@@ -30,7 +30,6 @@ use callchain_runtime::env::{ExposeSecret as _, SecretString};
 use callchain_telemetry::grpc::GrpcServerLayer;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 pub use config::Config;
 use fault::{FaultLayer, Faults};
@@ -126,7 +125,12 @@ pub async fn serve_with_faults(
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .add_service(UserServiceServer::new(UserGrpc::new(pool, topic)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // Every answer is written at once (no Nagle delay behind the
+        // caller's delayed acknowledgement).
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await?;
     tracing::info!("user service stopped");
     Ok(())
