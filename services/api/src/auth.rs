@@ -14,11 +14,19 @@
 //! stops working and a lowered role takes effect; a raised role needs a new
 //! login.
 //!
-//! [`authenticate`] checks the token's signature once per request, before
-//! the handler, and makes a signed-in caller's id the request's `enduser.id`
-//! baggage; the [`Caller`] extractor then asks for the user's current role.
+//! [`authenticate`] checks the token once per request, before the handler,
+//! and makes a signed-in caller's id the request's `enduser.id` baggage; the
+//! [`Caller`] extractor then asks for the user's current role. A token that
+//! verified is remembered, by its exact text, until it expires: a client
+//! sends the same token with every request, and checking its signature,
+//! decoding and parsing it again each time cost more than the rest of the
+//! API's work on a read.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use axum::{
     extract::{FromRequestParts, Request, State},
@@ -52,12 +60,25 @@ pub struct Claims {
     pub exp: u64,
 }
 
+/// How many verified tokens [`Keys`] remembers; when full, the expired ones
+/// go, and if none has, all of them.
+const REMEMBERED_TOKENS: usize = 10_000;
+
 /// Signs and checks tokens (HS256).
-#[derive(Clone)]
 pub struct Keys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     ttl: Duration,
+    /// Tokens that verified, by their text: whom they name, with what role,
+    /// and their `exp`.
+    verified: Mutex<HashMap<Box<str>, (UserId, Role, u64)>>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 impl Keys {
@@ -67,15 +88,38 @@ impl Keys {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             ttl,
+            verified: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whom a valid token names, and the role it was issued with; a `401`
+    /// naming what is wrong otherwise. A token that verified before is
+    /// answered from memory while its `exp` is ahead: the same text has the
+    /// same signature, issuer, audience and `nbf`, so only time can change
+    /// the answer.
+    pub fn identify(&self, token: &str) -> Result<(UserId, Role), ApiError> {
+        let now = unix_now();
+        if let Some(&(id, role, exp)) = self.verified.lock().expect("tokens").get(token)
+            && now < exp
+        {
+            return Ok((id, role));
+        }
+        let claims = self.verify(token)?;
+        let id = UserId::parse(&claims.sub).map_err(|_| ApiError::Unauthenticated("the token is malformed".into()))?;
+        let mut verified = self.verified.lock().expect("tokens");
+        if verified.len() >= REMEMBERED_TOKENS {
+            verified.retain(|_, &mut (_, _, exp)| now < exp);
+            if verified.len() >= REMEMBERED_TOKENS {
+                verified.clear();
+            }
+        }
+        verified.insert(token.into(), (id, claims.role, claims.exp));
+        Ok((id, claims.role))
     }
 
     /// A token for `id` with `role`, and the seconds it stays valid.
     pub fn issue(&self, id: UserId, role: Role) -> Result<(String, u64), ApiError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
+        let now = unix_now();
         let claims = Claims {
             sub: id.to_string(),
             role,
@@ -173,9 +217,7 @@ fn token_of(headers: &HeaderMap, keys: &Keys) -> Result<Option<(UserId, Role)>, 
         .map(str::trim)
         .filter(|token| !token.is_empty())
         .ok_or_else(|| ApiError::Unauthenticated("the Authorization header must be `Bearer <token>`".into()))?;
-    let claims = keys.verify(token)?;
-    let id = UserId::parse(&claims.sub).map_err(|_| ApiError::Unauthenticated("the token is malformed".into()))?;
-    Ok(Some((id, claims.role)))
+    keys.identify(token).map(Some)
 }
 
 /// A token [`authenticate`] has verified, for the [`Caller`] extractor.
@@ -244,6 +286,32 @@ mod tests {
         let claims = keys().verify(&token).unwrap();
         assert_eq!(claims.sub, id.to_string());
         assert_eq!(claims.role, Role::Admin);
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires() {
+        let keys = Keys::new(&"a-test-secret-that-is-long-enough!!".into(), Duration::from_secs(1));
+        let id = UserId::new();
+        let (token, _) = keys.issue(id, Role::User).unwrap();
+        assert_eq!(keys.identify(&token).unwrap(), (id, Role::User));
+        assert_eq!(keys.identify(&token).unwrap(), (id, Role::User));
+        // `exp` is a whole second: past it, the token is checked again, and refused.
+        std::thread::sleep(Duration::from_millis(2100));
+        let error = keys.identify(&token).unwrap_err();
+        assert_eq!(error.to_string(), "the token has expired; log in again");
+    }
+
+    #[test]
+    fn only_the_exact_text_of_a_verified_token_is_remembered() {
+        let keys = keys();
+        let (token, _) = keys.issue(UserId::new(), Role::User).unwrap();
+        keys.identify(&token).unwrap();
+        // The same claims under a changed signature.
+        let (signed, signature) = token.rsplit_once('.').unwrap();
+        let first = if signature.starts_with('A') { 'B' } else { 'A' };
+        let forged = format!("{signed}.{first}{}", &signature[1..]);
+        let error = keys.identify(&forged).unwrap_err();
+        assert_eq!(error.to_string(), "the token's signature is not valid");
     }
 
     #[test]
