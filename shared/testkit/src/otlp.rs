@@ -315,6 +315,9 @@ impl SpanCounter {
     }
 }
 
+/// The receivers' HTTP/2 flow-control window, per stream and per connection.
+const RECEIVE_WINDOW: u32 = 8 << 20;
+
 /// Serves `routes` on `127.0.0.1:0` on a thread of its own named
 /// [`OtlpReceiver::THREAD`], until the returned sender is dropped.
 fn serve_on_own_thread(
@@ -337,7 +340,12 @@ fn serve_on_own_thread(
                 let stopped = async move {
                     let _ = stopped.await;
                 };
+                // Flow-control windows as large as a collector's grow to (Go's
+                // gRPC sizes them by the measured bandwidth), so an export
+                // of a large batch is not cut into 64 KiB round trips.
                 if let Err(error) = tonic::transport::Server::builder()
+                    .initial_stream_window_size(RECEIVE_WINDOW)
+                    .initial_connection_window_size(RECEIVE_WINDOW)
                     .add_routes(routes)
                     .serve_with_incoming_shutdown(incoming, stopped)
                     .await
