@@ -11,6 +11,7 @@
 use std::{
     future::Future,
     net::SocketAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -18,6 +19,7 @@ use anyhow::Context as _;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
+    sync::Semaphore,
 };
 
 /// What a load run saw.
@@ -58,8 +60,8 @@ pub enum Pace {
     /// The next request as soon as the last is answered: the most the
     /// server can do, and its latency when saturated.
     Flat,
-    /// So many requests a second in all, spread over the workers: latency
-    /// below saturation.
+    /// So many requests a second in all, evenly spaced in time, each sent
+    /// by whichever worker is free: latency below saturation.
     Rate(u32),
 }
 
@@ -87,29 +89,28 @@ where
     }
     let started = Instant::now();
     let until = started + duration;
+    // Paced, a thread of the load generator's releases one request every
+    // `1 / rate` seconds, to whichever worker is free: the requests arrive
+    // spread evenly, as independent clients' would. (Tokio's timers tick
+    // in whole milliseconds, so workers each on their own timer would send
+    // in bunches at each tick, and queue behind one another.)
+    let turns = match pace {
+        Pace::Flat => None,
+        Pace::Rate(rate) => Some(Turns::start(rate, until)?),
+    };
     let tasks: Vec<_> = states
         .into_iter()
-        .enumerate()
-        .map(|(n, mut state)| {
+        .map(|mut state| {
             let call = call.clone();
-            // A paced worker sends every `period`, the workers' turns spread
-            // evenly over one period.
-            let mut ticks = match pace {
-                Pace::Flat => None,
-                Pace::Rate(rate) => {
-                    let period = Duration::from_secs_f64(workers as f64 / f64::from(rate.max(1)));
-                    let first = tokio::time::Instant::now() + period.mul_f64(n as f64 / workers as f64);
-                    let mut ticks = tokio::time::interval_at(first, period);
-                    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    Some(ticks)
-                }
-            };
+            let turns = turns.as_ref().map(Turns::subscribe);
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(1 << 16);
                 let mut failed = 0u64;
                 while Instant::now() < until {
-                    if let Some(ticks) = &mut ticks {
-                        ticks.tick().await;
+                    if let Some(turns) = &turns
+                        && !turn(turns).await
+                    {
+                        break;
                     }
                     let sent = Instant::now();
                     let (next, answer) = call(state).await;
@@ -132,6 +133,47 @@ where
     outcome.elapsed = started.elapsed();
     outcome.latencies_ms.sort_by(f64::total_cmp);
     Ok(outcome)
+}
+
+/// The turns of a paced run: a thread that adds one permit every period
+/// until the run ends, then closes the semaphore so idle workers stop.
+struct Turns {
+    permits: Arc<Semaphore>,
+}
+
+impl Turns {
+    fn start(rate: u32, until: Instant) -> anyhow::Result<Self> {
+        let permits = Arc::new(Semaphore::new(0));
+        let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+        let pacer = permits.clone();
+        std::thread::Builder::new().name("load pacer".into()).spawn(move || {
+            let mut next = Instant::now();
+            while next < until {
+                next += period;
+                if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                pacer.add_permits(1);
+            }
+            pacer.close();
+        })?;
+        Ok(Self { permits })
+    }
+
+    fn subscribe(&self) -> Arc<Semaphore> {
+        self.permits.clone()
+    }
+}
+
+/// Waits for a turn; `false` once the run is over.
+async fn turn(permits: &Semaphore) -> bool {
+    match permits.acquire().await {
+        Ok(permit) => {
+            permit.forget();
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 /// One keep-alive HTTP/1.1 connection.
@@ -205,4 +247,47 @@ pub fn request(method: &str, path: &str, host: SocketAddr, token: &str, body: Op
         request.push_str("\r\n");
     }
     request.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_paced_run_sends_at_its_rate_evenly_spaced() {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let record = sent.clone();
+        let outcome = closed_loop(
+            8,
+            Duration::from_secs(1),
+            Pace::Rate(2_000),
+            |_| async { Ok(()) },
+            move |()| {
+                record.lock().unwrap().push(Instant::now());
+                async { ((), Ok(true)) }
+            },
+        )
+        .await
+        .unwrap();
+        let answered = outcome.latencies_ms.len();
+        assert!(
+            (1_800..=2_100).contains(&answered),
+            "{answered} requests in 1 s at 2,000/s"
+        );
+        // Half a millisecond apart, not in bunches at each millisecond tick.
+        let mut sent = sent.lock().unwrap().clone();
+        sent.sort();
+        let gaps: Vec<f64> = sent
+            .windows(2)
+            .map(|pair| (pair[1] - pair[0]).as_secs_f64() * 1e3)
+            .collect();
+        let bunched = gaps.iter().filter(|&&gap| gap < 0.1).count();
+        assert!(
+            bunched * 4 < gaps.len(),
+            "{bunched} of {} sends came within 0.1 ms of the one before",
+            gaps.len()
+        );
+    }
 }
