@@ -6,6 +6,7 @@ static ALLOCATOR: callchain_runtime::Allocator = callchain_runtime::Allocator;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    callchain_runtime::tune_allocator();
     let env = Env::from_process();
     let config = Config::from_env(&env)?;
     if std::env::args().any(|arg| arg == "--healthcheck") {

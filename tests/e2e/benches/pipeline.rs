@@ -72,6 +72,7 @@ fn runs(name: &str) -> bool {
 static ALLOCATOR: callchain_runtime::Allocator = callchain_runtime::Allocator;
 
 fn main() -> anyhow::Result<()> {
+    callchain_runtime::tune_allocator();
     // Every span must reach the receiver: a queue large enough for a whole
     // run, and large export batches. The SDK reads these from the process
     // environment, so they are set here.
