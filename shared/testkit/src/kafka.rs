@@ -190,13 +190,11 @@ pub struct Broker {
 impl Broker {
     /// Starts a node and waits until it answers.
     pub fn start() -> anyhow::Result<Self> {
-        let free_port =
-            || -> anyhow::Result<u16> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
         let data = std::env::temp_dir().join(format!("callchain-kafka-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&data)?;
         let mut broker = Self {
-            addr: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
-            controller_port: free_port()?,
+            addr: crate::process::free_addr()?,
+            controller_port: crate::process::free_addr()?.port(),
             data,
             child: None,
         };

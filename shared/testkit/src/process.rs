@@ -13,9 +13,22 @@ use std::{
 use anyhow::Context as _;
 use serde_json::Value;
 
-/// A free port on loopback (bound, then released for the process to take).
+/// The ports [`free_addr`] picks from: below Linux's range of ephemeral
+/// ports (32768 and up). A broker or a service is restarted on its port
+/// after it is killed; a port of that range could meanwhile become the
+/// source port of any connection, even of a client retrying the dead
+/// server (which connects to itself when it picks the port it dials).
+const PORTS: std::ops::Range<u16> = 20_000..32_768;
+
+/// A free port on loopback (bound, then released for the process to take),
+/// from [`PORTS`], tried from a random place on.
 pub fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+    let span = u32::from(PORTS.end - PORTS.start);
+    let start = uuid::Uuid::new_v4().as_u128() as u32 % span;
+    (0..span)
+        .map(|n| PORTS.start + ((start + n) % span) as u16)
+        .find_map(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok()?.local_addr().ok())
+        .ok_or_else(|| anyhow::anyhow!("no free port on loopback in {PORTS:?}"))
 }
 
 /// A running service binary whose log lines (stdout) are kept.

@@ -12,6 +12,7 @@ use callchain_testkit::{
     kafka::Kafka,
     otlp::OtlpReceiver,
     postgres::TestDatabase,
+    process::free_addr,
     service::{ServiceHandle, wait_until},
 };
 
@@ -163,12 +164,13 @@ impl Stack {
         let db = TestDatabase::create().await?;
         let otlp = OtlpReceiver::start().await?;
         let endpoint = export.unwrap_or_else(|| Export::Otlp(otlp.endpoint()));
-        let any_port: SocketAddr = ([127, 0, 0, 1], 0).into();
-
-        let user = spawn_user(&db, &kafka, any_port, endpoint.clone()).await?;
+        // A user service may be stopped and started again on its address,
+        // which the API keeps dialling meanwhile: an address off the
+        // ephemeral range stays free for it (see `free_addr`).
+        let user = spawn_user(&db, &kafka, free_addr()?, endpoint.clone()).await?;
         let mut replicas = Vec::new();
         for _ in 0..options.more_replicas {
-            replicas.push(spawn_user(&db, &kafka, any_port, endpoint.clone()).await?);
+            replicas.push(spawn_user(&db, &kafka, free_addr()?, endpoint.clone()).await?);
         }
 
         let urls = std::iter::once(&user)
