@@ -35,26 +35,6 @@ async fn start(mut env: Vec<(&'static str, String)>) -> (ServiceProcess, std::ne
     (user, addr)
 }
 
-/// Sends SIGTERM and checks that the service exits 0 within the bound.
-async fn terminate_within_the_bound(user: &mut ServiceProcess) {
-    let signalled = tokio::time::Instant::now();
-    user.terminate().unwrap();
-    let status = user
-        .wait_exit(Duration::from_secs(BOUND_SECONDS + 2))
-        .await
-        .expect("the user service exits after SIGTERM");
-    let took = signalled.elapsed();
-    assert!(
-        status.success(),
-        "exit status {status}; its logs:\n{}",
-        user.log_text().join("\n")
-    );
-    assert!(
-        took < Duration::from_secs(BOUND_SECONDS),
-        "exited {took:?} after SIGTERM"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_under_load_answers_every_accepted_call_flushes_its_spans_and_exits_0_within_the_bound() {
     let db = TestDatabase::create().await.expect("a test database");
@@ -93,7 +73,7 @@ async fn sigterm_under_load_answers_every_accepted_call_flushes_its_spans_and_ex
         .collect();
     // Every call is accepted, and waiting on the injected latency.
     tokio::time::sleep(Duration::from_millis(FAULT_LATENCY_MS / 3)).await;
-    terminate_within_the_bound(&mut user).await;
+    user.stop_within(Duration::from_secs(BOUND_SECONDS)).await.unwrap();
 
     for (n, call) in calls.into_iter().enumerate() {
         let answer = call.await.unwrap();
@@ -150,7 +130,7 @@ async fn sigterm_with_the_broker_unreachable_exits_within_the_bound_and_keeps_th
     // The relay is now waiting on a broker that never answers.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    terminate_within_the_bound(&mut user).await;
+    user.stop_within(Duration::from_secs(BOUND_SECONDS)).await.unwrap();
     let (waiting,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox")
         .fetch_one(db.pool())
         .await

@@ -131,6 +131,26 @@ impl ServiceProcess {
         }
     }
 
+    /// Sends SIGTERM and waits for the exit: how long it took. `Err` when it
+    /// is still running 2 s past `bound`, exits other than 0 (with its log),
+    /// or exits but not within `bound`.
+    pub async fn stop_within(&mut self, bound: Duration) -> anyhow::Result<Duration> {
+        let signalled = tokio::time::Instant::now();
+        self.terminate()?;
+        let status = self
+            .wait_exit(bound + Duration::from_secs(2))
+            .await
+            .with_context(|| format!("{} exits after SIGTERM", self.name))?;
+        let took = signalled.elapsed();
+        anyhow::ensure!(
+            status.success(),
+            "exit status {status}; its logs:\n{}",
+            self.log_text().join("\n")
+        );
+        anyhow::ensure!(took < bound, "{} exited {took:?} after SIGTERM", self.name);
+        Ok(took)
+    }
+
     /// Every line it wrote to stdout so far.
     pub fn log_text(&self) -> Vec<String> {
         self.logs.lock().expect("log lines").clone()
