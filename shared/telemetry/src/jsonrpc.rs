@@ -53,14 +53,11 @@ pub fn record_error(span: &Span, code: i64, server_error: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::Buffer;
+    use crate::test_support::service;
 
     #[test]
     fn the_server_span_and_a_call_span_carry_the_jsonrpc_attributes() {
-        let buffer = Buffer::default();
-        let writer = buffer.clone();
-        let (dispatch, _guard) =
-            crate::build(&crate::TelemetryConfig::new("unit", None), move || writer.clone()).unwrap();
+        let (dispatch, _guard, buffer) = service("unit", "info");
         tracing::dispatcher::with_default(&dispatch, || {
             let server = tracing::info_span!(
                 "request",

@@ -289,15 +289,12 @@ impl<'a> MakeWriter<'a> for LogWriter {
 
 #[cfg(test)]
 mod tests {
-    use crate::test_support::Buffer;
+    use crate::test_support::service;
     use serde_json::Value;
 
     #[test]
     fn log_line_inside_a_span_carries_trace_and_span_ids() {
-        let buffer = Buffer::default();
-        let writer = buffer.clone();
-        let config = crate::TelemetryConfig::new("unit", None);
-        let (dispatch, _guard) = crate::build(&config, move || writer.clone()).unwrap();
+        let (dispatch, _guard, buffer) = service("unit", "info");
         tracing::dispatcher::with_default(&dispatch, || {
             tracing::info!(user_id = 7, "outside");
             let span = tracing::info_span!("work");
@@ -332,10 +329,7 @@ mod tests {
 
     #[test]
     fn fields_keep_their_json_types_and_text_is_escaped() {
-        let buffer = Buffer::default();
-        let writer = buffer.clone();
-        let config = crate::TelemetryConfig::new("unit", None);
-        let (dispatch, _guard) = crate::build(&config, move || writer.clone()).unwrap();
+        let (dispatch, _guard, buffer) = service("unit", "info");
         let error = std::io::Error::other("disk \"full\"");
         tracing::dispatcher::with_default(&dispatch, || {
             tracing::info!(

@@ -282,7 +282,7 @@ mod tests {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
     use super::*;
-    use crate::test_support::Buffer;
+    use crate::test_support::{Buffer, service};
 
     impl Buffer {
         fn records(&self) -> Vec<Json> {
@@ -291,15 +291,6 @@ mod tests {
                 .filter(|line| line["target"] == TARGET)
                 .collect()
         }
-    }
-
-    fn service(name: &str, filter: &str) -> (Dispatch, crate::TelemetryGuard, Buffer) {
-        let buffer = Buffer::default();
-        let writer = buffer.clone();
-        let mut config = crate::TelemetryConfig::new(name, None);
-        config.log_filter = filter.to_owned();
-        let (dispatch, guard) = crate::build(&config, move || writer.clone()).unwrap();
-        (dispatch, guard, buffer)
     }
 
     #[test]
