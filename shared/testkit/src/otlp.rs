@@ -300,10 +300,10 @@ impl SpanCounter {
 
     /// Waits until no span has arrived for `quiet` (at most `limit` in
     /// all), so a run's export has ended before the next run starts and
-    /// none is charged for another's spans. Says how many arrived meanwhile.
-    pub async fn wait_quiet(&self, quiet: Duration, limit: Duration) -> usize {
-        let (started, before) = (std::time::Instant::now(), self.count());
-        let (mut last, mut since) = (before, std::time::Instant::now());
+    /// none is charged for another's spans.
+    pub async fn wait_quiet(&self, quiet: Duration, limit: Duration) {
+        let started = std::time::Instant::now();
+        let (mut last, mut since) = (self.count(), started);
         while since.elapsed() < quiet && started.elapsed() < limit {
             tokio::time::sleep(Duration::from_millis(50)).await;
             let now = self.count();
@@ -311,7 +311,6 @@ impl SpanCounter {
                 (last, since) = (now, std::time::Instant::now());
             }
         }
-        last - before
     }
 }
 

@@ -146,11 +146,15 @@ fn fastest(figures: &[f64]) -> f64 {
 /// Feeds `count` events into the topic, then times the consumer writing
 /// them; its rate while writing.
 async fn consumer_throughput(count: u64, export: bool, note: &str) -> anyhow::Result<f64> {
-    let label = match (export, note) {
-        (true, "") => "with every span exported".to_owned(),
-        (false, "") => "every span recorded, none exported".to_owned(),
-        (_, note) => format!("every span recorded, none exported ({note})"),
-    };
+    let mut label = if export {
+        "with every span exported"
+    } else {
+        "every span recorded, none exported"
+    }
+    .to_owned();
+    if !note.is_empty() {
+        label.push_str(&format!(" ({note})"));
+    }
     let db = TestDatabase::create().await?;
     let kafka = Kafka::shared().await?;
     println!("== consumer: {count} events fed into a topic of 3 partitions, {label}");
@@ -196,8 +200,7 @@ async fn consumer_throughput(count: u64, export: bool, note: &str) -> anyhow::Re
     let writing = (last - first).num_microseconds().unwrap_or(1) as f64 / 1e6;
     let rate = count as f64 / writing;
     println!(
-        "   {:.0} events/s while writing ({count} rows in {writing:.2} s); {:.0} events/s from consumer start ({wall:.2} s)",
-        count as f64 / writing,
+        "   {rate:.0} events/s while writing ({count} rows in {writing:.2} s); {:.0} events/s from consumer start ({wall:.2} s)",
         count as f64 / wall
     );
     println!(
@@ -486,10 +489,12 @@ async fn protocols(seconds: u64) -> anyhow::Result<()> {
     println!();
     print_table(&runs);
     let best = |name: &str| {
-        runs.iter()
+        let rates: Vec<f64> = runs
+            .iter()
             .filter(|(n, _)| *n == name)
             .map(|(_, m)| m.outcome.rate())
-            .fold(0.0, f64::max)
+            .collect();
+        fastest(&rates)
     };
     println!(
         "\n   exported / recorded only (the fastest run of each): {:.2} of the requests/s\n",
@@ -588,21 +593,19 @@ impl<'a> Reader<'a> {
         for &protocol in order {
             runs.push((protocol.name(), self.read(protocol, duration, pace).await?));
         }
-        let better = |a: &Measured, b: &Measured| match pace {
-            Pace::Flat => a.outcome.rate() >= b.outcome.rate(),
-            Pace::Rate(_) => a.outcome.percentile(50.0) <= b.outcome.percentile(50.0),
+        // Higher is better.
+        let score = |run: &Measured| match pace {
+            Pace::Flat => run.outcome.rate(),
+            Pace::Rate(_) => -run.outcome.percentile(50.0),
         };
         let best: Vec<_> = Protocol::ALL
             .iter()
             .map(|protocol| {
-                let mut own = runs.iter().filter(|(name, _)| *name == protocol.name());
-                let first = own.next().expect("two runs");
-                let second = own.next().expect("two runs");
-                if better(&first.1, &second.1) {
-                    first.clone()
-                } else {
-                    second.clone()
-                }
+                runs.iter()
+                    .filter(|(name, _)| *name == protocol.name())
+                    .max_by(|a, b| score(&a.1).total_cmp(&score(&b.1)))
+                    .expect("two runs")
+                    .clone()
             })
             .collect();
         println!();

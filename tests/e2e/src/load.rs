@@ -96,13 +96,13 @@ where
     // in bunches at each tick, and queue behind one another.)
     let turns = match pace {
         Pace::Flat => None,
-        Pace::Rate(rate) => Some(Turns::start(rate, until)?),
+        Pace::Rate(rate) => Some(pacer(rate, until)?),
     };
     let tasks: Vec<_> = states
         .into_iter()
         .map(|mut state| {
             let call = call.clone();
-            let turns = turns.as_ref().map(Turns::subscribe);
+            let turns = turns.clone();
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(1 << 16);
                 let mut failed = 0u64;
@@ -135,34 +135,25 @@ where
     Ok(outcome)
 }
 
-/// The turns of a paced run: a thread that adds one permit every period
-/// until the run ends, then closes the semaphore so idle workers stop.
-struct Turns {
-    permits: Arc<Semaphore>,
-}
-
-impl Turns {
-    fn start(rate: u32, until: Instant) -> anyhow::Result<Self> {
-        let permits = Arc::new(Semaphore::new(0));
-        let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
-        let pacer = permits.clone();
-        std::thread::Builder::new().name("load pacer".into()).spawn(move || {
-            let mut next = Instant::now();
-            while next < until {
-                next += period;
-                if let Some(wait) = next.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-                pacer.add_permits(1);
+/// The turns of a paced run: a thread adds one permit to the returned
+/// semaphore every `1 / rate` seconds until `until`, then closes it so idle
+/// workers stop.
+fn pacer(rate: u32, until: Instant) -> anyhow::Result<Arc<Semaphore>> {
+    let permits = Arc::new(Semaphore::new(0));
+    let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let pacer = permits.clone();
+    std::thread::Builder::new().name("load pacer".into()).spawn(move || {
+        let mut next = Instant::now();
+        while next < until {
+            next += period;
+            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
             }
-            pacer.close();
-        })?;
-        Ok(Self { permits })
-    }
-
-    fn subscribe(&self) -> Arc<Semaphore> {
-        self.permits.clone()
-    }
+            pacer.add_permits(1);
+        }
+        pacer.close();
+    })?;
+    Ok(permits)
 }
 
 /// Waits for a turn; `false` once the run is over.
