@@ -1004,7 +1004,6 @@ async fn slow_user(settings: &Settings, row: &mut Row) -> anyhow::Result<()> {
     // The second replica turns slow while the first serves; then the first
     // stops, and every call meets the slow one.
     let slowed = load.now();
-    let healthy = services.users[1].0.clone();
     restart_user(&mut services, 1, Some(DEADLINE_MS + 500)).await?;
     rejoin().await;
     stop_user(&mut services, 0).await?;
@@ -1015,8 +1014,7 @@ async fn slow_user(settings: &Settings, row: &mut Row) -> anyhow::Result<()> {
     let healed = load.now();
     start_user(&mut services, 0).await?;
     rejoin().await;
-    stop_user(&mut services, 1).await?;
-    services.users[1].1 = healthy.start().await?;
+    restart_user(&mut services, 1, None).await?;
     tokio::time::sleep(settings.secs(10, 5)).await;
     let answers = load.stop().await;
     let recovered = first_2xx_after(&answers, healed);
@@ -1064,7 +1062,8 @@ async fn slow_user(settings: &Settings, row: &mut Row) -> anyhow::Result<()> {
 }
 
 /// Restarts user replica `index`, with `FAULT_LATENCY_MS` when `latency_ms`
-/// is given; the other replica serves meanwhile.
+/// is given (its spec keeps none, so a restart with `None` heals it); the
+/// other replica serves meanwhile.
 async fn restart_user(services: &mut Services, index: usize, latency_ms: Option<u64>) -> anyhow::Result<()> {
     stop_user(services, index).await?;
     let (spec, process) = &mut services.users[index];
