@@ -5,9 +5,9 @@
 //! write is retried only when its connection was refused, so it was never
 //! sent (a replica killed a moment ago): any other failure may have come
 //! after the write applied, and a second one could apply it twice. Never a
-//! call that ran out of time, and never past the request's deadline. Each attempt is a call of its own through
-//! the traced channel, so each has its own client span, the retries carrying
-//! `rpc.grpc.retry.attempt`.
+//! call that ran out of time, and never past the request's deadline. Each
+//! attempt is a call of its own through the traced channel, so each has its
+//! own client span, the retries carrying `rpc.grpc.retry.attempt`.
 
 use std::{
     sync::{Arc, Mutex},
