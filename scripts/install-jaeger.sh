@@ -38,7 +38,12 @@ go mod download "$JAEGER_MODULE"
 # changelog names the pair, so a wrong JAEGER_VERSION fails here, not later.
 src=$(go list -m -f '{{.Dir}}' "$JAEGER_MODULE")
 released=$(go list -m -f '{{with .Time}}{{.UTC.Format "2006-01-02T15:04:05Z"}}{{end}}' "$JAEGER_MODULE")
+# Some tags carry the changelog as it stood before their own entry was written,
+# so the entry of the release just before the pair counts as well.
+m=${JAEGER_MODULE_VERSION#v}; b=$JAEGER_VERSION
+before="v${m%%.*}.$(( $(echo "$m" | cut -d. -f2) - 1 )).0 / v${b%%.*}.$(( $(echo "$b" | cut -d. -f2) - 1 )).0 "
 grep -qF "$JAEGER_MODULE_VERSION / v$JAEGER_VERSION " "$src/CHANGELOG.md" ||
+    grep -m1 -E '^v[0-9]+\.[0-9]+\.[0-9]+ / v' "$src/CHANGELOG.md" | grep -qF "$before" ||
     die "JAEGER_VERSION=$JAEGER_VERSION and JAEGER_MODULE_VERSION=$JAEGER_MODULE_VERSION in .env are not one Jaeger release (see the first entry of $src/CHANGELOG.md)"
 
 build_dir "jaeger-$JAEGER_VERSION"

@@ -471,7 +471,7 @@ mod tests {
     }
 
     #[test]
-    /// As Jaeger 2.13 answers for a span whose link is also its parent: one
+    /// As Jaeger 2.12 answers for a span whose link is also its parent: one
     /// FOLLOWS_FROM reference, first, standing for both.
     fn a_first_follows_from_in_the_trace_is_the_parent_and_a_link() {
         let spans = spans();
