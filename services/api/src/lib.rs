@@ -3,7 +3,9 @@
 //! - [`config`]: settings from the environment.
 //! - `users`: the REST handlers, and the one implementation of each
 //!   operation; inputs are parsed into domain types here.
-//! - `rpc`: JSON-RPC 2.0 on `POST /rpc`, calling the same operations.
+//! - `rpc`: JSON-RPC 2.0 on `POST /rpc`, calling the same operations; its
+//!   `schema` holds the OpenAPI schemas of JSON-RPC's request, response and
+//!   error object.
 //! - `auth`: JWT bearer tokens and the roles; the caller's id as baggage.
 //! - `roles`: the user service's word on a token's user, kept briefly.
 //! - `throttle`: failed logins counted per account and per address.
@@ -12,7 +14,11 @@
 //! - `upstream`: the calls to the user service: its replicas, retries
 //!   within a budget, and a circuit breaker.
 //! - `error`: the one error type, and the one gRPC → HTTP status mapping.
-//! - `openapi`: the OpenAPI document, generated from the handlers.
+//! - `schema`, `responses`: what the OpenAPI document shares (the domain's
+//!   inputs as schemas, the answers several operations give); leaves that
+//!   REST, JSON-RPC and the document read.
+//! - `openapi`: the OpenAPI document's root, generated from the handlers'
+//!   annotations; it reads everything above and nothing reads it.
 //!
 //! [`run`] serves on a listener it is given until the shutdown future
 //! resolves, so `main` and the tests start it the same way.
@@ -22,8 +28,10 @@ pub mod config;
 mod error;
 mod extract;
 mod openapi;
+mod responses;
 mod roles;
 mod rpc;
+mod schema;
 mod throttle;
 mod upstream;
 mod users;

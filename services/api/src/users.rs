@@ -23,10 +23,8 @@ use crate::{
     auth::Caller,
     error::{ApiError, Problem},
     extract::{ClientAddr, Deadline, IdempotencyKey, Json, Path, Query},
-    openapi::{
-        responses::{BodyRefused, EmailTakenOrInProgress, KeyReused, NoSuchUser, Unauthenticated, Unavailable},
-        schema,
-    },
+    responses::{BodyRefused, EmailTakenOrInProgress, KeyReused, NoSuchUser, Unauthenticated, Unavailable},
+    schema,
 };
 
 /// A new user.

@@ -207,10 +207,10 @@ async fn the_jsonrpc_endpoint_is_described_as_it_answers() {
     assert_eq!(rpc["security"], json!([{}, { "bearer": [] }]), "a token is optional");
     assert_eq!(
         rpc["requestBody"]["content"]["application/json"]["schema"]["$ref"],
-        "#/components/schemas/RpcBody"
+        "#/components/schemas/JsonRpcRequestOrBatch"
     );
 
-    let body = schema(&doc, "RpcBody");
+    let body = schema(&doc, "JsonRpcRequestOrBatch");
     let batch = &body["oneOf"][1];
     assert_eq!(
         (batch["minItems"].clone(), batch["maxItems"].clone()),
@@ -222,7 +222,7 @@ async fn the_jsonrpc_endpoint_is_described_as_it_answers() {
         "a batch's elements are answered one by one, whatever they are"
     );
 
-    let request = schema(&doc, "RpcRequest");
+    let request = schema(&doc, "JsonRpcRequest");
     assert_eq!(request["additionalProperties"], false);
     assert_eq!(request["required"], json!(["jsonrpc", "method"]));
     assert_eq!(request["properties"]["jsonrpc"]["enum"], json!(["2.0"]));

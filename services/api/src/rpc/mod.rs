@@ -44,6 +44,8 @@ use crate::{
     users::{self, ListQuery, LoginRequest, RegisterRequest, TokenBody, UpdateRequest, UserBody, UserPage},
 };
 
+pub mod schema;
+
 /// The most calls a batch may hold.
 pub const MAX_BATCH: usize = 100;
 
@@ -122,16 +124,16 @@ impl Method {
 }
 
 /// JSON-RPC 2.0 over HTTP: one call or a batch of them.
-#[utoipa::path(post, path = "/rpc", tag = "jsonrpc", request_body = crate::openapi::jsonrpc::RpcBody,
+#[utoipa::path(post, path = "/rpc", tag = "jsonrpc", request_body = schema::RequestOrBatch,
     security((), ("bearer" = [])),
     responses(
         (status = 200, description = "The answer of a call, or an array of the answers of a batch's calls \
             that are not notifications, in the batch's order; a failed call's answer holds its error",
-            body = crate::openapi::jsonrpc::RpcAnswer),
+            body = schema::ResponseOrBatch),
         (status = 204, description = "Every call was a notification: nothing to answer"),
         (status = 400, description = "The body is not JSON (`-32700`), or not a request object or a batch of \
-            1 to 100 (`-32600`)", body = crate::openapi::jsonrpc::RpcResponse),
-        crate::openapi::responses::BodyRefused,
+            1 to 100 (`-32600`)", body = schema::Response),
+        crate::responses::BodyRefused,
         (status = 504, description = "The request ran out of time", body = crate::error::Problem,
             content_type = "application/problem+json"),
     ))]
