@@ -14,12 +14,19 @@
 #                   fuzzes the API with it
 #   chromium        headless Chromium, which opens tracechain's waterfall page
 #                   in the tests (Debian)
+#   helm            Helm $HELM_VERSION, built from its Go module
+#                   (scripts/install-helm.sh): `make test` lints and renders
+#                   the chart under deploy/helm
+#   kubernetes-validate
+#                   the Kubernetes JSON schemas, from PyPI
+#                   (scripts/install-kubernetes-validate.sh): `make test`
+#                   validates the rendered chart against them
 #
 # With arguments, only those: scripts/install-tools.sh kafka jaeger
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-wanted=" ${*:-postgres kafka otelcol jaeger docker-compose schemathesis chromium} "
+wanted=" ${*:-postgres kafka otelcol jaeger docker-compose schemathesis chromium helm kubernetes-validate} "
 wants() { [[ $wanted == *" $1 "* ]]; }
 
 apt_install() { # package: installs a Debian package as root, or says how to
@@ -47,3 +54,5 @@ if wants schemathesis; then "$CALLCHAIN_ROOT/scripts/install-schemathesis.sh"; f
 if wants chromium && ! command -v chromium >/dev/null 2>&1; then
     apt_install chromium
 fi
+if wants helm; then "$CALLCHAIN_ROOT/scripts/install-helm.sh"; fi
+if wants kubernetes-validate; then "$CALLCHAIN_ROOT/scripts/install-kubernetes-validate.sh"; fi

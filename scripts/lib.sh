@@ -15,6 +15,8 @@ KAFKA_HOME=$CALLCHAIN_TOOLS/kafka-$KAFKA_VERSION
 OTELCOL_BIN=$CALLCHAIN_TOOLS/otelcol-$OTELCOL_VERSION/otelcol-callchain
 JAEGER_BIN=$CALLCHAIN_TOOLS/jaeger-$JAEGER_VERSION/jaeger
 SCHEMATHESIS_HOME=$CALLCHAIN_TOOLS/schemathesis-$SCHEMATHESIS_VERSION
+HELM_BIN=$CALLCHAIN_TOOLS/helm-$HELM_VERSION/helm
+KUBERNETES_VALIDATE_HOME=$CALLCHAIN_TOOLS/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION
 
 # A progress line, on stderr so it shows even when stdout is captured.
 step() { printf '==> %s\n' "$*" >&2; }
@@ -53,4 +55,24 @@ port_free() {
     if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
         die "port $1 ($2) is already taken on 127.0.0.1; stop what listens there (ss -ltnp 'sport = :$1') or choose another port"
     fi
+}
+
+# pip_tool NAME VERSION HOME: installs the PyPI package NAME==VERSION into its
+# own virtual environment at HOME, once; a marker written last makes an
+# interrupted install start again rather than be half used.
+pip_tool() {
+    local name=$1 version=$2 home=$3
+    if [ -f "$home/.installed" ]; then
+        echo "$name $version: installed at $home"
+        return 0
+    fi
+    need python3 "python3 and python3-venv (Debian)"
+    python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' ||
+        die "$name $version needs Python 3.10 or newer; $(command -v python3) is $(python3 --version 2>&1)"
+    step "installing $name $version from PyPI into $home (once per machine)"
+    rm -rf "$home"
+    python3 -m venv "$home" || die "python3 cannot make a virtual environment; install python3-venv (Debian)"
+    "$home/bin/pip" install --quiet --disable-pip-version-check "$name==$version"
+    touch "$home/.installed"
+    echo "$name $version: installed at $home"
 }

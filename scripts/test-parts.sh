@@ -35,7 +35,7 @@ exports() {
 }
 
 up() {
-    "$CALLCHAIN_ROOT/scripts/install-tools.sh" postgres docker-compose schemathesis chromium
+    "$CALLCHAIN_ROOT/scripts/install-tools.sh" postgres docker-compose schemathesis chromium helm kubernetes-validate
     "$CALLCHAIN_ROOT/scripts/ensure-postgres.sh"
     # A fresh broker every run: nothing of an earlier run is left to read.
     "$CALLCHAIN_ROOT/scripts/parts.sh" down "$DIR" >/dev/null

@@ -4,6 +4,8 @@
 //! - [`chain`]: the call chain every registration must leave (DESIGN.md).
 //! - [`compose`]: checks of `docker-compose.yml` and the configs it mounts
 //!   that need no Docker engine.
+//! - [`helm`]: the Helm chart under `deploy/helm` rendered with the real
+//!   Helm, and the checks no Kubernetes schema makes.
 //! - [`jaeger`]: spans read back from Jaeger's query API (or from the JSON
 //!   logs, by tracechain), as [`callchain_testkit::spans::SpanRecord`]s.
 //! - [`load`] and [`cpu`]: the benchmarks' load generator, and the CPU
@@ -14,6 +16,7 @@
 pub mod chain;
 pub mod compose;
 pub mod cpu;
+pub mod helm;
 pub mod jaeger;
 pub mod journey;
 pub mod load;
