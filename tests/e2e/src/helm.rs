@@ -273,10 +273,10 @@ pub fn check_secrets_stay_secret(docs: &[Value]) -> Vec<String> {
             for (_, value) in doc.get(key).and_then(Value::as_mapping).into_iter().flatten() {
                 if let Some(value) = value.as_str() {
                     secrets.push(value.to_owned());
-                    if key == "data" {
-                        if let Some(plain) = base64_decode(value) {
-                            secrets.push(plain);
-                        }
+                    if key == "data"
+                        && let Some(plain) = base64_decode(value)
+                    {
+                        secrets.push(plain);
                     }
                 }
             }
