@@ -430,10 +430,11 @@ pub async fn update(
     })?;
     let response = state.users.clone().update_user(request).await;
     // Whatever the answer, what this process knew of the user may be stale.
+    // The answer itself is never kept as the user's role: it may be the
+    // replay of an earlier write (see `roles`).
     state.roles.forget(id);
     let response = response?.into_inner();
     let user: User = answered(response.user, "user")?;
-    state.roles.remember(&user);
     Ok(user.into())
 }
 
