@@ -73,6 +73,12 @@ impl ApiError {
         }
     }
 
+    /// A `503` for a request (or a call of a JSON-RPC batch) past
+    /// `API_MAX_IN_FLIGHT`.
+    pub fn busy() -> Self {
+        Self::unavailable("the API is serving as many requests as it can; retry shortly")
+    }
+
     pub fn bad_request(detail: impl Into<String>) -> Self {
         ApiError::BadRequest {
             field: None,

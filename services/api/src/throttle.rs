@@ -1,6 +1,7 @@
-//! Login throttling: failed logins are counted per account and per client
-//! address in a sliding window, and past the limit a login answers `429`
-//! with `Retry-After` until the oldest failure in the window leaves it.
+//! Throttles: failed logins counted per account and per client address,
+//! and registrations per client address, each in a sliding window; past a
+//! limit, the request answers `429` with `Retry-After` until the oldest
+//! entry in the window leaves it.
 //!
 //! - An account is the email as sent, lower-cased, whether or not anyone
 //!   has it: an unknown email is throttled exactly like a known one, so the
@@ -8,11 +9,12 @@
 //! - An address is an IPv4 address whole, and an IPv6 address by its /64:
 //!   one subscriber is usually given a whole /64, so counting its addresses
 //!   one by one would give it an unlimited supply of fresh counts.
-//! - An attempt counts as a failure from the moment it starts, so many
-//!   concurrent guesses cannot slip in before the first one fails. A
-//!   successful login resets its account's count and takes its own attempt
-//!   back from its address; an attempt that never reached a verdict (the
-//!   user service was down) is taken back from both.
+//! - An attempt counts from the moment it starts, so many concurrent
+//!   requests (a JSON-RPC batch among them) cannot slip in before the first
+//!   one is counted. A successful login resets its account's count and takes
+//!   its own attempt back from its address; an attempt that never reached a
+//!   verdict (the user service was down) is taken back from all it counted
+//!   against.
 //! - The state lives in this API process: each process counts on its own,
 //!   so N processes allow up to N times the limits. Memory stays bounded:
 //!   each key keeps at most its limit of timestamps, a key is dropped as
@@ -169,6 +171,59 @@ impl LoginThrottle {
             .take_back(&attempt.account, attempt.at);
         if let Some(address) = attempt.address {
             self.addresses.lock().expect("throttle").take_back(&address, attempt.at);
+        }
+    }
+}
+
+/// Registrations counted per client address: each creates a user (and an
+/// event), so one address may not create them without end.
+pub struct RegistrationThrottle {
+    addresses: Mutex<Window<IpAddr>>,
+}
+
+/// A registration in progress, counted until it is known to have reached
+/// no verdict.
+#[must_use = "a registration counts until it is settled"]
+pub struct Registration {
+    address: Option<IpAddr>,
+    at: Instant,
+}
+
+impl RegistrationThrottle {
+    pub fn new(limits: RegistrationLimits) -> Self {
+        Self {
+            addresses: Mutex::new(Window::new("registration addresses", limits.per_address, limits.window)),
+        }
+    }
+
+    /// Starts a registration from `address`: `429` when it has registered
+    /// too often in the window, otherwise a registration already counted.
+    pub fn begin(&self, address: Option<IpAddr>) -> Result<Registration, ApiError> {
+        let now = Instant::now();
+        let address = address.map(address_key);
+        if let Some(address) = address {
+            let mut addresses = self.addresses.lock().expect("throttle");
+            if let Some(wait) = addresses.wait(&address, now) {
+                return Err(too_many("registrations from this address", wait));
+            }
+            addresses.record(address, now);
+        }
+        Ok(Registration { address, at: now })
+    }
+
+    /// The user service answered, whatever it answered: it stays counted.
+    pub fn decided(&self, registration: Registration) {
+        drop(registration);
+    }
+
+    /// No verdict was reached (the user service was unreachable): it is not
+    /// held against the address.
+    pub fn undecided(&self, registration: Registration) {
+        if let Some(address) = registration.address {
+            self.addresses
+                .lock()
+                .expect("throttle")
+                .take_back(&address, registration.at);
         }
     }
 }
@@ -440,5 +495,23 @@ mod tests {
             "another address of the same /64 was let in"
         );
         assert!(throttle.begin(&email("c@example.com"), at("2001:db8:0:1::1")).is_ok());
+    }
+
+    #[test]
+    fn registrations_from_one_address_are_refused_past_the_limit_unless_undecided() {
+        let registrations = RegistrationThrottle::new(RegistrationLimits {
+            per_address: 2,
+            window: Duration::from_secs(60),
+        });
+        let here: IpAddr = [10, 0, 0, 1].into();
+        registrations.undecided(registrations.begin(Some(here)).unwrap());
+        for _ in 0..2 {
+            registrations.decided(registrations.begin(Some(here)).unwrap());
+        }
+        match registrations.begin(Some(here)).err().expect("throttled") {
+            ApiError::TooManyRequests { retry_after_secs, .. } => assert!((1..=60).contains(&retry_after_secs)),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(registrations.begin(Some([10, 0, 0, 2].into())).is_ok());
     }
 }

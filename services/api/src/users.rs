@@ -16,6 +16,7 @@ use callchain_proto::user::v1::{
     UpdateUserRequest,
 };
 use serde::{Deserialize, Serialize};
+use tonic::Code;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::{
@@ -163,15 +164,17 @@ fn answered<P, T: TryFrom<P, Error = Invalid>>(part: Option<P>, what: &str) -> R
         EmailTakenOrInProgress,
         BodyRefused,
         KeyReused,
+        (status = 429, description = "Too many registrations from this client address; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
         Unavailable,
     ))]
 pub async fn register(
     State(state): State<AppState>,
+    ClientAddr(address): ClientAddr,
     deadline: Deadline,
     key: Result<IdempotencyKey, ApiError>,
     body: Result<Json<RegisterRequest>, ApiError>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let user = create(&state, &deadline, key, body.map(|Json(body)| body)).await?;
+    let user = create(&state, address, &deadline, key, body.map(|Json(body)| body)).await?;
     let location = format!("/v1/users/{}", user.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(user)))
 }
@@ -303,9 +306,11 @@ pub async fn list_users(
 // the caller (401), its role (403), then the input (400), so both protocols
 // refuse the same request for the same reason.
 
-/// Registers a user: `user.create`, `POST /v1/users`.
+/// Registers a user, throttled per client address: `user.create`,
+/// `POST /v1/users`.
 pub async fn create(
     state: &AppState,
+    address: Option<IpAddr>,
     deadline: &Deadline,
     key: Result<IdempotencyKey, ApiError>,
     body: Result<RegisterRequest, ApiError>,
@@ -321,7 +326,16 @@ pub async fn create(
         password: password.expose().to_owned(),
         idempotency_key: key.into_wire(),
     })?;
-    let response = state.users.clone().create_user(request).await?.into_inner();
+    let registration = state.registrations.begin(address)?;
+    let response = state.users.clone().create_user(request).await;
+    match &response {
+        // No verdict: the user service was not reached, or not in time.
+        Err(status) if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled) => {
+            state.registrations.undecided(registration)
+        }
+        _ => state.registrations.decided(registration),
+    }
+    let response = response?.into_inner();
     // The user service stored the event with the user, in its outbox.
     let user: User = answered(response.user, "user")?;
     Ok(user.into())

@@ -105,3 +105,32 @@ async fn a_demoted_administrator_replaying_an_old_write_does_not_get_its_role_ba
     let now: serde_json::Value = stack.get_user(id, &admin).await.json().await.unwrap();
     assert_eq!(now["role"], "USER", "{now}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_failed_logins_for_one_account_let_exactly_the_limit_through_then_429() {
+    let stack = stack().await;
+    let (user, _) = signed_in_user(&stack).await;
+    let email = user["email"].as_str().unwrap().to_owned();
+    // The test settings' limit per account (LOGIN_MAX_FAILURES_PER_ACCOUNT's default).
+    const LIMIT: usize = 5;
+    const LOGINS: usize = 40;
+    let logins = (0..LOGINS).map(|_| {
+        let (http, url, email) = (stack.http.clone(), stack.url("/v1/auth/login"), email.clone());
+        tokio::spawn(async move {
+            http.post(url)
+                .json(&json!({ "email": email, "password": "a wrong password" }))
+                .send()
+                .await
+                .expect("every login is answered")
+                .status()
+                .as_u16()
+        })
+    });
+    let mut statuses = Vec::new();
+    for login in logins.collect::<Vec<_>>() {
+        statuses.push(login.await.expect("a login"));
+    }
+    let wrong = statuses.iter().filter(|status| **status == 401).count();
+    let throttled = statuses.iter().filter(|status| **status == 429).count();
+    assert_eq!((wrong, throttled), (LIMIT, LOGINS - LIMIT), "{statuses:?}");
+}
