@@ -191,11 +191,11 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready when at least one user service replica passes its health check.
-/// (The API holds no other connection: the user service publishes the
-/// events.)
+/// Ready when at least one user service replica passed its last health
+/// check, which is at most an interval old (see `upstream::balance`). (The
+/// API holds no other connection: the user service publishes the events.)
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    if state.replicas.check_now().await == 0 {
+    if state.replicas.serving_checked().await == 0 {
         return Err(ApiError::unavailable("no user service replica is serving"));
     }
     Ok("ready")
