@@ -564,7 +564,7 @@ impl Failure {
         let status = error.status();
         Self {
             code: code_of(status),
-            message: error.public_detail(),
+            message: error.logged_detail(),
             data: Some(FailureData {
                 status: status.as_u16(),
                 field: error.field().map(str::to_owned),
