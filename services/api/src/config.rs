@@ -171,7 +171,11 @@ impl Config {
                 DEFAULT_BREAKER_FAILURE_RATE,
             )?,
             min_calls: env.parse_or("BREAKER_MIN_CALLS", "a whole number", DEFAULT_BREAKER_MIN_CALLS)?,
-            open_for: Duration::from_millis(env.parse_or("BREAKER_OPEN_MS", "a whole number", DEFAULT_BREAKER_OPEN_MS)?),
+            open_for: Duration::from_millis(env.parse_or(
+                "BREAKER_OPEN_MS",
+                "a whole number",
+                DEFAULT_BREAKER_OPEN_MS,
+            )?),
             ..BreakerPolicy::default()
         };
         anyhow::ensure!(

@@ -356,10 +356,18 @@ mod tests {
             for _ in 0..2 {
                 assert!(!error.public_detail().contains("disk"));
             }
-            assert_eq!(logged.load(std::sync::atomic::Ordering::SeqCst), 0, "reading the detail logged");
+            assert_eq!(
+                logged.load(std::sync::atomic::Ordering::SeqCst),
+                0,
+                "reading the detail logged"
+            );
             let response = error.into_response();
             assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-            assert_eq!(logged.load(std::sync::atomic::Ordering::SeqCst), 1, "answering logs once");
+            assert_eq!(
+                logged.load(std::sync::atomic::Ordering::SeqCst),
+                1,
+                "answering logs once"
+            );
         });
     }
 }

@@ -180,10 +180,16 @@ mod tests {
         let generation = roles.cached(ada.id).unwrap_err();
         roles.forget(ada.id);
         roles.remember(&ada, generation);
-        assert!(roles.cached(ada.id).is_err(), "a role read before the change outlived it");
+        assert!(
+            roles.cached(ada.id).is_err(),
+            "a role read before the change outlived it"
+        );
         // The next read, asked after the change, is kept.
         let generation = roles.cached(ada.id).unwrap_err();
-        let demoted = User { role: Role::User, ..ada };
+        let demoted = User {
+            role: Role::User,
+            ..ada
+        };
         roles.remember(&demoted, generation);
         assert_eq!(roles.cached(demoted.id), Ok(Role::User));
     }

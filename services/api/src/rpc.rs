@@ -191,7 +191,11 @@ pub async fn handle(
             } else {
                 match state.in_flight.try_acquire() {
                     Ok(place) => Some(place),
-                    Err(_) => return call.id.map(|id| Reply::failed(Some(id), Failure::of(&ApiError::busy()))),
+                    Err(_) => {
+                        return call
+                            .id
+                            .map(|id| Reply::failed(Some(id), Failure::of(&ApiError::busy())));
+                    }
                 }
             };
             let reply = calls.answer(call, true).await;

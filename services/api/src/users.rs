@@ -328,12 +328,17 @@ pub async fn create(
     })?;
     let registration = state.registrations.begin(address)?;
     let response = state.users.clone().create_user(request).await;
-    match &response {
-        // No verdict: the user service was not reached, or not in time.
-        Err(status) if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled) => {
-            state.registrations.undecided(registration)
-        }
-        _ => state.registrations.decided(registration),
+    // No verdict: the user service was not reached, or not in time.
+    let undecided = response.as_ref().is_err_and(|status| {
+        matches!(
+            status.code(),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
+        )
+    });
+    if undecided {
+        state.registrations.undecided(registration);
+    } else {
+        state.registrations.decided(registration);
     }
     let response = response?.into_inner();
     // The user service stored the event with the user, in its outbox.

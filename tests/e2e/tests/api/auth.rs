@@ -100,7 +100,13 @@ async fn a_demoted_administrator_replaying_an_old_write_does_not_get_its_role_ba
 
     let regained = stack.patch_user(id, &token, &json!({ "role": "ADMIN" })).await;
     assert_problem(regained, 403, "only an administrator").await;
-    let list = stack.http.get(stack.url("/v1/users")).bearer_auth(&token).send().await.unwrap();
+    let list = stack
+        .http
+        .get(stack.url("/v1/users"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_problem(list, 403, "only an administrator").await;
     let now: serde_json::Value = stack.get_user(id, &admin).await.json().await.unwrap();
     assert_eq!(now["role"], "USER", "{now}");

@@ -382,7 +382,11 @@ async fn each_call_of_a_batch_counts_against_the_limit_of_requests_in_flight() {
     let codes = batch_codes(&stack, Some(&token), calls).await;
     // The calls all start at once: as many as the limit run, the rest are
     // shed as a request past the limit is.
-    assert_eq!((count(&codes, 0), count(&codes, -32053)), (LIMIT, CALLS - LIMIT), "{codes:?}");
+    assert_eq!(
+        (count(&codes, 0), count(&codes, -32053)),
+        (LIMIT, CALLS - LIMIT),
+        "{codes:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -399,7 +403,11 @@ async fn each_login_of_a_batch_counts_against_the_login_throttle() {
         })
         .collect();
     let codes = batch_codes(&stack, None, calls).await;
-    assert_eq!((count(&codes, -32001), count(&codes, -32029)), (LIMIT, CALLS - LIMIT), "{codes:?}");
+    assert_eq!(
+        (count(&codes, -32001), count(&codes, -32029)),
+        (LIMIT, CALLS - LIMIT),
+        "{codes:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -418,7 +426,11 @@ async fn registrations_are_throttled_per_client_address_in_a_batch_and_over_rest
         })
         .collect();
     let codes = batch_codes(&stack, None, calls).await;
-    assert_eq!((count(&codes, 0), count(&codes, -32029)), (LIMIT, CALLS - LIMIT), "{codes:?}");
+    assert_eq!(
+        (count(&codes, 0), count(&codes, -32029)),
+        (LIMIT, CALLS - LIMIT),
+        "{codes:?}"
+    );
     // REST shares the count: the address has used its registrations up.
     let response = stack
         .http
