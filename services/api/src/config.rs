@@ -187,7 +187,11 @@ impl Config {
             "BREAKER_MIN_CALLS and BREAKER_OPEN_MS must be at least 1"
         );
         let max_in_flight = env.parse_or("API_MAX_IN_FLIGHT", "a whole number", DEFAULT_MAX_IN_FLIGHT)?;
-        anyhow::ensure!(max_in_flight > 0, "API_MAX_IN_FLIGHT must be at least 1");
+        anyhow::ensure!(
+            max_in_flight > 0 && max_in_flight <= tokio::sync::Semaphore::MAX_PERMITS,
+            "API_MAX_IN_FLIGHT must be at least 1 and at most {}",
+            tokio::sync::Semaphore::MAX_PERMITS
+        );
         Ok(Self {
             listen_addr: env.parse_or(
                 "API_LISTEN_ADDR",
@@ -271,6 +275,26 @@ mod tests {
     }
 
     #[test]
+    fn registration_limits_are_read_and_checked() {
+        let env = Env::from_pairs([
+            ("REGISTRATIONS_PER_ADDRESS", "7"),
+            ("REGISTRATION_WINDOW_SECONDS", "120"),
+        ]);
+        let limits = Config::from_env(&env).unwrap().registration_limits;
+        assert_eq!((limits.per_address, limits.window.as_secs()), (7, 120));
+        let defaults = Config::from_env(&Env::from_pairs(Vec::<(String, String)>::new()))
+            .unwrap()
+            .registration_limits;
+        assert_eq!(defaults, RegistrationLimits::default());
+        for (name, value) in [("REGISTRATIONS_PER_ADDRESS", "0"), ("REGISTRATION_WINDOW_SECONDS", "0")] {
+            assert!(
+                Config::from_env(&Env::from_pairs([(name, value)])).is_err(),
+                "{name}={value}"
+            );
+        }
+    }
+
+    #[test]
     fn resilience_settings_are_read_and_checked() {
         let env = Env::from_pairs([
             ("USER_SERVICE_URL", "http://127.0.0.1:50051,http://127.0.0.1:50052"),
@@ -299,6 +323,7 @@ mod tests {
             ("BREAKER_MIN_CALLS", "0"),
             ("BREAKER_OPEN_MS", "0"),
             ("API_MAX_IN_FLIGHT", "0"),
+            ("API_MAX_IN_FLIGHT", "18446744073709551615"),
             ("USER_SERVICE_URL", "user:50051"),
         ] {
             assert!(
