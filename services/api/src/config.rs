@@ -6,7 +6,7 @@ use callchain_runtime::env::Env;
 use secrecy::{ExposeSecret as _, SecretString};
 
 use crate::{
-    throttle::Limits,
+    throttle::{Limits, RegistrationLimits},
     upstream::{BreakerPolicy, Targets},
 };
 
@@ -21,6 +21,8 @@ pub const ENV_VARS: &[&str] = &[
     "LOGIN_MAX_FAILURES_PER_ACCOUNT",
     "LOGIN_MAX_FAILURES_PER_ADDRESS",
     "LOGIN_FAILURE_WINDOW_SECONDS",
+    "REGISTRATIONS_PER_ADDRESS",
+    "REGISTRATION_WINDOW_SECONDS",
     "AUTH_CACHE_TTL_MS",
     "BREAKER_FAILURE_RATE",
     "BREAKER_MIN_CALLS",
@@ -36,6 +38,37 @@ pub const REQUIRED_ENV_VARS: &[&str] = &["JWT_SECRET"];
 /// builds have no default.
 #[cfg(debug_assertions)]
 const DEV_JWT_SECRET: &str = "callchain-development-secret-do-not-use-in-production";
+
+/// `API_LISTEN_ADDR`'s default.
+pub const DEFAULT_LISTEN_ADDR: &str = "0.0.0.0:8080";
+/// `USER_SERVICE_URL`'s default.
+pub const DEFAULT_USER_SERVICE_URL: &str = "http://127.0.0.1:50051";
+/// `JWT_TTL_SECONDS`'s default.
+pub const DEFAULT_JWT_TTL_SECONDS: u64 = 3600;
+/// `REQUEST_TIMEOUT_MS`'s default.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// `MAX_BODY_BYTES`'s default.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024;
+/// `LOGIN_MAX_FAILURES_PER_ACCOUNT`'s default.
+pub const DEFAULT_LOGIN_MAX_FAILURES_PER_ACCOUNT: usize = 5;
+/// `LOGIN_MAX_FAILURES_PER_ADDRESS`'s default.
+pub const DEFAULT_LOGIN_MAX_FAILURES_PER_ADDRESS: usize = 50;
+/// `LOGIN_FAILURE_WINDOW_SECONDS`'s default.
+pub const DEFAULT_LOGIN_FAILURE_WINDOW_SECONDS: u64 = 15 * 60;
+/// `REGISTRATIONS_PER_ADDRESS`'s default.
+pub const DEFAULT_REGISTRATIONS_PER_ADDRESS: usize = 20;
+/// `REGISTRATION_WINDOW_SECONDS`'s default.
+pub const DEFAULT_REGISTRATION_WINDOW_SECONDS: u64 = 60 * 60;
+/// `AUTH_CACHE_TTL_MS`'s default.
+pub const DEFAULT_AUTH_CACHE_TTL_MS: u64 = 1_000;
+/// `BREAKER_FAILURE_RATE`'s default.
+pub const DEFAULT_BREAKER_FAILURE_RATE: f64 = 0.5;
+/// `BREAKER_MIN_CALLS`'s default.
+pub const DEFAULT_BREAKER_MIN_CALLS: u32 = 20;
+/// `BREAKER_OPEN_MS`'s default.
+pub const DEFAULT_BREAKER_OPEN_MS: u64 = 5_000;
+/// `API_MAX_IN_FLIGHT`'s default.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 512;
 
 /// `Debug` prints every setting but the secret, which `SecretString` keeps
 /// to itself.
@@ -62,6 +95,11 @@ pub struct Config {
     /// `LOGIN_FAILURE_WINDOW_SECONDS` (default 900); past either, a login
     /// answers 429 until the oldest failure leaves the window.
     pub login_limits: Limits,
+    /// `REGISTRATIONS_PER_ADDRESS` (default 20) registrations from one
+    /// client address within `REGISTRATION_WINDOW_SECONDS` (default 3600);
+    /// past it, a registration answers 429 until the oldest leaves the
+    /// window.
+    pub registration_limits: RegistrationLimits,
     /// `AUTH_CACHE_TTL_MS`, default 1000: how long the user service's word on
     /// a token's user (still there, with what role) is kept; 0 asks on every
     /// request.
@@ -90,18 +128,54 @@ impl Config {
             "JWT_SECRET must be at least 32 bytes long"
         );
         let login_limits = Limits {
-            per_account: env.parse_or("LOGIN_MAX_FAILURES_PER_ACCOUNT", "a whole number", 5)?,
-            per_address: env.parse_or("LOGIN_MAX_FAILURES_PER_ADDRESS", "a whole number", 50)?,
-            window: Duration::from_secs(env.parse_or("LOGIN_FAILURE_WINDOW_SECONDS", "a whole number", 900)?),
+            per_account: env.parse_or(
+                "LOGIN_MAX_FAILURES_PER_ACCOUNT",
+                "a whole number",
+                DEFAULT_LOGIN_MAX_FAILURES_PER_ACCOUNT,
+            )?,
+            per_address: env.parse_or(
+                "LOGIN_MAX_FAILURES_PER_ADDRESS",
+                "a whole number",
+                DEFAULT_LOGIN_MAX_FAILURES_PER_ADDRESS,
+            )?,
+            window: Duration::from_secs(env.parse_or(
+                "LOGIN_FAILURE_WINDOW_SECONDS",
+                "a whole number",
+                DEFAULT_LOGIN_FAILURE_WINDOW_SECONDS,
+            )?),
         };
         anyhow::ensure!(
             login_limits.per_account > 0 && login_limits.per_address > 0 && !login_limits.window.is_zero(),
             "LOGIN_MAX_FAILURES_PER_ACCOUNT, LOGIN_MAX_FAILURES_PER_ADDRESS and LOGIN_FAILURE_WINDOW_SECONDS must be at least 1"
         );
+        let registration_limits = RegistrationLimits {
+            per_address: env.parse_or(
+                "REGISTRATIONS_PER_ADDRESS",
+                "a whole number",
+                DEFAULT_REGISTRATIONS_PER_ADDRESS,
+            )?,
+            window: Duration::from_secs(env.parse_or(
+                "REGISTRATION_WINDOW_SECONDS",
+                "a whole number",
+                DEFAULT_REGISTRATION_WINDOW_SECONDS,
+            )?),
+        };
+        anyhow::ensure!(
+            registration_limits.per_address > 0 && !registration_limits.window.is_zero(),
+            "REGISTRATIONS_PER_ADDRESS and REGISTRATION_WINDOW_SECONDS must be at least 1"
+        );
         let breaker = BreakerPolicy {
-            failure_rate: env.parse_or("BREAKER_FAILURE_RATE", "a number above 0 and at most 1", 0.5)?,
-            min_calls: env.parse_or("BREAKER_MIN_CALLS", "a whole number", 20)?,
-            open_for: Duration::from_millis(env.parse_or("BREAKER_OPEN_MS", "a whole number", 5_000)?),
+            failure_rate: env.parse_or(
+                "BREAKER_FAILURE_RATE",
+                "a number above 0 and at most 1",
+                DEFAULT_BREAKER_FAILURE_RATE,
+            )?,
+            min_calls: env.parse_or("BREAKER_MIN_CALLS", "a whole number", DEFAULT_BREAKER_MIN_CALLS)?,
+            open_for: Duration::from_millis(env.parse_or(
+                "BREAKER_OPEN_MS",
+                "a whole number",
+                DEFAULT_BREAKER_OPEN_MS,
+            )?),
             ..BreakerPolicy::default()
         };
         anyhow::ensure!(
@@ -112,25 +186,38 @@ impl Config {
             breaker.min_calls > 0 && !breaker.open_for.is_zero(),
             "BREAKER_MIN_CALLS and BREAKER_OPEN_MS must be at least 1"
         );
-        let max_in_flight = env.parse_or("API_MAX_IN_FLIGHT", "a whole number", 512)?;
-        anyhow::ensure!(max_in_flight > 0, "API_MAX_IN_FLIGHT must be at least 1");
+        let max_in_flight = env.parse_or("API_MAX_IN_FLIGHT", "a whole number", DEFAULT_MAX_IN_FLIGHT)?;
+        anyhow::ensure!(
+            max_in_flight > 0 && max_in_flight <= tokio::sync::Semaphore::MAX_PERMITS,
+            "API_MAX_IN_FLIGHT must be at least 1 and at most {}",
+            tokio::sync::Semaphore::MAX_PERMITS
+        );
         Ok(Self {
             listen_addr: env.parse_or(
                 "API_LISTEN_ADDR",
                 "an address such as 0.0.0.0:8080",
-                ([0, 0, 0, 0], 8080).into(),
+                DEFAULT_LISTEN_ADDR.parse().expect("a valid address"),
             )?,
             user_service: env
                 .var("USER_SERVICE_URL")
                 .as_deref()
-                .unwrap_or("http://127.0.0.1:50051")
+                .unwrap_or(DEFAULT_USER_SERVICE_URL)
                 .parse()?,
             jwt_secret,
-            jwt_ttl: Duration::from_secs(env.parse_or("JWT_TTL_SECONDS", "a whole number", 3600)?),
-            request_timeout: Duration::from_millis(env.parse_or("REQUEST_TIMEOUT_MS", "a whole number", 10_000)?),
-            max_body_bytes: env.parse_or("MAX_BODY_BYTES", "a whole number", 16 * 1024)?,
+            jwt_ttl: Duration::from_secs(env.parse_or("JWT_TTL_SECONDS", "a whole number", DEFAULT_JWT_TTL_SECONDS)?),
+            request_timeout: Duration::from_millis(env.parse_or(
+                "REQUEST_TIMEOUT_MS",
+                "a whole number",
+                DEFAULT_REQUEST_TIMEOUT_MS,
+            )?),
+            max_body_bytes: env.parse_or("MAX_BODY_BYTES", "a whole number", DEFAULT_MAX_BODY_BYTES)?,
             login_limits,
-            auth_cache_ttl: Duration::from_millis(env.parse_or("AUTH_CACHE_TTL_MS", "a whole number", 1_000)?),
+            registration_limits,
+            auth_cache_ttl: Duration::from_millis(env.parse_or(
+                "AUTH_CACHE_TTL_MS",
+                "a whole number",
+                DEFAULT_AUTH_CACHE_TTL_MS,
+            )?),
             breaker,
             max_in_flight,
         })
@@ -143,13 +230,14 @@ impl Config {
             listen_addr: "127.0.0.1:0".parse().expect("a valid address"),
             user_service: user_service_url.parse().expect("valid user service URLs"),
             jwt_secret: jwt_secret.into(),
-            jwt_ttl: Duration::from_secs(3600),
-            request_timeout: Duration::from_secs(10),
-            max_body_bytes: 16 * 1024,
+            jwt_ttl: Duration::from_secs(DEFAULT_JWT_TTL_SECONDS),
+            request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             login_limits: Limits::default(),
-            auth_cache_ttl: Duration::from_secs(1),
+            registration_limits: RegistrationLimits::default(),
+            auth_cache_ttl: Duration::from_millis(DEFAULT_AUTH_CACHE_TTL_MS),
             breaker: BreakerPolicy::default(),
-            max_in_flight: 512,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         }
     }
 }
@@ -187,6 +275,26 @@ mod tests {
     }
 
     #[test]
+    fn registration_limits_are_read_and_checked() {
+        let env = Env::from_pairs([
+            ("REGISTRATIONS_PER_ADDRESS", "7"),
+            ("REGISTRATION_WINDOW_SECONDS", "120"),
+        ]);
+        let limits = Config::from_env(&env).unwrap().registration_limits;
+        assert_eq!((limits.per_address, limits.window.as_secs()), (7, 120));
+        let defaults = Config::from_env(&Env::from_pairs(Vec::<(String, String)>::new()))
+            .unwrap()
+            .registration_limits;
+        assert_eq!(defaults, RegistrationLimits::default());
+        for (name, value) in [("REGISTRATIONS_PER_ADDRESS", "0"), ("REGISTRATION_WINDOW_SECONDS", "0")] {
+            assert!(
+                Config::from_env(&Env::from_pairs([(name, value)])).is_err(),
+                "{name}={value}"
+            );
+        }
+    }
+
+    #[test]
     fn resilience_settings_are_read_and_checked() {
         let env = Env::from_pairs([
             ("USER_SERVICE_URL", "http://127.0.0.1:50051,http://127.0.0.1:50052"),
@@ -215,6 +323,7 @@ mod tests {
             ("BREAKER_MIN_CALLS", "0"),
             ("BREAKER_OPEN_MS", "0"),
             ("API_MAX_IN_FLIGHT", "0"),
+            ("API_MAX_IN_FLIGHT", "18446744073709551615"),
             ("USER_SERVICE_URL", "user:50051"),
         ] {
             assert!(

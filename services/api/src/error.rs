@@ -73,6 +73,12 @@ impl ApiError {
         }
     }
 
+    /// A `503` for a request (or a call of a JSON-RPC batch) past
+    /// `API_MAX_IN_FLIGHT`.
+    pub fn busy() -> Self {
+        Self::unavailable("the API is serving as many requests as it can; retry shortly")
+    }
+
     pub fn bad_request(detail: impl Into<String>) -> Self {
         ApiError::BadRequest {
             field: None,
@@ -91,16 +97,23 @@ impl ApiError {
     }
 
     /// What the client is told, in every protocol: the error's own words,
-    /// or for an internal error nothing internal. The cause of an internal
-    /// error is logged here, once, inside the request's span.
+    /// or for an internal error nothing internal.
     pub fn public_detail(&self) -> String {
         match self {
-            ApiError::Internal(cause) => {
-                tracing::error!(error = &**cause as &dyn std::error::Error, "internal error");
-                "an internal error occurred; quote the trace_id when reporting it".to_owned()
-            }
+            ApiError::Internal(_) => "an internal error occurred; quote the trace_id when reporting it".to_owned(),
             other => other.to_string(),
         }
+    }
+
+    /// The detail of an error being answered, in whichever protocol: the
+    /// one place an internal error's cause is logged, inside the request's
+    /// span, once per answer (REST's problem document, or a JSON-RPC
+    /// call's error).
+    pub fn logged_detail(&self) -> String {
+        if let ApiError::Internal(cause) = self {
+            tracing::error!(error = &**cause as &dyn std::error::Error, "internal error");
+        }
+        self.public_detail()
     }
 
     /// The input field at fault, when one is.
@@ -238,7 +251,7 @@ impl IntoResponse for ApiError {
             kind: "about:blank",
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
-            detail: self.public_detail(),
+            detail: self.logged_detail(),
             field: self.field().map(str::to_owned),
             trace_id,
         };
@@ -322,5 +335,39 @@ mod tests {
             ApiError::BadRequest { field, .. } => assert_eq!(field, None),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    /// Counts the events logged while it is the default subscriber.
+    struct Logged(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Logged {
+        fn on_event(&self, _: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn an_internal_error_is_logged_once_where_it_is_answered_and_never_when_its_detail_is_read() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let logged = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let subscriber = tracing_subscriber::registry().with(Logged(logged.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            let error = ApiError::Internal(anyhow::anyhow!("the disk is full"));
+            for _ in 0..2 {
+                assert!(!error.public_detail().contains("disk"));
+            }
+            assert_eq!(
+                logged.load(std::sync::atomic::Ordering::SeqCst),
+                0,
+                "reading the detail logged"
+            );
+            let response = error.into_response();
+            assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            assert_eq!(
+                logged.load(std::sync::atomic::Ordering::SeqCst),
+                1,
+                "answering logs once"
+            );
+        });
     }
 }

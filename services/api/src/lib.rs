@@ -8,7 +8,8 @@
 //!   error object.
 //! - `auth`: JWT bearer tokens and the roles; the caller's id as baggage.
 //! - `roles`: the user service's word on a token's user, kept briefly.
-//! - `throttle`: failed logins counted per account and per address.
+//! - `throttle`: failed logins counted per account and per address, and
+//!   registrations per address.
 //! - `extract`: extractors that reject as problem+json, the request deadline,
 //!   the `Idempotency-Key` header.
 //! - `upstream`: the calls to the user service: its replicas, retries
@@ -40,16 +41,15 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use axum::{
     Router,
-    error_handling::HandleErrorLayer,
-    extract::{DefaultBodyLimit, MatchedPath, State},
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
     http::Extensions,
-    response::IntoResponse,
+    middleware::Next,
+    response::{IntoResponse, Response},
     routing::{get, post},
     serve::ListenerExt as _,
 };
 use callchain_proto::user::v1::user_service_client::UserServiceClient;
 use callchain_telemetry::{baggage::BaggagePolicy, http::HttpServerLayer};
-use tower::ServiceBuilder;
 use utoipa::OpenApi as _;
 
 pub use auth::Keys;
@@ -62,7 +62,8 @@ pub use upstream::{BreakerPolicy, Targets};
 type UserClient = UserServiceClient<upstream::Upstream>;
 
 /// What every handler shares: the user service's client and replicas, the
-/// token keys, what is known of tokens' users, and the login throttle.
+/// token keys, what is known of tokens' users, the throttles, and the
+/// places of `API_MAX_IN_FLIGHT`.
 /// Cloned for every request (by each extractor and middleware that takes
 /// it), so it is one `Arc`: a clone or a drop is one atomic count, not one
 /// per field, on counts every worker thread touches.
@@ -76,6 +77,10 @@ pub struct Shared {
     keys: Keys,
     roles: roles::Roles,
     throttle: throttle::LoginThrottle,
+    registrations: throttle::RegistrationThrottle,
+    /// One permit per request served, and per call of a JSON-RPC batch
+    /// beyond its first (see [`shed`] and `rpc`).
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl std::ops::Deref for AppState {
@@ -98,6 +103,8 @@ impl AppState {
             keys: Keys::new(&config.jwt_secret, config.jwt_ttl),
             roles: roles::Roles::new(config.auth_cache_ttl),
             throttle: throttle::LoginThrottle::new(config.login_limits),
+            registrations: throttle::RegistrationThrottle::new(config.registration_limits),
+            in_flight: tokio::sync::Semaphore::new(config.max_in_flight),
         })))
     }
 
@@ -116,14 +123,6 @@ const CLIENT_BAGGAGE: &[&str] = &["session.id"];
 /// The whole HTTP interface.
 pub fn router(state: AppState, config: &Config) -> Router {
     let budget = config.request_timeout;
-    // Past the limit a request is refused at once rather than queued: a
-    // queue would only turn an overload into timeouts for everyone.
-    let shed = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
-            ApiError::unavailable("the API is serving as many requests as it can; retry shortly")
-        }))
-        .load_shed()
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(config.max_in_flight));
     let api = Router::new()
         .route("/v1/users", post(users::register).get(users::list_users))
         .route(
@@ -143,7 +142,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
         }))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .layer(HttpServerLayer::new(route_of).with_baggage(BaggagePolicy::untrusted(CLIENT_BAGGAGE)))
-        .layer(shed);
+        .layer(axum::middleware::from_fn_with_state(state.clone(), shed));
     // Probes stay out of the traces, and out of the limit.
     Router::new()
         .route("/healthz", get(healthz))
@@ -186,15 +185,25 @@ pub async fn run(
     Ok(())
 }
 
+/// Past `API_MAX_IN_FLIGHT` a request is refused at once rather than
+/// queued: a queue would only turn an overload into timeouts for everyone.
+/// The request holds its place until its answer is made.
+async fn shed(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match state.in_flight.try_acquire() {
+        Ok(_place) => next.run(request).await,
+        Err(_) => ApiError::busy().into_response(),
+    }
+}
+
 async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready when at least one user service replica passes its health check.
-/// (The API holds no other connection: the user service publishes the
-/// events.)
+/// Ready when at least one user service replica passed its last health
+/// check, which is at most an interval old (see `upstream::balance`). (The
+/// API holds no other connection: the user service publishes the events.)
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    if state.replicas.check_now().await == 0 {
+    if state.replicas.serving_checked().await == 0 {
         return Err(ApiError::unavailable("no user service replica is serving"));
     }
     Ok("ready")

@@ -16,6 +16,7 @@ use callchain_proto::user::v1::{
     UpdateUserRequest,
 };
 use serde::{Deserialize, Serialize};
+use tonic::Code;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::{
@@ -161,15 +162,17 @@ fn answered<P, T: TryFrom<P, Error = Invalid>>(part: Option<P>, what: &str) -> R
         EmailTakenOrInProgress,
         BodyRefused,
         KeyReused,
+        (status = 429, description = "Too many registrations from this client address; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
         Unavailable,
     ))]
 pub async fn register(
     State(state): State<AppState>,
+    ClientAddr(address): ClientAddr,
     deadline: Deadline,
     key: Result<IdempotencyKey, ApiError>,
     body: Result<Json<RegisterRequest>, ApiError>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let user = create(&state, &deadline, key, body.map(|Json(body)| body)).await?;
+    let user = create(&state, address, &deadline, key, body.map(|Json(body)| body)).await?;
     let location = format!("/v1/users/{}", user.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(user)))
 }
@@ -301,9 +304,11 @@ pub async fn list_users(
 // the caller (401), its role (403), then the input (400), so both protocols
 // refuse the same request for the same reason.
 
-/// Registers a user: `user.create`, `POST /v1/users`.
+/// Registers a user, throttled per client address: `user.create`,
+/// `POST /v1/users`.
 pub async fn create(
     state: &AppState,
+    address: Option<IpAddr>,
     deadline: &Deadline,
     key: Result<IdempotencyKey, ApiError>,
     body: Result<RegisterRequest, ApiError>,
@@ -319,7 +324,21 @@ pub async fn create(
         password: password.expose().to_owned(),
         idempotency_key: key.into_wire(),
     })?;
-    let response = state.users.clone().create_user(request).await?.into_inner();
+    let registration = state.registrations.begin(address)?;
+    let response = state.users.clone().create_user(request).await;
+    // No verdict: the user service was not reached, or not in time.
+    let undecided = response.as_ref().is_err_and(|status| {
+        matches!(
+            status.code(),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
+        )
+    });
+    if undecided {
+        state.registrations.undecided(registration);
+    } else {
+        state.registrations.decided(registration);
+    }
+    let response = response?.into_inner();
     // The user service stored the event with the user, in its outbox.
     let user: User = answered(response.user, "user")?;
     Ok(user.into())
@@ -428,10 +447,11 @@ pub async fn update(
     })?;
     let response = state.users.clone().update_user(request).await;
     // Whatever the answer, what this process knew of the user may be stale.
+    // The answer itself is never kept as the user's role: it may be the
+    // replay of an earlier write (see `roles`).
     state.roles.forget(id);
     let response = response?.into_inner();
     let user: User = answered(response.user, "user")?;
-    state.roles.remember(&user);
     Ok(user.into())
 }
 

@@ -129,7 +129,7 @@ async fn parameters_sit_where_the_handlers_read_them() {
 async fn every_operation_lists_each_status_it_answers_with_problem_documents() {
     let doc = document().await;
     let expected: [(&str, &str, &[u16]); 6] = [
-        ("post", "/v1/users", &[201, 400, 409, 413, 415, 422, 503, 504]),
+        ("post", "/v1/users", &[201, 400, 409, 413, 415, 422, 429, 503, 504]),
         ("post", "/v1/auth/login", &[200, 400, 401, 413, 415, 429, 503, 504]),
         ("get", "/v1/users", &[200, 400, 401, 403, 503, 504]),
         ("get", "/v1/users/{id}", &[200, 400, 401, 403, 404, 503, 504]),

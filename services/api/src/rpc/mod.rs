@@ -9,6 +9,9 @@
 //! - The body is one request object, or a batch: an array of 1 to
 //!   [`MAX_BATCH`] of them, whose calls run concurrently within the request
 //!   (and its one deadline); the answers come back in the batch's order.
+//!   Each call counts against `API_MAX_IN_FLIGHT` as a request does (past
+//!   it, that call alone answers `-32053`), and against the throttles of
+//!   its method, so a batch does no more than as many requests would.
 //!   A call without an `id` is a notification: it runs, and is not answered.
 //!   Only notifications: `204`, no body.
 //! - A body that is not JSON (`-32700`), or not a request object or a batch
@@ -174,10 +177,32 @@ pub async fn handle(
             format!("a batch holds 1 to {MAX_BATCH} calls, not {}", batch.len()),
         ));
     }
-    let answers = futures::future::join_all(batch.iter().map(|element| async {
-        match Call::parse(element.get(), false) {
-            Ok(call) => calls.answer(call, true).await,
-            Err(failure) => Some(Reply::failed(None, failure)),
+    // Each call counts against `API_MAX_IN_FLIGHT` as a request would: the
+    // request's own place is its first element's, and every other call
+    // takes a place of its own for as long as it runs, or is answered 503
+    // at once, as a request past the limit is.
+    let answers = futures::future::join_all(batch.iter().enumerate().map(|(index, element)| {
+        let (calls, state) = (&calls, &state);
+        async move {
+            let call = match Call::parse(element.get(), false) {
+                Ok(call) => call,
+                Err(failure) => return Some(Reply::failed(None, failure)),
+            };
+            let place = if index == 0 {
+                None
+            } else {
+                match state.in_flight.try_acquire() {
+                    Ok(place) => Some(place),
+                    Err(_) => {
+                        return call
+                            .id
+                            .map(|id| Reply::failed(Some(id), Failure::of(&ApiError::busy())));
+                    }
+                }
+            };
+            let reply = calls.answer(call, true).await;
+            drop(place);
+            reply
         }
     }))
     .await;
@@ -336,7 +361,9 @@ impl Calls<'_> {
                         password: params.required_text("password")?,
                     })
                 });
-                users::create(state, deadline, key, body).await.map(Answer::User)
+                users::create(state, self.address, deadline, key, body)
+                    .await
+                    .map(Answer::User)
             }
             Method::AuthLogin => {
                 let body = params.last(|params| {
@@ -543,7 +570,7 @@ impl Failure {
         let status = error.status();
         Self {
             code: code_of(status),
-            message: error.public_detail(),
+            message: error.logged_detail(),
             data: Some(FailureData {
                 status: status.as_u16(),
                 field: error.field().map(str::to_owned),

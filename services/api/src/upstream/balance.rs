@@ -114,6 +114,8 @@ struct Members {
     replicas: Vec<Replica>,
     /// Where the round-robin goes on from.
     next: usize,
+    /// When the last check of every replica ended.
+    checked_at: Option<Instant>,
 }
 
 /// The replicas, as a tower service: each call goes to the next serving
@@ -121,6 +123,9 @@ struct Members {
 #[derive(Clone)]
 pub struct Replicas {
     members: Arc<Mutex<Members>>,
+    /// Held by the readiness probe that checks the replicas, so probes that
+    /// come meanwhile wait for its answer instead of checking again.
+    probing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Replicas {
@@ -151,7 +156,10 @@ impl Replicas {
             Untried::Join,
         );
         tokio::spawn(watch(targets, Arc::downgrade(&members)));
-        Self { members }
+        Self {
+            members,
+            probing: Arc::default(),
+        }
     }
 
     /// How many replicas serve now, as their last health check said.
@@ -160,10 +168,20 @@ impl Replicas {
         members.replicas.iter().filter(|replica| replica.serving).count()
     }
 
-    /// Checks every replica's health now, rather than at the next round,
-    /// and says how many serve: the readiness probe's answer.
-    pub async fn check_now(&self) -> usize {
-        check_all(&self.members).await;
+    /// How many replicas serve, as a check at most [`CHECK_EVERY`] old
+    /// says: the readiness probe's answer. The probe needs no token and is
+    /// never shed, so it must not be a way to make the API check every
+    /// replica on demand: it answers from the last check (the watcher's or
+    /// a probe's), and checks afresh only when that is older than an
+    /// interval (before the watcher's first round, or while it is late),
+    /// one probe at a time. However many probes come, they add at most one
+    /// check an interval to the watcher's.
+    pub async fn serving_checked(&self) -> usize {
+        let _probing = self.probing.lock().await;
+        let checked_at = self.members.lock().expect("replicas").checked_at;
+        if checked_at.is_none_or(|at| at.elapsed() >= CHECK_EVERY) {
+            check_all(&self.members).await;
+        }
         self.serving()
     }
 
@@ -284,6 +302,7 @@ async fn check_all(members: &Mutex<Members>) {
     .await;
     let now = Instant::now();
     let mut members = members.lock().expect("replicas");
+    members.checked_at = Some(now);
     for (addr, health) in results {
         let Some(replica) = members.replicas.iter_mut().find(|replica| replica.addr == addr) else {
             continue;

@@ -32,9 +32,9 @@ pub struct BreakerPolicy {
 impl Default for BreakerPolicy {
     fn default() -> Self {
         Self {
-            failure_rate: 0.5,
-            min_calls: 20,
-            open_for: Duration::from_secs(5),
+            failure_rate: crate::config::DEFAULT_BREAKER_FAILURE_RATE,
+            min_calls: crate::config::DEFAULT_BREAKER_MIN_CALLS,
+            open_for: Duration::from_millis(crate::config::DEFAULT_BREAKER_OPEN_MS),
             window: Duration::from_secs(10),
         }
     }

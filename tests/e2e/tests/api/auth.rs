@@ -64,3 +64,79 @@ async fn a_token_whose_admin_role_was_lowered_keeps_no_admin_powers() {
         .unwrap();
     assert_problem(read_other, 403, "only act on itself").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_demoted_administrator_replaying_an_old_write_does_not_get_its_role_back() {
+    let stack = stack().await;
+    let admin = stack.admin_token().await;
+    let (user, _) = signed_in_user(&stack).await;
+    let id = user["id"].as_str().unwrap();
+    let promoted = stack.patch_user(id, &admin, &json!({ "role": "ADMIN" })).await;
+    assert_eq!(promoted.status(), 200);
+    let email = user["email"].as_str().unwrap();
+    let token = stack.login(email, crate::helpers::PASSWORD).await;
+
+    // Renamed under an idempotency key while an administrator: the user
+    // service keeps that answer, which says ADMIN.
+    let rename = || {
+        stack
+            .http
+            .patch(stack.url(&format!("/v1/users/{id}")))
+            .bearer_auth(&token)
+            .header("Idempotency-Key", "rename-once")
+            .json(&json!({ "name": "Renamed" }))
+            .send()
+    };
+    let renamed = rename().await.unwrap();
+    assert_eq!(renamed.status(), 200);
+    let body: serde_json::Value = renamed.json().await.unwrap();
+    assert_eq!(body["role"], "ADMIN");
+
+    let demoted = stack.patch_user(id, &admin, &json!({ "role": "USER" })).await;
+    assert_eq!(demoted.status(), 200);
+    // The replay answers what was stored: that is history, not the role now.
+    let replayed = rename().await.unwrap();
+    assert_eq!(replayed.status(), 200);
+
+    let regained = stack.patch_user(id, &token, &json!({ "role": "ADMIN" })).await;
+    assert_problem(regained, 403, "only an administrator").await;
+    let list = stack
+        .http
+        .get(stack.url("/v1/users"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(list, 403, "only an administrator").await;
+    let now: serde_json::Value = stack.get_user(id, &admin).await.json().await.unwrap();
+    assert_eq!(now["role"], "USER", "{now}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_failed_logins_for_one_account_let_exactly_the_limit_through_then_429() {
+    let stack = stack().await;
+    let (user, _) = signed_in_user(&stack).await;
+    let email = user["email"].as_str().unwrap().to_owned();
+    // The test settings' limit per account (LOGIN_MAX_FAILURES_PER_ACCOUNT's default).
+    const LIMIT: usize = 5;
+    const LOGINS: usize = 40;
+    let logins = (0..LOGINS).map(|_| {
+        let (http, url, email) = (stack.http.clone(), stack.url("/v1/auth/login"), email.clone());
+        tokio::spawn(async move {
+            http.post(url)
+                .json(&json!({ "email": email, "password": "a wrong password" }))
+                .send()
+                .await
+                .expect("every login is answered")
+                .status()
+                .as_u16()
+        })
+    });
+    let mut statuses = Vec::new();
+    for login in logins.collect::<Vec<_>>() {
+        statuses.push(login.await.expect("a login"));
+    }
+    let wrong = statuses.iter().filter(|status| **status == 401).count();
+    let throttled = statuses.iter().filter(|status| **status == 429).count();
+    assert_eq!((wrong, throttled), (LIMIT, LOGINS - LIMIT), "{statuses:?}");
+}

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use callchain_e2e::stack::Stack;
+use callchain_e2e::stack::{Options, Stack};
 use callchain_testkit::spans::{SpanKind, Trace};
 use serde_json::{Value, json};
 
@@ -338,4 +338,109 @@ async fn each_call_of_a_batch_has_a_span_its_grpc_call_sits_under() {
             tree.draw()
         );
     }
+}
+
+async fn stack_with(options: Options) -> Stack {
+    match Stack::start_with(options).await {
+        Ok(stack) => stack,
+        Err(error) => panic!("cannot start the test stack: {error:#}"),
+    }
+}
+
+/// Posts a batch of `calls` and returns the replies' error codes, `0` for a
+/// result, in the batch's order.
+async fn batch_codes(stack: &Stack, token: Option<&str>, calls: Vec<Value>) -> Vec<i64> {
+    let response = rpc(stack, token, &Value::Array(calls)).await;
+    assert_eq!(response.status(), 200);
+    let replies: Vec<Value> = response.json().await.unwrap();
+    replies
+        .iter()
+        .map(|reply| match reply.get("error") {
+            Some(error) => error["code"].as_i64().expect("an error code"),
+            None => 0,
+        })
+        .collect()
+}
+
+fn count(codes: &[i64], code: i64) -> usize {
+    codes.iter().filter(|each| **each == code).count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_call_of_a_batch_counts_against_the_limit_of_requests_in_flight() {
+    const LIMIT: usize = 4;
+    let stack = stack_with(Options {
+        api: Some(Box::new(|config| config.max_in_flight = LIMIT)),
+        ..Options::default()
+    })
+    .await;
+    let (me, token) = signed_in_user(&stack).await;
+    const CALLS: usize = 20;
+    let calls = (0..CALLS)
+        .map(|i| json!({ "jsonrpc": "2.0", "method": "user.get", "params": { "id": me["id"] }, "id": i }))
+        .collect();
+    let codes = batch_codes(&stack, Some(&token), calls).await;
+    // The calls all start at once: as many as the limit run, the rest are
+    // shed as a request past the limit is.
+    assert_eq!(
+        (count(&codes, 0), count(&codes, -32053)),
+        (LIMIT, CALLS - LIMIT),
+        "{codes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_login_of_a_batch_counts_against_the_login_throttle() {
+    let stack = stack().await;
+    let (me, _) = signed_in_user(&stack).await;
+    // The test settings' limit per account (LOGIN_MAX_FAILURES_PER_ACCOUNT's default).
+    const LIMIT: usize = 5;
+    const CALLS: usize = 30;
+    let calls = (0..CALLS)
+        .map(|i| {
+            json!({ "jsonrpc": "2.0", "method": "auth.login",
+                    "params": { "email": me["email"], "password": "a wrong password" }, "id": i })
+        })
+        .collect();
+    let codes = batch_codes(&stack, None, calls).await;
+    assert_eq!(
+        (count(&codes, -32001), count(&codes, -32029)),
+        (LIMIT, CALLS - LIMIT),
+        "{codes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registrations_are_throttled_per_client_address_in_a_batch_and_over_rest() {
+    const LIMIT: usize = 3;
+    let stack = stack_with(Options {
+        api: Some(Box::new(|config| config.registration_limits.per_address = LIMIT)),
+        ..Options::default()
+    })
+    .await;
+    const CALLS: usize = 20;
+    let calls = (0..CALLS)
+        .map(|i| {
+            json!({ "jsonrpc": "2.0", "method": "user.create",
+                    "params": { "email": email("flood"), "name": "Flood", "password": PASSWORD }, "id": i })
+        })
+        .collect();
+    let codes = batch_codes(&stack, None, calls).await;
+    assert_eq!(
+        (count(&codes, 0), count(&codes, -32029)),
+        (LIMIT, CALLS - LIMIT),
+        "{codes:?}"
+    );
+    // REST shares the count: the address has used its registrations up.
+    let response = stack
+        .http
+        .post(stack.url("/v1/users"))
+        .json(&json!({ "email": email("rest"), "name": "Rest", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    // The admin the stack starts with, and the three.
+    assert_eq!(stack.user_count().await, 1 + LIMIT as i64);
 }
