@@ -242,6 +242,39 @@ impl Config {
     }
 }
 
+// The policies' defaults are these constants, so each is written once, here
+// beside its variable; the modules that apply a policy import nothing from
+// the settings.
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            per_account: DEFAULT_LOGIN_MAX_FAILURES_PER_ACCOUNT,
+            per_address: DEFAULT_LOGIN_MAX_FAILURES_PER_ADDRESS,
+            window: Duration::from_secs(DEFAULT_LOGIN_FAILURE_WINDOW_SECONDS),
+        }
+    }
+}
+
+impl Default for RegistrationLimits {
+    fn default() -> Self {
+        Self {
+            per_address: DEFAULT_REGISTRATIONS_PER_ADDRESS,
+            window: Duration::from_secs(DEFAULT_REGISTRATION_WINDOW_SECONDS),
+        }
+    }
+}
+
+impl Default for BreakerPolicy {
+    fn default() -> Self {
+        Self {
+            failure_rate: DEFAULT_BREAKER_FAILURE_RATE,
+            min_calls: DEFAULT_BREAKER_MIN_CALLS,
+            open_for: Duration::from_millis(DEFAULT_BREAKER_OPEN_MS),
+            window: Duration::from_secs(10),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,7 +33,7 @@ use std::{
 
 use callchain_domain::Email;
 
-use crate::{config, error::ApiError};
+use crate::error::ApiError;
 
 /// The limits, from `LOGIN_MAX_FAILURES_PER_ACCOUNT`,
 /// `LOGIN_MAX_FAILURES_PER_ADDRESS` and `LOGIN_FAILURE_WINDOW_SECONDS`.
@@ -44,31 +44,12 @@ pub struct Limits {
     pub window: Duration,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            per_account: config::DEFAULT_LOGIN_MAX_FAILURES_PER_ACCOUNT,
-            per_address: config::DEFAULT_LOGIN_MAX_FAILURES_PER_ADDRESS,
-            window: Duration::from_secs(config::DEFAULT_LOGIN_FAILURE_WINDOW_SECONDS),
-        }
-    }
-}
-
 /// The limit on registrations, from `REGISTRATIONS_PER_ADDRESS` and
 /// `REGISTRATION_WINDOW_SECONDS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RegistrationLimits {
     pub per_address: usize,
     pub window: Duration,
-}
-
-impl Default for RegistrationLimits {
-    fn default() -> Self {
-        Self {
-            per_address: config::DEFAULT_REGISTRATIONS_PER_ADDRESS,
-            window: Duration::from_secs(config::DEFAULT_REGISTRATION_WINDOW_SECONDS),
-        }
-    }
 }
 
 /// The most keys a table holds; past it, the least recently counted goes.

@@ -29,17 +29,6 @@ pub struct BreakerPolicy {
     pub window: Duration,
 }
 
-impl Default for BreakerPolicy {
-    fn default() -> Self {
-        Self {
-            failure_rate: crate::config::DEFAULT_BREAKER_FAILURE_RATE,
-            min_calls: crate::config::DEFAULT_BREAKER_MIN_CALLS,
-            open_for: Duration::from_millis(crate::config::DEFAULT_BREAKER_OPEN_MS),
-            window: Duration::from_secs(10),
-        }
-    }
-}
-
 /// The breaker's state, as logs and spans name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
