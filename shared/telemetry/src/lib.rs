@@ -19,6 +19,9 @@
 //!   the span of each call in a batch.
 //! - [`export`]: the OTLP exporter, counting the spans of failed exports and
 //!   logging when export starts failing and when it resumes.
+//! - [`otlp`]: the OTLP/gRPC span exporter itself, encoding straight from
+//!   the SDK's span data (public so a test can send the collector exactly
+//!   what the services send).
 //! - [`db`]: the client span of one database statement.
 //! - [`records`]: one JSON line per finished span (`target` `callchain::span`),
 //!   so the call chain can be rebuilt from the logs alone; every span's
@@ -38,7 +41,7 @@ pub mod jsonrpc;
 pub mod kafka;
 pub mod layer;
 pub mod logs;
-mod otlp;
+pub mod otlp;
 pub mod propagation;
 pub mod records;
 #[cfg(test)]
