@@ -13,6 +13,8 @@
 #   CALLCHAIN_TEST_KAFKA    the shared broker; each test makes topics of its own
 #   CALLCHAIN_TEST_OTLP     the collector's OTLP gRPC endpoint
 #   CALLCHAIN_TEST_JAEGER   Jaeger's query API, where the collector's traces land
+#   CALLCHAIN_TEST_OTELCOL_METRICS  the collector's own metrics (Prometheus
+#                           text): its counts of refused, sent and failed spans
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -32,6 +34,7 @@ exports() {
     echo "export CALLCHAIN_TEST_KAFKA=127.0.0.1:$KAFKA_PORT"
     echo "export CALLCHAIN_TEST_OTLP=http://127.0.0.1:$OTELCOL_GRPC_PORT"
     echo "export CALLCHAIN_TEST_JAEGER=http://127.0.0.1:$JAEGER_QUERY_PORT"
+    echo "export CALLCHAIN_TEST_OTELCOL_METRICS=http://127.0.0.1:$OTELCOL_METRICS_PORT/metrics"
 }
 
 up() {

@@ -12,13 +12,15 @@
 //! and the header is small, so a client can neither claim to be someone else
 //! nor make the services carry its payload. Between our own services (gRPC
 //! metadata, Kafka headers) it is trusted, but still held to the W3C limits.
-//! Baggage over a limit is dropped whole: never cut into a partial list.
+//! Baggage over a limit is dropped whole: never cut into a partial list. An
+//! entry keeps its value only, never its properties (see
+//! `BaggagePolicy::restrict`).
 
 use std::future::Future;
 
 use opentelemetry::{
     Context,
-    baggage::{Baggage, BaggageExt as _},
+    baggage::{Baggage, BaggageExt as _, BaggageMetadata},
     context::FutureExt as _,
     propagation::Extractor,
 };
@@ -73,20 +75,27 @@ impl BaggagePolicy {
         self.restrict(context)
     }
 
-    /// `context` with only the baggage this policy keeps.
+    /// `context` with only the baggage this policy keeps, each entry's value
+    /// without its properties.
+    ///
+    /// Properties are never kept: the SDK percent-decodes them on the way
+    /// in and writes them back as they are on the way out, so a property
+    /// `%2Cenduser.id%3D<id>` would become a whole entry `enduser.id=<id>` at
+    /// the next hop. None of our services sets one; a value alone is
+    /// re-encoded when it is sent on.
     fn restrict(&self, context: Context) -> Context {
         let baggage = context.baggage();
-        if self.keys.is_none() && baggage.len() <= self.max_entries {
+        let has_properties = baggage
+            .iter()
+            .any(|(_, (_, properties))| !properties.as_str().is_empty());
+        if self.keys.is_none() && baggage.len() <= self.max_entries && !has_properties {
             return context; // the common case costs nothing
         }
         let kept: Vec<_> = baggage
             .iter()
             .filter(|(key, _)| self.keys.is_none_or(|keys| keys.contains(&key.as_str())))
-            .map(|(key, entry)| (key.clone(), entry.clone()))
+            .map(|(key, (value, _))| (key.clone(), (value.clone(), BaggageMetadata::default())))
             .collect();
-        if kept.len() == baggage.len() && kept.len() <= self.max_entries {
-            return context;
-        }
         if kept.len() > self.max_entries {
             return context.with_cleared_baggage();
         }
@@ -289,6 +298,68 @@ mod tests {
             let traceparent = outgoing["traceparent"].to_str().unwrap();
             assert!(traceparent.contains(&trace_id), "{traceparent} continues {trace_id}");
         });
+    }
+
+    /// The `baggage` header a service sends on with `context`.
+    fn sent_on(context: &Context) -> String {
+        let mut outgoing = ::http::HeaderMap::new();
+        crate::propagation::inject(context, &mut outgoing);
+        outgoing
+            .get(HEADER)
+            .map(|value| value.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// The `baggage` header the API sends on for a guest whose request
+    /// carried `incoming`.
+    fn forwarded_for_a_guest(edge: &BaggagePolicy, incoming: &str) -> String {
+        sent_on(&with_enduser_id(&edge.extract(&headers(incoming)), None))
+    }
+
+    /// A guest's `session.id` entry whose properties hide a second entry,
+    /// `enduser.id=victim`, in three encodings: once, in lower-case hex, and
+    /// twice (which a hop that decodes properties once would unwrap one hop
+    /// later).
+    const FORGED_IN_PROPERTIES: [&str; 3] = [
+        "session.id=s;%2Cenduser.id%3Dvictim",
+        "session.id=s;%2cenduser.id%3dvictim",
+        "session.id=s;%252Cenduser.id%253Dvictim",
+    ];
+
+    #[test]
+    fn a_caller_forged_in_the_properties_of_an_allowed_entry_never_reaches_a_later_hop() {
+        let edge = BaggagePolicy::untrusted(&["session.id"]);
+        let leaks: Vec<String> = FORGED_IN_PROPERTIES
+            .iter()
+            .filter_map(|forged| {
+                // The API's edge, then the user service, then the consumer.
+                let to_user = forwarded_for_a_guest(&edge, forged);
+                let to_consumer = sent_on(&BaggagePolicy::TRUSTED.extract(&headers(&to_user)));
+                let at_consumer = BaggagePolicy::TRUSTED.extract(&headers(&to_consumer));
+                let clean = to_user == "session.id=s" && entries(&at_consumer) == [pair("session.id", "s")];
+                (!clean).then(|| format!("{forged:?} -> {to_user:?} -> {to_consumer:?}"))
+            })
+            .collect();
+        assert!(leaks.is_empty(), "forged entries travelled on:\n{}", leaks.join("\n"));
+    }
+
+    #[test]
+    fn an_allowed_entry_keeps_its_value_and_never_its_properties() {
+        let edge = BaggagePolicy::untrusted(&["session.id"]);
+        let context = edge.extract(&headers("session.id=s-1;ttl=30;%2Cenduser.id%3Dvictim"));
+        let (value, properties) = context.baggage().get_with_metadata("session.id").unwrap();
+        assert_eq!(value.as_str(), "s-1");
+        assert_eq!(properties.as_str(), "");
+    }
+
+    #[test]
+    fn a_caller_encoded_in_an_allowed_value_is_forwarded_re_encoded_as_that_value() {
+        let edge = BaggagePolicy::untrusted(&["session.id"]);
+        let to_user = forwarded_for_a_guest(&edge, "session.id=s%2Cenduser.id%3Dvictim");
+        assert_eq!(to_user, "session.id=s%2Cenduser.id%3Dvictim");
+        let at_user = BaggagePolicy::TRUSTED.extract(&headers(&to_user));
+        assert_eq!(enduser_id(&at_user), None);
+        assert_eq!(entries(&at_user), [pair("session.id", "s,enduser.id=victim")]);
     }
 
     #[test]

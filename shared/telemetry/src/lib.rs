@@ -19,9 +19,14 @@
 //!   the span of each call in a batch.
 //! - [`export`]: the OTLP exporter, counting the spans of failed exports and
 //!   logging when export starts failing and when it resumes.
+//! - [`otlp`]: the OTLP/gRPC span exporter itself, encoding straight from
+//!   the SDK's span data (public so a test can send the collector exactly
+//!   what the services send).
 //! - [`db`]: the client span of one database statement.
 //! - [`records`]: one JSON line per finished span (`target` `callchain::span`),
-//!   so the call chain can be rebuilt from the logs alone.
+//!   so the call chain can be rebuilt from the logs alone; every span's
+//!   attribute values are cut to [`DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT`]
+//!   characters (or `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`) there, before export.
 //!
 //! Settings, the shutdown signal, health probes and the Postgres pool are not
 //! telemetry: they live in `callchain-runtime`.
@@ -36,7 +41,7 @@ pub mod jsonrpc;
 pub mod kafka;
 pub mod layer;
 pub mod logs;
-mod otlp;
+pub mod otlp;
 pub mod propagation;
 pub mod records;
 #[cfg(test)]
@@ -65,7 +70,12 @@ pub const ENV_VARS: &[&str] = &[
     "OTEL_BSP_MAX_QUEUE_SIZE",
     "OTEL_BSP_SCHEDULE_DELAY",
     "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
 ];
+
+/// The longest a string attribute value may be, in characters, unless
+/// `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT` says otherwise.
+pub const DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT: usize = 1024;
 
 /// Where finished spans go, beside the span records in the logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,17 +106,27 @@ pub struct TelemetryConfig {
     pub export: Export,
     /// An `EnvFilter` directive, as in `RUST_LOG`.
     pub log_filter: String,
+    /// The longest a string attribute value may be, in characters, in the
+    /// exported span and its record alike: a client cannot make one span
+    /// large enough to push a whole export over the collector's limit.
+    pub attribute_value_length_limit: usize,
 }
 
 impl TelemetryConfig {
-    /// Reads `OTEL_SERVICE_NAME` (default `service`), `OTEL_EXPORTER_OTLP_ENDPOINT`
-    /// and `RUST_LOG` (default `info`) from `env`.
-    pub fn from_env(env: &Env, service: &str) -> Self {
-        Self {
+    /// Reads `OTEL_SERVICE_NAME` (default `service`), `OTEL_EXPORTER_OTLP_ENDPOINT`,
+    /// `RUST_LOG` (default `info`) and `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`
+    /// (default [`DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT`]) from `env`.
+    pub fn from_env(env: &Env, service: &str) -> Result<Self, TelemetryError> {
+        Ok(Self {
             service_name: env.var("OTEL_SERVICE_NAME").unwrap_or_else(|| service.to_owned()),
             export: env.var("OTEL_EXPORTER_OTLP_ENDPOINT").into(),
             log_filter: env.var("RUST_LOG").unwrap_or_else(|| "info".to_owned()),
-        }
+            attribute_value_length_limit: env.parse_or(
+                "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+                "a whole number",
+                DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT,
+            )?,
+        })
     }
 
     /// A config for `service` that exports as `export` says (an OTLP
@@ -116,6 +136,7 @@ impl TelemetryConfig {
             service_name: service.to_owned(),
             export: export.into(),
             log_filter: "info".to_owned(),
+            attribute_value_length_limit: DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT,
         }
     }
 }
@@ -123,6 +144,8 @@ impl TelemetryConfig {
 /// Why telemetry could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
+    #[error(transparent)]
+    Setting(#[from] callchain_runtime::env::InvalidVar),
     #[error("invalid RUST_LOG filter: {0}")]
     Filter(#[from] tracing_subscriber::filter::ParseError),
     #[error("cannot build the OTLP span exporter: {0}")]
@@ -167,7 +190,7 @@ impl Drop for TelemetryGuard {
 /// OpenTelemetry SDK itself still reads its own variables (`OTEL_BSP_*`,
 /// `OTEL_TRACES_SAMPLER`, ...) from the process environment.
 pub fn init(env: &Env, service: &str) -> Result<TelemetryGuard, TelemetryError> {
-    let config = TelemetryConfig::from_env(env, service);
+    let config = TelemetryConfig::from_env(env, service)?;
     let (dispatch, guard) = build(&config, std::io::stdout)?;
     tracing::dispatcher::set_global_default(dispatch)?;
     Ok(guard)
@@ -187,17 +210,19 @@ where
         .with_service_name(config.service_name.clone())
         .build();
     let mut export = None;
-    // The span records come first, and pass each span on to the batch
-    // processor (see `records::SpanRecords`).
+    // The span records come first, cut each span's attribute values to the
+    // limit, and pass the span on to the batch processor (see
+    // `records::SpanRecords`): the record and the export carry the same values.
+    let limit = config.attribute_value_length_limit;
     let records = match &config.export {
         Export::Otlp(endpoint) => {
             let exporter = export::CountingExporter::new(otlp::OtlpExporter::new(endpoint)?);
             export = Some((exporter.counts(), exporter.log_to()));
             // The SDK's batch processor: ending a span never waits for export.
-            records::SpanRecords::then(BatchSpanProcessor::builder(exporter).build())
+            records::SpanRecords::then(limit, BatchSpanProcessor::builder(exporter).build())
         }
-        Export::Discard => records::SpanRecords::then(BatchSpanProcessor::builder(DiscardExporter).build()),
-        Export::Off => records::SpanRecords::default(),
+        Export::Discard => records::SpanRecords::then(limit, BatchSpanProcessor::builder(DiscardExporter).build()),
+        Export::Off => records::SpanRecords::new(limit),
     };
     let sink = records.sink();
     let provider = SdkTracerProvider::builder()
@@ -258,4 +283,26 @@ fn install_propagator() {
             Box::new(BaggagePropagator::new()),
         ]));
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_attribute_value_length_limit_is_read_from_its_standard_variable() {
+        let set = Env::from_pairs([("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "256")]);
+        let config = TelemetryConfig::from_env(&set, "api").unwrap();
+        assert_eq!(config.attribute_value_length_limit, 256);
+
+        let unset = TelemetryConfig::from_env(&Env::default(), "api").unwrap();
+        assert_eq!(unset.attribute_value_length_limit, DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT);
+
+        let bad = Env::from_pairs([("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "lots")]);
+        let error = TelemetryConfig::from_env(&bad, "api").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            r#"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT must be a whole number, not "lots""#
+        );
+    }
 }

@@ -22,6 +22,11 @@
 //! more than the span in Jaeger does (no password, hash or query value ever
 //! is one).
 //!
+//! Every string attribute value (of the span, its events and its links) is
+//! cut to the service's attribute value length limit, in characters, before
+//! the record is written and the span is handed on for export: a client
+//! cannot make a span (a 64 KB `url.path`) as large as it likes.
+//!
 //! Only sampled spans get a record, the spans a trace backend gets too. The
 //! records follow `RUST_LOG` like any event: `RUST_LOG=info,callchain::span=off`
 //! turns them off.
@@ -43,7 +48,7 @@ use std::{
 };
 
 use opentelemetry::{
-    KeyValue, Value,
+    Array, KeyValue, StringValue, Value,
     trace::{SpanId, SpanKind, Status, TraceId},
 };
 use opentelemetry_sdk::{
@@ -67,9 +72,11 @@ pub const TARGET: &str = "callchain::span";
 /// two, the SDK copies every span's data (name, attributes, events, links)
 /// for the first before handing it to the second; in a chain the span's
 /// data moves.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SpanRecords {
     sink: RecordSink,
+    /// The longest a string attribute value may be, in characters.
+    limit: usize,
     next: Option<Box<dyn SpanProcessor>>,
 }
 
@@ -85,11 +92,21 @@ struct Sink {
 }
 
 impl SpanRecords {
-    /// Records every span, then hands it to `next`.
-    pub(crate) fn then(next: impl SpanProcessor + 'static) -> Self {
+    /// Records every span, its attribute values cut to `limit` characters.
+    pub(crate) fn new(limit: usize) -> Self {
         Self {
             sink: RecordSink::default(),
+            limit,
+            next: None,
+        }
+    }
+
+    /// Records every span, its attribute values cut to `limit` characters,
+    /// then hands it, cut, to `next`.
+    pub(crate) fn then(limit: usize, next: impl SpanProcessor + 'static) -> Self {
+        Self {
             next: Some(Box::new(next)),
+            ..Self::new(limit)
         }
     }
 
@@ -145,7 +162,8 @@ impl SpanProcessor for SpanRecords {
         }
     }
 
-    fn on_end(&self, span: SpanData) {
+    fn on_end(&self, mut span: SpanData) {
+        cut_attributes(&mut span, self.limit);
         self.sink.write(&span);
         if let Some(next) = &self.next {
             next.on_end(span);
@@ -166,6 +184,41 @@ impl SpanProcessor for SpanRecords {
         if let Some(next) = &mut self.next {
             next.set_resource(resource);
         }
+    }
+}
+
+/// Cuts every string attribute value of `span` (its own, its events' and its
+/// links') to at most `limit` characters, as OpenTelemetry's attribute value
+/// length limit asks.
+fn cut_attributes(span: &mut SpanData, limit: usize) {
+    let attributes = span
+        .attributes
+        .iter_mut()
+        .chain(
+            span.events
+                .events
+                .iter_mut()
+                .flat_map(|event| event.attributes.iter_mut()),
+        )
+        .chain(span.links.links.iter_mut().flat_map(|link| link.attributes.iter_mut()));
+    for attribute in attributes {
+        match &mut attribute.value {
+            Value::String(text) => cut(text, limit),
+            Value::Array(Array::String(texts)) => texts.iter_mut().for_each(|text| cut(text, limit)),
+            _ => {}
+        }
+    }
+}
+
+/// `text` cut to its first `limit` characters: never inside a character.
+fn cut(text: &mut StringValue, limit: usize) {
+    // No more bytes than the limit is no more characters: most values cost
+    // one comparison.
+    if text.as_str().len() <= limit {
+        return;
+    }
+    if let Some((end, _)) = text.as_str().char_indices().nth(limit) {
+        *text = text.as_str()[..end].to_owned().into();
     }
 }
 
@@ -343,6 +396,121 @@ mod tests {
         // event of whatever span was current when the statement ended.
         let inside = lines.iter().find(|line| line["message"] == "inside").unwrap();
         assert_eq!(inside["span_id"], db["span_id"]);
+    }
+
+    /// Every span a [`SpanRecords`] hands on.
+    #[derive(Debug, Clone, Default)]
+    struct Handed(Arc<std::sync::Mutex<Vec<SpanData>>>);
+
+    impl SpanProcessor for Handed {
+        fn on_start(&self, _: &mut opentelemetry_sdk::trace::Span, _: &opentelemetry::Context) {}
+        fn on_end(&self, span: SpanData) {
+            self.0.lock().unwrap().push(span);
+        }
+        fn force_flush(&self) -> OTelSdkResult {
+            Ok(())
+        }
+        fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
+            Ok(())
+        }
+    }
+
+    /// A sampled span whose every attribute holds `value`: its own, an
+    /// event's and a link's, a string and an array of strings.
+    fn span_holding(value: &str) -> SpanData {
+        use opentelemetry::trace::{Event, Link, SpanContext, TraceFlags, TraceState};
+        let attributes = vec![
+            KeyValue::new("url.path", value.to_owned()),
+            KeyValue::new("tags", Value::Array(Array::String(vec![value.to_owned().into()]))),
+            KeyValue::new("http.response.status_code", 404_i64),
+        ];
+        let mut events = opentelemetry_sdk::trace::SpanEvents::default();
+        events
+            .events
+            .push(Event::new("exception", SystemTime::now(), attributes.clone(), 0));
+        let mut links = opentelemetry_sdk::trace::SpanLinks::default();
+        let context = |span: u64| {
+            SpanContext::new(
+                TraceId::from(7),
+                SpanId::from(span),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::NONE,
+            )
+        };
+        links.links.push(Link::new(context(9), attributes.clone(), 0));
+        SpanData {
+            span_context: context(8),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Server,
+            name: "GET".into(),
+            start_time: SystemTime::now(),
+            end_time: SystemTime::now(),
+            attributes,
+            dropped_attributes_count: 0,
+            events,
+            links,
+            status: Status::Unset,
+            instrumentation_scope: Default::default(),
+        }
+    }
+
+    fn strings(span: &SpanData) -> Vec<String> {
+        let attributes = span
+            .attributes
+            .iter()
+            .chain(span.events.events.iter().flat_map(|event| &event.attributes))
+            .chain(span.links.links.iter().flat_map(|link| &link.attributes));
+        attributes
+            .filter(|attribute| !matches!(attribute.value, Value::I64(_)))
+            .map(|attribute| match &attribute.value {
+                Value::Array(Array::String(texts)) => texts[0].to_string(),
+                other => other.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_64_kb_attribute_is_handed_on_for_export_and_recorded_cut_to_the_limit() {
+        let handed = Handed::default();
+        let records = SpanRecords::then(1024, handed.clone());
+        let buffer = crate::test_support::Buffer::default();
+        let (dispatch, _guard, _) = service("unit", "info");
+        let writer = buffer.clone();
+        records
+            .sink()
+            .write_to(&dispatch, LogWriter::new(move || writer.clone()), "unit");
+        let long = "x".repeat(64 * 1024);
+
+        records.on_end(span_holding(&long));
+
+        let handed = handed.0.lock().unwrap();
+        let exported = strings(&handed[0]);
+        assert_eq!(exported.len(), 6, "{exported:?}");
+        for value in &exported {
+            assert_eq!(value.as_str(), &long[..1024]);
+        }
+        assert_eq!(
+            handed[0].attributes[2].value,
+            Value::I64(404),
+            "a number is no string to cut"
+        );
+        let record = &buffer.records()[0];
+        assert_eq!(record["span"]["attributes"]["url.path"], long[..1024]);
+    }
+
+    #[test]
+    fn a_value_is_cut_to_whole_characters_never_inside_one() {
+        let mut text = StringValue::from("aé€😀z".to_owned());
+        cut(&mut text, 4);
+        assert_eq!(text.as_str(), "aé€😀");
+        cut(&mut text, 2);
+        assert_eq!(text.as_str(), "aé");
+
+        let mut short = StringValue::from("short");
+        cut(&mut short, 5);
+        assert_eq!(short.as_str(), "short");
     }
 
     #[test]

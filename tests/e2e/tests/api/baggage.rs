@@ -204,3 +204,47 @@ async fn oversized_incoming_baggage_is_dropped_and_the_request_still_succeeds() 
         baggage(&[(ENDUSER_ID, id)])
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_forged_in_the_properties_of_allowed_baggage_reaches_no_span_and_no_event() {
+    let stack = stack().await;
+    let (victim, _) = signed_in_user(&stack).await;
+    let victim = victim["id"].as_str().unwrap();
+    // `enduser.id=<victim>` hidden in a property of an allowed entry: encoded
+    // once, in lower-case hex, and twice (unwrapped one hop further on).
+    let forgeries = [
+        format!("session.id=s;%2C{ENDUSER_ID}%3D{victim}"),
+        format!("session.id=s;%2c{ENDUSER_ID}%3d{victim}"),
+        format!("session.id=s;%252C{ENDUSER_ID}%253D{victim}"),
+    ];
+
+    let mut leaks = Vec::new();
+    for forged in &forgeries {
+        let response = stack
+            .http
+            .post(stack.url("/v1/users"))
+            .header("baggage", forged)
+            .json(&json!({ "email": email("guest"), "name": "Guest", "password": PASSWORD }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let registration = trace_id(&response);
+        let registered: serde_json::Value = response.json().await.unwrap();
+        let registered = registered["id"].as_str().unwrap();
+
+        let spans = trace_through_the_consumer(&stack, &registration, "CreateUser").await;
+        let callers = callers_seen(&spans, &stack, "CreateUser");
+        let event_baggage = baggage_of_event(&stack, registered, "user.created").await;
+        if callers != [None, None] || event_baggage != baggage(&[("session.id", "s")]) {
+            leaks.push(format!(
+                "{forged:?}: callers on the user and consumer spans {callers:?}, event baggage {event_baggage:?}"
+            ));
+        }
+    }
+    assert!(
+        leaks.is_empty(),
+        "a guest's baggage named a caller:\n{}",
+        leaks.join("\n")
+    );
+}

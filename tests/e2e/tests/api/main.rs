@@ -13,5 +13,6 @@ mod jaeger;
 mod resilience;
 mod rpc;
 mod secrets;
+mod span_size;
 mod trace;
 mod users;
