@@ -230,7 +230,7 @@ for (const row of document.querySelectorAll('.span-row')) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::traces::tests::{registration, tree_of};
+    use crate::fixtures::{registration, tree_of};
 
     #[test]
     fn one_row_per_span_with_its_bar_on_the_shared_axis() {

@@ -87,7 +87,7 @@ pub(crate) fn rfc3339(micros: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::traces::tests::{registration, tree_of};
+    use crate::fixtures::{registration, tree_of};
 
     #[test]
     fn spans_nest_under_children_with_the_critical_path_marked() {

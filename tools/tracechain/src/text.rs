@@ -157,7 +157,7 @@ fn plural(count: usize) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::traces::tests::{registration, tree_of};
+    use crate::fixtures::{registration, tree_of};
 
     fn rendered(spans: Vec<crate::span::Span>) -> String {
         render(&tree_of(spans))

@@ -32,6 +32,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::Serialize;
 
 use crate::{
+    gap::{Gap, GapKind},
     logs::Logs,
     span::{Kind, LogEvent, Span},
     tree::Tree,
@@ -52,27 +53,6 @@ fn retried(span: &Span, spans: &[&Span]) -> bool {
             && other.parent_span_id == span.parent_span_id
             && attempt(other) == Some(next)
     })
-}
-
-/// What breaks a call chain; see the module docs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GapKind {
-    MissingParent,
-    ExtraRoot,
-    NoConsumer,
-    NoServer,
-    OtherTrace,
-    ParentLoop,
-}
-
-/// One gap of a trace: which rule, the span it is found at, and a sentence
-/// that names it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Gap {
-    pub kind: GapKind,
-    pub span_id: String,
-    pub message: String,
 }
 
 /// Every trace of a set of spans, indexed for the checks.
@@ -100,6 +80,211 @@ pub struct Summary {
 pub struct Incomplete {
     pub trace_id: String,
     pub gaps: Vec<Gap>,
+}
+
+/// One trace under check: its spans, and what the rules share about them.
+struct Check<'a> {
+    traces: &'a Traces,
+    trace_id: &'a str,
+    spans: Vec<&'a Span>,
+    /// Spans without a parent, by start.
+    roots: Vec<&'a Span>,
+    /// Spans whose parent is not in the trace.
+    orphans: Vec<&'a Span>,
+}
+
+impl<'a> Check<'a> {
+    fn new(traces: &'a Traces, trace_id: &'a str) -> Self {
+        let spans = traces.spans_of(trace_id);
+        let ids: HashSet<&str> = spans.iter().map(|span| span.span_id.as_str()).collect();
+        let mut roots: Vec<&Span> = spans.iter().copied().filter(|s| s.parent_span_id.is_none()).collect();
+        roots.sort_by_key(|span| span.start_us);
+        let orphans = spans
+            .iter()
+            .copied()
+            .filter(|s| s.parent_span_id.as_deref().is_some_and(|parent| !ids.contains(parent)))
+            .collect();
+        Self {
+            traces,
+            trace_id,
+            spans,
+            roots,
+            orphans,
+        }
+    }
+
+    /// Rule 1: one root.
+    fn one_root(&self, gaps: &mut Vec<Gap>) {
+        let continued = self.roots.is_empty() && self.orphans.len() == 1;
+        if !continued {
+            for span in &self.orphans {
+                gaps.push(Gap {
+                    kind: GapKind::MissingParent,
+                    span_id: span.span_id.clone(),
+                    message: format!(
+                        "missing parent: {} names parent {}, which never appears",
+                        span.label(),
+                        span.parent_span_id.as_deref().unwrap_or_default()
+                    ),
+                });
+            }
+        }
+        for span in self.roots.iter().skip(1) {
+            gaps.push(Gap {
+                kind: GapKind::ExtraRoot,
+                span_id: span.span_id.clone(),
+                message: format!(
+                    "second root: {} has no parent, beside the root {}",
+                    span.label(),
+                    self.roots[0].label()
+                ),
+            });
+        }
+    }
+
+    /// Rule 2: every message is consumed.
+    fn every_message_consumed(&self, gaps: &mut Vec<Gap>) {
+        for span in self.spans.iter().filter(|span| span.kind == Kind::Producer) {
+            self.answered(span, Answer::CONSUMER, gaps);
+        }
+    }
+
+    /// Rule 3: every call of ours is answered, unless it was retried.
+    fn every_call_answered(&self, gaps: &mut Vec<Gap>) {
+        for span in &self.spans {
+            if span.kind == Kind::Client && span.attribute("rpc.system") == Some("grpc") && !retried(span, &self.spans)
+            {
+                self.answered(span, Answer::SERVER, gaps);
+            }
+        }
+    }
+
+    /// Whether `span` has the span that `answer` wants, in this trace; a gap
+    /// otherwise (rule 4's when the answer is found under another trace).
+    fn answered(&self, span: &Span, answer: Answer, gaps: &mut Vec<Gap>) {
+        let Answer {
+            wanted,
+            name,
+            caller,
+            kind,
+        } = answer;
+        let found: Vec<&Span> = self
+            .traces
+            .referrers_of(&span.span_id)
+            .filter(|other| other.kind == wanted)
+            // A server answers the call it is a child of; a consumer may
+            // only link to its producer.
+            .filter(|other| wanted == Kind::Consumer || other.parent_span_id.as_deref() == Some(&span.span_id))
+            .collect();
+        if found.iter().any(|other| other.trace_id == self.trace_id) {
+            return;
+        }
+        gaps.push(match found.first() {
+            Some(elsewhere) => Gap {
+                kind: GapKind::OtherTrace,
+                span_id: elsewhere.span_id.clone(),
+                message: format!(
+                    "span of another trace: the {name} span of {caller} {} is {}, of trace {}",
+                    span.label(),
+                    elsewhere.label(),
+                    elsewhere.trace_id
+                ),
+            },
+            None => Gap {
+                kind,
+                span_id: span.span_id.clone(),
+                message: match wanted {
+                    Kind::Consumer => format!(
+                        "chain ends early: {caller} {} has no consumer span (none has it as parent or link)",
+                        span.label()
+                    ),
+                    _ => format!(
+                        "chain ends early: {caller} {} has no server span under it",
+                        span.label()
+                    ),
+                },
+            },
+        });
+    }
+
+    /// Rule 4: one trace id; children found under another trace (the
+    /// answers rules 2 and 3 looked for are theirs to report).
+    fn one_trace_id(&self, gaps: &mut Vec<Gap>) {
+        for span in &self.spans {
+            for other in self.traces.referrers_of(&span.span_id) {
+                let child = other.parent_span_id.as_deref() == Some(&span.span_id);
+                let reported = gaps.iter().any(|gap| gap.span_id == other.span_id);
+                if child && other.trace_id != self.trace_id && !reported {
+                    gaps.push(Gap {
+                        kind: GapKind::OtherTrace,
+                        span_id: other.span_id.clone(),
+                        message: format!(
+                            "span of another trace: {} is a child of {} but carries trace id {}",
+                            other.label(),
+                            span.label(),
+                            other.trace_id
+                        ),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Rule 5: no loop; every span is reached from a root or an orphan.
+    fn no_loop(&self, gaps: &mut Vec<Gap>) {
+        let mut children: HashMap<&str, Vec<&Span>> = HashMap::new();
+        for span in &self.spans {
+            if let Some(parent) = span.parent_span_id.as_deref() {
+                children.entry(parent).or_default().push(span);
+            }
+        }
+        let mut reached: HashSet<&str> = HashSet::new();
+        let mut stack: Vec<&Span> = self.roots.iter().chain(&self.orphans).copied().collect();
+        while let Some(span) = stack.pop() {
+            if reached.insert(&span.span_id) {
+                stack.extend(children.get(span.span_id.as_str()).into_iter().flatten());
+            }
+        }
+        for span in self
+            .spans
+            .iter()
+            .filter(|span| !reached.contains(span.span_id.as_str()))
+        {
+            gaps.push(Gap {
+                kind: GapKind::ParentLoop,
+                span_id: span.span_id.clone(),
+                message: format!(
+                    "parent loop: following the parents of {} leads back to it",
+                    span.label()
+                ),
+            });
+        }
+    }
+}
+
+/// The span rule 2 or 3 wants for a producer or a gRPC client, and how its
+/// absence is named.
+#[derive(Clone, Copy)]
+struct Answer {
+    wanted: Kind,
+    name: &'static str,
+    caller: &'static str,
+    kind: GapKind,
+}
+
+impl Answer {
+    const CONSUMER: Self = Self {
+        wanted: Kind::Consumer,
+        name: "consumer",
+        caller: "producer",
+        kind: GapKind::NoConsumer,
+    };
+    const SERVER: Self = Self {
+        wanted: Kind::Server,
+        name: "server",
+        caller: "gRPC client",
+        kind: GapKind::NoServer,
+    };
 }
 
 impl Traces {
@@ -161,140 +346,15 @@ impl Traces {
         Some(Tree::build(trace_id, spans, events, self.gaps(trace_id)))
     }
 
-    /// The gaps of one trace; see the module docs for the rules.
+    /// The gaps of one trace, rule by rule; see the module docs.
     pub fn gaps(&self, trace_id: &str) -> Vec<Gap> {
-        let spans = self.spans_of(trace_id);
-        let ids: HashSet<&str> = spans.iter().map(|span| span.span_id.as_str()).collect();
+        let check = Check::new(self, trace_id);
         let mut gaps = Vec::new();
-
-        // 1. One root.
-        let mut roots: Vec<&Span> = spans.iter().copied().filter(|s| s.parent_span_id.is_none()).collect();
-        roots.sort_by_key(|span| span.start_us);
-        let orphans: Vec<&Span> = spans
-            .iter()
-            .copied()
-            .filter(|s| s.parent_span_id.as_deref().is_some_and(|parent| !ids.contains(parent)))
-            .collect();
-        let continued = roots.is_empty() && orphans.len() == 1;
-        if !continued {
-            for span in &orphans {
-                gaps.push(Gap {
-                    kind: GapKind::MissingParent,
-                    span_id: span.span_id.clone(),
-                    message: format!(
-                        "missing parent: {} names parent {}, which never appears",
-                        span.label(),
-                        span.parent_span_id.as_deref().unwrap_or_default()
-                    ),
-                });
-            }
-        }
-        for span in roots.iter().skip(1) {
-            gaps.push(Gap {
-                kind: GapKind::ExtraRoot,
-                span_id: span.span_id.clone(),
-                message: format!(
-                    "second root: {} has no parent, beside the root {}",
-                    span.label(),
-                    roots[0].label()
-                ),
-            });
-        }
-
-        // 2 and 3. Every message consumed, every call of ours answered.
-        for span in &spans {
-            let (wanted, name, caller, kind) = match span.kind {
-                Kind::Producer => (Kind::Consumer, "consumer", "producer", GapKind::NoConsumer),
-                Kind::Client if span.attribute("rpc.system") == Some("grpc") => {
-                    if retried(span, &spans) {
-                        continue;
-                    }
-                    (Kind::Server, "server", "gRPC client", GapKind::NoServer)
-                }
-                _ => continue,
-            };
-            let found: Vec<&Span> = self
-                .referrers_of(&span.span_id)
-                .filter(|other| other.kind == wanted)
-                // A server answers the call it is a child of; a consumer may
-                // only link to its producer.
-                .filter(|other| wanted == Kind::Consumer || other.parent_span_id.as_deref() == Some(&span.span_id))
-                .collect();
-            if found.iter().any(|other| other.trace_id == trace_id) {
-                continue;
-            }
-            match found.first() {
-                Some(elsewhere) => gaps.push(Gap {
-                    kind: GapKind::OtherTrace,
-                    span_id: elsewhere.span_id.clone(),
-                    message: format!(
-                        "span of another trace: the {name} span of {caller} {} is {}, of trace {}",
-                        span.label(),
-                        elsewhere.label(),
-                        elsewhere.trace_id
-                    ),
-                }),
-                None => gaps.push(Gap {
-                    kind,
-                    span_id: span.span_id.clone(),
-                    message: match wanted {
-                        Kind::Consumer => format!(
-                            "chain ends early: {caller} {} has no consumer span (none has it as parent or link)",
-                            span.label()
-                        ),
-                        _ => format!(
-                            "chain ends early: {caller} {} has no server span under it",
-                            span.label()
-                        ),
-                    },
-                }),
-            }
-        }
-
-        // 4. One trace id: children found under another trace.
-        for span in &spans {
-            for other in self.referrers_of(&span.span_id) {
-                let child = other.parent_span_id.as_deref() == Some(&span.span_id);
-                let reported = gaps.iter().any(|gap| gap.span_id == other.span_id);
-                if child && other.trace_id != trace_id && !reported {
-                    gaps.push(Gap {
-                        kind: GapKind::OtherTrace,
-                        span_id: other.span_id.clone(),
-                        message: format!(
-                            "span of another trace: {} is a child of {} but carries trace id {}",
-                            other.label(),
-                            span.label(),
-                            other.trace_id
-                        ),
-                    });
-                }
-            }
-        }
-
-        // 5. No loop: every span is reached from a root or an orphan.
-        let mut children: HashMap<&str, Vec<&Span>> = HashMap::new();
-        for span in &spans {
-            if let Some(parent) = span.parent_span_id.as_deref() {
-                children.entry(parent).or_default().push(span);
-            }
-        }
-        let mut reached: HashSet<&str> = HashSet::new();
-        let mut stack: Vec<&Span> = roots.iter().chain(&orphans).copied().collect();
-        while let Some(span) = stack.pop() {
-            if reached.insert(&span.span_id) {
-                stack.extend(children.get(span.span_id.as_str()).into_iter().flatten());
-            }
-        }
-        for span in spans.iter().filter(|span| !reached.contains(span.span_id.as_str())) {
-            gaps.push(Gap {
-                kind: GapKind::ParentLoop,
-                span_id: span.span_id.clone(),
-                message: format!(
-                    "parent loop: following the parents of {} leads back to it",
-                    span.label()
-                ),
-            });
-        }
+        check.one_root(&mut gaps);
+        check.every_message_consumed(&mut gaps);
+        check.every_call_answered(&mut gaps);
+        check.one_trace_id(&mut gaps);
+        check.no_loop(&mut gaps);
         gaps
     }
 
@@ -332,98 +392,9 @@ impl Traces {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::span::{Link, Status};
-
-    pub(crate) const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-
-    pub(crate) fn span(
-        id: &str,
-        parent: Option<&str>,
-        service: &str,
-        name: &str,
-        kind: Kind,
-        start: i64,
-        duration: i64,
-    ) -> Span {
-        Span {
-            trace_id: TRACE.to_owned(),
-            span_id: format!("{id:0>16}"),
-            parent_span_id: parent.map(|p| format!("{p:0>16}")),
-            name: name.to_owned(),
-            kind,
-            service: service.to_owned(),
-            start_us: 1_795_600_800_000_000 + start,
-            duration_us: duration,
-            status: Status::Unset,
-            status_message: None,
-            links: Vec::new(),
-            attributes: BTreeMap::new(),
-        }
-    }
-
-    /// The tree of [`TRACE`] in logs that hold these spans.
-    pub(crate) fn tree_of(spans: Vec<Span>) -> Tree {
-        Traces::new(Logs {
-            spans,
-            ..Logs::default()
-        })
-        .tree(TRACE)
-        .unwrap()
-    }
-
-    /// DESIGN.md's registration chain, with made-up ids and times (µs).
-    pub(crate) fn registration() -> Vec<Span> {
-        let mut client = span(
-            "2",
-            Some("1"),
-            "api",
-            "user.v1.UserService/CreateUser",
-            Kind::Client,
-            1_000,
-            9_000,
-        );
-        client.attributes.insert("rpc.system".into(), "grpc".into());
-        let mut process = span(
-            "6",
-            Some("5"),
-            "consumer",
-            "process user-events",
-            Kind::Consumer,
-            17_000,
-            2_400,
-        );
-        process.links.push(Link {
-            trace_id: TRACE.to_owned(),
-            span_id: format!("{:0>16}", "5"),
-        });
-        vec![
-            span("1", None, "api", "POST /v1/users", Kind::Server, 0, 18_000),
-            client,
-            span(
-                "3",
-                Some("2"),
-                "user",
-                "user.v1.UserService/CreateUser",
-                Kind::Server,
-                1_400,
-                8_000,
-            ),
-            span("4", Some("3"), "user", "INSERT users", Kind::Client, 2_000, 1_200),
-            span("5", Some("1"), "api", "send user-events", Kind::Producer, 10_500, 6_200),
-            process,
-            span(
-                "7",
-                Some("6"),
-                "consumer",
-                "INSERT user_events",
-                Kind::Client,
-                17_500,
-                1_500,
-            ),
-        ]
-    }
+    use crate::fixtures::{TRACE, registration, span};
 
     fn gaps(spans: Vec<Span>) -> Vec<Gap> {
         Traces::new(Logs {

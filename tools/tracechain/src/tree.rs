@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 
 use crate::{
+    gap::Gap,
     span::{LogEvent, Span},
-    traces::Gap,
 };
 
 /// One trace's spans, arranged; see the module docs.
@@ -202,7 +202,7 @@ impl Tree {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::traces::tests::{TRACE, registration};
+    use crate::fixtures::{TRACE, registration};
 
     fn tree(spans: Vec<Span>) -> Tree {
         Tree::build(TRACE, spans, Vec::new(), Vec::new())
