@@ -16,8 +16,8 @@ use crate::{
 /// The page.
 pub fn render(tree: &Tree) -> String {
     let start = tree.start_us();
-    let total = (tree.end_us() - start).max(1) as f64;
-    let at = |micros: i64| (micros - start) as f64 / total * 100.0;
+    let total = tree.duration_us().max(1) as f64;
+    let at = |micros: i64| micros.saturating_sub(start) as f64 / total * 100.0;
 
     let mut out = String::new();
     let _ = write!(
@@ -34,7 +34,7 @@ pub fn render(tree: &Tree) -> String {
         "<p class=\"summary\">{} spans across {} services, {}, starting {} · <span class=\"{}\">{}</span></p>",
         tree.nodes.len(),
         services.len(),
-        millis(tree.end_us() - start),
+        millis(tree.duration_us()),
         escape(&crate::json::rfc3339(start)),
         if tree.is_complete() { "complete" } else { "incomplete" },
         if tree.is_complete() {
@@ -137,7 +137,7 @@ pub fn render(tree: &Tree) -> String {
             "start",
             &format!(
                 "+{} ({})",
-                millis(span.start_us - start),
+                millis(span.start_us.saturating_sub(start)),
                 crate::json::rfc3339(span.start_us)
             ),
         );

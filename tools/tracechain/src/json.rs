@@ -25,7 +25,7 @@ pub fn render(tree: &Tree) -> Value {
         "spans": tree.nodes.len(),
         "services": tree.services(),
         "start": rfc3339(tree.start_us()),
-        "duration_us": tree.end_us() - tree.start_us(),
+        "duration_us": tree.duration_us(),
         "gaps": tree.gaps,
         "roots": tree.roots.iter().map(|&root| node(tree, root, &mut vec![false; tree.nodes.len()])).collect::<Vec<_>>(),
         "loose_events": tree.loose_events.iter().map(event).collect::<Vec<_>>(),

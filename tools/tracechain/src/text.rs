@@ -19,7 +19,7 @@ pub fn render(tree: &Tree) -> String {
         tree.trace_id,
         tree.nodes.len(),
         tree.services().join(", "),
-        millis(tree.end_us() - tree.start_us()),
+        millis(tree.duration_us()),
         if tree.is_complete() {
             "complete".to_owned()
         } else {
@@ -74,7 +74,7 @@ pub fn render(tree: &Tree) -> String {
             "",
             span.service,
             span.kind.as_str(),
-            format!("+{}", millis(span.start_us - start)),
+            format!("+{}", millis(span.start_us.saturating_sub(start))),
             millis(span.duration_us),
         );
         let lead = format!(

@@ -155,6 +155,12 @@ impl Tree {
         self.nodes.iter().map(|n| n.span.end_us()).max().unwrap_or_default()
     }
 
+    /// From the earliest start to the latest end (saturating, as
+    /// [`Span::end_us`]).
+    pub fn duration_us(&self) -> i64 {
+        self.end_us().saturating_sub(self.start_us())
+    }
+
     /// The services of the trace, in the order their first span started.
     pub fn services(&self) -> Vec<&str> {
         let mut services: Vec<&str> = Vec::new();
@@ -202,7 +208,7 @@ impl Tree {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{TRACE, registration};
+    use crate::fixtures::{TRACE, registration, tree_of};
 
     fn tree(spans: Vec<Span>) -> Tree {
         Tree::build(TRACE, spans, Vec::new(), Vec::new())
@@ -310,5 +316,22 @@ mod tests {
         let messages: Vec<&str> = root.events.iter().map(|e| e.message.as_str()).collect();
         assert_eq!(messages, ["at 1", "at 2"]);
         assert_eq!(tree.loose_events.len(), 1);
+    }
+
+    #[test]
+    fn a_duration_past_the_end_of_time_saturates_instead_of_overflowing() {
+        // What hostile logs may hold: `"duration_us": 9223372036854775807`,
+        // and (from Jaeger, whose times are any i64) a start at the far end.
+        let mut spans = registration();
+        spans[6].duration_us = i64::MAX;
+        spans[3].start_us = i64::MIN;
+        spans[3].duration_us = i64::MIN;
+        let tree = tree_of(spans);
+        assert_eq!((tree.start_us(), tree.end_us()), (i64::MIN, i64::MAX));
+        let text = crate::text::render(&tree);
+        assert!(text.contains("INSERT user_events"), "{text}");
+        let json = crate::json::render(&tree).to_string();
+        assert!(json.contains(&i64::MAX.to_string()), "{json}");
+        assert!(crate::html::render(&tree).contains("INSERT user_events"));
     }
 }
