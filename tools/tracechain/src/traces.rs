@@ -23,7 +23,9 @@
 //! 4. **One trace id.** A span whose parent is a span of this trace, or a
 //!    consumer or server span that rule 2 or 3 looks for, must carry this
 //!    trace's id; found under another one it is a gap (`other_trace`): the
-//!    context was lost on the way.
+//!    context was lost on the way. Span ids are unique only within a trace,
+//!    so a span whose own trace has its parent is that trace's child, not a
+//!    lost one; and a span named parent by many lost ones is one gap.
 //! 5. **No loop.** Parents never lead back to a span itself (`parent_loop`;
 //!    only corrupted ids do that).
 
@@ -42,27 +44,39 @@ use crate::{
 /// 1 for the first.
 const RETRY_ATTEMPT: &str = "rpc.grpc.retry.attempt";
 
-/// Whether the gRPC call `span` was retried: a span of the same call under
-/// the same parent is its next attempt.
-fn retried(span: &Span, spans: &[&Span]) -> bool {
-    let attempt = |span: &Span| span.attribute(RETRY_ATTEMPT).and_then(|n| n.parse::<u32>().ok());
-    let next = attempt(span).unwrap_or(0) + 1;
-    spans.iter().any(|other| {
-        other.kind == Kind::Client
-            && other.name == span.name
-            && other.parent_span_id == span.parent_span_id
-            && attempt(other) == Some(next)
-    })
+/// A gRPC client span's attempt number, when it says.
+fn attempt(span: &Span) -> Option<u32> {
+    span.attribute(RETRY_ATTEMPT).and_then(|n| n.parse().ok())
 }
 
 /// Every trace of a set of spans, indexed for the checks.
+///
+/// Span ids are only unique within a trace (and hostile or corrupted logs
+/// repeat them across many), so a reference is resolved in its own trace
+/// first: the checks of one trace then look at its own spans, and at most
+/// a few of the others, and checking every trace stays linear.
 pub struct Traces {
     spans: Vec<Span>,
     events: Vec<LogEvent>,
     /// Trace id to the indices of its spans.
     by_trace: BTreeMap<String, Vec<usize>>,
-    /// Span id to the spans whose parent or link it is.
-    referrers: HashMap<String, Vec<usize>>,
+    /// For each span, the spans of its own trace whose parent or link it is.
+    referrers: Vec<Vec<usize>>,
+    /// Span id to the spans that name it (as parent or link) in whose own
+    /// trace no span has it: where a context lost on the way shows.
+    strays: HashMap<String, Strays>,
+}
+
+/// The spans that name one span id their own trace lacks.
+#[derive(Default)]
+struct Strays {
+    /// Those whose parent it is.
+    children: Vec<usize>,
+    /// The first consumer span naming it: the answer rule 2 may find in
+    /// another trace.
+    consumer: Option<usize>,
+    /// The first server span under it: rule 3's.
+    server: Option<usize>,
 }
 
 /// The result of checking every trace.
@@ -85,7 +99,8 @@ pub struct Incomplete {
 /// One trace under check: its spans, and what the rules share about them.
 struct Check<'a> {
     traces: &'a Traces,
-    trace_id: &'a str,
+    /// Indices of its spans in [`Traces::spans`].
+    indices: &'a [usize],
     spans: Vec<&'a Span>,
     /// Spans without a parent, by start.
     roots: Vec<&'a Span>,
@@ -95,7 +110,8 @@ struct Check<'a> {
 
 impl<'a> Check<'a> {
     fn new(traces: &'a Traces, trace_id: &'a str) -> Self {
-        let spans = traces.spans_of(trace_id);
+        let indices = traces.by_trace.get(trace_id).map(Vec::as_slice).unwrap_or_default();
+        let spans: Vec<&Span> = indices.iter().map(|&i| &traces.spans[i]).collect();
         let ids: HashSet<&str> = spans.iter().map(|span| span.span_id.as_str()).collect();
         let mut roots: Vec<&Span> = spans.iter().copied().filter(|s| s.parent_span_id.is_none()).collect();
         roots.sort_by_key(|span| span.start_us);
@@ -106,7 +122,7 @@ impl<'a> Check<'a> {
             .collect();
         Self {
             traces,
-            trace_id,
+            indices,
             spans,
             roots,
             orphans,
@@ -144,42 +160,64 @@ impl<'a> Check<'a> {
 
     /// Rule 2: every message is consumed.
     fn every_message_consumed(&self, gaps: &mut Vec<Gap>) {
-        for span in self.spans.iter().filter(|span| span.kind == Kind::Producer) {
-            self.answered(span, Answer::CONSUMER, gaps);
+        for &index in self.indices {
+            if self.traces.spans[index].kind == Kind::Producer {
+                self.answered(index, Answer::CONSUMER, gaps);
+            }
         }
     }
 
     /// Rule 3: every call of ours is answered, unless it was retried.
     fn every_call_answered(&self, gaps: &mut Vec<Gap>) {
-        for span in &self.spans {
-            if span.kind == Kind::Client && span.attribute("rpc.system") == Some("grpc") && !retried(span, &self.spans)
-            {
-                self.answered(span, Answer::SERVER, gaps);
+        let grpc_calls = || {
+            self.indices.iter().copied().filter(|&index| {
+                let span = &self.traces.spans[index];
+                span.kind == Kind::Client && span.attribute("rpc.system") == Some("grpc")
+            })
+        };
+        // The attempts made: a call of the same name under the same parent
+        // with the next number is a retry.
+        let attempts: HashSet<(&str, Option<&str>, u32)> = grpc_calls()
+            .map(|index| &self.traces.spans[index])
+            .filter_map(|span| Some((span.name.as_str(), span.parent_span_id.as_deref(), attempt(span)?)))
+            .collect();
+        for index in grpc_calls() {
+            let span = &self.traces.spans[index];
+            let next = attempt(span).unwrap_or(0) + 1;
+            if !attempts.contains(&(span.name.as_str(), span.parent_span_id.as_deref(), next)) {
+                self.answered(index, Answer::SERVER, gaps);
             }
         }
     }
 
-    /// Whether `span` has the span that `answer` wants, in this trace; a gap
-    /// otherwise (rule 4's when the answer is found under another trace).
-    fn answered(&self, span: &Span, answer: Answer, gaps: &mut Vec<Gap>) {
+    /// Whether the span at `index` has the span that `answer` wants, in this
+    /// trace; a gap otherwise (rule 4's when the answer is found under
+    /// another trace).
+    fn answered(&self, index: usize, answer: Answer, gaps: &mut Vec<Gap>) {
         let Answer {
             wanted,
             name,
             caller,
             kind,
         } = answer;
-        let found: Vec<&Span> = self
-            .traces
-            .referrers_of(&span.span_id)
-            .filter(|other| other.kind == wanted)
-            // A server answers the call it is a child of; a consumer may
-            // only link to its producer.
-            .filter(|other| wanted == Kind::Consumer || other.parent_span_id.as_deref() == Some(&span.span_id))
-            .collect();
-        if found.iter().any(|other| other.trace_id == self.trace_id) {
+        let span = &self.traces.spans[index];
+        // A server answers the call it is a child of; a consumer may only
+        // link to its producer.
+        let answers = |other: &Span| {
+            other.kind == wanted && (wanted == Kind::Consumer || other.parent_span_id.as_ref() == Some(&span.span_id))
+        };
+        if self.traces.referrers[index]
+            .iter()
+            .any(|&other| answers(&self.traces.spans[other]))
+        {
             return;
         }
-        gaps.push(match found.first() {
+        let strays = self.traces.strays.get(&span.span_id);
+        let elsewhere = strays.and_then(|strays| match wanted {
+            Kind::Consumer => strays.consumer,
+            _ => strays.server,
+        });
+        gaps.push(match elsewhere.map(|other| &self.traces.spans[other]) {
             Some(elsewhere) => Gap {
                 kind: GapKind::OtherTrace,
                 span_id: elsewhere.span_id.clone(),
@@ -207,26 +245,39 @@ impl<'a> Check<'a> {
         });
     }
 
-    /// Rule 4: one trace id; children found under another trace (the
-    /// answers rules 2 and 3 looked for are theirs to report).
+    /// Rule 4: one trace id; children found under another trace, whose own
+    /// trace lacks their parent (the answers rules 2 and 3 looked for are
+    /// theirs to report). One gap per parent, however many such children
+    /// name it.
     fn one_trace_id(&self, gaps: &mut Vec<Gap>) {
+        let mut reported: HashSet<String> = gaps.iter().map(|gap| gap.span_id.clone()).collect();
         for span in &self.spans {
-            for other in self.traces.referrers_of(&span.span_id) {
-                let child = other.parent_span_id.as_deref() == Some(&span.span_id);
-                let reported = gaps.iter().any(|gap| gap.span_id == other.span_id);
-                if child && other.trace_id != self.trace_id && !reported {
-                    gaps.push(Gap {
-                        kind: GapKind::OtherTrace,
-                        span_id: other.span_id.clone(),
-                        message: format!(
-                            "span of another trace: {} is a child of {} but carries trace id {}",
-                            other.label(),
-                            span.label(),
-                            other.trace_id
-                        ),
-                    });
-                }
+            let Some(strays) = self.traces.strays.get(&span.span_id) else {
+                continue;
+            };
+            let mut children = strays.children.iter().map(|&other| &self.traces.spans[other]);
+            let Some(other) = children.by_ref().find(|other| !reported.contains(&other.span_id)) else {
+                continue;
+            };
+            reported.insert(other.span_id.clone());
+            let more = children.count();
+            let mut message = format!(
+                "span of another trace: {} is a child of {} but carries trace id {}",
+                other.label(),
+                span.label(),
+                other.trace_id
+            );
+            if more > 0 {
+                message.push_str(&format!(
+                    " ({more} more span{} of other traces name it as parent)",
+                    if more == 1 { "" } else { "s" }
+                ));
             }
+            gaps.push(Gap {
+                kind: GapKind::OtherTrace,
+                span_id: other.span_id.clone(),
+                message,
+            });
         }
     }
 
@@ -289,23 +340,53 @@ impl Answer {
 
 impl Traces {
     pub fn new(logs: Logs) -> Self {
+        let Logs { mut spans, events, .. } = logs;
+        // A span given twice (Jaeger's answer is not deduplicated as the
+        // logs are) is kept once.
+        let mut seen = HashSet::new();
+        spans.retain(|span| seen.insert((span.trace_id.clone(), span.span_id.clone())));
+
         let mut by_trace: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        let mut referrers: HashMap<String, Vec<usize>> = HashMap::new();
-        for (index, span) in logs.spans.iter().enumerate() {
-            by_trace.entry(span.trace_id.clone()).or_default().push(index);
+        let mut index: HashMap<(&str, &str), usize> = HashMap::with_capacity(spans.len());
+        for (i, span) in spans.iter().enumerate() {
+            by_trace.entry(span.trace_id.clone()).or_default().push(i);
+            index.insert((&span.trace_id, &span.span_id), i);
+        }
+        let mut referrers: Vec<Vec<usize>> = vec![Vec::new(); spans.len()];
+        let mut strays: HashMap<String, Strays> = HashMap::new();
+        for (i, span) in spans.iter().enumerate() {
             let mut pointed: Vec<&str> = span.links.iter().map(|link| link.span_id.as_str()).collect();
             pointed.extend(span.parent_span_id.as_deref());
             pointed.sort_unstable();
             pointed.dedup();
             for id in pointed {
-                referrers.entry(id.to_owned()).or_default().push(index);
+                if let Some(&target) = index.get(&(span.trace_id.as_str(), id)) {
+                    referrers[target].push(i);
+                    continue;
+                }
+                let strays = strays.entry(id.to_owned()).or_default();
+                let child = span.parent_span_id.as_deref() == Some(id);
+                if child {
+                    strays.children.push(i);
+                }
+                match span.kind {
+                    Kind::Consumer => {
+                        strays.consumer.get_or_insert(i);
+                    }
+                    Kind::Server if child => {
+                        strays.server.get_or_insert(i);
+                    }
+                    _ => {}
+                }
             }
         }
+        drop(index);
         Self {
-            spans: logs.spans,
-            events: logs.events,
+            spans,
+            events,
             by_trace,
             referrers,
+            strays,
         }
     }
 
@@ -380,14 +461,6 @@ impl Traces {
             }
         }
         summary
-    }
-
-    fn referrers_of(&self, span_id: &str) -> impl Iterator<Item = &Span> {
-        self.referrers
-            .get(span_id)
-            .into_iter()
-            .flatten()
-            .map(|&index| &self.spans[index])
     }
 }
 
@@ -568,5 +641,42 @@ mod tests {
             ..Logs::default()
         });
         assert_eq!(traces.newest(), Some("0af7651916cd43dd8448eb211c80319c"));
+    }
+
+    #[test]
+    fn check_all_stays_linear_when_span_ids_repeat_across_traces() {
+        // The same chain, ids and all, in 200 traces; and 200 spans naming
+        // its root's id as their parent, each in a trace of its own (and each
+        // its own span id).
+        let copies = 200;
+        let mut spans = Vec::new();
+        for trace in 0..copies {
+            for mut span in registration() {
+                span.trace_id = format!("{trace:032x}");
+                for link in &mut span.links {
+                    link.trace_id = span.trace_id.clone();
+                }
+                spans.push(span);
+            }
+        }
+        for trace in copies..2 * copies {
+            let mut lost = span(&format!("{trace:x}"), Some("1"), "api", "lost", Kind::Internal, 0, 1);
+            lost.trace_id = format!("{trace:032x}");
+            spans.push(lost);
+        }
+        let count = spans.len();
+        let summary = Traces::new(Logs {
+            spans,
+            ..Logs::default()
+        })
+        .check_all();
+        assert_eq!(summary.traces, 2 * copies);
+        let gaps: usize = summary.incomplete.iter().map(|trace| trace.gaps.len()).sum();
+        assert!(gaps <= count, "{gaps} gaps for {count} spans");
+        // Each copy is whole in itself; each names, once, the spans of other
+        // traces that name its root as their parent.
+        for trace in &summary.incomplete {
+            assert_eq!(kinds(&trace.gaps), [GapKind::OtherTrace], "{trace:?}");
+        }
     }
 }
