@@ -31,24 +31,35 @@ pub fn render(tree: &Tree) -> String {
         "(* marks the critical path: from the root to the span that ended last)\n"
     );
 
-    // The span column: the tree's branches, then the name.
+    // The span column: the tree's branches, then the name. `columns` holds,
+    // for each level above the span met, whether its ancestor there was the
+    // last of its siblings: one stack for the walk, not a lead per span.
     let visits = tree.walk();
-    let mut leads: Vec<String> = vec![String::new(); tree.nodes.len()];
+    let mut columns: Vec<bool> = Vec::new();
     let mut labels = Vec::with_capacity(visits.len());
+    // The lead of a span's event lines, for the spans that have events.
+    let mut event_leads: Vec<Option<String>> = Vec::with_capacity(visits.len());
     for visit in &visits {
-        let (branch, below) = match tree.parent(visit.node) {
-            None => (String::new(), String::new()),
-            Some(parent) => {
-                let last = tree.is_last_sibling(visit.node);
-                let lead = &leads[parent];
-                (
-                    format!("{lead}{}", if last { "└─ " } else { "├─ " }),
-                    format!("{lead}{}", if last { "   " } else { "│  " }),
-                )
+        let node = &tree.nodes[visit.node];
+        columns.truncate(visit.depth.saturating_sub(1));
+        let mut label = String::new();
+        if visit.depth > 0 {
+            let last = tree.is_last_sibling(visit.node);
+            draw(&mut label, &columns);
+            label.push_str(if last { "└─ " } else { "├─ " });
+            if columns.len() > DRAWN_DEPTH {
+                let _ = write!(label, "(depth {}) ", visit.depth);
             }
-        };
-        leads[visit.node] = below;
-        labels.push(format!("{branch}{}", tree.nodes[visit.node].span.name));
+            columns.push(last);
+        }
+        label.push_str(&node.span.name);
+        labels.push(label);
+        event_leads.push((!node.events.is_empty()).then(|| {
+            let mut lead = String::new();
+            draw(&mut lead, &columns);
+            lead.push_str(if node.children.is_empty() { "   " } else { "│  " });
+            lead
+        }));
     }
     let width = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0).max(4);
     let service_width = tree.services().iter().map(|s| s.len()).max().unwrap_or(0).max(7);
@@ -59,7 +70,7 @@ pub fn render(tree: &Tree) -> String {
         "SPAN", "SERVICE", "KIND", "START", "DURATION"
     );
     let start = tree.start_us();
-    for (visit, label) in visits.iter().zip(&labels) {
+    for ((visit, label), lead) in visits.iter().zip(&labels).zip(&event_leads) {
         let node = &tree.nodes[visit.node];
         let span = &node.span;
         let status = match (span.status, &span.status_message) {
@@ -77,13 +88,8 @@ pub fn render(tree: &Tree) -> String {
             format!("+{}", millis(span.start_us.saturating_sub(start))),
             millis(span.duration_us),
         );
-        let lead = format!(
-            "{}{}",
-            leads[visit.node],
-            if node.children.is_empty() { "   " } else { "│  " }
-        );
         for event in &node.events {
-            let _ = writeln!(out, "  {lead}· {}", event_line(event));
+            let _ = writeln!(out, "  {}· {}", lead.as_deref().unwrap_or_default(), event_line(event));
         }
     }
     if !tree.loose_events.is_empty() {
@@ -110,6 +116,19 @@ pub fn render(tree: &Tree) -> String {
         }
     }
     out
+}
+
+/// How many levels of branches a line draws. A span deeper than that says
+/// its depth instead, so each line stays short however deep the chain, and
+/// the text grows with the number of spans, not with their depth squared.
+const DRAWN_DEPTH: usize = 32;
+
+/// The branches of the levels above a span (as many as [`DRAWN_DEPTH`]):
+/// a line down where its ancestor there has siblings after it.
+fn draw(out: &mut String, columns: &[bool]) {
+    for &last in columns.iter().take(DRAWN_DEPTH) {
+        out.push_str(if last { "   " } else { "│  " });
+    }
 }
 
 /// `--check-all`'s answer. Lists at most `limit` incomplete traces.
@@ -157,7 +176,7 @@ fn plural(count: usize) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{registration, tree_of};
+    use crate::fixtures::{chain, registration, tree_of};
 
     fn rendered(spans: Vec<crate::span::Span>) -> String {
         render(&tree_of(spans))
@@ -192,5 +211,14 @@ trace 4bf92f3577b34da6a3ce929d0e0e4736: 7 spans across api, user, consumer, 19.4
             text.contains("INCOMPLETE: the chain has 1 gap:\n  ✗ chain ends early: producer `send user-events`"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_text_of_a_deep_chain_grows_linearly_with_its_depth() {
+        let depth = 3_000;
+        let text = rendered(chain(depth));
+        assert_eq!(text.matches(" step ").count(), depth);
+        // A line per span, its indent drawn to a bounded depth.
+        assert!(text.len() <= 400 * depth, "{} bytes for {depth} spans", text.len());
     }
 }
