@@ -183,8 +183,11 @@ impl<'a> Check<'a> {
             .collect();
         for index in grpc_calls() {
             let span = &self.traces.spans[index];
-            let next = attempt(span).unwrap_or(0) + 1;
-            if !attempts.contains(&(span.name.as_str(), span.parent_span_id.as_deref(), next)) {
+            // The last number there is has no retry after it.
+            let next = attempt(span).unwrap_or(0).checked_add(1);
+            let retried =
+                next.is_some_and(|next| attempts.contains(&(span.name.as_str(), span.parent_span_id.as_deref(), next)));
+            if !retried {
                 self.answered(index, Answer::SERVER, gaps);
             }
         }
@@ -588,6 +591,15 @@ mod tests {
         let gaps = gaps(spans);
         assert_eq!(kinds(&gaps), [GapKind::NoServer], "{gaps:?}");
         assert_eq!(gaps[0].span_id, format!("{:0>16}", "2"));
+    }
+
+    #[test]
+    fn a_call_numbered_the_last_attempt_there_can_be_has_no_retry_after_it() {
+        let mut spans = registration();
+        spans[1].attributes.insert(RETRY_ATTEMPT.into(), u32::MAX.to_string());
+        spans.remove(3);
+        spans.remove(2);
+        assert_eq!(kinds(&gaps(spans)), [GapKind::NoServer]);
     }
 
     #[test]
