@@ -108,7 +108,15 @@ pub(crate) fn chain(depth: usize) -> Vec<Span> {
     (1..=depth)
         .map(|i| {
             let parent = (i > 1).then(|| format!("{:x}", i - 1));
-            span(&format!("{i:x}"), parent.as_deref(), "api", "step", Kind::Internal, i as i64, 1)
+            span(
+                &format!("{i:x}"),
+                parent.as_deref(),
+                "api",
+                "step",
+                Kind::Internal,
+                i as i64,
+                1,
+            )
         })
         .collect()
 }

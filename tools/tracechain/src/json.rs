@@ -62,10 +62,7 @@ pub fn write(tree: &Tree, out: &mut impl Write) -> io::Result<()> {
 /// A span's own fields; its `children` are written after them.
 fn fields(node: &Node) -> Value {
     let Node {
-        span,
-        events,
-        critical,
-        ..
+        span, events, critical, ..
     } = node;
     json!({
         "span_id": span.span_id,
