@@ -61,8 +61,21 @@ pub fn render(tree: &Tree) -> String {
             lead
         }));
     }
-    let width = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0).max(4);
-    let service_width = tree.services().iter().map(|s| s.len()).max().unwrap_or(0).max(7);
+    // Columns as wide as their widest entry, up to a bound: a longer one
+    // overflows its own line rather than widening every line.
+    let width = labels
+        .iter()
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(0)
+        .clamp(4, SPAN_COLUMN_MAX);
+    let service_width = tree
+        .services()
+        .iter()
+        .map(|s| s.chars().count())
+        .max()
+        .unwrap_or(0)
+        .clamp(7, SERVICE_COLUMN_MAX);
 
     let _ = writeln!(
         out,
@@ -77,7 +90,7 @@ pub fn render(tree: &Tree) -> String {
             (Status::Error, Some(message)) => format!("error: {message}"),
             (status, _) => status.as_str().to_owned(),
         };
-        let pad = width - label.chars().count();
+        let pad = width.saturating_sub(label.chars().count());
         let _ = writeln!(
             out,
             "{} {label}{:pad$}  {:service_width$}  {:8}  {:>12}  {:>12}  {status}",
@@ -117,6 +130,10 @@ pub fn render(tree: &Tree) -> String {
     }
     out
 }
+
+/// The widest the span and service columns are padded to.
+const SPAN_COLUMN_MAX: usize = 160;
+const SERVICE_COLUMN_MAX: usize = 40;
 
 /// How many levels of branches a line draws. A span deeper than that says
 /// its depth instead, so each line stays short however deep the chain, and
@@ -210,6 +227,22 @@ trace 4bf92f3577b34da6a3ce929d0e0e4736: 7 spans across api, user, consumer, 19.4
         assert!(
             text.contains("INCOMPLETE: the chain has 1 gap:\n  ✗ chain ends early: producer `send user-events`"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn one_long_name_does_not_pad_every_line_to_its_length() {
+        let spans = 1_000;
+        let mut chain = chain(spans);
+        chain[0].name = "x".repeat(50_000);
+        chain[1].service = "y".repeat(50_000);
+        let text = rendered(chain);
+        // The long ones are written once each, in the header and on their
+        // own lines; the other lines are as short as ever.
+        assert!(
+            text.len() <= 400 * spans + 4 * 50_000,
+            "{} bytes for {spans} spans",
+            text.len()
         );
     }
 
