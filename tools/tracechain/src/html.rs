@@ -5,7 +5,7 @@
 //! clicking it opens them, with its links and events, below the row. No
 //! server, no network: the styles and the few lines of script are inline.
 
-use std::fmt::Write as _;
+use std::{collections::HashMap, fmt::Write as _};
 
 use crate::{
     span::{LogEvent, Status},
@@ -29,6 +29,7 @@ pub fn render(tree: &Tree) -> String {
         id = escape(&tree.trace_id)
     );
     let services = tree.services();
+    let colors = Colors::of(&services);
     let _ = writeln!(
         out,
         "<p class=\"summary\">{} spans across {} services, {}, starting {} · <span class=\"{}\">{}</span></p>",
@@ -48,7 +49,7 @@ pub fn render(tree: &Tree) -> String {
         let _ = write!(
             out,
             "<span class=\"svc\" style=\"background:{}\">{}</span> ",
-            color(&services, service),
+            colors.of_service(service),
             escape(service)
         );
     }
@@ -104,7 +105,7 @@ pub fn render(tree: &Tree) -> String {
             } else {
                 "<b class=\"star\"></b>"
             },
-            color = color(&services, &span.service),
+            color = colors.of_service(&span.service),
             service = escape(&span.service),
             name = escape(&span.name),
             left = at(span.start_us),
@@ -169,9 +170,23 @@ const PALETTE: &[&str] = &[
     "#3b73b9", "#d9822b", "#2e9d6a", "#8e5cc4", "#c4455a", "#1f9bb0", "#8a7a2b", "#5b6770",
 ];
 
-fn color(services: &[&str], service: &str) -> &'static str {
-    let index = services.iter().position(|s| *s == service).unwrap_or(0);
-    PALETTE[index % PALETTE.len()]
+/// Each service's colour, looked up once per span.
+struct Colors<'a>(HashMap<&'a str, &'static str>);
+
+impl<'a> Colors<'a> {
+    fn of(services: &[&'a str]) -> Self {
+        Self(
+            services
+                .iter()
+                .enumerate()
+                .map(|(index, &service)| (service, PALETTE[index % PALETTE.len()]))
+                .collect(),
+        )
+    }
+
+    fn of_service(&self, service: &str) -> &'static str {
+        self.0.get(service).copied().unwrap_or(PALETTE[0])
+    }
 }
 
 fn escape(text: &str) -> String {

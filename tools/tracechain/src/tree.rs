@@ -5,7 +5,7 @@
 //! ended last: what the whole chain waited on, through every hop (the
 //! consumer's write, for a registration, ends after the API has answered).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::{
     gap::Gap,
@@ -163,13 +163,12 @@ impl Tree {
 
     /// The services of the trace, in the order their first span started.
     pub fn services(&self) -> Vec<&str> {
-        let mut services: Vec<&str> = Vec::new();
-        for node in &self.nodes {
-            if !services.contains(&node.span.service.as_str()) {
-                services.push(&node.span.service);
-            }
-        }
-        services
+        let mut seen = HashSet::new();
+        self.nodes
+            .iter()
+            .map(|node| node.span.service.as_str())
+            .filter(|service| seen.insert(*service))
+            .collect()
     }
 
     /// Every node, depth first, children by start.
@@ -208,7 +207,7 @@ impl Tree {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{TRACE, registration, tree_of};
+    use crate::fixtures::{TRACE, chain, registration, tree_of};
 
     fn tree(spans: Vec<Span>) -> Tree {
         Tree::build(TRACE, spans, Vec::new(), Vec::new())
@@ -333,5 +332,20 @@ mod tests {
         let json = crate::json::render(&tree).to_string();
         assert!(json.contains(&i64::MAX.to_string()), "{json}");
         assert!(crate::html::render(&tree).contains("INSERT user_events"));
+    }
+
+    #[test]
+    fn a_trace_with_a_service_per_span_lists_each_once() {
+        let count = 200_000;
+        let mut spans = chain(count);
+        for (i, span) in spans.iter_mut().enumerate() {
+            span.service = format!("service-{i}");
+        }
+        let tree = tree_of(spans);
+        let services = tree.services();
+        assert_eq!((services.len(), services[count - 1]), (count, "service-199999"));
+        // The page colours each row by its service, looked up as often.
+        let page = crate::html::render(&tree);
+        assert_eq!(page.matches("class=\"span-row").count(), count);
     }
 }
