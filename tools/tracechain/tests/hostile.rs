@@ -6,7 +6,8 @@
 //! may panic, and each rendering holds every span of its tree once.
 //!
 //! Each property runs [`CASES`] cases (`PROPTEST_CASES` sets another
-//! number), so it runs, bounded, in every `cargo test`. A failing case is
+//! number, as `make fuzz` does for a longer run), so it runs, bounded, in
+//! every `cargo test`. A failing case is
 //! shrunk and written under `proptest-regressions/`, and replayed first on
 //! the next run.
 
