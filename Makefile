@@ -7,7 +7,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 TEST_RUNNER ?= $(shell command -v cargo-nextest >/dev/null 2>&1 && echo "cargo nextest run --no-fail-fast" || echo "cargo test --no-fail-fast")
 
 .DEFAULT_GOAL := help
-.PHONY: help tools postgres build test lint fmt ci dev dev-down bench chaos trace
+.PHONY: help tools postgres build test lint fmt ci dev dev-down bench chaos trace fuzz
 
 help: ## List the commands
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -38,6 +38,13 @@ bench: ## Print the performance figures (consumer events/s, write-to-row lag, re
 
 chaos: ## Inject faults (broker, consumer, Postgres, replicas, a slow user service, the collector, SIGTERM) under load; fails on a lost or duplicated change. CHAOS_ONLY=2 CHAOS_QUICK=1
 	@scripts/test-parts.sh run bash -c 'scripts/build-services.sh && cargo bench -p callchain-e2e --bench chaos'
+
+# Cases per property for make fuzz (make test runs a few hundred). A debug
+# build, whose overflow checks are part of what is looked for.
+FUZZ_CASES ?= 20000
+
+fuzz: ## Run tracechain's properties over generated hostile logs and spans at length (FUZZ_CASES=<n> cases each); needs no parts
+	PROPTEST_CASES=$(FUZZ_CASES) cargo test -p callchain-tracechain --test hostile
 
 dev: ## Run everything on this machine without Docker (Kafka, Postgres, the collector, Jaeger, the services); Ctrl-C stops it
 	@scripts/dev.sh

@@ -5,7 +5,7 @@
 //! clicking it opens them, with its links and events, below the row. No
 //! server, no network: the styles and the few lines of script are inline.
 
-use std::fmt::Write as _;
+use std::{collections::HashMap, fmt::Write as _};
 
 use crate::{
     span::{LogEvent, Status},
@@ -16,8 +16,8 @@ use crate::{
 /// The page.
 pub fn render(tree: &Tree) -> String {
     let start = tree.start_us();
-    let total = (tree.end_us() - start).max(1) as f64;
-    let at = |micros: i64| (micros - start) as f64 / total * 100.0;
+    let total = tree.duration_us().max(1) as f64;
+    let at = |micros: i64| micros.saturating_sub(start) as f64 / total * 100.0;
 
     let mut out = String::new();
     let _ = write!(
@@ -29,12 +29,13 @@ pub fn render(tree: &Tree) -> String {
         id = escape(&tree.trace_id)
     );
     let services = tree.services();
+    let colors = Colors::of(&services);
     let _ = writeln!(
         out,
         "<p class=\"summary\">{} spans across {} services, {}, starting {} · <span class=\"{}\">{}</span></p>",
         tree.nodes.len(),
         services.len(),
-        millis(tree.end_us() - start),
+        millis(tree.duration_us()),
         escape(&crate::json::rfc3339(start)),
         if tree.is_complete() { "complete" } else { "incomplete" },
         if tree.is_complete() {
@@ -48,7 +49,7 @@ pub fn render(tree: &Tree) -> String {
         let _ = write!(
             out,
             "<span class=\"svc\" style=\"background:{}\">{}</span> ",
-            color(&services, service),
+            colors.of_service(service),
             escape(service)
         );
     }
@@ -104,7 +105,7 @@ pub fn render(tree: &Tree) -> String {
             } else {
                 "<b class=\"star\"></b>"
             },
-            color = color(&services, &span.service),
+            color = colors.of_service(&span.service),
             service = escape(&span.service),
             name = escape(&span.name),
             left = at(span.start_us),
@@ -137,7 +138,7 @@ pub fn render(tree: &Tree) -> String {
             "start",
             &format!(
                 "+{} ({})",
-                millis(span.start_us - start),
+                millis(span.start_us.saturating_sub(start)),
                 crate::json::rfc3339(span.start_us)
             ),
         );
@@ -169,9 +170,23 @@ const PALETTE: &[&str] = &[
     "#3b73b9", "#d9822b", "#2e9d6a", "#8e5cc4", "#c4455a", "#1f9bb0", "#8a7a2b", "#5b6770",
 ];
 
-fn color(services: &[&str], service: &str) -> &'static str {
-    let index = services.iter().position(|s| *s == service).unwrap_or(0);
-    PALETTE[index % PALETTE.len()]
+/// Each service's colour, looked up once per span.
+struct Colors<'a>(HashMap<&'a str, &'static str>);
+
+impl<'a> Colors<'a> {
+    fn of(services: &[&'a str]) -> Self {
+        Self(
+            services
+                .iter()
+                .enumerate()
+                .map(|(index, &service)| (service, PALETTE[index % PALETTE.len()]))
+                .collect(),
+        )
+    }
+
+    fn of_service(&self, service: &str) -> &'static str {
+        self.0.get(service).copied().unwrap_or(PALETTE[0])
+    }
 }
 
 fn escape(text: &str) -> String {
@@ -230,7 +245,7 @@ for (const row of document.querySelectorAll('.span-row')) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::traces::tests::{registration, tree_of};
+    use crate::fixtures::{registration, tree_of};
 
     #[test]
     fn one_row_per_span_with_its_bar_on_the_shared_axis() {

@@ -1,7 +1,11 @@
 //! `tracechain`: see `tracechain --help`, and the README's "Rebuild a call
 //! chain from the logs".
 
-use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode};
+use std::{
+    io::{IsTerminal as _, Write as _},
+    path::PathBuf,
+    process::ExitCode,
+};
 
 use anyhow::{Context as _, bail};
 use callchain_tracechain::{Input, Logs, Traces, html, jaeger, json, parse_trace_id, text};
@@ -119,7 +123,10 @@ fn run(args: Args) -> anyhow::Result<u8> {
         }
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&json::render(&tree))?);
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        json::write(&tree, &mut out)?;
+        writeln!(out)?;
+        out.flush()?;
     } else {
         print!("{}", text::render(&tree));
     }

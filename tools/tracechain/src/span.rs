@@ -36,9 +36,10 @@ impl Span {
         self.attributes.get(key).map(String::as_str)
     }
 
-    /// End, in microseconds since the Unix epoch.
+    /// End, in microseconds since the Unix epoch; the logs may say anything,
+    /// so it saturates rather than overflows.
     pub fn end_us(&self) -> i64 {
-        self.start_us + self.duration_us
+        self.start_us.saturating_add(self.duration_us)
     }
 
     /// `name (service, kind, span_id)`, to name the span in a message.

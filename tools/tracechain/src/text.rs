@@ -19,7 +19,7 @@ pub fn render(tree: &Tree) -> String {
         tree.trace_id,
         tree.nodes.len(),
         tree.services().join(", "),
-        millis(tree.end_us() - tree.start_us()),
+        millis(tree.duration_us()),
         if tree.is_complete() {
             "complete".to_owned()
         } else {
@@ -31,27 +31,51 @@ pub fn render(tree: &Tree) -> String {
         "(* marks the critical path: from the root to the span that ended last)\n"
     );
 
-    // The span column: the tree's branches, then the name.
+    // The span column: the tree's branches, then the name. `columns` holds,
+    // for each level above the span met, whether its ancestor there was the
+    // last of its siblings: one stack for the walk, not a lead per span.
     let visits = tree.walk();
-    let mut leads: Vec<String> = vec![String::new(); tree.nodes.len()];
+    let mut columns: Vec<bool> = Vec::new();
     let mut labels = Vec::with_capacity(visits.len());
+    // The lead of a span's event lines, for the spans that have events.
+    let mut event_leads: Vec<Option<String>> = Vec::with_capacity(visits.len());
     for visit in &visits {
-        let (branch, below) = match tree.parent(visit.node) {
-            None => (String::new(), String::new()),
-            Some(parent) => {
-                let last = tree.is_last_sibling(visit.node);
-                let lead = &leads[parent];
-                (
-                    format!("{lead}{}", if last { "└─ " } else { "├─ " }),
-                    format!("{lead}{}", if last { "   " } else { "│  " }),
-                )
+        let node = &tree.nodes[visit.node];
+        columns.truncate(visit.depth.saturating_sub(1));
+        let mut label = String::new();
+        if visit.depth > 0 {
+            let last = tree.is_last_sibling(visit.node);
+            draw(&mut label, &columns);
+            label.push_str(if last { "└─ " } else { "├─ " });
+            if columns.len() > DRAWN_DEPTH {
+                let _ = write!(label, "(depth {}) ", visit.depth);
             }
-        };
-        leads[visit.node] = below;
-        labels.push(format!("{branch}{}", tree.nodes[visit.node].span.name));
+            columns.push(last);
+        }
+        label.push_str(&node.span.name);
+        labels.push(label);
+        event_leads.push((!node.events.is_empty()).then(|| {
+            let mut lead = String::new();
+            draw(&mut lead, &columns);
+            lead.push_str(if node.children.is_empty() { "   " } else { "│  " });
+            lead
+        }));
     }
-    let width = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0).max(4);
-    let service_width = tree.services().iter().map(|s| s.len()).max().unwrap_or(0).max(7);
+    // Columns as wide as their widest entry, up to a bound: a longer one
+    // overflows its own line rather than widening every line.
+    let width = labels
+        .iter()
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(0)
+        .clamp(4, SPAN_COLUMN_MAX);
+    let service_width = tree
+        .services()
+        .iter()
+        .map(|s| s.chars().count())
+        .max()
+        .unwrap_or(0)
+        .clamp(7, SERVICE_COLUMN_MAX);
 
     let _ = writeln!(
         out,
@@ -59,14 +83,14 @@ pub fn render(tree: &Tree) -> String {
         "SPAN", "SERVICE", "KIND", "START", "DURATION"
     );
     let start = tree.start_us();
-    for (visit, label) in visits.iter().zip(&labels) {
+    for ((visit, label), lead) in visits.iter().zip(&labels).zip(&event_leads) {
         let node = &tree.nodes[visit.node];
         let span = &node.span;
         let status = match (span.status, &span.status_message) {
             (Status::Error, Some(message)) => format!("error: {message}"),
             (status, _) => status.as_str().to_owned(),
         };
-        let pad = width - label.chars().count();
+        let pad = width.saturating_sub(label.chars().count());
         let _ = writeln!(
             out,
             "{} {label}{:pad$}  {:service_width$}  {:8}  {:>12}  {:>12}  {status}",
@@ -74,16 +98,11 @@ pub fn render(tree: &Tree) -> String {
             "",
             span.service,
             span.kind.as_str(),
-            format!("+{}", millis(span.start_us - start)),
+            format!("+{}", millis(span.start_us.saturating_sub(start))),
             millis(span.duration_us),
         );
-        let lead = format!(
-            "{}{}",
-            leads[visit.node],
-            if node.children.is_empty() { "   " } else { "│  " }
-        );
         for event in &node.events {
-            let _ = writeln!(out, "  {lead}· {}", event_line(event));
+            let _ = writeln!(out, "  {}· {}", lead.as_deref().unwrap_or_default(), event_line(event));
         }
     }
     if !tree.loose_events.is_empty() {
@@ -110,6 +129,23 @@ pub fn render(tree: &Tree) -> String {
         }
     }
     out
+}
+
+/// The widest the span and service columns are padded to.
+const SPAN_COLUMN_MAX: usize = 160;
+const SERVICE_COLUMN_MAX: usize = 40;
+
+/// How many levels of branches a line draws. A span deeper than that says
+/// its depth instead, so each line stays short however deep the chain, and
+/// the text grows with the number of spans, not with their depth squared.
+const DRAWN_DEPTH: usize = 32;
+
+/// The branches of the levels above a span (as many as [`DRAWN_DEPTH`]):
+/// a line down where its ancestor there has siblings after it.
+fn draw(out: &mut String, columns: &[bool]) {
+    for &last in columns.iter().take(DRAWN_DEPTH) {
+        out.push_str(if last { "   " } else { "│  " });
+    }
 }
 
 /// `--check-all`'s answer. Lists at most `limit` incomplete traces.
@@ -157,7 +193,7 @@ fn plural(count: usize) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::traces::tests::{registration, tree_of};
+    use crate::fixtures::{chain, registration, tree_of};
 
     fn rendered(spans: Vec<crate::span::Span>) -> String {
         render(&tree_of(spans))
@@ -192,5 +228,30 @@ trace 4bf92f3577b34da6a3ce929d0e0e4736: 7 spans across api, user, consumer, 19.4
             text.contains("INCOMPLETE: the chain has 1 gap:\n  ✗ chain ends early: producer `send user-events`"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn one_long_name_does_not_pad_every_line_to_its_length() {
+        let spans = 1_000;
+        let mut chain = chain(spans);
+        chain[0].name = "x".repeat(50_000);
+        chain[1].service = "y".repeat(50_000);
+        let text = rendered(chain);
+        // The long ones are written once each, in the header and on their
+        // own lines; the other lines are as short as ever.
+        assert!(
+            text.len() <= 400 * spans + 4 * 50_000,
+            "{} bytes for {spans} spans",
+            text.len()
+        );
+    }
+
+    #[test]
+    fn the_text_of_a_deep_chain_grows_linearly_with_its_depth() {
+        let depth = 3_000;
+        let text = rendered(chain(depth));
+        assert_eq!(text.matches(" step ").count(), depth);
+        // A line per span, its indent drawn to a bounded depth.
+        assert!(text.len() <= 400 * depth, "{} bytes for {depth} spans", text.len());
     }
 }

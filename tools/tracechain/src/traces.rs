@@ -23,7 +23,9 @@
 //! 4. **One trace id.** A span whose parent is a span of this trace, or a
 //!    consumer or server span that rule 2 or 3 looks for, must carry this
 //!    trace's id; found under another one it is a gap (`other_trace`): the
-//!    context was lost on the way.
+//!    context was lost on the way. Span ids are unique only within a trace,
+//!    so a span whose own trace has its parent is that trace's child, not a
+//!    lost one; and a span named parent by many lost ones is one gap.
 //! 5. **No loop.** Parents never lead back to a span itself (`parent_loop`;
 //!    only corrupted ids do that).
 
@@ -32,6 +34,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::Serialize;
 
 use crate::{
+    gap::{Gap, GapKind},
     logs::Logs,
     span::{Kind, LogEvent, Span},
     tree::Tree,
@@ -41,48 +44,39 @@ use crate::{
 /// 1 for the first.
 const RETRY_ATTEMPT: &str = "rpc.grpc.retry.attempt";
 
-/// Whether the gRPC call `span` was retried: a span of the same call under
-/// the same parent is its next attempt.
-fn retried(span: &Span, spans: &[&Span]) -> bool {
-    let attempt = |span: &Span| span.attribute(RETRY_ATTEMPT).and_then(|n| n.parse::<u32>().ok());
-    let next = attempt(span).unwrap_or(0) + 1;
-    spans.iter().any(|other| {
-        other.kind == Kind::Client
-            && other.name == span.name
-            && other.parent_span_id == span.parent_span_id
-            && attempt(other) == Some(next)
-    })
-}
-
-/// What breaks a call chain; see the module docs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GapKind {
-    MissingParent,
-    ExtraRoot,
-    NoConsumer,
-    NoServer,
-    OtherTrace,
-    ParentLoop,
-}
-
-/// One gap of a trace: which rule, the span it is found at, and a sentence
-/// that names it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Gap {
-    pub kind: GapKind,
-    pub span_id: String,
-    pub message: String,
+/// A gRPC client span's attempt number, when it says.
+fn attempt(span: &Span) -> Option<u32> {
+    span.attribute(RETRY_ATTEMPT).and_then(|n| n.parse().ok())
 }
 
 /// Every trace of a set of spans, indexed for the checks.
+///
+/// Span ids are only unique within a trace (and hostile or corrupted logs
+/// repeat them across many), so a reference is resolved in its own trace
+/// first: the checks of one trace then look at its own spans, and at most
+/// a few of the others, and checking every trace stays linear.
 pub struct Traces {
     spans: Vec<Span>,
     events: Vec<LogEvent>,
     /// Trace id to the indices of its spans.
     by_trace: BTreeMap<String, Vec<usize>>,
-    /// Span id to the spans whose parent or link it is.
-    referrers: HashMap<String, Vec<usize>>,
+    /// For each span, the spans of its own trace whose parent or link it is.
+    referrers: Vec<Vec<usize>>,
+    /// Span id to the spans that name it (as parent or link) in whose own
+    /// trace no span has it: where a context lost on the way shows.
+    strays: HashMap<String, Strays>,
+}
+
+/// The spans that name one span id their own trace lacks.
+#[derive(Default)]
+struct Strays {
+    /// Those whose parent it is.
+    children: Vec<usize>,
+    /// The first consumer span naming it: the answer rule 2 may find in
+    /// another trace.
+    consumer: Option<usize>,
+    /// The first server span under it: rule 3's.
+    server: Option<usize>,
 }
 
 /// The result of checking every trace.
@@ -102,25 +96,300 @@ pub struct Incomplete {
     pub gaps: Vec<Gap>,
 }
 
+/// One trace under check: its spans, and what the rules share about them.
+struct Check<'a> {
+    traces: &'a Traces,
+    /// Indices of its spans in [`Traces::spans`].
+    indices: &'a [usize],
+    spans: Vec<&'a Span>,
+    /// Spans without a parent, by start.
+    roots: Vec<&'a Span>,
+    /// Spans whose parent is not in the trace.
+    orphans: Vec<&'a Span>,
+}
+
+impl<'a> Check<'a> {
+    fn new(traces: &'a Traces, trace_id: &'a str) -> Self {
+        let indices = traces.by_trace.get(trace_id).map(Vec::as_slice).unwrap_or_default();
+        let spans: Vec<&Span> = indices.iter().map(|&i| &traces.spans[i]).collect();
+        let ids: HashSet<&str> = spans.iter().map(|span| span.span_id.as_str()).collect();
+        let mut roots: Vec<&Span> = spans.iter().copied().filter(|s| s.parent_span_id.is_none()).collect();
+        roots.sort_by_key(|span| span.start_us);
+        let orphans = spans
+            .iter()
+            .copied()
+            .filter(|s| s.parent_span_id.as_deref().is_some_and(|parent| !ids.contains(parent)))
+            .collect();
+        Self {
+            traces,
+            indices,
+            spans,
+            roots,
+            orphans,
+        }
+    }
+
+    /// Rule 1: one root.
+    fn one_root(&self, gaps: &mut Vec<Gap>) {
+        let continued = self.roots.is_empty() && self.orphans.len() == 1;
+        if !continued {
+            for span in &self.orphans {
+                gaps.push(Gap {
+                    kind: GapKind::MissingParent,
+                    span_id: span.span_id.clone(),
+                    message: format!(
+                        "missing parent: {} names parent {}, which never appears",
+                        span.label(),
+                        span.parent_span_id.as_deref().unwrap_or_default()
+                    ),
+                });
+            }
+        }
+        for span in self.roots.iter().skip(1) {
+            gaps.push(Gap {
+                kind: GapKind::ExtraRoot,
+                span_id: span.span_id.clone(),
+                message: format!(
+                    "second root: {} has no parent, beside the root {}",
+                    span.label(),
+                    self.roots[0].label()
+                ),
+            });
+        }
+    }
+
+    /// Rule 2: every message is consumed.
+    fn every_message_consumed(&self, gaps: &mut Vec<Gap>) {
+        for &index in self.indices {
+            if self.traces.spans[index].kind == Kind::Producer {
+                self.answered(index, Answer::CONSUMER, gaps);
+            }
+        }
+    }
+
+    /// Rule 3: every call of ours is answered, unless it was retried.
+    fn every_call_answered(&self, gaps: &mut Vec<Gap>) {
+        let grpc_calls = || {
+            self.indices.iter().copied().filter(|&index| {
+                let span = &self.traces.spans[index];
+                span.kind == Kind::Client && span.attribute("rpc.system") == Some("grpc")
+            })
+        };
+        // The attempts made: a call of the same name under the same parent
+        // with the next number is a retry.
+        let attempts: HashSet<(&str, Option<&str>, u32)> = grpc_calls()
+            .map(|index| &self.traces.spans[index])
+            .filter_map(|span| Some((span.name.as_str(), span.parent_span_id.as_deref(), attempt(span)?)))
+            .collect();
+        for index in grpc_calls() {
+            let span = &self.traces.spans[index];
+            // The last number there is has no retry after it.
+            let next = attempt(span).unwrap_or(0).checked_add(1);
+            let retried =
+                next.is_some_and(|next| attempts.contains(&(span.name.as_str(), span.parent_span_id.as_deref(), next)));
+            if !retried {
+                self.answered(index, Answer::SERVER, gaps);
+            }
+        }
+    }
+
+    /// Whether the span at `index` has the span that `answer` wants, in this
+    /// trace; a gap otherwise (rule 4's when the answer is found under
+    /// another trace).
+    fn answered(&self, index: usize, answer: Answer, gaps: &mut Vec<Gap>) {
+        let Answer {
+            wanted,
+            name,
+            caller,
+            kind,
+        } = answer;
+        let span = &self.traces.spans[index];
+        // A server answers the call it is a child of; a consumer may only
+        // link to its producer.
+        let answers = |other: &Span| {
+            other.kind == wanted && (wanted == Kind::Consumer || other.parent_span_id.as_ref() == Some(&span.span_id))
+        };
+        if self.traces.referrers[index]
+            .iter()
+            .any(|&other| answers(&self.traces.spans[other]))
+        {
+            return;
+        }
+        let strays = self.traces.strays.get(&span.span_id);
+        let elsewhere = strays.and_then(|strays| match wanted {
+            Kind::Consumer => strays.consumer,
+            _ => strays.server,
+        });
+        gaps.push(match elsewhere.map(|other| &self.traces.spans[other]) {
+            Some(elsewhere) => Gap {
+                kind: GapKind::OtherTrace,
+                span_id: elsewhere.span_id.clone(),
+                message: format!(
+                    "span of another trace: the {name} span of {caller} {} is {}, of trace {}",
+                    span.label(),
+                    elsewhere.label(),
+                    elsewhere.trace_id
+                ),
+            },
+            None => Gap {
+                kind,
+                span_id: span.span_id.clone(),
+                message: match wanted {
+                    Kind::Consumer => format!(
+                        "chain ends early: {caller} {} has no consumer span (none has it as parent or link)",
+                        span.label()
+                    ),
+                    _ => format!(
+                        "chain ends early: {caller} {} has no server span under it",
+                        span.label()
+                    ),
+                },
+            },
+        });
+    }
+
+    /// Rule 4: one trace id; children found under another trace, whose own
+    /// trace lacks their parent (the answers rules 2 and 3 looked for are
+    /// theirs to report). One gap per parent, however many such children
+    /// name it.
+    fn one_trace_id(&self, gaps: &mut Vec<Gap>) {
+        let mut reported: HashSet<String> = gaps.iter().map(|gap| gap.span_id.clone()).collect();
+        for span in &self.spans {
+            let Some(strays) = self.traces.strays.get(&span.span_id) else {
+                continue;
+            };
+            let mut children = strays.children.iter().map(|&other| &self.traces.spans[other]);
+            let Some(other) = children.by_ref().find(|other| !reported.contains(&other.span_id)) else {
+                continue;
+            };
+            reported.insert(other.span_id.clone());
+            let more = children.count();
+            let mut message = format!(
+                "span of another trace: {} is a child of {} but carries trace id {}",
+                other.label(),
+                span.label(),
+                other.trace_id
+            );
+            if more > 0 {
+                message.push_str(&format!(
+                    " ({more} more span{} of other traces name it as parent)",
+                    if more == 1 { "" } else { "s" }
+                ));
+            }
+            gaps.push(Gap {
+                kind: GapKind::OtherTrace,
+                span_id: other.span_id.clone(),
+                message,
+            });
+        }
+    }
+
+    /// Rule 5: no loop; every span is reached from a root or an orphan.
+    fn no_loop(&self, gaps: &mut Vec<Gap>) {
+        let mut children: HashMap<&str, Vec<&Span>> = HashMap::new();
+        for span in &self.spans {
+            if let Some(parent) = span.parent_span_id.as_deref() {
+                children.entry(parent).or_default().push(span);
+            }
+        }
+        let mut reached: HashSet<&str> = HashSet::new();
+        let mut stack: Vec<&Span> = self.roots.iter().chain(&self.orphans).copied().collect();
+        while let Some(span) = stack.pop() {
+            if reached.insert(&span.span_id) {
+                stack.extend(children.get(span.span_id.as_str()).into_iter().flatten());
+            }
+        }
+        for span in self
+            .spans
+            .iter()
+            .filter(|span| !reached.contains(span.span_id.as_str()))
+        {
+            gaps.push(Gap {
+                kind: GapKind::ParentLoop,
+                span_id: span.span_id.clone(),
+                message: format!(
+                    "parent loop: following the parents of {} leads back to it",
+                    span.label()
+                ),
+            });
+        }
+    }
+}
+
+/// The span rule 2 or 3 wants for a producer or a gRPC client, and how its
+/// absence is named.
+#[derive(Clone, Copy)]
+struct Answer {
+    wanted: Kind,
+    name: &'static str,
+    caller: &'static str,
+    kind: GapKind,
+}
+
+impl Answer {
+    const CONSUMER: Self = Self {
+        wanted: Kind::Consumer,
+        name: "consumer",
+        caller: "producer",
+        kind: GapKind::NoConsumer,
+    };
+    const SERVER: Self = Self {
+        wanted: Kind::Server,
+        name: "server",
+        caller: "gRPC client",
+        kind: GapKind::NoServer,
+    };
+}
+
 impl Traces {
     pub fn new(logs: Logs) -> Self {
+        let Logs { mut spans, events, .. } = logs;
+        // A span given twice (Jaeger's answer is not deduplicated as the
+        // logs are) is kept once.
+        let mut seen = HashSet::new();
+        spans.retain(|span| seen.insert((span.trace_id.clone(), span.span_id.clone())));
+
         let mut by_trace: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        let mut referrers: HashMap<String, Vec<usize>> = HashMap::new();
-        for (index, span) in logs.spans.iter().enumerate() {
-            by_trace.entry(span.trace_id.clone()).or_default().push(index);
+        let mut index: HashMap<(&str, &str), usize> = HashMap::with_capacity(spans.len());
+        for (i, span) in spans.iter().enumerate() {
+            by_trace.entry(span.trace_id.clone()).or_default().push(i);
+            index.insert((&span.trace_id, &span.span_id), i);
+        }
+        let mut referrers: Vec<Vec<usize>> = vec![Vec::new(); spans.len()];
+        let mut strays: HashMap<String, Strays> = HashMap::new();
+        for (i, span) in spans.iter().enumerate() {
             let mut pointed: Vec<&str> = span.links.iter().map(|link| link.span_id.as_str()).collect();
             pointed.extend(span.parent_span_id.as_deref());
             pointed.sort_unstable();
             pointed.dedup();
             for id in pointed {
-                referrers.entry(id.to_owned()).or_default().push(index);
+                if let Some(&target) = index.get(&(span.trace_id.as_str(), id)) {
+                    referrers[target].push(i);
+                    continue;
+                }
+                let strays = strays.entry(id.to_owned()).or_default();
+                let child = span.parent_span_id.as_deref() == Some(id);
+                if child {
+                    strays.children.push(i);
+                }
+                match span.kind {
+                    Kind::Consumer => {
+                        strays.consumer.get_or_insert(i);
+                    }
+                    Kind::Server if child => {
+                        strays.server.get_or_insert(i);
+                    }
+                    _ => {}
+                }
             }
         }
+        drop(index);
         Self {
-            spans: logs.spans,
-            events: logs.events,
+            spans,
+            events,
             by_trace,
             referrers,
+            strays,
         }
     }
 
@@ -161,140 +430,15 @@ impl Traces {
         Some(Tree::build(trace_id, spans, events, self.gaps(trace_id)))
     }
 
-    /// The gaps of one trace; see the module docs for the rules.
+    /// The gaps of one trace, rule by rule; see the module docs.
     pub fn gaps(&self, trace_id: &str) -> Vec<Gap> {
-        let spans = self.spans_of(trace_id);
-        let ids: HashSet<&str> = spans.iter().map(|span| span.span_id.as_str()).collect();
+        let check = Check::new(self, trace_id);
         let mut gaps = Vec::new();
-
-        // 1. One root.
-        let mut roots: Vec<&Span> = spans.iter().copied().filter(|s| s.parent_span_id.is_none()).collect();
-        roots.sort_by_key(|span| span.start_us);
-        let orphans: Vec<&Span> = spans
-            .iter()
-            .copied()
-            .filter(|s| s.parent_span_id.as_deref().is_some_and(|parent| !ids.contains(parent)))
-            .collect();
-        let continued = roots.is_empty() && orphans.len() == 1;
-        if !continued {
-            for span in &orphans {
-                gaps.push(Gap {
-                    kind: GapKind::MissingParent,
-                    span_id: span.span_id.clone(),
-                    message: format!(
-                        "missing parent: {} names parent {}, which never appears",
-                        span.label(),
-                        span.parent_span_id.as_deref().unwrap_or_default()
-                    ),
-                });
-            }
-        }
-        for span in roots.iter().skip(1) {
-            gaps.push(Gap {
-                kind: GapKind::ExtraRoot,
-                span_id: span.span_id.clone(),
-                message: format!(
-                    "second root: {} has no parent, beside the root {}",
-                    span.label(),
-                    roots[0].label()
-                ),
-            });
-        }
-
-        // 2 and 3. Every message consumed, every call of ours answered.
-        for span in &spans {
-            let (wanted, name, caller, kind) = match span.kind {
-                Kind::Producer => (Kind::Consumer, "consumer", "producer", GapKind::NoConsumer),
-                Kind::Client if span.attribute("rpc.system") == Some("grpc") => {
-                    if retried(span, &spans) {
-                        continue;
-                    }
-                    (Kind::Server, "server", "gRPC client", GapKind::NoServer)
-                }
-                _ => continue,
-            };
-            let found: Vec<&Span> = self
-                .referrers_of(&span.span_id)
-                .filter(|other| other.kind == wanted)
-                // A server answers the call it is a child of; a consumer may
-                // only link to its producer.
-                .filter(|other| wanted == Kind::Consumer || other.parent_span_id.as_deref() == Some(&span.span_id))
-                .collect();
-            if found.iter().any(|other| other.trace_id == trace_id) {
-                continue;
-            }
-            match found.first() {
-                Some(elsewhere) => gaps.push(Gap {
-                    kind: GapKind::OtherTrace,
-                    span_id: elsewhere.span_id.clone(),
-                    message: format!(
-                        "span of another trace: the {name} span of {caller} {} is {}, of trace {}",
-                        span.label(),
-                        elsewhere.label(),
-                        elsewhere.trace_id
-                    ),
-                }),
-                None => gaps.push(Gap {
-                    kind,
-                    span_id: span.span_id.clone(),
-                    message: match wanted {
-                        Kind::Consumer => format!(
-                            "chain ends early: {caller} {} has no consumer span (none has it as parent or link)",
-                            span.label()
-                        ),
-                        _ => format!(
-                            "chain ends early: {caller} {} has no server span under it",
-                            span.label()
-                        ),
-                    },
-                }),
-            }
-        }
-
-        // 4. One trace id: children found under another trace.
-        for span in &spans {
-            for other in self.referrers_of(&span.span_id) {
-                let child = other.parent_span_id.as_deref() == Some(&span.span_id);
-                let reported = gaps.iter().any(|gap| gap.span_id == other.span_id);
-                if child && other.trace_id != trace_id && !reported {
-                    gaps.push(Gap {
-                        kind: GapKind::OtherTrace,
-                        span_id: other.span_id.clone(),
-                        message: format!(
-                            "span of another trace: {} is a child of {} but carries trace id {}",
-                            other.label(),
-                            span.label(),
-                            other.trace_id
-                        ),
-                    });
-                }
-            }
-        }
-
-        // 5. No loop: every span is reached from a root or an orphan.
-        let mut children: HashMap<&str, Vec<&Span>> = HashMap::new();
-        for span in &spans {
-            if let Some(parent) = span.parent_span_id.as_deref() {
-                children.entry(parent).or_default().push(span);
-            }
-        }
-        let mut reached: HashSet<&str> = HashSet::new();
-        let mut stack: Vec<&Span> = roots.iter().chain(&orphans).copied().collect();
-        while let Some(span) = stack.pop() {
-            if reached.insert(&span.span_id) {
-                stack.extend(children.get(span.span_id.as_str()).into_iter().flatten());
-            }
-        }
-        for span in spans.iter().filter(|span| !reached.contains(span.span_id.as_str())) {
-            gaps.push(Gap {
-                kind: GapKind::ParentLoop,
-                span_id: span.span_id.clone(),
-                message: format!(
-                    "parent loop: following the parents of {} leads back to it",
-                    span.label()
-                ),
-            });
-        }
+        check.one_root(&mut gaps);
+        check.every_message_consumed(&mut gaps);
+        check.every_call_answered(&mut gaps);
+        check.one_trace_id(&mut gaps);
+        check.no_loop(&mut gaps);
         gaps
     }
 
@@ -321,109 +465,12 @@ impl Traces {
         }
         summary
     }
-
-    fn referrers_of(&self, span_id: &str) -> impl Iterator<Item = &Span> {
-        self.referrers
-            .get(span_id)
-            .into_iter()
-            .flatten()
-            .map(|&index| &self.spans[index])
-    }
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::span::{Link, Status};
-
-    pub(crate) const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-
-    pub(crate) fn span(
-        id: &str,
-        parent: Option<&str>,
-        service: &str,
-        name: &str,
-        kind: Kind,
-        start: i64,
-        duration: i64,
-    ) -> Span {
-        Span {
-            trace_id: TRACE.to_owned(),
-            span_id: format!("{id:0>16}"),
-            parent_span_id: parent.map(|p| format!("{p:0>16}")),
-            name: name.to_owned(),
-            kind,
-            service: service.to_owned(),
-            start_us: 1_795_600_800_000_000 + start,
-            duration_us: duration,
-            status: Status::Unset,
-            status_message: None,
-            links: Vec::new(),
-            attributes: BTreeMap::new(),
-        }
-    }
-
-    /// The tree of [`TRACE`] in logs that hold these spans.
-    pub(crate) fn tree_of(spans: Vec<Span>) -> Tree {
-        Traces::new(Logs {
-            spans,
-            ..Logs::default()
-        })
-        .tree(TRACE)
-        .unwrap()
-    }
-
-    /// DESIGN.md's registration chain, with made-up ids and times (µs).
-    pub(crate) fn registration() -> Vec<Span> {
-        let mut client = span(
-            "2",
-            Some("1"),
-            "api",
-            "user.v1.UserService/CreateUser",
-            Kind::Client,
-            1_000,
-            9_000,
-        );
-        client.attributes.insert("rpc.system".into(), "grpc".into());
-        let mut process = span(
-            "6",
-            Some("5"),
-            "consumer",
-            "process user-events",
-            Kind::Consumer,
-            17_000,
-            2_400,
-        );
-        process.links.push(Link {
-            trace_id: TRACE.to_owned(),
-            span_id: format!("{:0>16}", "5"),
-        });
-        vec![
-            span("1", None, "api", "POST /v1/users", Kind::Server, 0, 18_000),
-            client,
-            span(
-                "3",
-                Some("2"),
-                "user",
-                "user.v1.UserService/CreateUser",
-                Kind::Server,
-                1_400,
-                8_000,
-            ),
-            span("4", Some("3"), "user", "INSERT users", Kind::Client, 2_000, 1_200),
-            span("5", Some("1"), "api", "send user-events", Kind::Producer, 10_500, 6_200),
-            process,
-            span(
-                "7",
-                Some("6"),
-                "consumer",
-                "INSERT user_events",
-                Kind::Client,
-                17_500,
-                1_500,
-            ),
-        ]
-    }
+    use crate::fixtures::{TRACE, registration, span};
 
     fn gaps(spans: Vec<Span>) -> Vec<Gap> {
         Traces::new(Logs {
@@ -547,6 +594,15 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_call_numbered_the_last_attempt_there_can_be_has_no_retry_after_it() {
+        let mut spans = registration();
+        spans[1].attributes.insert(RETRY_ATTEMPT.into(), u32::MAX.to_string());
+        spans.remove(3);
+        spans.remove(2);
+        assert_eq!(kinds(&gaps(spans)), [GapKind::NoServer]);
+    }
+
+    #[test]
     fn two_roots_are_a_gap() {
         let mut spans = registration();
         spans[4].parent_span_id = None;
@@ -597,5 +653,42 @@ pub(crate) mod tests {
             ..Logs::default()
         });
         assert_eq!(traces.newest(), Some("0af7651916cd43dd8448eb211c80319c"));
+    }
+
+    #[test]
+    fn check_all_stays_linear_when_span_ids_repeat_across_traces() {
+        // The same chain, ids and all, in 200 traces; and 200 spans naming
+        // its root's id as their parent, each in a trace of its own (and each
+        // its own span id).
+        let copies = 200;
+        let mut spans = Vec::new();
+        for trace in 0..copies {
+            for mut span in registration() {
+                span.trace_id = format!("{trace:032x}");
+                for link in &mut span.links {
+                    link.trace_id = span.trace_id.clone();
+                }
+                spans.push(span);
+            }
+        }
+        for trace in copies..2 * copies {
+            let mut lost = span(&format!("{trace:x}"), Some("1"), "api", "lost", Kind::Internal, 0, 1);
+            lost.trace_id = format!("{trace:032x}");
+            spans.push(lost);
+        }
+        let count = spans.len();
+        let summary = Traces::new(Logs {
+            spans,
+            ..Logs::default()
+        })
+        .check_all();
+        assert_eq!(summary.traces, 2 * copies);
+        let gaps: usize = summary.incomplete.iter().map(|trace| trace.gaps.len()).sum();
+        assert!(gaps <= count, "{gaps} gaps for {count} spans");
+        // Each copy is whole in itself; each names, once, the spans of other
+        // traces that name its root as their parent.
+        for trace in &summary.incomplete {
+            assert_eq!(kinds(&trace.gaps), [GapKind::OtherTrace], "{trace:?}");
+        }
     }
 }

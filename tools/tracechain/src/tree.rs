@@ -5,11 +5,11 @@
 //! ended last: what the whole chain waited on, through every hop (the
 //! consumer's write, for a registration, ends after the API has answered).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::{
+    gap::Gap,
     span::{LogEvent, Span},
-    traces::Gap,
 };
 
 /// One trace's spans, arranged; see the module docs.
@@ -155,15 +155,20 @@ impl Tree {
         self.nodes.iter().map(|n| n.span.end_us()).max().unwrap_or_default()
     }
 
+    /// From the earliest start to the latest end (saturating, as
+    /// [`Span::end_us`]).
+    pub fn duration_us(&self) -> i64 {
+        self.end_us().saturating_sub(self.start_us())
+    }
+
     /// The services of the trace, in the order their first span started.
     pub fn services(&self) -> Vec<&str> {
-        let mut services: Vec<&str> = Vec::new();
-        for node in &self.nodes {
-            if !services.contains(&node.span.service.as_str()) {
-                services.push(&node.span.service);
-            }
-        }
-        services
+        let mut seen = HashSet::new();
+        self.nodes
+            .iter()
+            .map(|node| node.span.service.as_str())
+            .filter(|service| seen.insert(*service))
+            .collect()
     }
 
     /// Every node, depth first, children by start.
@@ -202,7 +207,7 @@ impl Tree {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::traces::tests::{TRACE, registration};
+    use crate::fixtures::{TRACE, chain, registration, tree_of};
 
     fn tree(spans: Vec<Span>) -> Tree {
         Tree::build(TRACE, spans, Vec::new(), Vec::new())
@@ -310,5 +315,37 @@ mod tests {
         let messages: Vec<&str> = root.events.iter().map(|e| e.message.as_str()).collect();
         assert_eq!(messages, ["at 1", "at 2"]);
         assert_eq!(tree.loose_events.len(), 1);
+    }
+
+    #[test]
+    fn a_duration_past_the_end_of_time_saturates_instead_of_overflowing() {
+        // What hostile logs may hold: `"duration_us": 9223372036854775807`,
+        // and (from Jaeger, whose times are any i64) a start at the far end.
+        let mut spans = registration();
+        spans[6].duration_us = i64::MAX;
+        spans[3].start_us = i64::MIN;
+        spans[3].duration_us = i64::MIN;
+        let tree = tree_of(spans);
+        assert_eq!((tree.start_us(), tree.end_us()), (i64::MIN, i64::MAX));
+        let text = crate::text::render(&tree);
+        assert!(text.contains("INSERT user_events"), "{text}");
+        let json = crate::json::render(&tree).to_string();
+        assert!(json.contains(&i64::MAX.to_string()), "{json}");
+        assert!(crate::html::render(&tree).contains("INSERT user_events"));
+    }
+
+    #[test]
+    fn a_trace_with_a_service_per_span_lists_each_once() {
+        let count = 200_000;
+        let mut spans = chain(count);
+        for (i, span) in spans.iter_mut().enumerate() {
+            span.service = format!("service-{i}");
+        }
+        let tree = tree_of(spans);
+        let services = tree.services();
+        assert_eq!((services.len(), services[count - 1]), (count, "service-199999"));
+        // The page colours each row by its service, looked up as often.
+        let page = crate::html::render(&tree);
+        assert_eq!(page.matches("class=\"span-row").count(), count);
     }
 }
