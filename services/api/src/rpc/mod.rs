@@ -1,7 +1,7 @@
 //! JSON-RPC 2.0 on `POST /rpc`: the operations REST has, as methods whose
 //! params are named, with batches and notifications.
 //!
-//! Each method calls the very operation its REST resource calls (`users`),
+//! Each method calls the very operation its REST resource calls (`operations`),
 //! with the same caller (the request's `Authorization` header holds for
 //! every call in it), so auth, roles, parsing, the throttle, idempotency
 //! keys, the deadline and the events are REST's own. What is JSON-RPC's:
@@ -44,7 +44,8 @@ use crate::{
     auth::Caller,
     error::ApiError,
     extract::{ClientAddr, Deadline, IdempotencyKey, JsonBytes},
-    users::{self, ListQuery, LoginRequest, RegisterRequest, TokenBody, UpdateRequest, UserBody, UserPage},
+    operations,
+    wire::{ListQuery, LoginRequest, RegisterRequest, TokenBody, UpdateRequest, UserBody, UserPage},
 };
 
 pub mod schema;
@@ -84,7 +85,7 @@ pub fn code_of(status: StatusCode) -> i32 {
     }
 }
 
-/// The methods, each an operation of `users`.
+/// The methods, each an operation of `operations`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
     UserCreate,
@@ -361,7 +362,7 @@ impl Calls<'_> {
                         password: params.required_text("password")?,
                     })
                 });
-                users::create(state, self.address, deadline, key, body)
+                operations::create(state, self.address, deadline, key, body)
                     .await
                     .map(Answer::User)
             }
@@ -372,13 +373,13 @@ impl Calls<'_> {
                         password: params.required_text("password")?,
                     })
                 });
-                users::log_in(state, self.address, deadline, body)
+                operations::log_in(state, self.address, deadline, body)
                     .await
                     .map(Answer::Token)
             }
             Method::UserGet => {
                 let id = params.last(|params| params.required_text("id"));
-                users::read(state, caller, deadline, id).await.map(Answer::User)
+                operations::read(state, caller, deadline, id).await.map(Answer::User)
             }
             Method::UserUpdate => {
                 let id = params.required_text("id");
@@ -391,14 +392,14 @@ impl Calls<'_> {
                         role: params.text("role")?,
                     })
                 });
-                users::update(state, caller, deadline, id, key, body)
+                operations::update(state, caller, deadline, id, key, body)
                     .await
                     .map(Answer::User)
             }
             Method::UserDelete => {
                 let key = params.idempotency_key();
                 let id = params.last(|params| params.required_text("id"));
-                users::delete(state, caller, deadline, id, key)
+                operations::delete(state, caller, deadline, id, key)
                     .await
                     .map(|()| Answer::Done)
             }
@@ -409,7 +410,7 @@ impl Calls<'_> {
                         page_token: params.text("page_token")?,
                     })
                 });
-                users::list(state, caller, deadline, query).await.map(Answer::Page)
+                operations::list(state, caller, deadline, query).await.map(Answer::Page)
             }
         }
     }
