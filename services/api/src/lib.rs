@@ -1,11 +1,15 @@
 //! The API service: REST and JSON-RPC 2.0 over HTTP (axum), calling the user service over gRPC.
 //!
 //! - [`config`]: settings from the environment.
-//! - `users`: the REST handlers, and the one implementation of each
-//!   operation; inputs are parsed into domain types here.
+//! - `users`: the REST handlers, each calling its operation.
 //! - `rpc`: JSON-RPC 2.0 on `POST /rpc`, calling the same operations; its
 //!   `schema` holds the OpenAPI schemas of JSON-RPC's request, response and
 //!   error object.
+//! - `operations`: the one implementation of each operation, which both
+//!   protocols call; inputs are parsed into domain types here. It reads
+//!   neither `users` nor `rpc`.
+//! - `wire`: what the operations take and answer as both protocols carry
+//!   it (request bodies, query, response bodies), with their schemas.
 //! - `auth`: JWT bearer tokens and the roles; the caller's id as baggage.
 //! - `roles`: the user service's word on a token's user, kept briefly.
 //! - `throttle`: failed logins counted per account and per address, and
@@ -17,7 +21,7 @@
 //! - `error`: the one error type, and the one gRPC → HTTP status mapping.
 //! - `schema`, `responses`: what the OpenAPI document shares (the domain's
 //!   inputs as schemas, the answers several operations give); leaves that
-//!   REST, JSON-RPC and the document read.
+//!   `wire`, REST, JSON-RPC and the document read.
 //! - `openapi`: the OpenAPI document's root, generated from the handlers'
 //!   annotations; it reads everything above and nothing reads it.
 //!
@@ -29,6 +33,7 @@ pub mod config;
 mod error;
 mod extract;
 mod openapi;
+mod operations;
 mod responses;
 mod roles;
 mod rpc;
@@ -36,6 +41,7 @@ mod schema;
 mod throttle;
 mod upstream;
 mod users;
+mod wire;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 

@@ -21,7 +21,7 @@ use utoipa::{
     },
 };
 
-use crate::{error::Problem, rpc, users};
+use crate::{error::Problem, rpc, users, wire};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,8 +29,8 @@ use crate::{error::Problem, rpc, users};
     paths(users::register, users::login, users::get_user, users::update_user, users::delete_user, users::list_users,
         rpc::handle),
     components(schemas(
-        users::RegisterRequest, users::LoginRequest, users::UpdateRequest, users::UserBody, users::TokenBody,
-        users::UserPage, Problem, rpc::schema::RequestOrBatch, rpc::schema::Request, rpc::schema::ResponseOrBatch, rpc::schema::Response, rpc::schema::ErrorObject
+        wire::RegisterRequest, wire::LoginRequest, wire::UpdateRequest, wire::UserBody, wire::TokenBody,
+        wire::UserPage, Problem, rpc::schema::RequestOrBatch, rpc::schema::Request, rpc::schema::ResponseOrBatch, rpc::schema::Response, rpc::schema::ErrorObject
     )),
     modifiers(&BearerAuth, &ParameterFacts, &SharedHeaders, &Links)
 )]

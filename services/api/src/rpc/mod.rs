@@ -1,34 +1,39 @@
 //! JSON-RPC 2.0 on `POST /rpc`: the operations REST has, as methods whose
 //! params are named, with batches and notifications.
 //!
-//! Each method calls the very operation its REST resource calls (`users`),
-//! with the same caller (the request's `Authorization` header holds for
+//! Each method calls the very operation its REST resource calls (`operations`),
+//! with the same caller (the HTTP request's `Authorization` header holds for
 //! every call in it), so auth, roles, parsing, the throttle, idempotency
-//! keys, the deadline and the events are REST's own. What is JSON-RPC's:
+//! keys, the deadline and the events are REST's own. The wire types bear the
+//! specification's names: a [`Request`] object is one call, a [`Response`]
+//! object answers it with a `result` ([`ResultValue`]) or an `error`
+//! ([`ErrorObject`], whose `data` is [`ErrorData`]); their OpenAPI schemas
+//! are in `schema`. What is JSON-RPC's:
 //!
 //! - The body is one request object, or a batch: an array of 1 to
-//!   [`MAX_BATCH`] of them, whose calls run concurrently within the request
-//!   (and its one deadline); the answers come back in the batch's order.
-//!   Each call counts against `API_MAX_IN_FLIGHT` as a request does (past
-//!   it, that call alone answers `-32053`), and against the throttles of
-//!   its method, so a batch does no more than as many requests would.
-//!   A call without an `id` is a notification: it runs, and is not answered.
-//!   Only notifications: `204`, no body.
+//!   [`MAX_BATCH`] of them, whose calls run concurrently within the HTTP
+//!   request (and its one deadline); the responses come back in the batch's
+//!   order. Each call counts against `API_MAX_IN_FLIGHT` as an HTTP request
+//!   does (past it, that call alone answers `-32053`), and against the
+//!   throttles of its method, so a batch does no more than as many HTTP
+//!   requests would. A call without an `id` is a notification: it runs, and
+//!   gets no response. Only notifications: `204`, no body.
 //! - A body that is not JSON (`-32700`), or not a request object or a batch
-//!   of 1 to [`MAX_BATCH`] (`-32600`), answers HTTP `400` with that error and
-//!   a null id; an element of a batch that is not a request object gets a
-//!   `-32600` answer of its own. Everything else answers `200`, each call's
-//!   failure in its own answer: `-32601` for a method that does not exist,
-//!   `-32602` for params that are not an object of the method's names, or a
-//!   param that fails validation (with `data.field`), and for every other
-//!   failure the code of [`code_of`], one per status REST answers.
+//!   of 1 to [`MAX_BATCH`] (`-32600`), answers HTTP `400` with a response
+//!   holding that error and a null id; an element of a batch that is not a
+//!   request object gets a `-32600` response of its own. Everything else
+//!   answers `200`, each call's failure in its own response: `-32601` for a
+//!   method that does not exist, `-32602` for params that are not an object
+//!   of the method's names, or a param that fails validation (with
+//!   `data.field`), and for every other failure the code of [`code_of`], one
+//!   per status REST answers.
 
 use std::{borrow::Cow, fmt, net::IpAddr};
 
 use axum::{
     extract::State,
     http::{HeaderValue, StatusCode, header},
-    response::{IntoResponse, Response},
+    response::{IntoResponse, Response as HttpResponse},
 };
 use callchain_telemetry::jsonrpc;
 use serde::{
@@ -44,7 +49,8 @@ use crate::{
     auth::Caller,
     error::ApiError,
     extract::{ClientAddr, Deadline, IdempotencyKey, JsonBytes},
-    users::{self, ListQuery, LoginRequest, RegisterRequest, TokenBody, UpdateRequest, UserBody, UserPage},
+    operations,
+    wire::{ListQuery, LoginRequest, RegisterRequest, TokenBody, UpdateRequest, UserBody, UserPage},
 };
 
 pub mod schema;
@@ -84,7 +90,7 @@ pub fn code_of(status: StatusCode) -> i32 {
     }
 }
 
-/// The methods, each an operation of `users`.
+/// The methods, each an operation of `operations`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
     UserCreate,
@@ -146,7 +152,7 @@ pub async fn handle(
     deadline: Deadline,
     ClientAddr(address): ClientAddr,
     body: Result<JsonBytes, ApiError>,
-) -> Result<Response, ApiError> {
+) -> Result<HttpResponse, ApiError> {
     jsonrpc::record_request(&Span::current());
     let JsonBytes(body) = body?;
     let calls = Calls {
@@ -156,12 +162,12 @@ pub async fn handle(
         address,
     };
     let Ok(text) = std::str::from_utf8(&body) else {
-        return refused(Failure::protocol(PARSE_ERROR, "the body is not UTF-8 text"));
+        return refused(ErrorObject::protocol(PARSE_ERROR, "the body is not UTF-8 text"));
     };
     if !text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('[') {
-        return match Call::parse(text, true) {
+        return match Request::parse(text, true) {
             Ok(call) => match calls.answer(call, false).await {
-                Some(reply) => json(StatusCode::OK, &reply),
+                Some(response) => json(StatusCode::OK, &response),
                 None => Ok(StatusCode::NO_CONTENT.into_response()),
             },
             Err(failure) => refused(failure),
@@ -169,10 +175,15 @@ pub async fn handle(
     }
     let batch: Vec<&RawValue> = match serde_json::from_str(text) {
         Ok(batch) => batch,
-        Err(error) => return refused(Failure::protocol(PARSE_ERROR, format!("the body is not JSON: {error}"))),
+        Err(error) => {
+            return refused(ErrorObject::protocol(
+                PARSE_ERROR,
+                format!("the body is not JSON: {error}"),
+            ));
+        }
     };
     if batch.is_empty() || batch.len() > MAX_BATCH {
-        return refused(Failure::protocol(
+        return refused(ErrorObject::protocol(
             INVALID_REQUEST,
             format!("a batch holds 1 to {MAX_BATCH} calls, not {}", batch.len()),
         ));
@@ -184,9 +195,9 @@ pub async fn handle(
     let answers = futures::future::join_all(batch.iter().enumerate().map(|(index, element)| {
         let (calls, state) = (&calls, &state);
         async move {
-            let call = match Call::parse(element.get(), false) {
+            let call = match Request::parse(element.get(), false) {
                 Ok(call) => call,
-                Err(failure) => return Some(Reply::failed(None, failure)),
+                Err(failure) => return Some(Response::failed(None, failure)),
             };
             let place = if index == 0 {
                 None
@@ -196,29 +207,30 @@ pub async fn handle(
                     Err(_) => {
                         return call
                             .id
-                            .map(|id| Reply::failed(Some(id), Failure::of(&ApiError::busy())));
+                            .map(|id| Response::failed(Some(id), ErrorObject::of(&ApiError::busy())));
                     }
                 }
             };
-            let reply = calls.answer(call, true).await;
+            let response = calls.answer(call, true).await;
             drop(place);
-            reply
+            response
         }
     }))
     .await;
-    let replies: Vec<Reply<'_>> = answers.into_iter().flatten().collect();
-    if replies.is_empty() {
+    let responses: Vec<Response<'_>> = answers.into_iter().flatten().collect();
+    if responses.is_empty() {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    json(StatusCode::OK, &replies)
+    json(StatusCode::OK, &responses)
 }
 
-/// A body refused whole: HTTP `400`, with the error under a null id.
-fn refused(failure: Failure) -> Result<Response, ApiError> {
-    json(StatusCode::BAD_REQUEST, &Reply::failed(None, failure))
+/// A body refused whole: HTTP `400`, with a response holding the error
+/// under a null id.
+fn refused(failure: ErrorObject) -> Result<HttpResponse, ApiError> {
+    json(StatusCode::BAD_REQUEST, &Response::failed(None, failure))
 }
 
-fn json(status: StatusCode, body: &impl Serialize) -> Result<Response, ApiError> {
+fn json(status: StatusCode, body: &impl Serialize) -> Result<HttpResponse, ApiError> {
     let bytes = serde_json::to_vec(body).map_err(|error| ApiError::Internal(error.into()))?;
     Ok((
         status,
@@ -228,10 +240,11 @@ fn json(status: StatusCode, body: &impl Serialize) -> Result<Response, ApiError>
         .into_response())
 }
 
-/// One request object, borrowed from the body.
+/// A request object (the specification's Request): one call, borrowed
+/// from the body.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Call<'a> {
+struct Request<'a> {
     #[serde(rename = "jsonrpc")]
     _version: Version,
     #[serde(borrow)]
@@ -248,17 +261,17 @@ fn given<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<&'de RawVa
     <&RawValue>::deserialize(deserializer).map(Some)
 }
 
-impl<'a> Call<'a> {
+impl<'a> Request<'a> {
     /// Reads a request object from `text`; `whole` when `text` is the whole
     /// body, which may then not be JSON at all.
-    fn parse(text: &'a str, whole: bool) -> Result<Self, Failure> {
-        let call: Call<'a> = serde_json::from_str(text).map_err(|error| {
+    fn parse(text: &'a str, whole: bool) -> Result<Self, ErrorObject> {
+        let call: Request<'a> = serde_json::from_str(text).map_err(|error| {
             let not_json =
                 error.is_syntax() || error.is_eof() || (whole && serde_json::from_str::<IgnoredAny>(text).is_err());
             if not_json {
-                Failure::protocol(PARSE_ERROR, format!("the body is not JSON: {error}"))
+                ErrorObject::protocol(PARSE_ERROR, format!("the body is not JSON: {error}"))
             } else {
-                Failure::protocol(INVALID_REQUEST, format!("not a request object: {error}"))
+                ErrorObject::protocol(INVALID_REQUEST, format!("not a request object: {error}"))
             }
         })?;
         if let Some(id) = call.id
@@ -266,7 +279,7 @@ impl<'a> Call<'a> {
                 .get()
                 .starts_with(['"', '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'n'])
         {
-            return Err(Failure::protocol(
+            return Err(ErrorObject::protocol(
                 INVALID_REQUEST,
                 "`id` must be a string, a number or null",
             ));
@@ -274,7 +287,7 @@ impl<'a> Call<'a> {
         if let Some(params) = call.params
             && !params.get().starts_with(['{', '['])
         {
-            return Err(Failure::protocol(
+            return Err(ErrorObject::protocol(
                 INVALID_REQUEST,
                 "`params` must be an object or an array",
             ));
@@ -300,7 +313,7 @@ impl<'de> Deserialize<'de> for Version {
     }
 }
 
-/// What the calls of one request share.
+/// What the calls of one HTTP request share.
 struct Calls<'r> {
     state: &'r AppState,
     caller: &'r Result<Caller, ApiError>,
@@ -311,9 +324,9 @@ struct Calls<'r> {
 impl Calls<'_> {
     /// Runs `call`, in a span of its own when it is one of a batch; its
     /// answer, or `None` for a notification.
-    async fn answer<'a>(&self, call: Call<'a>, in_batch: bool) -> Option<Reply<'a>> {
+    async fn answer<'a>(&self, call: Request<'a>, in_batch: bool) -> Option<Response<'a>> {
         let outcome = match Method::parse(&call.method) {
-            None => Err(Failure::protocol(
+            None => Err(ErrorObject::protocol(
                 METHOD_NOT_FOUND,
                 format!("no method is named `{}`", call.method),
             )),
@@ -332,23 +345,23 @@ impl Calls<'_> {
                 outcome
             }
         };
-        call.id.map(|id| Reply { id: Some(id), outcome })
+        call.id.map(|id| Response { id: Some(id), outcome })
     }
 
-    async fn run(&self, method: Method, params: Option<&RawValue>) -> Result<Answer, Failure> {
+    async fn run(&self, method: Method, params: Option<&RawValue>) -> Result<ResultValue, ErrorObject> {
         let caller = if method.needs_caller() {
-            *self.caller.as_ref().map_err(Failure::of)?
+            *self.caller.as_ref().map_err(ErrorObject::of)?
         } else {
             Caller::Guest
         };
         self.call(method, caller, params)
             .await
-            .map_err(|error| Failure::of(&error))
+            .map_err(|error| ErrorObject::of(&error))
     }
 
     /// The operation `method` names, given its params as REST's handlers
     /// give it a request's parts: each as it arrived, or why it was refused.
-    async fn call(&self, method: Method, caller: Caller, params: Option<&RawValue>) -> Result<Answer, ApiError> {
+    async fn call(&self, method: Method, caller: Caller, params: Option<&RawValue>) -> Result<ResultValue, ApiError> {
         let (state, deadline) = (self.state, &self.deadline);
         let mut params = Params::of(params)?;
         match method {
@@ -361,9 +374,9 @@ impl Calls<'_> {
                         password: params.required_text("password")?,
                     })
                 });
-                users::create(state, self.address, deadline, key, body)
+                operations::create(state, self.address, deadline, key, body)
                     .await
-                    .map(Answer::User)
+                    .map(ResultValue::User)
             }
             Method::AuthLogin => {
                 let body = params.last(|params| {
@@ -372,13 +385,15 @@ impl Calls<'_> {
                         password: params.required_text("password")?,
                     })
                 });
-                users::log_in(state, self.address, deadline, body)
+                operations::log_in(state, self.address, deadline, body)
                     .await
-                    .map(Answer::Token)
+                    .map(ResultValue::Token)
             }
             Method::UserGet => {
                 let id = params.last(|params| params.required_text("id"));
-                users::read(state, caller, deadline, id).await.map(Answer::User)
+                operations::read(state, caller, deadline, id)
+                    .await
+                    .map(ResultValue::User)
             }
             Method::UserUpdate => {
                 let id = params.required_text("id");
@@ -391,16 +406,16 @@ impl Calls<'_> {
                         role: params.text("role")?,
                     })
                 });
-                users::update(state, caller, deadline, id, key, body)
+                operations::update(state, caller, deadline, id, key, body)
                     .await
-                    .map(Answer::User)
+                    .map(ResultValue::User)
             }
             Method::UserDelete => {
                 let key = params.idempotency_key();
                 let id = params.last(|params| params.required_text("id"));
-                users::delete(state, caller, deadline, id, key)
+                operations::delete(state, caller, deadline, id, key)
                     .await
-                    .map(|()| Answer::Done)
+                    .map(|()| ResultValue::Done)
             }
             Method::UserList => {
                 let query = params.last(|params| {
@@ -409,7 +424,9 @@ impl Calls<'_> {
                         page_token: params.text("page_token")?,
                     })
                 });
-                users::list(state, caller, deadline, query).await.map(Answer::Page)
+                operations::list(state, caller, deadline, query)
+                    .await
+                    .map(ResultValue::Page)
             }
         }
     }
@@ -521,10 +538,10 @@ impl<'de> Deserialize<'de> for Named<'de> {
 #[derive(Deserialize)]
 struct Name<'a>(#[serde(borrow)] Cow<'a, str>);
 
-/// What a method answers: the body REST answers.
+/// The `result` member of a successful response: the body REST answers.
 #[derive(Serialize)]
 #[serde(untagged)]
-enum Answer {
+enum ResultValue {
     User(UserBody),
     Token(TokenBody),
     Page(UserPage),
@@ -532,19 +549,20 @@ enum Answer {
     Done,
 }
 
-/// A JSON-RPC error object.
+/// The `error` member of a failed response (the specification's Error
+/// object).
 #[derive(Debug, Serialize)]
-struct Failure {
+struct ErrorObject {
     code: i32,
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<FailureData>,
+    data: Option<ErrorData>,
 }
 
-/// What a failed call's error says beside its code, as REST's problem
-/// document says it.
+/// An error object's `data`: what a failed call's error says beside its
+/// code, as REST's problem document says it.
 #[derive(Debug, Serialize)]
-struct FailureData {
+struct ErrorData {
     /// The HTTP status REST answers the same failure with.
     status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -555,7 +573,7 @@ struct FailureData {
     trace_id: Option<String>,
 }
 
-impl Failure {
+impl ErrorObject {
     /// A failure of the protocol itself, before any method ran.
     fn protocol(code: i32, message: impl Into<String>) -> Self {
         Self {
@@ -571,7 +589,7 @@ impl Failure {
         Self {
             code: code_of(status),
             message: error.logged_detail(),
-            data: Some(FailureData {
+            data: Some(ErrorData {
                 status: status.as_u16(),
                 field: error.field().map(str::to_owned),
                 retry_after: error.retry_after_secs(),
@@ -586,31 +604,32 @@ impl Failure {
     }
 }
 
-/// The answer to one call: its id (`None` is `null`) and its outcome.
-struct Reply<'a> {
+/// A response object (the specification's Response): the answer to one
+/// call, its id (`None` is `null`) and either its `result` or its `error`.
+struct Response<'a> {
     id: Option<&'a RawValue>,
-    outcome: Result<Answer, Failure>,
+    outcome: Result<ResultValue, ErrorObject>,
 }
 
-impl Reply<'_> {
-    fn failed(id: Option<&RawValue>, failure: Failure) -> Reply<'_> {
-        Reply {
+impl Response<'_> {
+    fn failed(id: Option<&RawValue>, failure: ErrorObject) -> Response<'_> {
+        Response {
             id,
             outcome: Err(failure),
         }
     }
 }
 
-impl Serialize for Reply<'_> {
+impl Serialize for Response<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut reply = serializer.serialize_struct("Reply", 3)?;
-        reply.serialize_field("jsonrpc", jsonrpc::VERSION)?;
+        let mut response = serializer.serialize_struct("Response", 3)?;
+        response.serialize_field("jsonrpc", jsonrpc::VERSION)?;
         match &self.outcome {
-            Ok(answer) => reply.serialize_field("result", answer)?,
-            Err(failure) => reply.serialize_field("error", failure)?,
+            Ok(result) => response.serialize_field("result", result)?,
+            Err(error) => response.serialize_field("error", error)?,
         }
-        reply.serialize_field("id", &self.id)?;
-        reply.end()
+        response.serialize_field("id", &self.id)?;
+        response.end()
     }
 }
 
@@ -641,14 +660,14 @@ mod tests {
 
     #[test]
     fn a_request_object_is_read_strictly() {
-        let call = Call::parse(
+        let call = Request::parse(
             r#"{"jsonrpc":"2.0","method":"user.get","params":{"id":"x"},"id":null}"#,
             true,
         )
         .ok()
         .unwrap();
         assert_eq!(call.id.map(RawValue::get), Some("null"));
-        let notification = Call::parse(r#"{"jsonrpc":"2.0","method":"user.get"}"#, true)
+        let notification = Request::parse(r#"{"jsonrpc":"2.0","method":"user.get"}"#, true)
             .ok()
             .unwrap();
         assert!(notification.id.is_none() && notification.params.is_none());
@@ -663,7 +682,7 @@ mod tests {
             ("1", INVALID_REQUEST),
         ] {
             assert_eq!(
-                Call::parse(text, true).err().map(|failure| failure.code),
+                Request::parse(text, true).err().map(|failure| failure.code),
                 Some(code),
                 "{text}"
             );
