@@ -37,16 +37,6 @@ pub struct Limits {
     pub window: Duration,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            per_account: 5,
-            per_address: 50,
-            window: Duration::from_secs(15 * 60),
-        }
-    }
-}
-
 /// How many keys a table holds before the expired ones are swept out.
 const MAX_KEYS: usize = 10_000;
 

@@ -44,7 +44,7 @@ mod test_support;
 
 use std::sync::{Arc, Once};
 
-use callchain_runtime::env::Env;
+use callchain_runtime::env::{Env, Setting};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{
     Resource,
@@ -53,18 +53,69 @@ use opentelemetry_sdk::{
 use tracing::Dispatch;
 use tracing_subscriber::{EnvFilter, fmt::MakeWriter, layer::SubscriberExt as _};
 
-/// Environment variables the telemetry reads, beside those the OpenTelemetry
-/// SDK reads itself (`OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`, ...).
-pub const ENV_VARS: &[&str] = &[
-    "RUST_LOG",
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_SERVICE_NAME",
-    "OTEL_TRACES_SAMPLER",
-    "OTEL_TRACES_SAMPLER_ARG",
-    "OTEL_RESOURCE_ATTRIBUTES",
-    "OTEL_BSP_MAX_QUEUE_SIZE",
-    "OTEL_BSP_SCHEDULE_DELAY",
-    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+/// `RUST_LOG`: which log lines are written.
+pub const RUST_LOG: Setting = Setting {
+    name: "RUST_LOG",
+    default: Some("info"),
+    doc: "Which log lines are written, as an `EnvFilter` directive; `info,callchain::span=off` leaves the span records out.",
+};
+
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`: where spans go.
+pub const OTEL_EXPORTER_OTLP_ENDPOINT: Setting = Setting {
+    name: "OTEL_EXPORTER_OTLP_ENDPOINT",
+    default: None,
+    doc: "Where spans are exported, over OTLP/gRPC (`http://localhost:4317`); unset, none is exported and the logs \
+          are still written.",
+};
+
+/// `OTEL_SERVICE_NAME`: the service's name in spans and logs.
+pub const OTEL_SERVICE_NAME: Setting = Setting {
+    name: "OTEL_SERVICE_NAME",
+    default: None,
+    doc: "`service.name` on every span and `service` on every log line; unset, the service's own name (`api`, \
+          `user`, `consumer`).",
+};
+
+/// The variables the OpenTelemetry SDK reads itself, from the process.
+const SDK_OWN: &str = "Read by the OpenTelemetry SDK itself; unset, the SDK's default.";
+
+/// Every variable the telemetry of a service reads, beside the service's
+/// own; those after the first three the OpenTelemetry SDK reads itself.
+pub const SETTINGS: &[Setting] = &[
+    RUST_LOG,
+    OTEL_EXPORTER_OTLP_ENDPOINT,
+    OTEL_SERVICE_NAME,
+    Setting {
+        name: "OTEL_TRACES_SAMPLER",
+        default: None,
+        doc: SDK_OWN,
+    },
+    Setting {
+        name: "OTEL_TRACES_SAMPLER_ARG",
+        default: None,
+        doc: SDK_OWN,
+    },
+    Setting {
+        name: "OTEL_RESOURCE_ATTRIBUTES",
+        default: None,
+        doc: SDK_OWN,
+    },
+    Setting {
+        name: "OTEL_BSP_MAX_QUEUE_SIZE",
+        default: None,
+        doc: "The most finished spans waiting for export; past it a span is dropped (and counted), never waited \
+              for. Read by the OpenTelemetry SDK itself; unset, the SDK's default.",
+    },
+    Setting {
+        name: "OTEL_BSP_SCHEDULE_DELAY",
+        default: None,
+        doc: SDK_OWN,
+    },
+    Setting {
+        name: "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+        default: None,
+        doc: SDK_OWN,
+    },
 ];
 
 /// Where finished spans go, beside the span records in the logs.
@@ -99,23 +150,24 @@ pub struct TelemetryConfig {
 }
 
 impl TelemetryConfig {
-    /// Reads `OTEL_SERVICE_NAME` (default `service`), `OTEL_EXPORTER_OTLP_ENDPOINT`
-    /// and `RUST_LOG` (default `info`) from `env`.
+    /// Reads [`OTEL_SERVICE_NAME`] (unset, `service`),
+    /// [`OTEL_EXPORTER_OTLP_ENDPOINT`] and [`RUST_LOG`] from `env`.
     pub fn from_env(env: &Env, service: &str) -> Self {
         Self {
-            service_name: env.var("OTEL_SERVICE_NAME").unwrap_or_else(|| service.to_owned()),
-            export: env.var("OTEL_EXPORTER_OTLP_ENDPOINT").into(),
-            log_filter: env.var("RUST_LOG").unwrap_or_else(|| "info".to_owned()),
+            service_name: env.var(OTEL_SERVICE_NAME.name).unwrap_or_else(|| service.to_owned()),
+            export: env.var(OTEL_EXPORTER_OTLP_ENDPOINT.name).into(),
+            log_filter: env
+                .setting(&RUST_LOG, "a log filter")
+                .expect("any text parses as a String"),
         }
     }
 
     /// A config for `service` that exports as `export` says (an OTLP
-    /// endpoint, or `None` for nothing) and logs at `info`.
+    /// endpoint, or `None` for nothing) and logs as [`RUST_LOG`]'s default.
     pub fn new(service: &str, export: impl Into<Export>) -> Self {
         Self {
-            service_name: service.to_owned(),
             export: export.into(),
-            log_filter: "info".to_owned(),
+            ..Self::from_env(&Env::default(), service)
         }
     }
 }
