@@ -373,7 +373,7 @@ pub(crate) mod tests {
         .unwrap()
     }
 
-    /// DESIGN.md's registration chain, with made-up ids and times (µs).
+    /// ARCHITECTURE.md's registration chain, with made-up ids and times (µs).
     pub(crate) fn registration() -> Vec<Span> {
         let mut client = span(
             "2",

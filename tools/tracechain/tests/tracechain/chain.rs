@@ -5,7 +5,7 @@ use callchain_tracechain::{Input, Kind, Logs, Traces, Tree, text};
 
 use crate::run::{folder_with, registration, stderr, stdout, tracechain, tracechain_with_stdin};
 
-/// DESIGN.md's chain as tracechain walks it: (depth, service, name, kind).
+/// ARCHITECTURE.md's chain as tracechain walks it: (depth, service, name, kind).
 fn expected(topic: &str) -> Vec<(usize, &'static str, String, Kind)> {
     vec![
         (0, "api", "POST /v1/users".to_owned(), Kind::Server),

@@ -3,7 +3,7 @@
 //! as `make dev` writes them, then read back by the library and the binary.
 //! One binary for all suites, as its modules.
 //!
-//! - `chain`: the printed tree is DESIGN.md's eight-span chain.
+//! - `chain`: the printed tree is ARCHITECTURE.md's eight-span chain.
 //! - `gaps`: a removed span, a corrupted parent, a dropped hop or a span of
 //!   another trace make tracechain exit non-zero and name the gap.
 //! - `html`: the waterfall page, opened in headless Chromium.
