@@ -3,7 +3,8 @@
 //!
 //! - [`init`] (binaries) and [`build`] (tests, which run several services in one
 //!   process) set up JSON logs on stdout and OTLP span export; the returned
-//!   [`TelemetryGuard`] flushes spans when dropped.
+//!   [`TelemetryGuard`] flushes spans when dropped. [`SETTINGS`]: the
+//!   variables they read, each with its default and meaning.
 //! - [`logs`]: the JSON line format: `timestamp`, `level`, `target`, `message`,
 //!   `service`, and inside a span its `trace_id` and `span_id`.
 //! - [`propagation`]: W3C TraceContext + Baggage in and out of HTTP headers and
