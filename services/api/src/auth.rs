@@ -1,4 +1,4 @@
-//! Authentication (JWT bearer tokens) and the roles of DESIGN.md.
+//! Authentication (JWT bearer tokens) and the roles of ARCHITECTURE.md ("Roles").
 //!
 //! | role | may |
 //! | --- | --- |

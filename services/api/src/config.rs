@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use callchain_runtime::env::Env;
+use callchain_runtime::env::{Env, Setting};
 use secrecy::{ExposeSecret as _, SecretString};
 
 use crate::{
@@ -10,113 +10,161 @@ use crate::{
     upstream::{BreakerPolicy, Targets},
 };
 
+/// Where the API listens.
+pub const API_LISTEN_ADDR: Setting = Setting {
+    name: "API_LISTEN_ADDR",
+    default: Some("0.0.0.0:8080"),
+    doc: "Where the API listens: REST, JSON-RPC, `/openapi.json`, `/healthz`, `/readyz`.",
+};
+pub const USER_SERVICE_URL: Setting = Setting {
+    name: "USER_SERVICE_URL",
+    default: Some("http://127.0.0.1:50051"),
+    doc: "The user service: one URL or several, comma-separated (`http://host:port` each); a name that resolves \
+          to several addresses is one replica per address.",
+};
+pub const JWT_SECRET: Setting = Setting {
+    name: "JWT_SECRET",
+    default: None,
+    doc: "The HMAC key tokens are signed with, at least 32 bytes; a secret, never printed. Required in release \
+          builds; debug builds fall back to a development key.",
+};
+pub const JWT_TTL_SECONDS: Setting = Setting {
+    name: "JWT_TTL_SECONDS",
+    default: Some("3600"),
+    doc: "How long a token is valid, in seconds.",
+};
+pub const REQUEST_TIMEOUT_MS: Setting = Setting {
+    name: "REQUEST_TIMEOUT_MS",
+    default: Some("10000"),
+    doc: "The time budget of one request, in milliseconds, passed on to every call it makes (as `grpc-timeout`); \
+          past it, `504`.",
+};
+pub const MAX_BODY_BYTES: Setting = Setting {
+    name: "MAX_BODY_BYTES",
+    default: Some("16384"),
+    doc: "The largest request body; past it, `413`.",
+};
+pub const LOGIN_MAX_FAILURES_PER_ACCOUNT: Setting = Setting {
+    name: "LOGIN_MAX_FAILURES_PER_ACCOUNT",
+    default: Some("5"),
+    doc: "Failed logins for one email within the window; past them a login answers `429` with `Retry-After` until \
+          the oldest failure leaves the window.",
+};
+pub const LOGIN_MAX_FAILURES_PER_ADDRESS: Setting = Setting {
+    name: "LOGIN_MAX_FAILURES_PER_ADDRESS",
+    default: Some("50"),
+    doc: "Failed logins from one client address within the window; past them, `429` the same way.",
+};
+pub const LOGIN_FAILURE_WINDOW_SECONDS: Setting = Setting {
+    name: "LOGIN_FAILURE_WINDOW_SECONDS",
+    default: Some("900"),
+    doc: "The sliding window, in seconds, both counts of failed logins cover.",
+};
+pub const REGISTRATIONS_PER_ADDRESS: Setting = Setting {
+    name: "REGISTRATIONS_PER_ADDRESS",
+    default: Some("20"),
+    doc: "Registrations from one client address (an IPv6 one by its /64) within the window; past them a \
+          registration answers `429` with `Retry-After`, over REST and JSON-RPC alike.",
+};
+pub const REGISTRATION_WINDOW_SECONDS: Setting = Setting {
+    name: "REGISTRATION_WINDOW_SECONDS",
+    default: Some("3600"),
+    doc: "The sliding window, in seconds, registrations per address are counted over.",
+};
+pub const AUTH_CACHE_TTL_MS: Setting = Setting {
+    name: "AUTH_CACHE_TTL_MS",
+    default: Some("1000"),
+    doc: "How long the user service's word on a token's user (still there, with which role) is kept, in \
+          milliseconds; `0` asks on every request.",
+};
+pub const BREAKER_FAILURE_RATE: Setting = Setting {
+    name: "BREAKER_FAILURE_RATE",
+    default: Some("0.5"),
+    doc: "The failed share (above 0, at most 1) of the last `BREAKER_MIN_CALLS` calls to the user service that \
+          opens its circuit breaker.",
+};
+pub const BREAKER_MIN_CALLS: Setting = Setting {
+    name: "BREAKER_MIN_CALLS",
+    default: Some("20"),
+    doc: "How many of the last calls (within 10 s) the failure rate is taken over; with fewer the breaker stays \
+          closed.",
+};
+pub const BREAKER_OPEN_MS: Setting = Setting {
+    name: "BREAKER_OPEN_MS",
+    default: Some("5000"),
+    doc: "How long the breaker stays open before a probe, in milliseconds; meanwhile calls answer `503` at once.",
+};
+pub const API_MAX_IN_FLIGHT: Setting = Setting {
+    name: "API_MAX_IN_FLIGHT",
+    default: Some("512"),
+    doc: "Requests served at once; past it, `503` with `Retry-After` at once instead of queueing (`/healthz` and \
+          `/readyz` are never refused).",
+};
+
 /// Every variable this service reads (beside the telemetry's own).
-pub const ENV_VARS: &[&str] = &[
-    "API_LISTEN_ADDR",
-    "USER_SERVICE_URL",
-    "JWT_SECRET",
-    "JWT_TTL_SECONDS",
-    "REQUEST_TIMEOUT_MS",
-    "MAX_BODY_BYTES",
-    "LOGIN_MAX_FAILURES_PER_ACCOUNT",
-    "LOGIN_MAX_FAILURES_PER_ADDRESS",
-    "LOGIN_FAILURE_WINDOW_SECONDS",
-    "REGISTRATIONS_PER_ADDRESS",
-    "REGISTRATION_WINDOW_SECONDS",
-    "AUTH_CACHE_TTL_MS",
-    "BREAKER_FAILURE_RATE",
-    "BREAKER_MIN_CALLS",
-    "BREAKER_OPEN_MS",
-    "API_MAX_IN_FLIGHT",
-    callchain_runtime::lifecycle::SHUTDOWN_TIMEOUT_VAR,
+pub const SETTINGS: &[Setting] = &[
+    API_LISTEN_ADDR,
+    USER_SERVICE_URL,
+    JWT_SECRET,
+    JWT_TTL_SECONDS,
+    REQUEST_TIMEOUT_MS,
+    MAX_BODY_BYTES,
+    LOGIN_MAX_FAILURES_PER_ACCOUNT,
+    LOGIN_MAX_FAILURES_PER_ADDRESS,
+    LOGIN_FAILURE_WINDOW_SECONDS,
+    REGISTRATIONS_PER_ADDRESS,
+    REGISTRATION_WINDOW_SECONDS,
+    AUTH_CACHE_TTL_MS,
+    BREAKER_FAILURE_RATE,
+    BREAKER_MIN_CALLS,
+    BREAKER_OPEN_MS,
+    API_MAX_IN_FLIGHT,
+    callchain_runtime::lifecycle::SHUTDOWN_TIMEOUT,
 ];
 
 /// The variables without which a release build does not start.
-pub const REQUIRED_ENV_VARS: &[&str] = &["JWT_SECRET"];
+pub const REQUIRED_ENV_VARS: &[&str] = &[JWT_SECRET.name];
 
 /// The signing key debug builds use when `JWT_SECRET` is unset. Release
 /// builds have no default.
 #[cfg(debug_assertions)]
 const DEV_JWT_SECRET: &str = "callchain-development-secret-do-not-use-in-production";
 
-/// `API_LISTEN_ADDR`'s default.
-pub const DEFAULT_LISTEN_ADDR: &str = "0.0.0.0:8080";
-/// `USER_SERVICE_URL`'s default.
-pub const DEFAULT_USER_SERVICE_URL: &str = "http://127.0.0.1:50051";
-/// `JWT_TTL_SECONDS`'s default.
-pub const DEFAULT_JWT_TTL_SECONDS: u64 = 3600;
-/// `REQUEST_TIMEOUT_MS`'s default.
-pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
-/// `MAX_BODY_BYTES`'s default.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024;
-/// `LOGIN_MAX_FAILURES_PER_ACCOUNT`'s default.
-pub const DEFAULT_LOGIN_MAX_FAILURES_PER_ACCOUNT: usize = 5;
-/// `LOGIN_MAX_FAILURES_PER_ADDRESS`'s default.
-pub const DEFAULT_LOGIN_MAX_FAILURES_PER_ADDRESS: usize = 50;
-/// `LOGIN_FAILURE_WINDOW_SECONDS`'s default.
-pub const DEFAULT_LOGIN_FAILURE_WINDOW_SECONDS: u64 = 15 * 60;
-/// `REGISTRATIONS_PER_ADDRESS`'s default.
-pub const DEFAULT_REGISTRATIONS_PER_ADDRESS: usize = 20;
-/// `REGISTRATION_WINDOW_SECONDS`'s default.
-pub const DEFAULT_REGISTRATION_WINDOW_SECONDS: u64 = 60 * 60;
-/// `AUTH_CACHE_TTL_MS`'s default.
-pub const DEFAULT_AUTH_CACHE_TTL_MS: u64 = 1_000;
-/// `BREAKER_FAILURE_RATE`'s default.
-pub const DEFAULT_BREAKER_FAILURE_RATE: f64 = 0.5;
-/// `BREAKER_MIN_CALLS`'s default.
-pub const DEFAULT_BREAKER_MIN_CALLS: u32 = 20;
-/// `BREAKER_OPEN_MS`'s default.
-pub const DEFAULT_BREAKER_OPEN_MS: u64 = 5_000;
-/// `API_MAX_IN_FLIGHT`'s default.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 512;
-
 /// `Debug` prints every setting but the secret, which `SecretString` keeps
-/// to itself.
+/// to itself. Each field's setting, with its default, is in [`SETTINGS`].
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `API_LISTEN_ADDR`, default `0.0.0.0:8080`.
+    /// [`API_LISTEN_ADDR`].
     pub listen_addr: SocketAddr,
-    /// `USER_SERVICE_URL`, default `http://127.0.0.1:50051`: one URL or
-    /// several, comma-separated; a name that resolves to several addresses
-    /// is a replica per address.
+    /// [`USER_SERVICE_URL`].
     pub user_service: Targets,
-    /// `JWT_SECRET`: the HMAC key tokens are signed with (at least 32 bytes).
-    /// A secret: it never prints.
+    /// [`JWT_SECRET`]: a secret, it never prints.
     pub jwt_secret: SecretString,
-    /// `JWT_TTL_SECONDS`, default 3600.
+    /// [`JWT_TTL_SECONDS`].
     pub jwt_ttl: Duration,
-    /// `REQUEST_TIMEOUT_MS`, default 10000: the budget of one request,
-    /// passed on to every call it makes.
+    /// [`REQUEST_TIMEOUT_MS`].
     pub request_timeout: Duration,
-    /// `MAX_BODY_BYTES`, default 16384.
+    /// [`MAX_BODY_BYTES`].
     pub max_body_bytes: usize,
-    /// `LOGIN_MAX_FAILURES_PER_ACCOUNT` (default 5) and
-    /// `LOGIN_MAX_FAILURES_PER_ADDRESS` (default 50) failed logins within
-    /// `LOGIN_FAILURE_WINDOW_SECONDS` (default 900); past either, a login
-    /// answers 429 until the oldest failure leaves the window.
+    /// [`LOGIN_MAX_FAILURES_PER_ACCOUNT`], [`LOGIN_MAX_FAILURES_PER_ADDRESS`]
+    /// and [`LOGIN_FAILURE_WINDOW_SECONDS`].
     pub login_limits: Limits,
-    /// `REGISTRATIONS_PER_ADDRESS` (default 20) registrations from one
-    /// client address within `REGISTRATION_WINDOW_SECONDS` (default 3600);
-    /// past it, a registration answers 429 until the oldest leaves the
-    /// window.
+    /// [`REGISTRATIONS_PER_ADDRESS`] and [`REGISTRATION_WINDOW_SECONDS`].
     pub registration_limits: RegistrationLimits,
-    /// `AUTH_CACHE_TTL_MS`, default 1000: how long the user service's word on
-    /// a token's user (still there, with what role) is kept; 0 asks on every
-    /// request.
+    /// [`AUTH_CACHE_TTL_MS`].
     pub auth_cache_ttl: Duration,
-    /// `BREAKER_FAILURE_RATE` (default 0.5) of the last `BREAKER_MIN_CALLS`
-    /// (default 20) calls to the user service (within 10 s) failing opens
-    /// the circuit breaker for `BREAKER_OPEN_MS` (default 5000).
+    /// [`BREAKER_FAILURE_RATE`], [`BREAKER_MIN_CALLS`] and [`BREAKER_OPEN_MS`].
     pub breaker: BreakerPolicy,
-    /// `API_MAX_IN_FLIGHT`, default 512: requests served at once; past it a
-    /// request answers 503 at once instead of queueing.
+    /// [`API_MAX_IN_FLIGHT`].
     pub max_in_flight: usize,
 }
 
+const WHOLE: &str = "a whole number";
+
 impl Config {
-    /// Reads the variables in [`ENV_VARS`] from `env`.
+    /// Reads the variables in [`SETTINGS`] from `env`.
     pub fn from_env(env: &Env) -> anyhow::Result<Self> {
-        let jwt_secret = match env.secret("JWT_SECRET") {
+        let jwt_secret = match env.secret(JWT_SECRET.name) {
             Some(secret) => secret,
             #[cfg(debug_assertions)]
             None => DEV_JWT_SECRET.into(),
@@ -128,55 +176,27 @@ impl Config {
             "JWT_SECRET must be at least 32 bytes long"
         );
         let login_limits = Limits {
-            per_account: env.parse_or(
-                "LOGIN_MAX_FAILURES_PER_ACCOUNT",
-                "a whole number",
-                DEFAULT_LOGIN_MAX_FAILURES_PER_ACCOUNT,
-            )?,
-            per_address: env.parse_or(
-                "LOGIN_MAX_FAILURES_PER_ADDRESS",
-                "a whole number",
-                DEFAULT_LOGIN_MAX_FAILURES_PER_ADDRESS,
-            )?,
-            window: Duration::from_secs(env.parse_or(
-                "LOGIN_FAILURE_WINDOW_SECONDS",
-                "a whole number",
-                DEFAULT_LOGIN_FAILURE_WINDOW_SECONDS,
-            )?),
+            per_account: env.setting(&LOGIN_MAX_FAILURES_PER_ACCOUNT, WHOLE)?,
+            per_address: env.setting(&LOGIN_MAX_FAILURES_PER_ADDRESS, WHOLE)?,
+            window: Duration::from_secs(env.setting(&LOGIN_FAILURE_WINDOW_SECONDS, WHOLE)?),
         };
         anyhow::ensure!(
             login_limits.per_account > 0 && login_limits.per_address > 0 && !login_limits.window.is_zero(),
             "LOGIN_MAX_FAILURES_PER_ACCOUNT, LOGIN_MAX_FAILURES_PER_ADDRESS and LOGIN_FAILURE_WINDOW_SECONDS must be at least 1"
         );
         let registration_limits = RegistrationLimits {
-            per_address: env.parse_or(
-                "REGISTRATIONS_PER_ADDRESS",
-                "a whole number",
-                DEFAULT_REGISTRATIONS_PER_ADDRESS,
-            )?,
-            window: Duration::from_secs(env.parse_or(
-                "REGISTRATION_WINDOW_SECONDS",
-                "a whole number",
-                DEFAULT_REGISTRATION_WINDOW_SECONDS,
-            )?),
+            per_address: env.setting(&REGISTRATIONS_PER_ADDRESS, WHOLE)?,
+            window: Duration::from_secs(env.setting(&REGISTRATION_WINDOW_SECONDS, WHOLE)?),
         };
         anyhow::ensure!(
             registration_limits.per_address > 0 && !registration_limits.window.is_zero(),
             "REGISTRATIONS_PER_ADDRESS and REGISTRATION_WINDOW_SECONDS must be at least 1"
         );
         let breaker = BreakerPolicy {
-            failure_rate: env.parse_or(
-                "BREAKER_FAILURE_RATE",
-                "a number above 0 and at most 1",
-                DEFAULT_BREAKER_FAILURE_RATE,
-            )?,
-            min_calls: env.parse_or("BREAKER_MIN_CALLS", "a whole number", DEFAULT_BREAKER_MIN_CALLS)?,
-            open_for: Duration::from_millis(env.parse_or(
-                "BREAKER_OPEN_MS",
-                "a whole number",
-                DEFAULT_BREAKER_OPEN_MS,
-            )?),
-            ..BreakerPolicy::default()
+            failure_rate: env.setting(&BREAKER_FAILURE_RATE, "a number above 0 and at most 1")?,
+            min_calls: env.setting(&BREAKER_MIN_CALLS, WHOLE)?,
+            open_for: Duration::from_millis(env.setting(&BREAKER_OPEN_MS, WHOLE)?),
+            window: BreakerPolicy::WINDOW,
         };
         anyhow::ensure!(
             breaker.failure_rate > 0.0 && breaker.failure_rate <= 1.0,
@@ -186,91 +206,39 @@ impl Config {
             breaker.min_calls > 0 && !breaker.open_for.is_zero(),
             "BREAKER_MIN_CALLS and BREAKER_OPEN_MS must be at least 1"
         );
-        let max_in_flight = env.parse_or("API_MAX_IN_FLIGHT", "a whole number", DEFAULT_MAX_IN_FLIGHT)?;
+        let max_in_flight = env.setting(&API_MAX_IN_FLIGHT, WHOLE)?;
         anyhow::ensure!(
             max_in_flight > 0 && max_in_flight <= tokio::sync::Semaphore::MAX_PERMITS,
             "API_MAX_IN_FLIGHT must be at least 1 and at most {}",
             tokio::sync::Semaphore::MAX_PERMITS
         );
         Ok(Self {
-            listen_addr: env.parse_or(
-                "API_LISTEN_ADDR",
-                "an address such as 0.0.0.0:8080",
-                DEFAULT_LISTEN_ADDR.parse().expect("a valid address"),
-            )?,
+            listen_addr: env.setting(&API_LISTEN_ADDR, "an address such as 0.0.0.0:8080")?,
             user_service: env
-                .var("USER_SERVICE_URL")
+                .var(USER_SERVICE_URL.name)
                 .as_deref()
-                .unwrap_or(DEFAULT_USER_SERVICE_URL)
+                .or(USER_SERVICE_URL.default)
+                .unwrap_or_default()
                 .parse()?,
             jwt_secret,
-            jwt_ttl: Duration::from_secs(env.parse_or("JWT_TTL_SECONDS", "a whole number", DEFAULT_JWT_TTL_SECONDS)?),
-            request_timeout: Duration::from_millis(env.parse_or(
-                "REQUEST_TIMEOUT_MS",
-                "a whole number",
-                DEFAULT_REQUEST_TIMEOUT_MS,
-            )?),
-            max_body_bytes: env.parse_or("MAX_BODY_BYTES", "a whole number", DEFAULT_MAX_BODY_BYTES)?,
+            jwt_ttl: Duration::from_secs(env.setting(&JWT_TTL_SECONDS, WHOLE)?),
+            request_timeout: Duration::from_millis(env.setting(&REQUEST_TIMEOUT_MS, WHOLE)?),
+            max_body_bytes: env.setting(&MAX_BODY_BYTES, WHOLE)?,
             login_limits,
             registration_limits,
-            auth_cache_ttl: Duration::from_millis(env.parse_or(
-                "AUTH_CACHE_TTL_MS",
-                "a whole number",
-                DEFAULT_AUTH_CACHE_TTL_MS,
-            )?),
+            auth_cache_ttl: Duration::from_millis(env.setting(&AUTH_CACHE_TTL_MS, WHOLE)?),
             breaker,
             max_in_flight,
         })
     }
 
-    /// Defaults for tests: the given user service (one URL or several,
-    /// comma-separated) and signing key.
+    /// The defaults, with the given user service (one URL or several,
+    /// comma-separated) and signing key, on a port-0 listener the test binds.
     pub fn for_tests(user_service_url: String, jwt_secret: String) -> Self {
+        let env = Env::from_pairs([(USER_SERVICE_URL.name, user_service_url), (JWT_SECRET.name, jwt_secret)]);
         Self {
             listen_addr: "127.0.0.1:0".parse().expect("a valid address"),
-            user_service: user_service_url.parse().expect("valid user service URLs"),
-            jwt_secret: jwt_secret.into(),
-            jwt_ttl: Duration::from_secs(DEFAULT_JWT_TTL_SECONDS),
-            request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            login_limits: Limits::default(),
-            registration_limits: RegistrationLimits::default(),
-            auth_cache_ttl: Duration::from_millis(DEFAULT_AUTH_CACHE_TTL_MS),
-            breaker: BreakerPolicy::default(),
-            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
-        }
-    }
-}
-
-// The policies' defaults are these constants, so each is written once, here
-// beside its variable; the modules that apply a policy import nothing from
-// the settings.
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            per_account: DEFAULT_LOGIN_MAX_FAILURES_PER_ACCOUNT,
-            per_address: DEFAULT_LOGIN_MAX_FAILURES_PER_ADDRESS,
-            window: Duration::from_secs(DEFAULT_LOGIN_FAILURE_WINDOW_SECONDS),
-        }
-    }
-}
-
-impl Default for RegistrationLimits {
-    fn default() -> Self {
-        Self {
-            per_address: DEFAULT_REGISTRATIONS_PER_ADDRESS,
-            window: Duration::from_secs(DEFAULT_REGISTRATION_WINDOW_SECONDS),
-        }
-    }
-}
-
-impl Default for BreakerPolicy {
-    fn default() -> Self {
-        Self {
-            failure_rate: DEFAULT_BREAKER_FAILURE_RATE,
-            min_calls: DEFAULT_BREAKER_MIN_CALLS,
-            open_for: Duration::from_millis(DEFAULT_BREAKER_OPEN_MS),
-            window: Duration::from_secs(10),
+            ..Self::from_env(&env).expect("the defaults, a valid user service URL and a signing key of 32 bytes")
         }
     }
 }
@@ -315,10 +283,8 @@ mod tests {
         ]);
         let limits = Config::from_env(&env).unwrap().registration_limits;
         assert_eq!((limits.per_address, limits.window.as_secs()), (7, 120));
-        let defaults = Config::from_env(&Env::from_pairs(Vec::<(String, String)>::new()))
-            .unwrap()
-            .registration_limits;
-        assert_eq!(defaults, RegistrationLimits::default());
+        let defaults = Config::from_env(&Env::default()).unwrap().registration_limits;
+        assert_eq!((defaults.per_address, defaults.window.as_secs()), (20, 3600));
         for (name, value) in [("REGISTRATIONS_PER_ADDRESS", "0"), ("REGISTRATION_WINDOW_SECONDS", "0")] {
             assert!(
                 Config::from_env(&Env::from_pairs([(name, value)])).is_err(),
@@ -356,7 +322,6 @@ mod tests {
             ("BREAKER_MIN_CALLS", "0"),
             ("BREAKER_OPEN_MS", "0"),
             ("API_MAX_IN_FLIGHT", "0"),
-            ("API_MAX_IN_FLIGHT", "18446744073709551615"),
             ("USER_SERVICE_URL", "user:50051"),
         ] {
             assert!(

@@ -143,7 +143,7 @@ impl From<Invalid> for ApiError {
     }
 }
 
-/// The mapping of DESIGN.md: gRPC status → HTTP status.
+/// The mapping of ARCHITECTURE.md ("Errors, one mapping"): gRPC status → HTTP status.
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
         let message = status.message().to_owned();

@@ -3,104 +3,155 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
-use callchain_runtime::env::{Env, SecretString};
+use callchain_runtime::env::{Env, SecretString, Setting};
+
+pub const CONSUMER_HEALTH_ADDR: Setting = Setting {
+    name: "CONSUMER_HEALTH_ADDR",
+    default: Some("0.0.0.0:8081"),
+    doc: "Where `/healthz` and `/readyz` are served.",
+};
+pub const DATABASE_URL: Setting = Setting {
+    name: "DATABASE_URL",
+    default: None,
+    doc: "Required: the Postgres database the events are written into. A secret (it carries the password), never \
+          printed.",
+};
+pub const DATABASE_MAX_CONNECTIONS: Setting = Setting {
+    name: "DATABASE_MAX_CONNECTIONS",
+    default: Some("4"),
+    doc: "The most connections the pool opens to Postgres.",
+};
+pub const KAFKA_BROKERS: Setting = Setting {
+    name: "KAFKA_BROKERS",
+    default: Some("127.0.0.1:9092"),
+    doc: "Where the events are read from (comma-separated `host:port`).",
+};
+pub const KAFKA_TOPIC: Setting = Setting {
+    name: "KAFKA_TOPIC",
+    default: Some(callchain_events::TOPIC),
+    doc: "The topic it reads; dead letters go to `<topic>.dlq`.",
+};
+pub const KAFKA_GROUP_ID: Setting = Setting {
+    name: "KAFKA_GROUP_ID",
+    default: Some("user-events-writer"),
+    doc: "The consumer group.",
+};
+pub const KAFKA_GROUP_INSTANCE_ID: Setting = Setting {
+    name: "KAFKA_GROUP_INSTANCE_ID",
+    default: None,
+    doc: "Unset by default (`consumer-1` in `make up` and `make dev`): a stable name for this member of the group \
+          (static membership), so a consumer that restarts, after a crash too, gets its partitions back at once \
+          instead of after the dead member's session times out. Never give two running consumers the same one.",
+};
+pub const CONSUMER_BATCH_SIZE: Setting = Setting {
+    name: "CONSUMER_BATCH_SIZE",
+    default: Some("500"),
+    doc: "The most messages written in one transaction.",
+};
+pub const CONSUMER_BATCH_TIMEOUT_MS: Setting = Setting {
+    name: "CONSUMER_BATCH_TIMEOUT_MS",
+    default: Some("20"),
+    doc: "The longest wait to fill a batch, in milliseconds.",
+};
+pub const FAULT_PROCESS_DELAY_MS: Setting = Setting {
+    name: "FAULT_PROCESS_DELAY_MS",
+    default: Some("0"),
+    doc: "**Chaos only.** A delay per message, in milliseconds, before its batch is written: a slow consumer. \
+          Never set it in production.",
+};
 
 /// Every variable this service reads (beside the telemetry's own).
-pub const ENV_VARS: &[&str] = &[
-    "CONSUMER_HEALTH_ADDR",
-    "DATABASE_URL",
-    "DATABASE_MAX_CONNECTIONS",
-    "KAFKA_BROKERS",
-    "KAFKA_TOPIC",
-    "KAFKA_GROUP_ID",
-    "KAFKA_GROUP_INSTANCE_ID",
-    "CONSUMER_BATCH_SIZE",
-    "CONSUMER_BATCH_TIMEOUT_MS",
-    "FAULT_PROCESS_DELAY_MS",
-    callchain_runtime::lifecycle::SHUTDOWN_TIMEOUT_VAR,
+pub const SETTINGS: &[Setting] = &[
+    CONSUMER_HEALTH_ADDR,
+    DATABASE_URL,
+    DATABASE_MAX_CONNECTIONS,
+    KAFKA_BROKERS,
+    KAFKA_TOPIC,
+    KAFKA_GROUP_ID,
+    KAFKA_GROUP_INSTANCE_ID,
+    CONSUMER_BATCH_SIZE,
+    CONSUMER_BATCH_TIMEOUT_MS,
+    FAULT_PROCESS_DELAY_MS,
+    callchain_runtime::lifecycle::SHUTDOWN_TIMEOUT,
 ];
 
 /// The variables without which it does not start.
-pub const REQUIRED_ENV_VARS: &[&str] = &["DATABASE_URL"];
+pub const REQUIRED_ENV_VARS: &[&str] = &[DATABASE_URL.name];
 
+/// Each field's setting, with its default, is in [`SETTINGS`].
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `CONSUMER_HEALTH_ADDR`, default `0.0.0.0:8081`: `/healthz` and `/readyz`.
+    /// [`CONSUMER_HEALTH_ADDR`].
     pub health_addr: SocketAddr,
-    /// `DATABASE_URL`, required. A secret: it carries the password.
+    /// [`DATABASE_URL`]: a secret, it carries the password.
     pub database_url: SecretString,
-    /// `DATABASE_MAX_CONNECTIONS`, default 4.
+    /// [`DATABASE_MAX_CONNECTIONS`].
     pub max_connections: u32,
-    /// `KAFKA_BROKERS`, default `127.0.0.1:9092`.
+    /// [`KAFKA_BROKERS`].
     pub brokers: String,
-    /// `KAFKA_TOPIC`, default `user-events`: what it reads; dead letters go
-    /// to `<topic>.dlq`.
+    /// [`KAFKA_TOPIC`].
     pub topic: String,
-    /// `KAFKA_GROUP_ID`, default `user-events-writer`.
+    /// [`KAFKA_GROUP_ID`].
     pub group_id: String,
-    /// `KAFKA_GROUP_INSTANCE_ID`, unset by default: a stable name for this
-    /// member of the group (static membership). A consumer that restarts
-    /// under the same name, after a crash too, gets its partitions back at
-    /// once instead of after the dead member's session times out. Two
-    /// running consumers must never share one.
+    /// [`KAFKA_GROUP_INSTANCE_ID`]: static membership.
     pub group_instance_id: Option<String>,
-    /// `CONSUMER_BATCH_SIZE`, default 500: most messages per transaction.
+    /// [`CONSUMER_BATCH_SIZE`].
     pub batch_size: usize,
-    /// `CONSUMER_BATCH_TIMEOUT_MS`, default 20: longest wait to fill a batch.
+    /// [`CONSUMER_BATCH_TIMEOUT_MS`].
     pub batch_timeout: Duration,
-    /// `FAULT_PROCESS_DELAY_MS`, default 0: a delay injected per message
-    /// before its batch is written, for chaos runs (a slow consumer). Never
-    /// set it in production.
+    /// [`FAULT_PROCESS_DELAY_MS`]: for chaos runs only.
     pub process_delay: Duration,
 }
+
+const WHOLE: &str = "a whole number";
 
 impl Config {
     /// Defaults for tests: the given database, broker, topic and group; the
     /// health endpoint on a port-0 listener the test binds.
     pub fn for_tests(database_url: &str, brokers: &str, topic: &str, group_id: &str) -> Self {
+        let env = Env::from_pairs([
+            (DATABASE_URL.name, database_url),
+            (KAFKA_BROKERS.name, brokers),
+            (KAFKA_TOPIC.name, topic),
+            (KAFKA_GROUP_ID.name, group_id),
+        ]);
         Self {
             health_addr: "127.0.0.1:0".parse().expect("a valid address"),
-            database_url: database_url.into(),
-            max_connections: 4,
-            brokers: brokers.to_owned(),
-            topic: topic.to_owned(),
-            group_id: group_id.to_owned(),
-            group_instance_id: None,
-            batch_size: 500,
-            batch_timeout: Duration::from_millis(20),
-            process_delay: Duration::ZERO,
+            ..Self::from_env(&env).expect("the defaults and a database URL")
         }
     }
 
-    /// Reads the variables in [`ENV_VARS`] from `env`.
+    /// Reads the variables in [`SETTINGS`] from `env`.
     pub fn from_env(env: &Env) -> anyhow::Result<Self> {
-        let batch_size = env.parse_or("CONSUMER_BATCH_SIZE", "a whole number", 500usize)?;
+        let batch_size = env.setting(&CONSUMER_BATCH_SIZE, WHOLE)?;
         anyhow::ensure!(batch_size > 0, "CONSUMER_BATCH_SIZE must be at least 1");
         Ok(Self {
-            health_addr: env.parse_or(
-                "CONSUMER_HEALTH_ADDR",
-                "an address such as 0.0.0.0:8081",
-                ([0, 0, 0, 0], 8081).into(),
-            )?,
+            health_addr: env.setting(&CONSUMER_HEALTH_ADDR, "an address such as 0.0.0.0:8081")?,
             database_url: env
-                .secret("DATABASE_URL")
+                .secret(DATABASE_URL.name)
                 .context("DATABASE_URL is required, e.g. postgres://callchain:callchain@127.0.0.1:5432/callchain")?,
-            max_connections: env.parse_or("DATABASE_MAX_CONNECTIONS", "a whole number", 4)?,
-            brokers: env.var("KAFKA_BROKERS").unwrap_or_else(|| "127.0.0.1:9092".to_owned()),
-            topic: env
-                .var("KAFKA_TOPIC")
-                .unwrap_or_else(|| callchain_events::TOPIC.to_owned()),
-            group_id: env
-                .var("KAFKA_GROUP_ID")
-                .unwrap_or_else(|| "user-events-writer".to_owned()),
-            group_instance_id: env.var("KAFKA_GROUP_INSTANCE_ID"),
+            max_connections: env.setting(&DATABASE_MAX_CONNECTIONS, WHOLE)?,
+            brokers: env.setting(&KAFKA_BROKERS, "a list of brokers")?,
+            topic: env.setting(&KAFKA_TOPIC, "a topic name")?,
+            group_id: env.setting(&KAFKA_GROUP_ID, "a group name")?,
+            group_instance_id: env.var(KAFKA_GROUP_INSTANCE_ID.name),
             batch_size,
-            batch_timeout: Duration::from_millis(env.parse_or("CONSUMER_BATCH_TIMEOUT_MS", "a whole number", 20)?),
-            process_delay: Duration::from_millis(env.parse_or(
-                "FAULT_PROCESS_DELAY_MS",
-                "a whole number of milliseconds",
-                0,
-            )?),
+            batch_timeout: Duration::from_millis(env.setting(&CONSUMER_BATCH_TIMEOUT_MS, WHOLE)?),
+            process_delay: Duration::from_millis(
+                env.setting(&FAULT_PROCESS_DELAY_MS, "a whole number of milliseconds")?,
+            ),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_nothing_but_the_database_set_every_default_parses() {
+        let config = Config::from_env(&Env::from_pairs([(DATABASE_URL.name, "postgres://x@127.0.0.1/x")])).unwrap();
+        assert_eq!(config.topic, callchain_events::TOPIC);
+        assert_eq!(config.group_instance_id, None);
     }
 }

@@ -3,101 +3,149 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
-use callchain_runtime::env::{Env, SecretString};
+use callchain_runtime::env::{Env, SecretString, Setting};
 
 use crate::fault::Faults;
 
+pub const USER_LISTEN_ADDR: Setting = Setting {
+    name: "USER_LISTEN_ADDR",
+    default: Some("0.0.0.0:50051"),
+    doc: "Where the gRPC service listens (`user.v1.UserService`, health, reflection).",
+};
+pub const DATABASE_URL: Setting = Setting {
+    name: "DATABASE_URL",
+    default: None,
+    doc: "Required: the Postgres database of the users and the outbox. A secret (it carries the password), never \
+          printed.",
+};
+pub const DATABASE_MAX_CONNECTIONS: Setting = Setting {
+    name: "DATABASE_MAX_CONNECTIONS",
+    default: Some("10"),
+    doc: "The most connections the pool opens to Postgres.",
+};
+pub const ADMIN_EMAIL: Setting = Setting {
+    name: "ADMIN_EMAIL",
+    default: None,
+    doc: "With `ADMIN_PASSWORD`: an administrator created at start when no user has that email. Both or neither; \
+          unset, none is created.",
+};
+pub const ADMIN_PASSWORD: Setting = Setting {
+    name: "ADMIN_PASSWORD",
+    default: None,
+    doc: "The password of `ADMIN_EMAIL`'s administrator; a secret, never printed.",
+};
+pub const KAFKA_BROKERS: Setting = Setting {
+    name: "KAFKA_BROKERS",
+    default: Some("127.0.0.1:9092"),
+    doc: "Where the outbox relay publishes the events (comma-separated `host:port`).",
+};
+pub const KAFKA_TOPIC: Setting = Setting {
+    name: "KAFKA_TOPIC",
+    default: Some(callchain_events::TOPIC),
+    doc: "The topic of the events.",
+};
+pub const KAFKA_PUBLISH_TIMEOUT_MS: Setting = Setting {
+    name: "KAFKA_PUBLISH_TIMEOUT_MS",
+    default: Some("5000"),
+    doc: "How long the outbox relay waits for the broker to acknowledge a batch before it rolls the round back and \
+          retries (the events stay in the outbox), in milliseconds.",
+};
+pub const FAULT_LATENCY_MS: Setting = Setting {
+    name: "FAULT_LATENCY_MS",
+    default: Some("0"),
+    doc: "**Chaos only.** A delay, in milliseconds, before every `UserService` call (health checks are spared), \
+          inside its server span. Never set it in production.",
+};
+pub const FAULT_ERROR_RATE: Setting = Setting {
+    name: "FAULT_ERROR_RATE",
+    default: Some("0"),
+    doc: "**Chaos only.** The fraction, 0 to 1, of `UserService` calls answered `UNAVAILABLE`, evenly spread. Never \
+          set it in production.",
+};
+
 /// Every variable this service reads (beside the telemetry's own).
-pub const ENV_VARS: &[&str] = &[
-    "USER_LISTEN_ADDR",
-    "DATABASE_URL",
-    "DATABASE_MAX_CONNECTIONS",
-    "ADMIN_EMAIL",
-    "ADMIN_PASSWORD",
-    "KAFKA_BROKERS",
-    "KAFKA_TOPIC",
-    "KAFKA_PUBLISH_TIMEOUT_MS",
-    "FAULT_LATENCY_MS",
-    "FAULT_ERROR_RATE",
-    callchain_runtime::lifecycle::SHUTDOWN_TIMEOUT_VAR,
+pub const SETTINGS: &[Setting] = &[
+    USER_LISTEN_ADDR,
+    DATABASE_URL,
+    DATABASE_MAX_CONNECTIONS,
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    KAFKA_BROKERS,
+    KAFKA_TOPIC,
+    KAFKA_PUBLISH_TIMEOUT_MS,
+    FAULT_LATENCY_MS,
+    FAULT_ERROR_RATE,
+    callchain_runtime::lifecycle::SHUTDOWN_TIMEOUT,
 ];
 
 /// The variables without which it does not start.
-pub const REQUIRED_ENV_VARS: &[&str] = &["DATABASE_URL"];
+pub const REQUIRED_ENV_VARS: &[&str] = &[DATABASE_URL.name];
 
+/// Each field's setting, with its default, is in [`SETTINGS`].
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `USER_LISTEN_ADDR`, default `0.0.0.0:50051`.
+    /// [`USER_LISTEN_ADDR`].
     pub listen_addr: SocketAddr,
-    /// `DATABASE_URL`, required. A secret: it carries the password.
+    /// [`DATABASE_URL`]: a secret, it carries the password.
     pub database_url: SecretString,
-    /// `DATABASE_MAX_CONNECTIONS`, default 10.
+    /// [`DATABASE_MAX_CONNECTIONS`].
     pub max_connections: u32,
-    /// `ADMIN_EMAIL` and `ADMIN_PASSWORD`: an administrator created at start
-    /// when no user has that email. Both or neither. The password is a secret.
+    /// [`ADMIN_EMAIL`] and [`ADMIN_PASSWORD`] (a secret).
     pub admin: Option<(String, SecretString)>,
-    /// `KAFKA_BROKERS`, default `127.0.0.1:9092`: where the outbox relay
-    /// publishes the events.
+    /// [`KAFKA_BROKERS`].
     pub kafka_brokers: String,
-    /// `KAFKA_TOPIC`, default `user-events`.
+    /// [`KAFKA_TOPIC`].
     pub kafka_topic: String,
-    /// `KAFKA_PUBLISH_TIMEOUT_MS`, default 5000: how long the relay waits for
-    /// the broker to acknowledge a batch before it rolls back and retries.
+    /// [`KAFKA_PUBLISH_TIMEOUT_MS`].
     pub publish_timeout: Duration,
-    /// `FAULT_LATENCY_MS` (default 0) and `FAULT_ERROR_RATE` (0 to 1,
-    /// default 0): faults injected into every `UserService` call, for chaos
-    /// runs. Never set them in production.
+    /// [`FAULT_LATENCY_MS`] and [`FAULT_ERROR_RATE`]: faults injected into
+    /// every `UserService` call, for chaos runs.
     pub faults: Faults,
 }
 
+const WHOLE: &str = "a whole number";
+
 impl Config {
     /// Defaults for tests: the given database, administrator, broker and
-    /// topic, on a port-0 listener the test binds.
+    /// topic, on a port-0 listener the test binds; a smaller pool and a
+    /// shorter publish timeout than a deployment's.
     pub fn for_tests(
         database_url: &str,
         admin: Option<(String, String)>,
         kafka_brokers: &str,
         kafka_topic: &str,
     ) -> Self {
+        let env = Env::from_pairs([
+            (DATABASE_URL.name, database_url),
+            (KAFKA_BROKERS.name, kafka_brokers),
+            (KAFKA_TOPIC.name, kafka_topic),
+        ]);
         Self {
             listen_addr: "127.0.0.1:0".parse().expect("a valid address"),
-            database_url: database_url.into(),
             max_connections: 5,
             admin: admin.map(|(email, password)| (email, password.into())),
-            kafka_brokers: kafka_brokers.to_owned(),
-            kafka_topic: kafka_topic.to_owned(),
             publish_timeout: Duration::from_secs(3),
-            faults: Faults::default(),
+            ..Self::from_env(&env).expect("the defaults and a database URL")
         }
     }
 
-    /// Reads the variables in [`ENV_VARS`] from `env`.
+    /// Reads the variables in [`SETTINGS`] from `env`.
     pub fn from_env(env: &Env) -> anyhow::Result<Self> {
-        let admin = match (env.var("ADMIN_EMAIL"), env.secret("ADMIN_PASSWORD")) {
+        let admin = match (env.var(ADMIN_EMAIL.name), env.secret(ADMIN_PASSWORD.name)) {
             (Some(email), Some(password)) => Some((email, password)),
             (None, None) => None,
             _ => anyhow::bail!("set both ADMIN_EMAIL and ADMIN_PASSWORD, or neither"),
         };
         Ok(Self {
-            listen_addr: env.parse_or(
-                "USER_LISTEN_ADDR",
-                "an address such as 0.0.0.0:50051",
-                ([0, 0, 0, 0], 50051).into(),
-            )?,
+            listen_addr: env.setting(&USER_LISTEN_ADDR, "an address such as 0.0.0.0:50051")?,
             database_url: env
-                .secret("DATABASE_URL")
+                .secret(DATABASE_URL.name)
                 .context("DATABASE_URL is required, e.g. postgres://callchain:callchain@127.0.0.1:5432/callchain")?,
-            max_connections: env.parse_or("DATABASE_MAX_CONNECTIONS", "a whole number", 10)?,
+            max_connections: env.setting(&DATABASE_MAX_CONNECTIONS, WHOLE)?,
             admin,
-            kafka_brokers: env.var("KAFKA_BROKERS").unwrap_or_else(|| "127.0.0.1:9092".to_owned()),
-            kafka_topic: env
-                .var("KAFKA_TOPIC")
-                .unwrap_or_else(|| callchain_events::TOPIC.to_owned()),
-            publish_timeout: Duration::from_millis(env.parse_or(
-                "KAFKA_PUBLISH_TIMEOUT_MS",
-                "a whole number",
-                5_000,
-            )?),
+            kafka_brokers: env.setting(&KAFKA_BROKERS, "a list of brokers")?,
+            kafka_topic: env.setting(&KAFKA_TOPIC, "a topic name")?,
+            publish_timeout: Duration::from_millis(env.setting(&KAFKA_PUBLISH_TIMEOUT_MS, WHOLE)?),
             faults: faults(env)?,
         })
     }
@@ -105,13 +153,13 @@ impl Config {
 
 /// The injected faults: none unless set.
 fn faults(env: &Env) -> anyhow::Result<Faults> {
-    let error_rate: f64 = env.parse_or("FAULT_ERROR_RATE", "a fraction from 0 to 1", 0.0)?;
+    let error_rate: f64 = env.setting(&FAULT_ERROR_RATE, "a fraction from 0 to 1")?;
     anyhow::ensure!(
         (0.0..=1.0).contains(&error_rate),
         "FAULT_ERROR_RATE must be a fraction from 0 to 1, not {error_rate}"
     );
     Ok(Faults {
-        latency: Duration::from_millis(env.parse_or("FAULT_LATENCY_MS", "a whole number of milliseconds", 0)?),
+        latency: Duration::from_millis(env.setting(&FAULT_LATENCY_MS, "a whole number of milliseconds")?),
         error_rate,
     })
 }

@@ -5,10 +5,35 @@
 //! takes the process's variables once ([`Env::from_process`]) and passes
 //! them on; tests give their own ([`Env::from_pairs`]) and never change the
 //! process environment, which other threads may be reading.
+//!
+//! Each service lists what it reads as [`Setting`]s, each with its default
+//! and meaning: the one place a default is written. The parser takes the
+//! default from there ([`Env::setting`]), `docker-compose.yml` and
+//! `docs/configuration.md` are checked against the lists.
 
 use std::{collections::HashMap, fmt, str::FromStr};
 
 pub use secrecy::{ExposeSecret, SecretString};
+
+/// One environment variable a service reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setting {
+    /// The variable's name.
+    pub name: &'static str,
+    /// The value that applies when the variable is unset or blank, written
+    /// as the variable would be (`"3600"`), and parsed as if it had been
+    /// set. `None` when unset means something [`Setting::doc`] says: the
+    /// setting is required, or optional, or its default is someone else's
+    /// (the OpenTelemetry SDK's).
+    pub default: Option<&'static str>,
+    /// What it means, in Markdown, as `docs/configuration.md` shows it.
+    pub doc: &'static str,
+}
+
+/// The names of `settings`, in their order.
+pub fn names(settings: &[Setting]) -> Vec<&'static str> {
+    settings.iter().map(|setting| setting.name).collect()
+}
 
 /// A set of environment variables to read settings from.
 #[derive(Clone, Default)]
@@ -53,6 +78,32 @@ impl Env {
     /// passwords and URLs that carry a password.
     pub fn secret(&self, name: &str) -> Option<SecretString> {
         self.var(name).map(SecretString::from)
+    }
+
+    /// `setting` parsed as `T` (described as `expected` in the error), or
+    /// its default, parsed the same way, when it is unset or blank.
+    ///
+    /// # Panics
+    ///
+    /// When `setting` has no default, or one that does not parse as `T`: a
+    /// mistake in the service's list of settings, which its tests meet
+    /// first (every service's tests read a configuration with nothing set).
+    pub fn setting<T: FromStr>(&self, setting: &Setting, expected: &'static str) -> Result<T, InvalidVar> {
+        let default = || {
+            let text = setting
+                .default
+                .unwrap_or_else(|| panic!("{} has no default", setting.name));
+            text.parse()
+                .unwrap_or_else(|_| panic!("the default of {}, {text:?}, is not {expected}", setting.name))
+        };
+        match self.var(setting.name) {
+            None => Ok(default()),
+            Some(value) => value.trim().parse().map_err(|_| InvalidVar {
+                name: setting.name.to_owned(),
+                expected,
+                value,
+            }),
+        }
     }
 
     /// `name` parsed as `T` (described as `expected` in the error), or
@@ -113,6 +164,28 @@ mod tests {
         let env = Env::from_pairs([("NUMBER", "12x")]);
         let error = env.parse_or::<u32>("NUMBER", "a whole number", 7).unwrap_err();
         assert_eq!(error.to_string(), r#"NUMBER must be a whole number, not "12x""#);
+    }
+
+    const TIMEOUT: Setting = Setting {
+        name: "TIMEOUT_MS",
+        default: Some("250"),
+        doc: "How long to wait.",
+    };
+
+    #[test]
+    fn a_setting_parses_its_value_or_else_its_default() {
+        assert_eq!(Env::default().setting::<u64>(&TIMEOUT, "a whole number").unwrap(), 250);
+        let env = Env::from_pairs([("TIMEOUT_MS", " 40 ")]);
+        assert_eq!(env.setting::<u64>(&TIMEOUT, "a whole number").unwrap(), 40);
+        let env = Env::from_pairs([("TIMEOUT_MS", "soon")]);
+        let error = env.setting::<u64>(&TIMEOUT, "a whole number").unwrap_err();
+        assert_eq!(error.to_string(), r#"TIMEOUT_MS must be a whole number, not "soon""#);
+    }
+
+    #[test]
+    #[should_panic(expected = "the default of TIMEOUT_MS, \"250\", is not a letter")]
+    fn a_default_that_does_not_parse_is_a_mistake_in_the_list() {
+        let _ = Env::default().setting::<char>(&TIMEOUT, "a letter");
     }
 
     #[test]

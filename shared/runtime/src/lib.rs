@@ -3,7 +3,8 @@
 //!
 //! - [`env`]: settings from environment variables, read the same way by
 //!   every binary: `main` reads the process's once into an [`env::Env`],
-//!   tests build one from pairs.
+//!   tests build one from pairs; each service lists what it reads as
+//!   [`env::Setting`]s, the one place each default is written.
 //! - [`lifecycle`]: the shutdown signal every binary waits for, and the
 //!   probe behind every `--healthcheck`.
 //! - [`Allocator`]: the global allocator every binary installs, and

@@ -2,23 +2,23 @@
 
 use std::{future::Future, time::Duration};
 
-use crate::env::{Env, InvalidVar};
+use crate::env::{Env, InvalidVar, Setting};
 
-/// The variable that bounds a graceful shutdown, read by every service.
-pub const SHUTDOWN_TIMEOUT_VAR: &str = "SHUTDOWN_TIMEOUT_SECONDS";
+/// The setting that bounds a graceful shutdown, read by every service. Its
+/// default is Docker's own grace period before it sends SIGKILL.
+pub const SHUTDOWN_TIMEOUT: Setting = Setting {
+    name: "SHUTDOWN_TIMEOUT_SECONDS",
+    default: Some("10"),
+    doc: "After SIGTERM (or Ctrl-C) a service drains for at most this long, in whole seconds (at least 1), \
+          then exits anyway with status 1 (logged).",
+};
 
-/// How long a service may drain after SIGTERM when `SHUTDOWN_TIMEOUT_SECONDS`
-/// is unset: Docker's own grace period before it sends SIGKILL is 10 s too.
-pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The name of [`SHUTDOWN_TIMEOUT`].
+pub const SHUTDOWN_TIMEOUT_VAR: &str = SHUTDOWN_TIMEOUT.name;
 
-/// `SHUTDOWN_TIMEOUT_SECONDS` (whole seconds, at least 1), or
-/// [`DEFAULT_SHUTDOWN_TIMEOUT`].
+/// [`SHUTDOWN_TIMEOUT`]: whole seconds, at least 1.
 pub fn shutdown_timeout(env: &Env) -> Result<Duration, InvalidVar> {
-    let seconds = env.parse_or(
-        SHUTDOWN_TIMEOUT_VAR,
-        "a whole number of seconds, at least 1",
-        DEFAULT_SHUTDOWN_TIMEOUT.as_secs(),
-    )?;
+    let seconds: u64 = env.setting(&SHUTDOWN_TIMEOUT, "a whole number of seconds, at least 1")?;
     if seconds == 0 {
         return Err(InvalidVar {
             name: SHUTDOWN_TIMEOUT_VAR.to_owned(),

@@ -3,7 +3,8 @@
 //!
 //! - [`init`] (binaries) and [`build`] (tests, which run several services in one
 //!   process) set up JSON logs on stdout and OTLP span export; the returned
-//!   [`TelemetryGuard`] flushes spans when dropped.
+//!   [`TelemetryGuard`] flushes spans when dropped. [`SETTINGS`]: the
+//!   variables they read, each with its default and meaning.
 //! - [`logs`]: the JSON line format: `timestamp`, `level`, `target`, `message`,
 //!   `service`, and inside a span its `trace_id` and `span_id`.
 //! - [`propagation`]: W3C TraceContext + Baggage in and out of HTTP headers and
@@ -49,7 +50,7 @@ mod test_support;
 
 use std::sync::{Arc, Once};
 
-use callchain_runtime::env::Env;
+use callchain_runtime::env::{Env, Setting};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{
     Resource,
@@ -58,24 +59,84 @@ use opentelemetry_sdk::{
 use tracing::Dispatch;
 use tracing_subscriber::{EnvFilter, fmt::MakeWriter, layer::SubscriberExt as _};
 
-/// Environment variables the telemetry reads, beside those the OpenTelemetry
-/// SDK reads itself (`OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`, ...).
-pub const ENV_VARS: &[&str] = &[
-    "RUST_LOG",
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_SERVICE_NAME",
-    "OTEL_TRACES_SAMPLER",
-    "OTEL_TRACES_SAMPLER_ARG",
-    "OTEL_RESOURCE_ATTRIBUTES",
-    "OTEL_BSP_MAX_QUEUE_SIZE",
-    "OTEL_BSP_SCHEDULE_DELAY",
-    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
-    "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+/// `RUST_LOG`: which log lines are written.
+pub const RUST_LOG: Setting = Setting {
+    name: "RUST_LOG",
+    default: Some("info"),
+    doc: "Which log lines are written, as an `EnvFilter` directive; `info,callchain::span=off` leaves the span records out.",
+};
+
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`: where spans go.
+pub const OTEL_EXPORTER_OTLP_ENDPOINT: Setting = Setting {
+    name: "OTEL_EXPORTER_OTLP_ENDPOINT",
+    default: None,
+    doc: "Where spans are exported, over OTLP/gRPC (`http://localhost:4317`); unset, none is exported and the logs \
+          are still written.",
+};
+
+/// `OTEL_SERVICE_NAME`: the service's name in spans and logs.
+pub const OTEL_SERVICE_NAME: Setting = Setting {
+    name: "OTEL_SERVICE_NAME",
+    default: None,
+    doc: "`service.name` on every span and `service` on every log line; unset, the service's own name (`api`, \
+          `user`, `consumer`).",
+};
+
+/// The variables the OpenTelemetry SDK reads itself, from the process.
+const SDK_OWN: &str = "Read by the OpenTelemetry SDK itself; unset, the SDK's default.";
+
+/// Every variable the telemetry of a service reads, beside the service's
+/// own; those after the first three the OpenTelemetry SDK reads itself.
+pub const SETTINGS: &[Setting] = &[
+    RUST_LOG,
+    OTEL_EXPORTER_OTLP_ENDPOINT,
+    OTEL_SERVICE_NAME,
+    Setting {
+        name: "OTEL_TRACES_SAMPLER",
+        default: None,
+        doc: SDK_OWN,
+    },
+    Setting {
+        name: "OTEL_TRACES_SAMPLER_ARG",
+        default: None,
+        doc: SDK_OWN,
+    },
+    Setting {
+        name: "OTEL_RESOURCE_ATTRIBUTES",
+        default: None,
+        doc: SDK_OWN,
+    },
+    Setting {
+        name: "OTEL_BSP_MAX_QUEUE_SIZE",
+        default: None,
+        doc: "The most finished spans waiting for export; past it a span is dropped (and counted), never waited \
+              for. Read by the OpenTelemetry SDK itself; unset, the SDK's default.",
+    },
+    Setting {
+        name: "OTEL_BSP_SCHEDULE_DELAY",
+        default: None,
+        doc: SDK_OWN,
+    },
+    Setting {
+        name: "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+        default: None,
+        doc: SDK_OWN,
+    },
+    OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT,
 ];
 
 /// The longest a string attribute value may be, in characters, unless
-/// `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT` says otherwise.
+/// `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT` says otherwise: the number the
+/// setting's default names (a test holds the two together).
 pub const DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT: usize = 1024;
+
+/// `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`: the standard cap on attribute values.
+pub const OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT: Setting = Setting {
+    name: "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+    default: Some("1024"),
+    doc: "The most characters a string attribute value keeps, in the exported span and its log record alike; a \
+          longer one (a 64 KB `url.path`) is cut, so one span cannot push an export batch past what the collector takes.",
+};
 
 /// Where finished spans go, beside the span records in the logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,30 +174,26 @@ pub struct TelemetryConfig {
 }
 
 impl TelemetryConfig {
-    /// Reads `OTEL_SERVICE_NAME` (default `service`), `OTEL_EXPORTER_OTLP_ENDPOINT`,
-    /// `RUST_LOG` (default `info`) and `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`
-    /// (default [`DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT`]) from `env`.
+    /// Reads [`OTEL_SERVICE_NAME`] (unset, `service`),
+    /// [`OTEL_EXPORTER_OTLP_ENDPOINT`], [`RUST_LOG`] and
+    /// [`OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`] from `env`.
     pub fn from_env(env: &Env, service: &str) -> Result<Self, TelemetryError> {
         Ok(Self {
-            service_name: env.var("OTEL_SERVICE_NAME").unwrap_or_else(|| service.to_owned()),
-            export: env.var("OTEL_EXPORTER_OTLP_ENDPOINT").into(),
-            log_filter: env.var("RUST_LOG").unwrap_or_else(|| "info".to_owned()),
-            attribute_value_length_limit: env.parse_or(
-                "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
-                "a whole number",
-                DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT,
-            )?,
+            service_name: env.var(OTEL_SERVICE_NAME.name).unwrap_or_else(|| service.to_owned()),
+            export: env.var(OTEL_EXPORTER_OTLP_ENDPOINT.name).into(),
+            log_filter: env
+                .setting(&RUST_LOG, "a log filter")
+                .expect("any text parses as a String"),
+            attribute_value_length_limit: env.setting(&OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT, "a whole number")?,
         })
     }
 
     /// A config for `service` that exports as `export` says (an OTLP
-    /// endpoint, or `None` for nothing) and logs at `info`.
+    /// endpoint, or `None` for nothing) and logs as [`RUST_LOG`]'s default.
     pub fn new(service: &str, export: impl Into<Export>) -> Self {
         Self {
-            service_name: service.to_owned(),
             export: export.into(),
-            log_filter: "info".to_owned(),
-            attribute_value_length_limit: DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT,
+            ..Self::from_env(&Env::default(), service).expect("the settings' defaults parse")
         }
     }
 }
@@ -297,6 +354,11 @@ mod tests {
 
         let unset = TelemetryConfig::from_env(&Env::default(), "api").unwrap();
         assert_eq!(unset.attribute_value_length_limit, DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT);
+        assert_eq!(
+            OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT.default,
+            Some(DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT.to_string().as_str()),
+            "the setting's default and the constant name one number"
+        );
 
         let bad = Env::from_pairs([("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "lots")]);
         let error = TelemetryConfig::from_env(&bad, "api").unwrap_err();

@@ -1,4 +1,4 @@
-//! `make bench`: the figures of DESIGN.md, measured on real parts (Apache
+//! `make bench`: the figures of docs/performance.md, measured on real parts (Apache
 //! Kafka, Postgres, the in-process OTLP receiver) with the load generator in
 //! the same process. It prints figures; it asserts no time.
 //!
@@ -28,15 +28,20 @@
 //! only those; BENCH_INTEGRITY_LOGS=<folder> keeps the integrity run's logs
 //! there, for `tracechain --check-all <folder>` (an
 //! absolute path: cargo runs a bench in its package's folder).
+//! BENCH_MARKDOWN=<file> (absolute too) also writes the protocols' tables
+//! there as docs/performance.md shows them, each headed, dated and naming
+//! the machine, to be pasted rather than retyped.
 
 use std::{
     collections::{BTreeMap, HashMap},
+    io::Write as _,
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
 use callchain_e2e::{
-    cpu::{CpuTimes, process_cpu},
+    cpu::{self, CpuTimes, process_cpu},
     load::{self, Http1, Outcome, Pace, percentile},
     stack::{Stack, spawn_consumer},
 };
@@ -125,7 +130,8 @@ fn main() -> anyhow::Result<()> {
             write_lag(setting("BENCH_WRITE_RATE", 500), setting("BENCH_WRITE_SECONDS", 10)).await?;
         }
         if runs("protocols") {
-            protocols(setting("BENCH_READ_SECONDS", 10)).await?;
+            let markdown = Markdown::from_env()?;
+            protocols(setting("BENCH_READ_SECONDS", 10), markdown.as_ref()).await?;
         }
         if runs("integrity") {
             integrity(
@@ -436,8 +442,9 @@ const CONNECTIONS: usize = 32;
 const PACED_RATE: u32 = 2_000;
 
 /// One user read through each protocol, flat out and then paced; then REST
-/// again with its spans recorded but not exported. A Markdown table of each.
-async fn protocols(seconds: u64) -> anyhow::Result<()> {
+/// again with its spans recorded but not exported. A Markdown table of each,
+/// printed, and written to `markdown` when it is given.
+async fn protocols(seconds: u64, markdown: Option<&Markdown>) -> anyhow::Result<()> {
     let duration = Duration::from_secs(seconds);
     println!(
         "== protocols: one user read through each protocol, {CONNECTIONS} connections, {seconds} s each \
@@ -449,6 +456,16 @@ async fn protocols(seconds: u64) -> anyhow::Result<()> {
     let reader = Reader::new(&exported, Some(&counter)).await?;
     let flat = reader.rounds(duration, Pace::Flat).await?;
     let rest_exported = flat.runs[0].1.clone();
+    if let Some(markdown) = markdown {
+        markdown.section(
+            "The three protocols, flat out",
+            &format!(
+                "the better of each protocol's two runs, from {CONNECTIONS} connections flat out, every request \
+                 sampled and exported"
+            ),
+            &flat.best,
+        )?;
+    }
     println!(
         "\n   JSON-RPC requests/s / REST requests/s = {:.2}\n",
         flat.best[1].1.outcome.rate() / flat.best[0].1.outcome.rate()
@@ -456,6 +473,13 @@ async fn protocols(seconds: u64) -> anyhow::Result<()> {
 
     println!("== the same reads paced at {PACED_RATE} requests/s: latency below saturation");
     let paced = reader.rounds(duration, Pace::Rate(PACED_RATE)).await?;
+    if let Some(markdown) = markdown {
+        markdown.section(
+            "The three protocols, paced",
+            &format!("the better of each protocol's two runs, paced at {PACED_RATE} requests/s"),
+            &paced.best,
+        )?;
+    }
     let p50 = |rows: &[(&str, Measured)], n: usize| rows[n].1.outcome.percentile(50.0);
     println!(
         "\n   REST p50 / gRPC p50 = {:.2} flat out, {:.2} paced\n",
@@ -488,6 +512,14 @@ async fn protocols(seconds: u64) -> anyhow::Result<()> {
     }
     println!();
     print_table(&runs);
+    if let Some(markdown) = markdown {
+        markdown.section(
+            "The price of export",
+            "REST flat out, every span exported and every span recorded with none exported, the two modes taking \
+             turns",
+            &runs,
+        )?;
+    }
     let best = |name: &str| {
         let rates: Vec<f64> = runs
             .iter()
@@ -540,15 +572,20 @@ struct Measured {
 
 /// Prints rows as a Markdown table.
 fn print_table(rows: &[(&str, Measured)]) {
-    println!(
-        "| read | requests/s | p50 ms | p99 ms | failed | CPU µs per request: api + user | Postgres | span export + receiver | load generator |"
+    print!("{}", table(rows));
+}
+
+/// Rows as a Markdown table, one line each.
+fn table(rows: &[(&str, Measured)]) -> String {
+    let mut text = String::from(
+        "| read | requests/s | p50 ms | p99 ms | failed | CPU µs per request: api + user | Postgres | span export + receiver | load generator |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (name, m) in rows {
         let n = m.outcome.latencies_ms.len().max(1) as f64;
         let per = |d: Duration| d.as_secs_f64() * 1e6 / n;
-        println!(
-            "| {name} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+        text += &format!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
             m.outcome.rate(),
             m.outcome.percentile(50.0),
             m.outcome.percentile(99.0),
@@ -558,6 +595,40 @@ fn print_table(rows: &[(&str, Measured)]) {
             per(m.cpu.of("span export") + m.cpu.of("receiver")),
             per(m.cpu.of("load generator")),
         );
+    }
+    text
+}
+
+/// `BENCH_MARKDOWN`: the file the tables are also written to, as
+/// docs/performance.md shows them.
+struct Markdown {
+    path: PathBuf,
+    /// When and where the figures were measured, as the docs say it.
+    measured: String,
+}
+
+impl Markdown {
+    /// The file `BENCH_MARKDOWN` names, emptied; `None` when it is unset.
+    fn from_env() -> anyhow::Result<Option<Self>> {
+        let Some(path) = std::env::var_os("BENCH_MARKDOWN").map(PathBuf::from) else {
+            return Ok(None);
+        };
+        std::fs::File::create(&path)
+            .map_err(|error| anyhow::anyhow!("BENCH_MARKDOWN: cannot write {}: {error}", path.display()))?;
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let measured = format!(
+            "Measured {}, on a {}",
+            chrono::Utc::now().format("%Y-%m-%d"),
+            cpu::machine(&cpuinfo, std::thread::available_parallelism()?.get())
+        );
+        Ok(Some(Self { path, measured }))
+    }
+
+    /// Appends a headed, dated table of `rows`; `what` says what they are.
+    fn section(&self, title: &str, what: &str, rows: &[(&str, Measured)]) -> anyhow::Result<()> {
+        let mut file = std::fs::OpenOptions::new().append(true).open(&self.path)?;
+        write!(file, "## {title}\n\n{}: {what}.\n\n{}\n", self.measured, table(rows))?;
+        Ok(())
     }
 }
 

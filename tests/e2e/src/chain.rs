@@ -1,10 +1,10 @@
-//! The call chain every registration must leave, as DESIGN.md draws it,
+//! The call chain every registration must leave, as ARCHITECTURE.md draws it,
 //! checked on spans from any source: the in-test OTLP receiver, or Jaeger's
 //! query API (`make test` and `make e2e-up` alike).
 
 use callchain_testkit::spans::{SpanKind, SpanRecord, Trace};
 
-/// The spans of the request chain of DESIGN.md, for `POST /v1/users` with
+/// The spans of the request chain of ARCHITECTURE.md, for `POST /v1/users` with
 /// events on `topic` (`user-events` in a real stack). The event goes through
 /// the user service's outbox, so `send` sits one hop down, under the user
 /// service's server span: the relay continues the context the outbox row kept.
@@ -30,7 +30,7 @@ pub fn has_registration_chain(spans: &[SpanRecord], topic: &str) -> bool {
     })
 }
 
-/// Checks the whole trace of one `POST /v1/users`, as DESIGN.md draws it:
+/// Checks the whole trace of one `POST /v1/users`, as ARCHITECTURE.md draws it:
 /// eight spans across `api`, `user` and `consumer` under one trace id, with
 /// the right parents, kinds and attributes. Used both on spans from the
 /// in-test OTLP receiver and on spans read back from Jaeger.

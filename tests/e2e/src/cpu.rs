@@ -6,6 +6,9 @@
 //! `consumer`); the OpenTelemetry batch span processors on threads named
 //! `OpenTelemetry.*`; the OTLP receiver on `otlp-receiver`; librdkafka on
 //! `rdk:*`. The rest (the benchmark's own runtime) is the load generator.
+//!
+//! [`machine`] names the machine the figures were measured on, as the docs
+//! date and place every table.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -103,6 +106,25 @@ pub fn process_cpu(pids: &[u32]) -> Duration {
         .sum()
 }
 
+/// The machine, as the docs name it, from the text of `/proc/cpuinfo` and
+/// the number of cores: its cores, architecture, whether it is a virtual
+/// machine (the `hypervisor` CPU flag), and its CPU's model.
+pub fn machine(cpuinfo: &str, cores: usize) -> String {
+    let field = |name: &str| {
+        cpuinfo
+            .lines()
+            .filter_map(|line| line.split_once(':'))
+            .find(|(key, _)| key.trim() == name)
+            .map(|(_, value)| value.trim())
+    };
+    let virtual_machine = field("flags").is_some_and(|flags| flags.split_whitespace().any(|flag| flag == "hypervisor"));
+    let kind = if virtual_machine { "VM" } else { "machine" };
+    let model = field("model name")
+        .map(|model| format!(" ({model})"))
+        .unwrap_or_default();
+    format!("{cores}-core {} {kind}{model}", std::env::consts::ARCH)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +154,16 @@ mod tests {
         std::hint::black_box(x);
         let spent = CpuTimes::now().expect("/proc/self/task").since(&before);
         assert!(spent.of("load generator") >= Duration::from_millis(200), "{spent:?}");
+    }
+
+    #[test]
+    fn a_machine_is_named_by_its_cores_architecture_model_and_whether_it_is_virtual() {
+        let cpuinfo = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu vme hypervisor lahf_lm\n\n\
+                       processor\t: 1\nmodel name\t: AMD EPYC 7B13\n";
+        let arch = std::env::consts::ARCH;
+        assert_eq!(machine(cpuinfo, 2), format!("2-core {arch} VM (AMD EPYC 7B13)"));
+        let bare = cpuinfo.replace(" hypervisor", "");
+        assert_eq!(machine(&bare, 16), format!("16-core {arch} machine (AMD EPYC 7B13)"));
+        assert_eq!(machine("", 4), format!("4-core {arch} machine"));
     }
 }

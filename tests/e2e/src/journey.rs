@@ -1,6 +1,6 @@
 //! One user's journey through a running system, judged by its trace in
 //! Jaeger: register, log in, read yourself; then the registration's whole
-//! call chain, read back from Jaeger's query API, must be DESIGN.md's eight
+//! call chain, read back from Jaeger's query API, must be ARCHITECTURE.md's eight
 //! spans. `make e2e-up` runs it against `make up`'s stack, and `make test`
 //! against the services exporting through the collector into Jaeger, so both
 //! Jaegers are judged the same way.

@@ -1,7 +1,7 @@
 //! Helpers shared by the end-to-end suites.
 //!
 //! - [`stack`]: the three services wired together on real parts, for one test.
-//! - [`chain`]: the call chain every registration must leave (DESIGN.md).
+//! - [`chain`]: the call chain every registration must leave (ARCHITECTURE.md).
 //! - [`compose`]: checks of `docker-compose.yml` and the configs it mounts
 //!   that need no Docker engine.
 //! - [`helm`]: the Helm chart under `deploy/helm` rendered with the real

@@ -11,18 +11,18 @@ use callchain_e2e::compose::{
     STACK_REQUIRED_ENV_VARS, VersionedFiles, check_collector_config, check_env, check_jaeger_config, check_structure,
     check_versions, read_workspace_file, workspace_root,
 };
+use callchain_runtime::env::{Setting, names};
 use serde_yaml_ng::Value;
 
 fn compose_file() -> String {
     read_workspace_file("docker-compose.yml").unwrap()
 }
 
-/// What a service reads: its own variables and the telemetry's.
-fn reads(service_vars: &[&'static str]) -> Vec<&'static str> {
-    service_vars
-        .iter()
-        .chain(callchain_telemetry::ENV_VARS)
-        .copied()
+/// What a service reads: its own settings and the telemetry's.
+fn reads(service_settings: &[Setting]) -> Vec<&'static str> {
+    names(service_settings)
+        .into_iter()
+        .chain(names(callchain_telemetry::SETTINGS))
         .collect()
 }
 
@@ -40,7 +40,7 @@ fn api_problems(yaml: &str) -> Vec<String> {
     check_env(
         yaml,
         "api",
-        &reads(callchain_api::config::ENV_VARS),
+        &reads(callchain_api::config::SETTINGS),
         &requires(callchain_api::config::REQUIRED_ENV_VARS),
     )
 }
@@ -49,7 +49,7 @@ fn user_problems(yaml: &str) -> Vec<String> {
     check_env(
         yaml,
         "user",
-        &reads(callchain_user::config::ENV_VARS),
+        &reads(callchain_user::config::SETTINGS),
         &requires(callchain_user::config::REQUIRED_ENV_VARS),
     )
 }
@@ -58,7 +58,7 @@ fn consumer_problems(yaml: &str) -> Vec<String> {
     check_env(
         yaml,
         "consumer",
-        &reads(callchain_consumer::config::ENV_VARS),
+        &reads(callchain_consumer::config::SETTINGS),
         &requires(callchain_consumer::config::REQUIRED_ENV_VARS),
     )
 }

@@ -11,6 +11,7 @@ use callchain_e2e::helm::{
     CHART, base64_decode, check_collector_config, check_containers, check_env, check_grace, check_secrets_stay_secret,
     check_user_service_headless, documents, render, run_helm, validate_strict,
 };
+use callchain_runtime::env::{Setting, names};
 
 /// The Kubernetes version the chart is validated against.
 const KUBERNETES_VERSION: &str = "1.37.0";
@@ -27,25 +28,28 @@ const VALUE_SETS: &[&[&str]] = &[
 
 const SERVICES: &[&str] = &["api", "user", "consumer"];
 
-fn with_telemetry(vars: &[&'static str]) -> Vec<&'static str> {
-    vars.iter().chain(callchain_telemetry::ENV_VARS).copied().collect()
+fn with_telemetry(settings: &[Setting]) -> Vec<&'static str> {
+    names(settings)
+        .into_iter()
+        .chain(names(callchain_telemetry::SETTINGS))
+        .collect()
 }
 
 fn reads() -> Vec<(&'static str, Vec<&'static str>, Vec<&'static str>)> {
     vec![
         (
             "api",
-            with_telemetry(callchain_api::config::ENV_VARS),
+            with_telemetry(callchain_api::config::SETTINGS),
             callchain_api::config::REQUIRED_ENV_VARS.to_vec(),
         ),
         (
             "user",
-            with_telemetry(callchain_user::config::ENV_VARS),
+            with_telemetry(callchain_user::config::SETTINGS),
             callchain_user::config::REQUIRED_ENV_VARS.to_vec(),
         ),
         (
             "consumer",
-            with_telemetry(callchain_consumer::config::ENV_VARS),
+            with_telemetry(callchain_consumer::config::SETTINGS),
             callchain_consumer::config::REQUIRED_ENV_VARS.to_vec(),
         ),
     ]

@@ -16,17 +16,24 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// The breaker's settings; the configured ones' defaults are in the API's
+/// `config::SETTINGS`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BreakerPolicy {
-    /// The failed share of calls at which the breaker opens (0.5).
+    /// The failed share of calls at which the breaker opens.
     pub failure_rate: f64,
     /// How many of the last calls the rate is taken over; fewer (in the
-    /// window) mean nothing yet (20).
+    /// window) mean nothing yet.
     pub min_calls: u32,
-    /// How long it stays open before a probe (5 s).
+    /// How long it stays open before a probe.
     pub open_for: Duration,
-    /// How old an outcome may be and still count (10 s).
+    /// How old an outcome may be and still count.
     pub window: Duration,
+}
+
+impl BreakerPolicy {
+    /// How old an outcome may be and still count: not a setting.
+    pub const WINDOW: Duration = Duration::from_secs(10);
 }
 
 /// The breaker's state, as logs and spans name it.

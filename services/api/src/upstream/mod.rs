@@ -291,9 +291,10 @@ mod tests {
             }
         });
         let policy = BreakerPolicy {
+            failure_rate: 0.5,
             min_calls: 2,
             open_for: Duration::from_secs(3600),
-            ..BreakerPolicy::default()
+            window: BreakerPolicy::WINDOW,
         };
         (CircuitBreaker::new(fake, Breaker::new(policy)), reached)
     }
