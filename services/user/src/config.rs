@@ -42,7 +42,8 @@ pub struct Config {
     /// `KAFKA_TOPIC`, default `user-events`.
     pub kafka_topic: String,
     /// `KAFKA_PUBLISH_TIMEOUT_MS`, default 5000: how long the relay waits for
-    /// the broker to acknowledge a batch before it rolls back and retries.
+    /// the broker to acknowledge an event before it counts the send as
+    /// failed and retries it (and its user's events after it) later.
     pub publish_timeout: Duration,
     /// `FAULT_LATENCY_MS` (default 0) and `FAULT_ERROR_RATE` (0 to 1,
     /// default 0): faults injected into every `UserService` call, for chaos

@@ -35,6 +35,7 @@
 
 use std::{
     collections::HashMap,
+    future::Future,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -283,7 +284,7 @@ impl Relay {
         if rows.is_empty() {
             return Ok(Round::Published(0));
         }
-        let sent = self.publish(&rows).await;
+        let sent = publish(&rows, |row| self.send(row)).await;
         if !sent.acknowledged.is_empty() {
             sqlx::query(DELETE_SENT)
                 .bind(&sent.acknowledged)
@@ -307,45 +308,6 @@ impl Relay {
             Some(error) => Err(error),
             None => Ok(Round::Published(rows.len())),
         }
-    }
-
-    /// Sends the rows, each key's in order and one at a time, the keys side
-    /// by side.
-    async fn publish(&self, rows: &[OutboxRow]) -> Sent {
-        let mut keys: HashMap<&str, usize> = HashMap::new();
-        let mut chains: Vec<Vec<&OutboxRow>> = Vec::new();
-        for row in rows {
-            let chain = *keys.entry(row.key.as_str()).or_insert_with(|| {
-                chains.push(Vec::new());
-                chains.len() - 1
-            });
-            chains[chain].push(row);
-        }
-        let mut sent = Sent::default();
-        for chain in futures::future::join_all(chains.iter().map(|chain| self.publish_chain(chain))).await {
-            sent.absorb(chain);
-        }
-        sent
-    }
-
-    /// Sends one key's rows in order, each once the one before it is
-    /// acknowledged (or refused for good), and stops at the first failure
-    /// worth retrying: nothing of this key after it is sent.
-    async fn publish_chain(&self, chain: &[&OutboxRow]) -> Sent {
-        let mut sent = Sent::default();
-        for row in chain {
-            match self.send(row).await {
-                Ok(()) => sent.acknowledged.push(row.id),
-                Err(RoundError::Kafka { error, .. }) if refused_for_good(&error) => {
-                    sent.refused.push((row.id, error.to_string()));
-                }
-                Err(error) => {
-                    sent.failed = Some(error);
-                    break;
-                }
-            }
-        }
-        sent
     }
 
     /// Sends one row and waits for its acknowledgement.
@@ -441,6 +403,53 @@ impl Relay {
     }
 }
 
+/// Sends `rows` with `send`: each key's rows in order and one at a time, the
+/// keys side by side.
+async fn publish<'a, F, Fut>(rows: &'a [OutboxRow], send: F) -> Sent
+where
+    F: Fn(&'a OutboxRow) -> Fut,
+    Fut: Future<Output = Result<(), RoundError>>,
+{
+    let mut keys: HashMap<&str, usize> = HashMap::new();
+    let mut chains: Vec<Vec<&OutboxRow>> = Vec::new();
+    for row in rows {
+        let chain = *keys.entry(row.key.as_str()).or_insert_with(|| {
+            chains.push(Vec::new());
+            chains.len() - 1
+        });
+        chains[chain].push(row);
+    }
+    let mut sent = Sent::default();
+    for chain in futures::future::join_all(chains.iter().map(|chain| publish_chain(chain, &send))).await {
+        sent.absorb(chain);
+    }
+    sent
+}
+
+/// Sends one key's rows in order, each once the one before it is
+/// acknowledged (or refused for good), and stops at the first failure worth
+/// retrying: nothing of this key after it is sent.
+async fn publish_chain<'a, F, Fut>(chain: &[&'a OutboxRow], send: &F) -> Sent
+where
+    F: Fn(&'a OutboxRow) -> Fut,
+    Fut: Future<Output = Result<(), RoundError>>,
+{
+    let mut sent = Sent::default();
+    for &row in chain {
+        match send(row).await {
+            Ok(()) => sent.acknowledged.push(row.id),
+            Err(RoundError::Kafka { error, .. }) if refused_for_good(&error) => {
+                sent.refused.push((row.id, error.to_string()));
+            }
+            Err(error) => {
+                sent.failed = Some(error);
+                break;
+            }
+        }
+    }
+    sent
+}
+
 /// Whether Kafka refuses this message however often it is sent: its topic
 /// does not exist (librdkafka says so once [`TOPIC_PROPAGATION`] has passed
 /// without it), or the message is too large or malformed for the broker.
@@ -503,8 +512,8 @@ fn producer(brokers: &str, timeout: Duration) -> anyhow::Result<FutureProducer> 
         .set("client.id", "user-outbox")
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        // A delivery fails (and its round rolls back, to be retried) once
-        // this has passed.
+        // A delivery fails (and its row and its user's rows after it wait
+        // for the next round) once this has passed.
         .set("message.timeout.ms", timeout.as_millis().max(1).to_string())
         // A short linger batches a round's messages without adding latency.
         .set("linger.ms", "2")
@@ -521,5 +530,94 @@ async fn stopping(stop: &mut watch::Receiver<bool>) {
     if stop.wait_for(|stopping| *stopping).await.is_err() {
         // The sender is gone: nobody will ever say stop.
         std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    fn row(id: i64, key: &str) -> OutboxRow {
+        OutboxRow {
+            id,
+            event_id: uuid::Uuid::now_v7(),
+            topic: "user-events".into(),
+            key: key.into(),
+            event_type: "user.updated".into(),
+            payload: Vec::new(),
+            traceparent: None,
+            tracestate: None,
+            baggage: None,
+        }
+    }
+
+    fn kafka(row: &OutboxRow, code: RDKafkaErrorCode) -> RoundError {
+        RoundError::Kafka {
+            event_id: row.event_id,
+            error: KafkaError::MessageProduction(code),
+        }
+    }
+
+    /// Row 1 (user a) times out, row 5 (user b) is too large for Kafka:
+    /// nothing of a after row 1 is sent, b goes on past row 5.
+    #[tokio::test]
+    async fn after_a_failed_send_no_later_row_of_its_key_is_sent_and_a_refused_row_does_not_stop_its_key() {
+        let rows: Vec<OutboxRow> = [(1, "a"), (2, "b"), (3, "a"), (4, "c"), (5, "b"), (6, "a"), (7, "b")]
+            .into_iter()
+            .map(|(id, key)| row(id, key))
+            .collect();
+        let sent_ids = Mutex::new(Vec::new());
+        let sent = publish(&rows, |row| {
+            sent_ids.lock().unwrap().push(row.id);
+            let outcome = match row.id {
+                1 => Err(RoundError::TimedOut {
+                    event_id: row.event_id,
+                    budget: Duration::from_secs(1),
+                }),
+                5 => Err(kafka(row, RDKafkaErrorCode::MessageSizeTooLarge)),
+                _ => Ok(()),
+            };
+            async move {
+                tokio::task::yield_now().await;
+                outcome
+            }
+        })
+        .await;
+
+        let mut tried = sent_ids.into_inner().unwrap();
+        tried.sort_unstable();
+        assert_eq!(tried, [1, 2, 4, 5, 7], "rows 3 and 6 of key a wait behind row 1");
+        let mut acknowledged = sent.acknowledged.clone();
+        acknowledged.sort_unstable();
+        assert_eq!(acknowledged, [2, 4, 7]);
+        assert_eq!(sent.refused.len(), 1);
+        assert_eq!(sent.refused[0].0, 5);
+        assert!(
+            sent.refused[0].1.contains("MessageSizeTooLarge"),
+            "{}",
+            sent.refused[0].1
+        );
+        assert!(matches!(sent.failed, Some(RoundError::TimedOut { .. })));
+    }
+
+    #[test]
+    fn only_what_kafka_can_never_take_is_refused_for_good() {
+        for code in [
+            RDKafkaErrorCode::UnknownTopic,
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::InvalidTopic,
+        ] {
+            assert!(refused_for_good(&KafkaError::MessageProduction(code)), "{code:?}");
+        }
+        for code in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::NotLeaderForPartition,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+        ] {
+            assert!(!refused_for_good(&KafkaError::MessageProduction(code)), "{code:?}");
+        }
     }
 }
