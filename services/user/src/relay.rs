@@ -18,9 +18,9 @@
 //! ahead of an earlier one that failed; the rows acknowledged so far are
 //! deleted, and the rest are retried with backoff: a row stays until
 //! acknowledged. A row sent twice (its acknowledgement lost, or a commit that
-//! failed after it) reaches the consumer twice with one event id, next to
-//! itself, and the consumer keeps one row per event id: exactly once in
-//! effect.
+//! failed after it) reaches the consumer twice with one event id and one
+//! sequence, and the consumer keeps one row per event id, never one older
+//! than its user's newest: exactly once, in order, in effect.
 //!
 //! A row Kafka refuses for good (its topic does not exist, the message is
 //! larger than the broker takes) is moved to `outbox_dead_letters` with the
