@@ -8,13 +8,13 @@ CREATE UNIQUE INDEX user_events_user_sequence ON user_events (user_id, sequence)
 
 -- Events that arrived after a newer event of their user had been stored:
 -- not stored in `user_events` (it would put the user's state back), but
--- recorded here once each, beside the newer sequence they came after.
+-- recorded here once each, beside their user's newest stored sequence.
 CREATE TABLE stale_user_events (
     event_id        uuid        PRIMARY KEY,
     event_type      text        NOT NULL,
     user_id         uuid        NOT NULL,
     sequence        bigint      NOT NULL,
-    newer_sequence  bigint      NOT NULL,  -- the user's newest when this arrived
+    newer_sequence  bigint      NOT NULL,  -- the user's newest stored when this was recorded
     occurred_at     timestamptz NOT NULL,
     payload         jsonb       NOT NULL,
     trace_id        text,

@@ -506,8 +506,8 @@ async fn an_event_older_than_one_stored_for_its_user_is_recorded_apart_once_and_
             .unwrap();
     assert_eq!(
         stale,
-        [(first.event_id, 1, 2)],
-        "the late event is recorded once, beside the newer one"
+        [(first.event_id, 1, 3)],
+        "the late event is recorded once, beside its user's newest stored (of its batch)"
     );
 }
 
@@ -638,7 +638,7 @@ async fn the_process_span_is_a_child_of_the_producer_context_and_links_to_it() {
     assert_eq!(insert.attribute("db.collection.name"), Some("user_events"));
     let query = insert.attribute("db.query.text").expect("db.query.text");
     assert!(
-        query.contains("INSERT INTO user_events") && !query.contains(&event.event_id.to_string()),
+        query.starts_with("INSERT INTO user_events") && !query.contains(&event.event_id.to_string()),
         "the parameterised statement, never values: {query}"
     );
 }
