@@ -18,9 +18,10 @@ pub struct EventRow {
     pub offset: i64,
 }
 
-/// A batch of rows as one array per column, bound to the nine parameters of
-/// `INSERT ... SELECT * FROM UNNEST($1, ..., $9)`: one statement whatever the
-/// batch size, so Postgres prepares it once per connection.
+/// A batch of rows as one array per column, bound to the ten parameters of
+/// `UNNEST($1, ..., $10)` in the one statement that writes them: one
+/// statement whatever the batch size, so Postgres prepares it once per
+/// connection.
 #[derive(Debug, Default, PartialEq)]
 pub struct Columns {
     pub event_ids: Vec<Uuid>,
@@ -33,6 +34,8 @@ pub struct Columns {
     pub trace_ids: Vec<Option<String>>,
     pub partitions: Vec<i32>,
     pub offsets: Vec<i64>,
+    /// Each event's place in its user's writes (`bigint` in Postgres).
+    pub sequences: Vec<i64>,
 }
 
 impl<'a> FromIterator<&'a EventRow> for Columns {
@@ -53,6 +56,9 @@ impl<'a> FromIterator<&'a EventRow> for Columns {
             columns.trace_ids.push(row.trace_id.clone());
             columns.partitions.push(row.partition);
             columns.offsets.push(row.offset);
+            columns
+                .sequences
+                .push(i64::try_from(event.sequence).expect("UserEvent::parse accepts only sequences Postgres stores"));
         }
         columns
     }
@@ -114,6 +120,7 @@ mod tests {
                 Uuid::now_v7(),
                 Utc::now(),
                 Uuid::now_v7(),
+                offset as u64 + 1,
                 UserPayload {
                     email: "ada@example.com".into(),
                     name: "Ada".into(),
@@ -138,7 +145,8 @@ mod tests {
             columns.occurred_at,
             [rows[0].event.occurred_at, rows[1].event.occurred_at]
         );
-        assert_eq!(columns.schema_versions, [1, 1]);
+        assert_eq!(columns.schema_versions, [2, 2]);
+        assert_eq!(columns.sequences, [8, 4]);
         assert_eq!(
             columns.trace_ids,
             [Some("4bf92f3577b34da6a3ce929d0e0e4736".to_owned()), None]

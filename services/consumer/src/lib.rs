@@ -8,7 +8,7 @@
 //!   partition, the backoff.
 //! - `store`: the pool, the migrations, and the one statement that writes a
 //!   batch of rows, each in a database client span under the span it is
-//!   given.
+//!   given, never an older event of a user after a newer one.
 //! - `dead_letter`: unreadable messages to `user-events.dlq`, with their
 //!   headers and the reason.
 //! - `broker`: the Kafka clients, with librdkafka's logs in ours.

@@ -2,7 +2,11 @@
 //! with topics of each test's own), the machine's Postgres, and (for the
 //! spans) the in-process OTLP receiver.
 
-use std::{collections::BTreeSet, future::Future, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    future::Future,
+    time::Duration,
+};
 
 use callchain_events::{EventType, UserEvent, UserPayload, headers};
 use callchain_testkit::{
@@ -163,12 +167,14 @@ impl Parts {
     }
 }
 
-fn user_event(user_id: Uuid) -> UserEvent {
+/// The event of `user_id`'s write number `sequence` (1: its creation).
+fn user_event(user_id: Uuid, sequence: u64) -> UserEvent {
     UserEvent::new(
         EventType::UserCreated,
         Uuid::now_v7(),
         Utc::now(),
         user_id,
+        sequence,
         UserPayload {
             email: "ada@example.com".into(),
             name: "Ada".into(),
@@ -244,7 +250,7 @@ async fn a_produced_event_is_written_once_with_its_trace_id() {
     let parts = Parts::start().await;
     let _consumer = parts.consumer(500, None).await;
     let user_id = Uuid::now_v7();
-    let event = user_event(user_id);
+    let event = user_event(user_id, 1);
     let (traceparent, trace_id, _) = trace_context();
 
     let (partition, offset) = parts.produce_event(&event, Some(&traceparent)).await;
@@ -254,7 +260,7 @@ async fn a_produced_event_is_written_once_with_its_trace_id() {
     // The same event again, then another of the same user (same partition,
     // so read after it): once that one is written, the replay was handled.
     parts.produce_event(&event, Some(&traceparent)).await;
-    let next = user_event(user_id);
+    let next = user_event(user_id, 2);
     parts.produce_event(&next, None).await;
     let (next_trace_id, ..) = parts.row_of(next.event_id).await;
 
@@ -295,7 +301,7 @@ async fn a_malformed_message_goes_to_the_dlq_with_its_headers_and_the_next_one_i
         });
 
     let (partition, offset) = parts.produce(&key, b"{not json", garbage_headers).await;
-    let good = user_event(user_id);
+    let good = user_event(user_id, 1);
     parts.produce_event(&good, None).await;
 
     let (_, good_partition, _) = parts.row_of(good.event_id).await;
@@ -327,9 +333,9 @@ async fn an_unknown_schema_version_goes_to_the_dlq() {
     let parts = Parts::start().await;
     let _consumer = parts.consumer(500, None).await;
     let user_id = Uuid::now_v7();
-    let future = user_event(user_id);
+    let future = user_event(user_id, 1);
     let mut json = serde_json::to_value(&future).unwrap();
-    json["schema_version"] = 2.into();
+    json["schema_version"] = 3.into();
 
     let (_, offset) = parts
         .produce(
@@ -338,13 +344,13 @@ async fn an_unknown_schema_version_goes_to_the_dlq() {
             event_headers(&future, None),
         )
         .await;
-    let next = user_event(user_id);
+    let next = user_event(user_id, 2);
     parts.produce_event(&next, None).await;
     parts.row_of(next.event_id).await;
 
     let dead = parts.first_dead_letter().await;
     let error = header(&dead, headers::ERROR).expect("an error header");
-    assert!(error.contains("schema version 2"), "error header: {error}");
+    assert!(error.contains("schema version 3"), "error header: {error}");
     assert_eq!(header(&dead, headers::EVENT_ID), Some(future.event_id.to_string()));
     assert_eq!(header(&dead, headers::ORIGINAL_OFFSET), Some(offset.to_string()));
     assert_eq!(
@@ -359,10 +365,10 @@ async fn an_event_postgres_refuses_goes_to_the_dlq_and_the_rest_of_its_batch_is_
     let parts = Parts::start().await;
     let user_id = Uuid::now_v7();
     // A time chrono holds but Postgres's timestamptz does not (before 4713 BC).
-    let mut poisoned = user_event(user_id);
+    let before = user_event(user_id, 1);
+    let mut poisoned = user_event(user_id, 2);
     poisoned.occurred_at = chrono::DateTime::from_timestamp(-220_000_000_000, 0).unwrap();
-    let before = user_event(user_id);
-    let after = user_event(user_id);
+    let after = user_event(user_id, 3);
     for event in [&before, &poisoned, &after] {
         parts.produce_event(event, None).await;
     }
@@ -385,9 +391,9 @@ async fn an_event_with_a_nul_in_its_text_goes_to_the_dlq_naming_the_field_before
     let user_id = Uuid::now_v7();
     // A NUL parses as JSON, but Postgres cannot store it in jsonb: the
     // domain's rules refuse it on reading, as the API and the user service do.
-    let mut poisoned = user_event(user_id);
+    let mut poisoned = user_event(user_id, 1);
     poisoned.payload.name = "Ada\u{0}".into();
-    let after = user_event(user_id);
+    let after = user_event(user_id, 2);
     parts.produce_event(&poisoned, None).await;
     parts.produce_event(&after, None).await;
 
@@ -405,11 +411,13 @@ async fn an_event_with_a_nul_in_its_text_goes_to_the_dlq_naming_the_field_before
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_killed_consumer_replays_and_every_event_is_stored_exactly_once() {
+async fn a_killed_consumer_replays_and_every_users_events_are_stored_once_each_in_sequence_order() {
     const EVENTS: usize = 2_000;
+    const USERS: usize = 97;
     let parts = Parts::start().await;
+    // Event i is write number i / USERS + 1 of user i % USERS.
     let events: Vec<UserEvent> = (0..EVENTS)
-        .map(|i| user_event(Uuid::from_u128(i as u128 % 97 + 1)))
+        .map(|i| user_event(Uuid::from_u128((i % USERS) as u128 + 1), (i / USERS) as u64 + 1))
         .collect();
     let sends = events.iter().map(|event| parts.produce_event(event, None));
     futures::future::join_all(sends).await;
@@ -433,13 +441,74 @@ async fn a_killed_consumer_replays_and_every_event_is_stored_exactly_once() {
     })
     .await;
 
-    let stored: Vec<Uuid> = sqlx::query_scalar("SELECT event_id FROM user_events")
-        .fetch_all(parts.db.pool())
-        .await
-        .unwrap();
+    // The primary key already forbids a second row of one event, so what
+    // a replay could break is each user's order and count: every user's
+    // rows, in the order they were stored, are its writes 1, 2, ... n.
+    let stored: Vec<(Uuid, Uuid, i64)> =
+        sqlx::query_as("SELECT user_id, event_id, sequence FROM user_events ORDER BY written_at, kafka_offset")
+            .fetch_all(parts.db.pool())
+            .await
+            .unwrap();
+    let mut per_user: BTreeMap<Uuid, Vec<i64>> = BTreeMap::new();
+    for (user_id, _, sequence) in &stored {
+        per_user.entry(*user_id).or_default().push(*sequence);
+    }
+    assert_eq!(per_user.len(), USERS);
+    for (n, (user_id, sequences)) in per_user.iter().enumerate() {
+        let writes = (EVENTS - n).div_ceil(USERS) as i64;
+        assert_eq!(
+            sequences,
+            &(1..=writes).collect::<Vec<_>>(),
+            "user {user_id}: its events once each, in the order of its writes"
+        );
+    }
     let produced: BTreeSet<Uuid> = events.iter().map(|event| event.event_id).collect();
-    assert_eq!(stored.len(), EVENTS, "every event exactly once");
-    assert_eq!(stored.into_iter().collect::<BTreeSet<_>>(), produced);
+    assert_eq!(
+        stored.iter().map(|(_, event_id, _)| *event_id).collect::<BTreeSet<_>>(),
+        produced
+    );
+}
+
+/// The topic may hold one user's events out of order (a producer that
+/// retried a round after a later event was acknowledged): e2, e1, e2. The
+/// consumer never stores an older event after a newer one of the same
+/// user; it records the older one apart, once, and skips the duplicate.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_older_than_one_stored_for_its_user_is_recorded_apart_once_and_not_stored() {
+    let parts = Parts::start().await;
+    let user_id = Uuid::now_v7();
+    let [first, second, third] = [1, 2, 3].map(|sequence| user_event(user_id, sequence));
+    for event in [&second, &first, &second, &first, &third] {
+        parts.produce_event(event, None).await;
+    }
+    // Started after producing, so the five most likely arrive in one batch;
+    // the same events once more arrive in later batches.
+    let _consumer = parts.consumer(500, None).await;
+    parts.row_of(third.event_id).await;
+    let marker = user_event(user_id, 4);
+    for event in [&first, &second, &marker] {
+        parts.produce_event(event, None).await;
+    }
+    parts.row_of(marker.event_id).await;
+
+    let stored: Vec<i64> =
+        sqlx::query_scalar("SELECT sequence FROM user_events WHERE user_id = $1 ORDER BY written_at, kafka_offset")
+            .bind(user_id)
+            .fetch_all(parts.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(stored, [2, 3, 4], "never an older event after a newer one, never twice");
+    let stale: Vec<(Uuid, i64, i64)> =
+        sqlx::query_as("SELECT event_id, sequence, newer_sequence FROM stale_user_events WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_all(parts.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        stale,
+        [(first.event_id, 1, 3)],
+        "the late event is recorded once, beside its user's newest stored (of its batch)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -473,7 +542,7 @@ async fn while_postgres_is_unreachable_nothing_is_committed_and_writing_resumes(
     assert_eq!(response.headers()["retry-after"], "1");
 
     let user_id = Uuid::now_v7();
-    let events: Vec<UserEvent> = (0..20).map(|_| user_event(user_id)).collect();
+    let events: Vec<UserEvent> = (1..=20).map(|sequence| user_event(user_id, sequence)).collect();
     let mut produced = Vec::new();
     for event in &events {
         produced.push(parts.produce_event(event, None).await);
@@ -525,7 +594,7 @@ async fn the_process_span_is_a_child_of_the_producer_context_and_links_to_it() {
     let parts = Parts::start().await;
     let otlp = OtlpReceiver::start().await.expect("an OTLP receiver");
     let consumer = parts.consumer(500, Some(otlp.endpoint())).await;
-    let event = user_event(Uuid::now_v7());
+    let event = user_event(Uuid::now_v7(), 1);
     let (traceparent, trace_id, producer_span_id) = trace_context();
 
     let (partition, offset) = parts.produce_event(&event, Some(&traceparent)).await;
@@ -632,7 +701,7 @@ impl Drop for ConsumerProcess {
 async fn a_consumer_killed_with_sigkill_and_restarted_gets_its_partitions_back_within_10_s() {
     let parts = Parts::start().await;
     let first = ConsumerProcess::start(&parts, "consumer-1").await;
-    let before = user_event(Uuid::now_v7());
+    let before = user_event(Uuid::now_v7(), 1);
     parts.produce_event(&before, None).await;
     parts.row_of(before.event_id).await;
 
@@ -646,7 +715,7 @@ async fn a_consumer_killed_with_sigkill_and_restarted_gets_its_partitions_back_w
         .len()
         < 3
     {
-        let event = user_event(Uuid::now_v7());
+        let event = user_event(Uuid::now_v7(), 1);
         let (partition, _) = parts.produce_event(&event, None).await;
         during.push((event, partition));
     }
@@ -670,7 +739,7 @@ async fn a_consumer_killed_with_sigkill_and_restarted_gets_its_partitions_back_w
 async fn after_a_broker_kill_and_restart_the_consumer_goes_on_and_loses_nothing() {
     let mut parts = Parts::on(Kafka::own().await.expect("a Kafka broker of the test's own")).await;
     let _consumer = parts.consumer(500, None).await;
-    let before: Vec<UserEvent> = (0..20).map(|_| user_event(Uuid::now_v7())).collect();
+    let before: Vec<UserEvent> = (0..20).map(|_| user_event(Uuid::now_v7(), 1)).collect();
     for event in &before {
         parts.produce_event(event, None).await;
     }
@@ -679,7 +748,7 @@ async fn after_a_broker_kill_and_restart_the_consumer_goes_on_and_loses_nothing(
     }
 
     tokio::task::block_in_place(|| parts.kafka.broker().restart()).expect("the broker restarts after kill -9");
-    let after: Vec<UserEvent> = (0..20).map(|_| user_event(Uuid::now_v7())).collect();
+    let after: Vec<UserEvent> = (0..20).map(|_| user_event(Uuid::now_v7(), 1)).collect();
     for event in &after {
         parts.produce_event(event, None).await;
     }
@@ -697,7 +766,7 @@ async fn sigterm_mid_stream_finishes_the_batch_commits_what_is_written_flushes_i
     let parts = Parts::start().await;
     let otlp = OtlpReceiver::start().await.expect("an OTLP receiver");
     for _ in 0..EVENTS {
-        parts.produce_event(&user_event(Uuid::now_v7()), None).await;
+        parts.produce_event(&user_event(Uuid::now_v7(), 1), None).await;
     }
     let health = free_addr().unwrap();
     let mut consumer = ServiceProcess::spawn(

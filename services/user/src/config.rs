@@ -47,8 +47,9 @@ pub const KAFKA_TOPIC: Setting = Setting {
 pub const KAFKA_PUBLISH_TIMEOUT_MS: Setting = Setting {
     name: "KAFKA_PUBLISH_TIMEOUT_MS",
     default: Some("5000"),
-    doc: "How long the outbox relay waits for the broker to acknowledge a batch before it rolls the round back and \
-          retries (the events stay in the outbox), in milliseconds.",
+    doc: "How long the outbox relay waits for the broker to acknowledge an event before it counts the send as \
+          failed and retries it later (the event, and its user's events after it, stay in the outbox), in \
+          milliseconds.",
 };
 pub const FAULT_LATENCY_MS: Setting = Setting {
     name: "FAULT_LATENCY_MS",

@@ -4,7 +4,8 @@
 //! - `service`: the gRPC handlers; requests are parsed into domain types here.
 //! - `store`: every SQL statement of a request, each in its own database
 //!   client span; a write's event goes into the outbox in its transaction.
-//! - `relay`: publishes the outbox to Kafka, woken by each commit.
+//! - `relay`: publishes the outbox to Kafka, woken by each commit, one
+//!   user's events in order; parks what Kafka refuses for good.
 //! - `password`: argon2id hashing, off the async workers.
 //! - `error`: the one error type and its mapping to gRPC status codes.
 //! - `fault`: latency and errors injected for chaos runs, as a tower layer.

@@ -6,14 +6,27 @@
 //! which this relay `LISTEN`s to), at start, and every second besides, which
 //! also covers notifications lost with a dropped `LISTEN` connection. Each
 //! round is one transaction: a transaction-scoped advisory lock, so one relay
-//! of all the replicas publishes at a time (one user's events keep their
-//! order); a bounded batch of rows in id order; every row sent through the
-//! idempotent producer (`acks=all`) and every acknowledgement awaited; the
-//! rows deleted; commit. When a send fails the round rolls back and is
-//! retried with backoff: a row stays until acknowledged. A row sent twice
-//! (its acknowledgement lost, or a commit that failed after it) reaches the
-//! consumer twice with one event id, and the consumer keeps one row per
-//! event id: exactly once in effect.
+//! of all the replicas publishes at a time; a bounded batch of rows in id
+//! order; the rows sent through the idempotent producer (`acks=all`); the
+//! acknowledged rows deleted; commit.
+//!
+//! One user's events reach the topic in the order of the writes by
+//! construction: the rows of one key (one user) are sent one after the
+//! other, each only once the one before it is acknowledged, while different
+//! keys go side by side. When a send fails, the rows of its key after it are
+//! not sent in that round, so no later event of a user is ever on the topic
+//! ahead of an earlier one that failed; the rows acknowledged so far are
+//! deleted, and the rest are retried with backoff: a row stays until
+//! acknowledged. A row sent twice (its acknowledgement lost, or a commit that
+//! failed after it) reaches the consumer twice with one event id and one
+//! sequence, and the consumer keeps one row per event id, never one older
+//! than its user's newest: exactly once, in order, in effect.
+//!
+//! A row Kafka refuses for good (its topic does not exist, the message is
+//! larger than the broker takes) is moved to `outbox_dead_letters` with the
+//! reason, in the round's transaction, so it no longer holds up the rows
+//! behind it; its user's later events go on, and the gap shows in their
+//! sequence.
 //!
 //! Each send opens the `send <topic>` producer span as a child of the trace
 //! context the row kept (the writing request's), and the message's headers
@@ -22,6 +35,7 @@
 
 use std::{
     collections::HashMap,
+    future::Future,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -58,6 +72,17 @@ const LOCK: &str = "SELECT pg_try_advisory_xact_lock(hashtext('callchain outbox 
 const SELECT_BATCH: &str = "SELECT id, event_id, topic, key, event_type, payload, traceparent, tracestate, baggage \
      FROM outbox ORDER BY id LIMIT $1";
 const DELETE_SENT: &str = "DELETE FROM outbox WHERE id = ANY($1)";
+/// Moves rows from the outbox to its dead letters, each with its reason.
+const PARK: &str = "WITH parked AS (DELETE FROM outbox WHERE id = ANY($1) RETURNING *) \
+     INSERT INTO outbox_dead_letters (id, event_id, topic, key, event_type, payload, traceparent, tracestate, \
+     baggage, sequence, created_at, reason) \
+     SELECT parked.id, event_id, topic, key, event_type, payload, traceparent, tracestate, baggage, sequence, \
+     created_at, reason FROM parked JOIN UNNEST($1::bigint[], $2::text[]) AS r (id, reason) ON r.id = parked.id";
+/// How long librdkafka waits for a topic that the broker says does not
+/// exist to appear before it fails the topic's messages as refused for good
+/// (its default, 30 s, is longer than a publish timeout, which would make
+/// the refusal look like a timeout, and be retried for ever).
+const TOPIC_PROPAGATION: Duration = Duration::from_secs(1);
 
 /// Why a round failed; the next round tries again.
 #[derive(Debug, thiserror::Error)]
@@ -66,8 +91,31 @@ enum RoundError {
     Database(#[from] sqlx::Error),
     #[error("Kafka did not acknowledge event {event_id}: {error}")]
     Kafka { event_id: uuid::Uuid, error: KafkaError },
-    #[error("Kafka did not acknowledge the batch within {0:?}")]
-    TimedOut(Duration),
+    #[error("Kafka did not acknowledge event {event_id} within {budget:?}")]
+    TimedOut { event_id: uuid::Uuid, budget: Duration },
+}
+
+/// What a round did with its rows.
+#[derive(Default)]
+struct Sent {
+    /// Acknowledged by the broker: deleted when the round commits.
+    acknowledged: Vec<i64>,
+    /// Refused by Kafka for good, with the reason: parked when the round
+    /// commits.
+    refused: Vec<(i64, String)>,
+    /// The first failure worth another try; the rows of its key from there
+    /// on wait for the next round.
+    failed: Option<RoundError>,
+}
+
+impl Sent {
+    fn absorb(&mut self, other: Sent) {
+        self.acknowledged.extend(other.acknowledged);
+        self.refused.extend(other.refused);
+        if self.failed.is_none() {
+            self.failed = other.failed;
+        }
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -223,8 +271,10 @@ impl Relay {
         }
     }
 
-    /// One round: lock, read a batch, send it all, await every
-    /// acknowledgement, delete the rows, commit.
+    /// One round: lock, read a batch, send it (each user's rows one after
+    /// the other), delete the acknowledged rows, park the refused ones,
+    /// commit. A failure worth retrying ends the round in an error once
+    /// what it did achieve is committed.
     async fn round(&self) -> Result<Round, RoundError> {
         let mut tx = self.pool.begin().await?;
         if !sqlx::query_scalar::<_, bool>(LOCK).fetch_one(&mut *tx).await? {
@@ -234,80 +284,88 @@ impl Relay {
         if rows.is_empty() {
             return Ok(Round::Published(0));
         }
-        self.publish(&rows).await?;
-        let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
-        sqlx::query(DELETE_SENT).bind(&ids).execute(&mut *tx).await?;
+        let sent = publish(&rows, |row| self.send(row)).await;
+        if !sent.acknowledged.is_empty() {
+            sqlx::query(DELETE_SENT)
+                .bind(&sent.acknowledged)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !sent.refused.is_empty() {
+            let (ids, reasons): (Vec<i64>, Vec<&str>) =
+                sent.refused.iter().map(|(id, reason)| (*id, reason.as_str())).unzip();
+            sqlx::query(PARK).bind(&ids).bind(&reasons).execute(&mut *tx).await?;
+        }
         tx.commit().await?;
-        Ok(Round::Published(rows.len()))
+        for (id, reason) in &sent.refused {
+            tracing::error!(
+                outbox_id = id,
+                reason = %reason,
+                "Kafka refuses an event for good; it is parked in outbox_dead_letters and the outbox goes on"
+            );
+        }
+        match sent.failed {
+            Some(error) => Err(error),
+            None => Ok(Round::Published(rows.len())),
+        }
     }
 
-    /// Sends every row, in order, and waits for every acknowledgement.
-    async fn publish(&self, rows: &[OutboxRow]) -> Result<(), RoundError> {
-        let mut deliveries = Vec::with_capacity(rows.len());
-        for row in rows {
-            let span = row.producer_span();
-            let event_id = row.event_id.to_string();
-            let headers = kafka::inject_span(
-                &span,
-                OwnedHeaders::new()
-                    .insert(Header {
-                        key: headers::EVENT_ID,
-                        value: Some(event_id.as_str()),
-                    })
-                    .insert(Header {
-                        key: headers::EVENT_TYPE,
-                        value: Some(row.event_type.as_str()),
-                    }),
-            );
-            let record = FutureRecord::to(&row.topic)
-                .key(&row.key)
-                .payload(&row.payload)
-                .headers(headers);
-            // Queued at once and in order; librdkafka keeps the order per
-            // partition, so one user's events arrive as they were written.
-            match self.producer.send_result(record) {
-                Ok(delivery) => deliveries.push((row, span, delivery)),
-                Err((error, _record)) => {
-                    kafka::record_error(&span, &error);
-                    return Err(RoundError::Kafka {
-                        event_id: row.event_id,
-                        error,
-                    });
-                }
+    /// Sends one row and waits for its acknowledgement.
+    async fn send(&self, row: &OutboxRow) -> Result<(), RoundError> {
+        let span = row.producer_span();
+        let event_id = row.event_id.to_string();
+        let headers = kafka::inject_span(
+            &span,
+            OwnedHeaders::new()
+                .insert(Header {
+                    key: headers::EVENT_ID,
+                    value: Some(event_id.as_str()),
+                })
+                .insert(Header {
+                    key: headers::EVENT_TYPE,
+                    value: Some(row.event_type.as_str()),
+                }),
+        );
+        let record = FutureRecord::to(&row.topic)
+            .key(&row.key)
+            .payload(&row.payload)
+            .headers(headers);
+        let failed = |error: KafkaError| {
+            kafka::record_error(&span, &error);
+            RoundError::Kafka {
+                event_id: row.event_id,
+                error,
             }
-        }
-        // librdkafka fails a message itself after `message.timeout.ms` (the
-        // publish timeout); this bound only guards against a lost callback.
-        let budget = self.timeout + Duration::from_secs(1);
-        let acknowledged = tokio::time::timeout(
-            budget,
-            futures::future::join_all(deliveries.iter_mut().map(|(_, _, delivery)| delivery)),
-        )
-        .await;
-        let Ok(results) = acknowledged else {
-            for (_, span, _) in &deliveries {
-                kafka::record_error(span, &"no acknowledgement in time");
-            }
-            return Err(RoundError::TimedOut(budget));
         };
-        let mut failed = None;
-        for ((row, span, _), result) in deliveries.iter().zip(results) {
-            match result {
-                Ok(Ok(delivery)) => kafka::record_delivery(span, delivery.partition, delivery.offset),
-                Ok(Err((error, _message))) => {
-                    kafka::record_error(span, &error);
-                    failed.get_or_insert(RoundError::Kafka {
-                        event_id: row.event_id,
-                        error,
-                    });
-                }
-                Err(_canceled) => {
-                    kafka::record_error(span, &"the producer dropped the message");
-                    failed.get_or_insert(RoundError::TimedOut(budget));
-                }
+        let delivery = self
+            .producer
+            .send_result(record)
+            .map_err(|(error, _record)| failed(error))?;
+        // librdkafka fails a message itself after `message.timeout.ms`
+        // (the publish timeout); this bound only guards against a lost
+        // callback.
+        let budget = self.timeout + Duration::from_secs(1);
+        match tokio::time::timeout(budget, delivery).await {
+            Ok(Ok(Ok(delivery))) => {
+                kafka::record_delivery(&span, delivery.partition, delivery.offset);
+                Ok(())
+            }
+            Ok(Ok(Err((error, _message)))) => Err(failed(error)),
+            Ok(Err(_canceled)) => {
+                kafka::record_error(&span, &"the producer dropped the message");
+                Err(RoundError::TimedOut {
+                    event_id: row.event_id,
+                    budget,
+                })
+            }
+            Err(_elapsed) => {
+                kafka::record_error(&span, &"no acknowledgement in time");
+                Err(RoundError::TimedOut {
+                    event_id: row.event_id,
+                    budget,
+                })
             }
         }
-        failed.map_or(Ok(()), Err)
     }
 
     /// An idempotent producer that hit a fatal error, or whose producer id
@@ -343,6 +401,70 @@ impl Relay {
             Err(error) => tracing::error!(error = %error, "cannot start a new Kafka producer"),
         }
     }
+}
+
+/// Sends `rows` with `send`: each key's rows in order and one at a time, the
+/// keys side by side.
+async fn publish<'a, F, Fut>(rows: &'a [OutboxRow], send: F) -> Sent
+where
+    F: Fn(&'a OutboxRow) -> Fut,
+    Fut: Future<Output = Result<(), RoundError>>,
+{
+    let mut keys: HashMap<&str, usize> = HashMap::new();
+    let mut chains: Vec<Vec<&OutboxRow>> = Vec::new();
+    for row in rows {
+        let chain = *keys.entry(row.key.as_str()).or_insert_with(|| {
+            chains.push(Vec::new());
+            chains.len() - 1
+        });
+        chains[chain].push(row);
+    }
+    let mut sent = Sent::default();
+    for chain in futures::future::join_all(chains.iter().map(|chain| publish_chain(chain, &send))).await {
+        sent.absorb(chain);
+    }
+    sent
+}
+
+/// Sends one key's rows in order, each once the one before it is
+/// acknowledged (or refused for good), and stops at the first failure worth
+/// retrying: nothing of this key after it is sent.
+async fn publish_chain<'a, F, Fut>(chain: &[&'a OutboxRow], send: &F) -> Sent
+where
+    F: Fn(&'a OutboxRow) -> Fut,
+    Fut: Future<Output = Result<(), RoundError>>,
+{
+    let mut sent = Sent::default();
+    for &row in chain {
+        match send(row).await {
+            Ok(()) => sent.acknowledged.push(row.id),
+            Err(RoundError::Kafka { error, .. }) if refused_for_good(&error) => {
+                sent.refused.push((row.id, error.to_string()));
+            }
+            Err(error) => {
+                sent.failed = Some(error);
+                break;
+            }
+        }
+    }
+    sent
+}
+
+/// Whether Kafka refuses this message however often it is sent: its topic
+/// does not exist (librdkafka says so once [`TOPIC_PROPAGATION`] has passed
+/// without it), or the message is too large or malformed for the broker.
+fn refused_for_good(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::UnknownPartition
+                | RDKafkaErrorCode::InvalidTopic
+                | RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidRecord
+        )
+    )
 }
 
 /// Wakes the relay on every notification of `outbox`, and once more after
@@ -390,12 +512,16 @@ fn producer(brokers: &str, timeout: Duration) -> anyhow::Result<FutureProducer> 
         .set("client.id", "user-outbox")
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        // A delivery fails (and its round rolls back, to be retried) once
-        // this has passed.
+        // A delivery fails (and its row and its user's rows after it wait
+        // for the next round) once this has passed.
         .set("message.timeout.ms", timeout.as_millis().max(1).to_string())
         // A short linger batches a round's messages without adding latency.
         .set("linger.ms", "2")
         .set("reconnect.backoff.max.ms", "1000")
+        .set(
+            "topic.metadata.propagation.max.ms",
+            TOPIC_PROPAGATION.as_millis().to_string(),
+        )
         .create()?)
 }
 
@@ -404,5 +530,94 @@ async fn stopping(stop: &mut watch::Receiver<bool>) {
     if stop.wait_for(|stopping| *stopping).await.is_err() {
         // The sender is gone: nobody will ever say stop.
         std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    fn row(id: i64, key: &str) -> OutboxRow {
+        OutboxRow {
+            id,
+            event_id: uuid::Uuid::now_v7(),
+            topic: "user-events".into(),
+            key: key.into(),
+            event_type: "user.updated".into(),
+            payload: Vec::new(),
+            traceparent: None,
+            tracestate: None,
+            baggage: None,
+        }
+    }
+
+    fn kafka(row: &OutboxRow, code: RDKafkaErrorCode) -> RoundError {
+        RoundError::Kafka {
+            event_id: row.event_id,
+            error: KafkaError::MessageProduction(code),
+        }
+    }
+
+    /// Row 1 (user a) times out, row 5 (user b) is too large for Kafka:
+    /// nothing of a after row 1 is sent, b goes on past row 5.
+    #[tokio::test]
+    async fn after_a_failed_send_no_later_row_of_its_key_is_sent_and_a_refused_row_does_not_stop_its_key() {
+        let rows: Vec<OutboxRow> = [(1, "a"), (2, "b"), (3, "a"), (4, "c"), (5, "b"), (6, "a"), (7, "b")]
+            .into_iter()
+            .map(|(id, key)| row(id, key))
+            .collect();
+        let sent_ids = Mutex::new(Vec::new());
+        let sent = publish(&rows, |row| {
+            sent_ids.lock().unwrap().push(row.id);
+            let outcome = match row.id {
+                1 => Err(RoundError::TimedOut {
+                    event_id: row.event_id,
+                    budget: Duration::from_secs(1),
+                }),
+                5 => Err(kafka(row, RDKafkaErrorCode::MessageSizeTooLarge)),
+                _ => Ok(()),
+            };
+            async move {
+                tokio::task::yield_now().await;
+                outcome
+            }
+        })
+        .await;
+
+        let mut tried = sent_ids.into_inner().unwrap();
+        tried.sort_unstable();
+        assert_eq!(tried, [1, 2, 4, 5, 7], "rows 3 and 6 of key a wait behind row 1");
+        let mut acknowledged = sent.acknowledged.clone();
+        acknowledged.sort_unstable();
+        assert_eq!(acknowledged, [2, 4, 7]);
+        assert_eq!(sent.refused.len(), 1);
+        assert_eq!(sent.refused[0].0, 5);
+        assert!(
+            sent.refused[0].1.contains("MessageSizeTooLarge"),
+            "{}",
+            sent.refused[0].1
+        );
+        assert!(matches!(sent.failed, Some(RoundError::TimedOut { .. })));
+    }
+
+    #[test]
+    fn only_what_kafka_can_never_take_is_refused_for_good() {
+        for code in [
+            RDKafkaErrorCode::UnknownTopic,
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::InvalidTopic,
+        ] {
+            assert!(refused_for_good(&KafkaError::MessageProduction(code)), "{code:?}");
+        }
+        for code in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::NotLeaderForPartition,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+        ] {
+            assert!(!refused_for_good(&KafkaError::MessageProduction(code)), "{code:?}");
+        }
     }
 }

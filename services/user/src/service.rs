@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     error::UserError,
     password,
-    store::{self, NewUser, OutboxEvent, UserChanges},
+    store::{self, NewUser, OutboxEvent, UserChanges, Written},
 };
 
 #[derive(Clone)]
@@ -33,16 +33,18 @@ impl UserGrpc {
         Self { pool, topic }
     }
 
-    /// Puts the event of `change` to `user` into the outbox, in the write's
-    /// transaction, with the current (request's) trace context.
+    /// Puts the event of `change` to `user`, which made the user's version
+    /// `sequence`, into the outbox, in the write's transaction, with the
+    /// current (request's) trace context.
     async fn record(
         &self,
         tx: &mut PgConnection,
         event_type: EventType,
         user: &User,
         change: &Change,
+        sequence: u64,
     ) -> Result<(), UserError> {
-        let event = UserEvent::of(event_type, user, change);
+        let event = UserEvent::of(event_type, user, change, sequence);
         let row = OutboxEvent {
             event: &event,
             topic: &self.topic,
@@ -72,10 +74,11 @@ impl UserGrpc {
             password_hash,
             role: Role::User,
         };
-        let user = store::insert_user(&mut tx, &user).await?;
+        let Written { user, sequence } = store::insert_user(&mut tx, &user).await?;
         let id = user.id;
         let change = Change::new(user.updated_at);
-        self.record(&mut tx, EventType::UserCreated, &user, &change).await?;
+        self.record(&mut tx, EventType::UserCreated, &user, &change, sequence)
+            .await?;
         let response = CreateUserResponse {
             change: Some(change.into()),
             user: Some(user.into()),
@@ -125,9 +128,10 @@ impl UserGrpc {
         {
             return decode(&stored);
         }
-        let user = store::update_user(&mut tx, id, &changes).await?;
+        let Written { user, sequence } = store::update_user(&mut tx, id, &changes).await?;
         let change = Change::new(user.updated_at);
-        self.record(&mut tx, EventType::UserUpdated, &user, &change).await?;
+        self.record(&mut tx, EventType::UserUpdated, &user, &change, sequence)
+            .await?;
         let response = UpdateUserResponse {
             change: Some(change.into()),
             user: Some(user.into()),
@@ -149,9 +153,10 @@ impl UserGrpc {
         {
             return decode(&stored);
         }
-        let user = store::delete_user(&mut tx, id).await?;
+        let Written { user, sequence } = store::delete_user(&mut tx, id).await?;
         let change = Change::new(Utc::now());
-        self.record(&mut tx, EventType::UserDeleted, &user, &change).await?;
+        self.record(&mut tx, EventType::UserDeleted, &user, &change, sequence)
+            .await?;
         let response = DeleteUserResponse {
             user: Some(user.into()),
             change: Some(change.into()),

@@ -42,6 +42,41 @@ impl UserRow {
     }
 }
 
+/// A written user row and the version the write left it at.
+#[derive(sqlx::FromRow)]
+struct WrittenRow {
+    #[sqlx(flatten)]
+    user: UserRow,
+    version: i64,
+}
+
+impl WrittenRow {
+    fn parse(self) -> Result<Written, UserError> {
+        let sequence = u64::try_from(self.version).map_err(|_| {
+            UserError::Internal(anyhow::anyhow!(
+                "stored user {} has version {}",
+                self.user.id,
+                self.version
+            ))
+        })?;
+        Ok(Written {
+            user: self.user.parse()?,
+            sequence,
+        })
+    }
+}
+
+/// What a write left: the user (for a deletion, as it stood before), and the
+/// user's version that write made, which its event carries as its
+/// `sequence`: 1 for the creation, one more for each write after it.
+///
+/// The version is counted in the write's own statement, under the row's
+/// lock, so one user's sequences follow the order its writes commit in.
+pub struct Written {
+    pub user: User,
+    pub sequence: u64,
+}
+
 pub struct NewUser {
     pub id: UserId,
     pub email: Email,
@@ -58,11 +93,11 @@ pub struct UserChanges {
     pub role: Option<Role>,
 }
 
-const INSERT_USER: &str = "INSERT INTO users (id, email, name, password_hash, role) VALUES ($1, $2, $3, $4, $5) \
-     RETURNING id, email, name, role, created_at, updated_at";
+const INSERT_USER: &str = "INSERT INTO users (id, email, name, password_hash, role, version) \
+     VALUES ($1, $2, $3, $4, $5, 1) RETURNING id, email, name, role, created_at, updated_at, version";
 
-pub async fn insert_user(conn: &mut PgConnection, user: &NewUser) -> Result<User, UserError> {
-    let query = sqlx::query_as::<_, UserRow>(INSERT_USER)
+pub async fn insert_user(conn: &mut PgConnection, user: &NewUser) -> Result<Written, UserError> {
+    let query = sqlx::query_as::<_, WrittenRow>(INSERT_USER)
         .bind(user.id.as_uuid())
         .bind(user.email.as_str())
         .bind(user.name.as_str())
@@ -122,12 +157,17 @@ pub async fn get_credentials(conn: &mut PgConnection, email: &Email) -> Result<O
     row.map(|row| Ok((row.user.parse()?, row.password_hash))).transpose()
 }
 
+/// `clock_timestamp()`, not `now()`: `now()` is when the transaction began,
+/// and a transaction that waited on the row's lock began before the one it
+/// waited for wrote; the time read once the lock is held follows the order
+/// the writes commit in, as the version does.
 const UPDATE_USER: &str = "UPDATE users SET email = COALESCE($2, email), name = COALESCE($3, name), \
-     password_hash = COALESCE($4, password_hash), role = COALESCE($5, role), updated_at = now() \
-     WHERE id = $1 RETURNING id, email, name, role, created_at, updated_at";
+     password_hash = COALESCE($4, password_hash), role = COALESCE($5, role), updated_at = clock_timestamp(), \
+     version = version + 1 \
+     WHERE id = $1 RETURNING id, email, name, role, created_at, updated_at, version";
 
-pub async fn update_user(conn: &mut PgConnection, id: UserId, changes: &UserChanges) -> Result<User, UserError> {
-    let query = sqlx::query_as::<_, UserRow>(UPDATE_USER)
+pub async fn update_user(conn: &mut PgConnection, id: UserId, changes: &UserChanges) -> Result<Written, UserError> {
+    let query = sqlx::query_as::<_, WrittenRow>(UPDATE_USER)
         .bind(id.as_uuid())
         .bind(changes.email.as_ref().map(Email::as_str))
         .bind(changes.name.as_ref().map(UserName::as_str))
@@ -140,10 +180,13 @@ pub async fn update_user(conn: &mut PgConnection, id: UserId, changes: &UserChan
         .parse()
 }
 
-const DELETE_USER: &str = "DELETE FROM users WHERE id = $1 RETURNING id, email, name, role, created_at, updated_at";
+/// The deletion is one more write: its event's sequence follows the last
+/// version the row had.
+const DELETE_USER: &str = "DELETE FROM users WHERE id = $1 \
+     RETURNING id, email, name, role, created_at, updated_at, version + 1 AS version";
 
-pub async fn delete_user(conn: &mut PgConnection, id: UserId) -> Result<User, UserError> {
-    let query = sqlx::query_as::<_, UserRow>(DELETE_USER)
+pub async fn delete_user(conn: &mut PgConnection, id: UserId) -> Result<Written, UserError> {
+    let query = sqlx::query_as::<_, WrittenRow>(DELETE_USER)
         .bind(id.as_uuid())
         .fetch_optional(conn);
     db::traced(db::span("DELETE", "users", DELETE_USER), query)
@@ -253,14 +296,16 @@ pub struct OutboxEvent<'a> {
 }
 
 const INSERT_OUTBOX: &str = "INSERT INTO outbox \
-     (event_id, topic, key, event_type, payload, traceparent, tracestate, baggage) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+     (event_id, topic, key, event_type, payload, traceparent, tracestate, baggage, sequence) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
 /// Adds an event to the outbox, in the write's transaction: it commits with
 /// the change or not at all, and its commit wakes the relay (the table's
 /// trigger notifies `outbox`).
 pub async fn insert_outbox(conn: &mut PgConnection, row: &OutboxEvent<'_>) -> Result<(), UserError> {
     let field = |name: &str| row.trace.get(name).map(String::as_str);
+    let sequence = i64::try_from(row.event.sequence)
+        .map_err(|_| UserError::Internal(anyhow::anyhow!("event sequence {} is out of range", row.event.sequence)))?;
     let query = sqlx::query(INSERT_OUTBOX)
         .bind(row.event.event_id)
         .bind(row.topic)
@@ -270,7 +315,110 @@ pub async fn insert_outbox(conn: &mut PgConnection, row: &OutboxEvent<'_>) -> Re
         .bind(field("traceparent"))
         .bind(field("tracestate"))
         .bind(field("baggage"))
+        .bind(sequence)
         .execute(conn);
     db::traced(db::span("INSERT", "outbox", INSERT_OUTBOX), query).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use callchain_testkit::postgres::TestDatabase;
+
+    use super::*;
+
+    async fn database() -> TestDatabase {
+        let db = TestDatabase::create().await.expect("a test database");
+        sqlx::migrate!("./migrations")
+            .run(db.pool())
+            .await
+            .expect("the user service's migrations");
+        db
+    }
+
+    async fn created(db: &TestDatabase) -> Written {
+        let mut conn = db.pool().acquire().await.unwrap();
+        let user = NewUser {
+            id: UserId::new(),
+            email: Email::parse("ada@example.com").unwrap(),
+            name: UserName::parse("Ada").unwrap(),
+            password_hash: "not a real hash".into(),
+            role: Role::User,
+        };
+        insert_user(&mut conn, &user).await.unwrap()
+    }
+
+    fn renamed(name: &str) -> UserChanges {
+        UserChanges {
+            name: Some(UserName::parse(name).unwrap()),
+            ..UserChanges::default()
+        }
+    }
+
+    /// Waits until a statement of the test database waits on a lock.
+    async fn until_one_waits_on_a_lock(db: &TestDatabase) {
+        for _ in 0..500 {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+            if waiting > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the second update never waited on the row's lock");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn each_write_of_a_user_counts_one_more_version_the_deletion_included() {
+        let db = database().await;
+        let first = created(&db).await;
+        let id = first.user.id;
+        let mut conn = db.pool().acquire().await.unwrap();
+        let second = update_user(&mut conn, id, &renamed("Bea")).await.unwrap();
+        let third = update_user(&mut conn, id, &renamed("Cy")).await.unwrap();
+        let deleted = delete_user(&mut conn, id).await.unwrap();
+        assert_eq!(
+            [first.sequence, second.sequence, third.sequence, deleted.sequence],
+            [1, 2, 3, 4]
+        );
+    }
+
+    /// The second transaction begins first, then waits on the row the first
+    /// one updated; once the first commits, the second's update must be
+    /// stamped after it, as its version is counted after it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_update_that_waited_on_the_row_lock_is_stamped_after_the_update_it_waited_for() {
+        let db = database().await;
+        let id = created(&db).await.user.id;
+
+        let mut waiting = db.pool().begin().await.unwrap();
+        sqlx::query("SELECT 1").execute(&mut *waiting).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+
+        let mut holder = db.pool().begin().await.unwrap();
+        let first = update_user(&mut holder, id, &renamed("First")).await.unwrap();
+        let second = tokio::spawn(async move {
+            let written = update_user(&mut waiting, id, &renamed("Second")).await.unwrap();
+            waiting.commit().await.unwrap();
+            written
+        });
+        until_one_waits_on_a_lock(&db).await;
+        holder.commit().await.unwrap();
+        let second = second.await.unwrap();
+
+        assert_eq!(second.user.name.as_str(), "Second");
+        assert_eq!(second.sequence, first.sequence + 1, "versions follow the commit order");
+        assert!(
+            second.user.updated_at > first.user.updated_at,
+            "the update committed second is stamped {}, before the one it waited for ({})",
+            second.user.updated_at,
+            first.user.updated_at
+        );
+    }
 }

@@ -2,14 +2,18 @@
 //! the consumer.
 //!
 //! - [`UserEvent`]: the envelope (`event_id`, `event_type`, `occurred_at`,
-//!   `user_id`, `schema_version`) and its payload, which holds no secret.
+//!   `user_id`, `sequence`, `schema_version`) and its payload, which holds
+//!   no secret.
 //! - [`TOPIC`], [`DLQ_TOPIC`]: where events go, and where those the consumer
 //!   cannot read end up (the defaults: both services take another topic
 //!   from `KAFKA_TOPIC`, with [`dlq_topic`] beside it).
 //! - [`headers`]: the Kafka header names beside the trace context
 //!   (`traceparent`, `tracestate`, `baggage`, written by the telemetry).
 //!
-//! Messages are keyed by user id, so one user's events keep their order.
+//! Messages are keyed by user id, so one user's events keep their order;
+//! each event also carries its user's `sequence` (1 for the creation, one
+//! more for each write after it), so a reader can tell an older event of a
+//! user from a newer one, and a missing one from a gap in the numbers.
 
 use callchain_domain::{Change, Email, Invalid, Role, User, UserName};
 use chrono::{DateTime, Utc};
@@ -25,8 +29,14 @@ pub const DLQ_TOPIC: &str = "user-events.dlq";
 pub fn dlq_topic(topic: &str) -> String {
     format!("{topic}.dlq")
 }
-/// The envelope version this code writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The highest sequence an event may carry: the user service counts it in a
+/// Postgres `bigint`, and the consumer stores it in one.
+pub const MAX_SEQUENCE: u64 = i64::MAX as u64;
+
+/// The envelope version this code writes and reads. Version 2 added the
+/// required `sequence`; a version 1 envelope has none, so it is not read
+/// (the consumer dead-letters it with the reason).
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Kafka header names.
 pub mod headers {
@@ -88,6 +98,11 @@ pub struct UserEvent {
     pub event_type: EventType,
     pub occurred_at: DateTime<Utc>,
     pub user_id: Uuid,
+    /// The user's version this event made: 1 for the creation, and one more
+    /// for each write after it (the deletion included), counted by the
+    /// user service in the statement of the write itself, so one user's
+    /// sequences follow the order its writes committed in.
+    pub sequence: u64,
     pub schema_version: u32,
     pub payload: UserPayload,
 }
@@ -101,6 +116,8 @@ pub enum EventError {
     Malformed(#[from] serde_json::Error),
     #[error("schema version {0} is not one this consumer reads (it reads {SCHEMA_VERSION})")]
     UnknownSchemaVersion(u64),
+    #[error("sequence {0} is not one a user service writes (1 to {MAX_SEQUENCE})")]
+    SequenceOutOfRange(u64),
     /// A field the domain refuses: the same rules as the API's and the user
     /// service's, so nothing reaches Postgres that it would refuse (a NUL).
     #[error("the payload's {0}")]
@@ -113,6 +130,7 @@ impl UserEvent {
         event_id: Uuid,
         occurred_at: DateTime<Utc>,
         user_id: Uuid,
+        sequence: u64,
         payload: UserPayload,
     ) -> Self {
         Self {
@@ -120,19 +138,22 @@ impl UserEvent {
             event_type,
             occurred_at,
             user_id,
+            sequence,
             schema_version: SCHEMA_VERSION,
             payload,
         }
     }
 
     /// The event of a write: `change` made to `user` (as it stands after
-    /// the change; for a deletion, as it stood before).
-    pub fn of(event_type: EventType, user: &User, change: &Change) -> Self {
+    /// the change; for a deletion, as it stood before), which made the
+    /// user's version `sequence`.
+    pub fn of(event_type: EventType, user: &User, change: &Change, sequence: u64) -> Self {
         Self::new(
             event_type,
             change.event_id,
             change.occurred_at,
             user.id.as_uuid(),
+            sequence,
             UserPayload {
                 email: user.email.to_string(),
                 name: user.name.as_str().to_owned(),
@@ -163,6 +184,9 @@ impl UserEvent {
             return Err(EventError::UnknownSchemaVersion(schema_version));
         }
         let event: Self = serde_json::from_slice(payload)?;
+        if !(1..=MAX_SEQUENCE).contains(&event.sequence) {
+            return Err(EventError::SequenceOutOfRange(event.sequence));
+        }
         event.payload.check()?;
         Ok(event)
     }
@@ -178,6 +202,7 @@ mod tests {
             Uuid::now_v7(),
             Utc::now(),
             Uuid::now_v7(),
+            1,
             UserPayload {
                 email: "ada@example.com".into(),
                 name: "Ada".into(),
@@ -192,7 +217,8 @@ mod tests {
         let json = event.to_json();
         let text = String::from_utf8(json.clone()).unwrap();
         assert!(text.contains(r#""event_type":"user.created""#), "{text}");
-        assert!(text.contains(r#""schema_version":1"#), "{text}");
+        assert!(text.contains(r#""schema_version":2"#), "{text}");
+        assert!(text.contains(r#""sequence":1"#), "{text}");
         assert_eq!(UserEvent::parse(Some(&json)).unwrap(), event);
     }
 
@@ -204,11 +230,11 @@ mod tests {
             Err(EventError::Malformed(_))
         ));
         let mut future = serde_json::to_value(event()).unwrap();
-        future["schema_version"] = 2.into();
+        future["schema_version"] = 3.into();
         let bytes = serde_json::to_vec(&future).unwrap();
         let error = UserEvent::parse(Some(&bytes)).unwrap_err();
-        assert!(matches!(error, EventError::UnknownSchemaVersion(2)));
-        assert!(error.to_string().contains("schema version 2"));
+        assert!(matches!(error, EventError::UnknownSchemaVersion(3)));
+        assert!(error.to_string().contains("schema version 3"));
     }
 
     #[test]
@@ -230,6 +256,36 @@ mod tests {
                 "{error}"
             );
         }
+    }
+
+    #[test]
+    fn a_version_1_envelope_without_a_sequence_is_not_read() {
+        let mut old = serde_json::to_value(event()).unwrap();
+        old["schema_version"] = 1.into();
+        old.as_object_mut().unwrap().remove("sequence");
+        let error = UserEvent::parse(Some(&serde_json::to_vec(&old).unwrap())).unwrap_err();
+        assert!(matches!(error, EventError::UnknownSchemaVersion(1)), "{error}");
+    }
+
+    #[test]
+    fn a_sequence_of_0_or_past_a_bigint_is_refused() {
+        for sequence in [0, MAX_SEQUENCE + 1] {
+            let mut json = serde_json::to_value(event()).unwrap();
+            json["sequence"] = sequence.into();
+            let error = UserEvent::parse(Some(&serde_json::to_vec(&json).unwrap())).unwrap_err();
+            assert!(
+                matches!(error, EventError::SequenceOutOfRange(s) if s == sequence),
+                "{sequence}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_sequence_is_malformed() {
+        let mut value = serde_json::to_value(event()).unwrap();
+        value.as_object_mut().unwrap().remove("sequence");
+        let error = UserEvent::parse(Some(&serde_json::to_vec(&value).unwrap())).unwrap_err();
+        assert!(error.to_string().contains("sequence"), "{error}");
     }
 
     #[test]

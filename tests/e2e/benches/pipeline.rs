@@ -254,6 +254,7 @@ async fn feed(kafka: &Kafka, count: u64) -> anyhow::Result<()> {
             uuid::Uuid::now_v7(),
             chrono::Utc::now(),
             user_id,
+            1,
             UserPayload {
                 email: format!("bench{n}@example.com"),
                 name: format!("Bench {n}"),

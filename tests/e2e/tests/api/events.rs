@@ -2,9 +2,13 @@
 //! Postgres, in one trace, and the guarantees of a write: a 2xx means the
 //! change and its event are committed together, and the event reaches the
 //! consumer exactly once, even through a broker outage; a retry with the
-//! same `Idempotency-Key` applies once.
+//! same `Idempotency-Key` applies once; one user's events are stored in the
+//! order of its writes (their `sequence`), whatever fails in between.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use callchain_testkit::spans::{SpanKind, Trace};
 use serde_json::{Value, json};
@@ -393,4 +397,209 @@ async fn a_database_connection_terminated_mid_write_answers_503_with_retry_after
         stack.user.logs.text().contains("database unavailable"),
         "the user service logged it as unavailable, not as an internal error"
     );
+}
+
+/// Each user's stored event sequences, in the order they sit on the topic.
+async fn sequences_of(stack: &callchain_e2e::stack::Stack, user_id: uuid::Uuid) -> Vec<i64> {
+    sqlx::query_scalar("SELECT sequence FROM user_events WHERE user_id = $1 ORDER BY kafka_partition, kafka_offset")
+        .bind(user_id)
+        .fetch_all(stack.db.pool())
+        .await
+        .expect("reading user_events")
+}
+
+/// How many messages the test's topic holds (a fresh topic, written only by
+/// the idempotent relay, so its offsets count its messages).
+fn messages_on_topic(stack: &callchain_e2e::stack::Stack) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let probe: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", stack.kafka.bootstrap())
+        .create()
+        .expect("a watermark probe");
+    (0..3)
+        .map(|partition| {
+            probe
+                .fetch_watermarks(&stack.kafka.topic, partition, Duration::from_secs(5))
+                .map_or(0, |(_, high)| high)
+        })
+        .sum()
+}
+
+/// An outbox row as the write path leaves one: `(event_id, topic, key,
+/// event type, payload, sequence)`.
+fn outbox_row(user_id: uuid::Uuid, sequence: u64, topic: &str) -> (uuid::Uuid, String, String, String, Vec<u8>, i64) {
+    use callchain_events::{EventType, UserEvent, UserPayload};
+    let event = UserEvent::new(
+        EventType::UserUpdated,
+        uuid::Uuid::now_v7(),
+        chrono::Utc::now(),
+        user_id,
+        sequence,
+        UserPayload {
+            email: format!("{user_id}@example.com"),
+            name: format!("Version {sequence}"),
+            role: "USER".into(),
+        },
+    );
+    (
+        event.event_id,
+        topic.to_owned(),
+        event.key(),
+        event.event_type.as_str().to_owned(),
+        event.to_json(),
+        sequence as i64,
+    )
+}
+
+/// A row Kafka will never take (its topic does not exist; a message larger
+/// than the broker's limit) is parked in `outbox_dead_letters` with the
+/// reason; the rows around it, of its user and of others, are published
+/// once each (no round is sent again), and each user's stored events keep
+/// the order of its writes, the parked one a visible gap.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_kafka_refuses_for_good_is_parked_with_its_reason_and_the_rest_is_published_once_in_order() {
+    const WRITES: u64 = 6;
+    let stack = stack().await;
+    let users: Vec<uuid::Uuid> = (0..4).map(|_| uuid::Uuid::now_v7()).collect();
+    let gone_topic = format!("{}-gone", stack.kafka.topic);
+    let mut rows = Vec::new();
+    for sequence in 1..=WRITES {
+        for (n, &user_id) in users.iter().enumerate() {
+            let mut row = outbox_row(user_id, sequence, &stack.kafka.topic);
+            if n == 1 && sequence == 3 {
+                row.1 = gone_topic.clone();
+            }
+            if n == 2 && sequence == 4 {
+                // Still a readable event (JSON allows trailing blanks), but
+                // twice the broker's default limit of 1 MB.
+                row.4.extend(std::iter::repeat_n(b' ', 2_000_000));
+            }
+            rows.push(row);
+        }
+    }
+    // One transaction, so the relay's round holds them all at once.
+    let mut tx = stack.db.pool().begin().await.unwrap();
+    for (event_id, topic, key, event_type, payload, sequence) in &rows {
+        sqlx::query(
+            "INSERT INTO outbox (event_id, topic, key, event_type, payload, sequence) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(event_id)
+        .bind(topic)
+        .bind(key)
+        .bind(event_type)
+        .bind(payload)
+        .bind(sequence)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    stack
+        .wait_until_published(Duration::from_secs(30))
+        .await
+        .expect("the refused rows no longer hold up the outbox");
+    let parked: Vec<(uuid::Uuid, String, String)> =
+        sqlx::query_as("SELECT event_id, topic, reason FROM outbox_dead_letters ORDER BY id")
+            .fetch_all(stack.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(parked.len(), 2, "{parked:?}");
+    assert_eq!(parked[0].0, rows[4 * 2 + 1].0, "the row of the missing topic");
+    assert_eq!(parked[0].1, gone_topic);
+    assert!(
+        parked[0].2.to_lowercase().contains("unknown topic"),
+        "{:?}",
+        parked[0].2
+    );
+    assert_eq!(parked[1].0, rows[4 * 3 + 2].0, "the row too large");
+    assert!(parked[1].2.to_lowercase().contains("too large"), "{:?}", parked[1].2);
+
+    stack
+        .kafka
+        .wait_until_consumed(Duration::from_secs(60))
+        .await
+        .expect("the consumer catches up");
+    let all: Vec<i64> = (1..=WRITES as i64).collect();
+    let without = |gap: i64| all.iter().copied().filter(|&s| s != gap).collect::<Vec<_>>();
+    let expected = [all.clone(), without(3), without(4), all.clone()];
+    for (user_id, expected) in users.iter().zip(expected) {
+        assert_eq!(
+            sequences_of(&stack, *user_id).await,
+            expected,
+            "user {user_id}: each event once, in the order of the writes"
+        );
+    }
+    let published = tokio::task::block_in_place(|| messages_on_topic(&stack));
+    assert_eq!(
+        published,
+        rows.len() as i64 - 2,
+        "every row but the parked two went to the topic exactly once"
+    );
+}
+
+/// The broker is killed while a relay round is in flight (many rows sent,
+/// few acknowledged, none deleted yet) and comes back: every user's events
+/// are stored once each, in the order of its writes, with no holes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_killed_mid_round_leaves_every_users_events_stored_once_each_in_order_without_holes() {
+    const USERS: usize = 4;
+    const UPDATES: usize = 30;
+    let mut stack = stack_on_own_broker().await;
+    let admin = stack.admin_token().await;
+    stack.kafka.broker().kill();
+
+    let mut ids = Vec::new();
+    for n in 0..USERS {
+        let user = stack.register(&email(&format!("mid-round-{n}")), PASSWORD).await;
+        ids.push(user["id"].as_str().unwrap().to_owned());
+    }
+    for n in 0..UPDATES {
+        for id in &ids {
+            let renamed = stack
+                .patch_user(id, &admin, &json!({ "name": format!("Name {n}") }))
+                .await;
+            assert_eq!(renamed.status(), 200);
+        }
+    }
+    let written = (USERS * (1 + UPDATES)) as i64;
+    assert_eq!(stack.outbox_len().await, written, "every event waits in the outbox");
+
+    // Back, and killed again as soon as the first of the outstanding
+    // messages reaches the topic: the round is in flight.
+    tokio::task::block_in_place(|| stack.kafka.broker().restart()).expect("the broker restarts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tokio::task::block_in_place(|| messages_on_topic(&stack)) == 0 {
+        assert!(Instant::now() < deadline, "the relay never published after the restart");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stack.kafka.broker().kill();
+    let left = stack.outbox_len().await;
+    assert!(left > 0, "the kill came after the round had finished");
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::task::block_in_place(|| stack.kafka.broker().restart()).expect("the broker restarts again");
+    stack
+        .wait_until_published(Duration::from_secs(90))
+        .await
+        .expect("the relay publishes the outbox");
+    stack
+        .kafka
+        .wait_until_consumed(Duration::from_secs(90))
+        .await
+        .expect("the consumer catches up");
+    let mut stored = BTreeMap::new();
+    for id in &ids {
+        let user_id: uuid::Uuid = id.parse().unwrap();
+        stored.insert(id.clone(), sequences_of(&stack, user_id).await);
+    }
+    let expected: Vec<i64> = (1..=(1 + UPDATES) as i64).collect();
+    for (id, sequences) in &stored {
+        assert_eq!(sequences, &expected, "user {id}: once each, in order, no holes");
+    }
+    let stale: i64 = sqlx::query_scalar("SELECT count(*) FROM stale_user_events")
+        .fetch_one(stack.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(stale, 0, "no event arrived after a newer one of its user");
 }
