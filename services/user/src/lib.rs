@@ -11,7 +11,8 @@
 //!
 //! [`run`] connects, migrates, starts the relay and serves on a listener it
 //! is given, until the shutdown future resolves, so `main` and the tests
-//! start it the same way.
+//! start it the same way; [`Config`] tells the shared runner
+//! (`callchain_runtime::runner`) how to start it as a process.
 
 pub mod config;
 mod error;
@@ -153,4 +154,30 @@ pub async fn healthcheck(addr: SocketAddr) -> anyhow::Result<()> {
         .await?;
     anyhow::ensure!(response.get_ref().status() == ServingStatus::Serving, "not serving");
     Ok(())
+}
+
+/// What the shared runner (`callchain_runtime::runner`) needs to start
+/// the user service as a process.
+impl callchain_runtime::runner::Service for Config {
+    const NAME: &'static str = "user";
+
+    fn from_env(env: &callchain_runtime::env::Env) -> anyhow::Result<Self> {
+        Config::from_env(env)
+    }
+
+    fn listen_addr(&self) -> SocketAddr {
+        self.listen_addr
+    }
+
+    async fn healthcheck(addr: SocketAddr) -> anyhow::Result<()> {
+        healthcheck(addr).await
+    }
+
+    async fn run(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: callchain_runtime::lifecycle::BoxedSignal,
+    ) -> anyhow::Result<()> {
+        run(self, listener, shutdown).await
+    }
 }

@@ -4,10 +4,12 @@
 //! - [`env`]: settings from environment variables, read the same way by
 //!   every binary: `main` reads the process's once into an [`env::Env`],
 //!   tests build one from pairs.
-//! - [`lifecycle`]: the shutdown signal every binary waits for, and the
-//!   probe behind every `--healthcheck`.
+//! - [`lifecycle`]: the shutdown signal every binary waits for, the bounded
+//!   drain after it, and the probe behind every `--healthcheck`.
+//! - [`runner`]: the one `main` of every service, from its settings to its
+//!   exit, given a [`runner::Service`] and the telemetry's init.
 //! - [`Allocator`]: the global allocator every binary installs, and
-//!   [`tune_allocator`], which every `main` calls first.
+//!   [`tune_allocator`], which the runner calls first.
 //! - `db` (feature `postgres`): the Postgres pool with the service's
 //!   migrations applied, patient while Postgres starts; and the one reading
 //!   of database errors (transient, refused, other) every service shares.
@@ -19,6 +21,7 @@
 pub mod db;
 pub mod env;
 pub mod lifecycle;
+pub mod runner;
 
 /// The memory allocator of every callchain binary (and of the benchmarks,
 /// which run the services in their own process), installed in each `main`:
@@ -47,7 +50,8 @@ pub const PURGE_DELAY_MS: std::ffi::c_long = 10_000;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Sets the allocator's options: freed memory goes back to the OS after
-/// [`PURGE_DELAY_MS`]. Call it first thing in `main`.
+/// [`PURGE_DELAY_MS`]. Called first thing in every `main` (the services'
+/// through [`runner::main`]).
 pub fn tune_allocator() {
     // SAFETY: setting an option is a plain store mimalloc reads when it
     // next decides whether to purge; any thread may call it at any time.
