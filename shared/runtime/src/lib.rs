@@ -52,6 +52,9 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// Sets the allocator's options: freed memory goes back to the OS after
 /// [`PURGE_DELAY_MS`]. Called first thing in every `main` (the services'
 /// through [`runner::main`]).
+// The one `unsafe` of the workspace's own code (`[workspace.lints]` denies
+// it elsewhere): mimalloc's options are set through its C interface.
+#[allow(unsafe_code)]
 pub fn tune_allocator() {
     // SAFETY: setting an option is a plain store mimalloc reads when it
     // next decides whether to purge; any thread may call it at any time.
@@ -63,6 +66,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(unsafe_code)] // reads the option `tune_allocator` sets
     fn tuning_sets_the_purge_delay() {
         // SAFETY: reading an option is a plain load.
         let get = || unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
