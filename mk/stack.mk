@@ -29,45 +29,17 @@ SERVICE ?=
 
 .PHONY: up down logs ps e2e-up compose-check stack-wait
 
+# The recipes' shell lives in scripts/stack.sh, which reads these variables.
+STACK_ENV = COMPOSE='$(COMPOSE)' STACK_WAIT_SECONDS=$(STACK_WAIT_SECONDS) \
+	STACK_API_URL=$(STACK_API_URL) STACK_JAEGER_URL=$(STACK_JAEGER_URL)
+
 up: ## Build the image, start the stack, wait until every service is healthy
-	@docker info >/dev/null 2>&1 || { \
-		echo "make up needs a running Docker engine, and none answers (try: docker info)" >&2; exit 1; }
-	@if [ "$(COMPOSE)" = "docker compose" ]; then \
-		echo "+ $(COMPOSE) up -d --build --wait"; \
-		$(COMPOSE) up -d --build --wait; \
-	else \
-		echo "+ $(COMPOSE) build && $(COMPOSE) up -d"; \
-		$(COMPOSE) build && $(COMPOSE) up -d && $(MAKE) --no-print-directory stack-wait; \
-	fi
-	@echo ""
-	@echo "callchain is up:"
-	@echo "  API     $(STACK_API_URL)"
-	@echo "  Jaeger  $(STACK_JAEGER_URL)"
-	@echo ""
-	@echo "Create a user; the traceparent response header holds its trace id, to look up in Jaeger:"
-	@echo "  curl -i $(STACK_API_URL)/v1/users -H 'content-type: application/json' \\"
-	@echo "    -d '{\"email\":\"ada@example.com\",\"name\":\"Ada Lovelace\",\"password\":\"correct horse battery staple\"}'"
+	@$(STACK_ENV) scripts/stack.sh up
 
 # Waits until no container of the stack is still `starting` its healthcheck;
 # fails on the first `unhealthy` one. Only needed with docker-compose v1.
 stack-wait:
-	@deadline=$$(( $$(date +%s) + $(STACK_WAIT_SECONDS) )); \
-	while :; do \
-		pending=""; \
-		for id in $$($(COMPOSE) ps -q); do \
-			name=$$(docker inspect --format '{{.Name}}' "$$id"); \
-			health=$$(docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$$id"); \
-			case "$$health" in \
-				unhealthy) echo "$$name is unhealthy; see: make logs" >&2; exit 1 ;; \
-				starting) pending="$$pending $$name" ;; \
-			esac; \
-		done; \
-		[ -z "$$pending" ] && break; \
-		if [ "$$(date +%s)" -ge "$$deadline" ]; then \
-			echo "not healthy after $(STACK_WAIT_SECONDS)s:$$pending" >&2; exit 1; \
-		fi; \
-		sleep 2; \
-	done
+	@$(STACK_ENV) scripts/stack.sh wait
 
 down: ## Stop and remove the stack's containers (`$(COMPOSE) down -v` also drops the data)
 	$(COMPOSE) down
@@ -83,10 +55,4 @@ e2e-up: ## Run the `running_stack` e2e tests against the stack of `make up`
 		cargo nextest run -p callchain-e2e --run-ignored all -E 'test(running_stack)'
 
 compose-check: ## Validate docker-compose.yml against the Compose schema (no engine needed)
-	@command -v docker-compose >/dev/null 2>&1 || { \
-		echo "docker-compose is not installed: run 'make tools'" >&2; exit 1; }
-	docker-compose --file docker-compose.yml config --quiet
-	@if docker compose version >/dev/null 2>&1; then \
-		echo "+ docker compose --file docker-compose.yml config --quiet"; \
-		docker compose --file docker-compose.yml config --quiet; \
-	fi
+	@scripts/stack.sh check

@@ -32,6 +32,8 @@ USER_PORT=${USER_PORT:-50051}
 USER_REPLICAS=${USER_REPLICAS:-1}
 CONSUMER_PORT=${CONSUMER_PORT:-8081}
 BIN=${DEV_BIN_DIR:-${CARGO_TARGET_DIR:-target}/release}
+# How long each service may take to answer its health check.
+WAIT_SECONDS=30
 
 stop_all() { scripts/parts.sh down "$DEV_DIR"; }
 
@@ -50,29 +52,6 @@ for i in $(seq 1 "$USER_REPLICAS"); do
     USER_PORTS+=($((USER_PORT + i - 1)))
     USER_URLS+=("http://127.0.0.1:$((USER_PORT + i - 1))")
 done
-
-wait_for() { # name, command...
-    local name=$1
-    shift
-    for _ in $(seq 1 150); do
-        "$@" >/dev/null 2>&1 && return 0
-        if [ -f "$PIDS/$name" ] && ! kill -0 "$(cat "$PIDS/$name")" 2>/dev/null; then
-            echo "$name exited; the end of $LOGS/$name.log:" >&2
-            tail -n 20 "$LOGS/$name.log" >&2
-            return 1
-        fi
-        sleep 0.2
-    done
-    echo "$name did not become ready; see $LOGS/$name.log" >&2
-    return 1
-}
-
-start() { # name, command...
-    local name=$1
-    shift
-    "$@" >>"$LOGS/$name.log" 2>&1 &
-    echo $! >"$PIDS/$name"
-}
 
 stop_all
 for port in "$API_PORT" "${USER_PORTS[@]}" "$CONSUMER_PORT"; do port_free "$port" "a callchain service"; done
@@ -106,12 +85,12 @@ step "starting the services (spans to $OTEL_EXPORTER_OTLP_ENDPOINT)"
 for i in "${!USER_NAMES[@]}"; do
     export USER_LISTEN_ADDR=127.0.0.1:${USER_PORTS[$i]}
     OTEL_SERVICE_NAME=user start "${USER_NAMES[$i]}" "$BIN/user"
-    wait_for "${USER_NAMES[$i]}" "$BIN/user" --healthcheck
+    wait_for "${USER_NAMES[$i]}" "$WAIT_SECONDS" "$BIN/user" --healthcheck
 done
 OTEL_SERVICE_NAME=consumer start consumer "$BIN/consumer"
-wait_for consumer "$BIN/consumer" --healthcheck
+wait_for consumer "$WAIT_SECONDS" "$BIN/consumer" --healthcheck
 OTEL_SERVICE_NAME=api start api "$BIN/api"
-wait_for api "$BIN/api" --healthcheck
+wait_for api "$WAIT_SECONDS" "$BIN/api" --healthcheck
 
 api=http://127.0.0.1:$API_PORT
 jaeger=http://127.0.0.1:$JAEGER_QUERY_PORT
@@ -145,7 +124,7 @@ echo "Ctrl-C stops everything."
 while :; do
     # The other replicas may be stopped, to watch the API drop them.
     for name in kafka jaeger otelcol user consumer api; do
-        if ! kill -0 "$(cat "$PIDS/$name")" 2>/dev/null; then
+        if ! running "$name"; then
             echo "$name stopped; see $LOGS/$name.log" >&2
             stop_all
             exit 1

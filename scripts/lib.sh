@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the scripts in this folder: `source "$(dirname "$0")/lib.sh"`.
 #
 # Reads the versions from the root .env, and says where the stack's tools are
@@ -11,12 +12,15 @@ set -a
 set +a
 
 CALLCHAIN_TOOLS=${CALLCHAIN_TOOLS:-$HOME/.callchain/tools}
+# shellcheck disable=SC2034 # read by the scripts that source this file
+{
 KAFKA_HOME=$CALLCHAIN_TOOLS/kafka-$KAFKA_VERSION
 OTELCOL_BIN=$CALLCHAIN_TOOLS/otelcol-$OTELCOL_VERSION/otelcol-callchain
 JAEGER_BIN=$CALLCHAIN_TOOLS/jaeger-$JAEGER_VERSION/jaeger
 SCHEMATHESIS_HOME=$CALLCHAIN_TOOLS/schemathesis-$SCHEMATHESIS_VERSION
 HELM_BIN=$CALLCHAIN_TOOLS/helm-$HELM_VERSION/helm
 KUBERNETES_VALIDATE_HOME=$CALLCHAIN_TOOLS/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION
+}
 
 # A progress line, on stderr so it shows even when stdout is captured.
 step() { printf '==> %s\n' "$*" >&2; }
@@ -55,6 +59,56 @@ port_free() {
     if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
         die "port $1 ($2) is already taken on 127.0.0.1; stop what listens there (ss -ltnp 'sport = :$1') or choose another port"
     fi
+}
+
+# The processes a script starts and waits for. The caller sets PIDS (a folder
+# of <name> files, each holding a pid) and LOGS (a folder of <name>.log).
+
+# running NAME: whether its recorded process is alive.
+running() {
+    [ -f "$PIDS/$1" ] && kill -0 "$(cat "$PIDS/$1")" 2>/dev/null
+}
+
+# start NAME COMMAND...: in the background, its output appended to its log.
+start() {
+    local name=$1
+    shift
+    "$@" >>"$LOGS/$name.log" 2>&1 &
+    echo $! >"$PIDS/$name"
+}
+
+# wait_for NAME SECONDS PROBE...: until PROBE succeeds; fails, with the end
+# of its log, when NAME exits first or SECONDS pass.
+wait_for() {
+    local name=$1 seconds=$2
+    shift 2
+    local deadline=$((SECONDS + seconds))
+    until "$@" >/dev/null 2>&1; do
+        if ! running "$name"; then
+            echo "$name exited; the end of $LOGS/$name.log:" >&2
+            tail -n 30 "$LOGS/$name.log" >&2
+            return 1
+        fi
+        if [ $SECONDS -ge $deadline ]; then
+            echo "$name did not answer within $seconds s; see $LOGS/$name.log" >&2
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+
+# port_defaults PREFIX NAME=PORT...: exports each NAME as the value of
+# PREFIX+NAME when that is set, else as PORT. `scripts/parts.sh` keeps the
+# caller's own (PREFIX empty); `scripts/test-parts.sh` reads TEST_<NAME>, so
+# the test parts never take `make dev`'s ports by accident.
+port_defaults() {
+    local prefix=$1 setting name override
+    shift
+    for setting in "$@"; do
+        name=${setting%%=*}
+        override=$prefix$name
+        export "$name=${!override:-${setting#*=}}"
+    done
 }
 
 # pip_tool NAME VERSION HOME: installs the PyPI package NAME==VERSION into its

@@ -24,19 +24,17 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 # The ports above, each kept when the environment sets it.
-for setting in KAFKA_PORT=9092 KAFKA_CONTROLLER_PORT=9093 \
+port_defaults "" KAFKA_PORT=9092 KAFKA_CONTROLLER_PORT=9093 \
     OTELCOL_GRPC_PORT=4317 OTELCOL_HTTP_PORT=4318 OTELCOL_HEALTH_PORT=13133 OTELCOL_METRICS_PORT=8888 \
     JAEGER_QUERY_PORT=16686 JAEGER_QUERY_GRPC_PORT=16685 JAEGER_GRPC_PORT=14317 JAEGER_HTTP_PORT=14318 \
-    JAEGER_HEALTH_PORT=13134 JAEGER_METRICS_PORT=8889; do
-    name=${setting%%=*}
-    declare "$name=${!name:-${setting#*=}}"
-done
+    JAEGER_HEALTH_PORT=13134 JAEGER_METRICS_PORT=8889
 
 # Everything `make dev` or `make test` may have started, in the order to stop
 # it: services first (they drain and flush their spans), Kafka last. The user
 # service's replicas are user, user2, user3... (`USER_REPLICAS=3 make dev`).
 stop_order() {
     local replicas
+    # shellcheck disable=SC2010,SC2015 # the pid files are named by us; none at all lists none
     replicas=$(cd "$PIDS" 2>/dev/null && ls -1 | grep -E '^user[0-9]+$' | sort -V | tr '\n' ' ' || true)
     echo "api consumer user $replicas otelcol jaeger kafka"
 }
@@ -48,10 +46,6 @@ command=$1
 DIR=$2
 PIDS=$DIR/pids
 LOGS=$DIR/logs
-
-running() { # name: whether its recorded process is alive
-    [ -f "$PIDS/$1" ] && kill -0 "$(cat "$PIDS/$1")" 2>/dev/null
-}
 
 stop_one() { # name
     local pid
@@ -84,31 +78,6 @@ rss() {
         printf '%-10s %6d MiB\n' "$name" $((kib / 1024))
     done
     printf '%-10s %6d MiB\n' total $((total / 1024))
-}
-
-start() { # name, command...: in the background, its output to its log
-    local name=$1
-    shift
-    "$@" >>"$LOGS/$name.log" 2>&1 &
-    echo $! >"$PIDS/$name"
-}
-
-wait_for() { # name, seconds, probe command...
-    local name=$1 seconds=$2
-    shift 2
-    local deadline=$((SECONDS + seconds))
-    until "$@" >/dev/null 2>&1; do
-        if ! running "$name"; then
-            echo "$name exited; the end of $LOGS/$name.log:" >&2
-            tail -n 30 "$LOGS/$name.log" >&2
-            return 1
-        fi
-        if [ $SECONDS -ge $deadline ]; then
-            echo "$name did not answer within $seconds s; see $LOGS/$name.log" >&2
-            return 1
-        fi
-        sleep 0.3
-    done
 }
 
 http_ok() { curl -fsS -o /dev/null --max-time 2 "$1"; }

@@ -21,14 +21,10 @@ set -euo pipefail
 DIR=$CALLCHAIN_ROOT/.test
 # The parts' ports (see scripts/parts.sh), away from `make dev`'s; each can
 # be moved with TEST_<NAME>, e.g. TEST_KAFKA_PORT=49092.
-for setting in KAFKA_PORT=39092 KAFKA_CONTROLLER_PORT=39093 \
+port_defaults TEST_ KAFKA_PORT=39092 KAFKA_CONTROLLER_PORT=39093 \
     OTELCOL_GRPC_PORT=24317 OTELCOL_HTTP_PORT=24318 OTELCOL_HEALTH_PORT=23133 OTELCOL_METRICS_PORT=28888 \
     JAEGER_QUERY_PORT=26686 JAEGER_QUERY_GRPC_PORT=26685 JAEGER_GRPC_PORT=25317 JAEGER_HTTP_PORT=25318 \
-    JAEGER_HEALTH_PORT=23134 JAEGER_METRICS_PORT=28889; do
-    name=${setting%%=*}
-    override=TEST_$name
-    export "$name=${!override:-${setting#*=}}"
-done
+    JAEGER_HEALTH_PORT=23134 JAEGER_METRICS_PORT=28889
 
 exports() {
     echo "export CALLCHAIN_TEST_KAFKA=127.0.0.1:$KAFKA_PORT"

@@ -26,7 +26,9 @@
 //!   annotations; it reads everything above and nothing reads it.
 //!
 //! [`run`] serves on a listener it is given until the shutdown future
-//! resolves, so `main` and the tests start it the same way.
+//! resolves, so `main` and the tests start it the same way; [`Config`]
+//! tells the shared runner (`callchain_runtime::runner`) how to start it as
+//! a process.
 
 mod auth;
 pub mod config;
@@ -231,4 +233,30 @@ async fn method_not_allowed() -> ApiError {
 /// Probes `/readyz` on `addr`: the container health check.
 pub async fn healthcheck(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(callchain_runtime::lifecycle::http_probe(addr, "/readyz").await?)
+}
+
+/// What the shared runner (`callchain_runtime::runner`) needs to start
+/// the API as a process.
+impl callchain_runtime::runner::Service for Config {
+    const NAME: &'static str = "api";
+
+    fn from_env(env: &callchain_runtime::env::Env) -> anyhow::Result<Self> {
+        Config::from_env(env)
+    }
+
+    fn listen_addr(&self) -> SocketAddr {
+        self.listen_addr
+    }
+
+    async fn healthcheck(addr: SocketAddr) -> anyhow::Result<()> {
+        healthcheck(addr).await
+    }
+
+    async fn run(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: callchain_runtime::lifecycle::BoxedSignal,
+    ) -> anyhow::Result<()> {
+        run(self, listener, shutdown).await
+    }
 }

@@ -16,7 +16,9 @@
 //! - `shutdown`: the stop signal, shared by the loop and the health server.
 //!
 //! [`run`] consumes, and serves health on a listener it is given, until the
-//! shutdown future resolves, so `main` and the tests start it the same way.
+//! shutdown future resolves, so `main` and the tests start it the same way;
+//! [`Config`] tells the shared runner (`callchain_runtime::runner`) how to
+//! start it as a process.
 
 mod batch;
 mod broker;
@@ -78,4 +80,30 @@ pub async fn run(
 /// Probes `/healthz` on `addr`: the container health check.
 pub async fn healthcheck(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(callchain_runtime::lifecycle::http_probe(addr, "/healthz").await?)
+}
+
+/// What the shared runner (`callchain_runtime::runner`) needs to start
+/// the consumer as a process.
+impl callchain_runtime::runner::Service for Config {
+    const NAME: &'static str = "consumer";
+
+    fn from_env(env: &callchain_runtime::env::Env) -> anyhow::Result<Self> {
+        Config::from_env(env)
+    }
+
+    fn listen_addr(&self) -> SocketAddr {
+        self.health_addr
+    }
+
+    async fn healthcheck(addr: SocketAddr) -> anyhow::Result<()> {
+        healthcheck(addr).await
+    }
+
+    async fn run(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: callchain_runtime::lifecycle::BoxedSignal,
+    ) -> anyhow::Result<()> {
+        run(self, listener, shutdown).await
+    }
 }

@@ -1,34 +1,9 @@
-use callchain_consumer::Config;
-use callchain_runtime::{env::Env, lifecycle};
+//! The consumer's process: the allocator, and the runner shared by every
+//! service (`callchain_runtime::runner`) with this service's settings.
 
 #[global_allocator]
 static ALLOCATOR: callchain_runtime::Allocator = callchain_runtime::Allocator;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    callchain_runtime::tune_allocator();
-    let env = Env::from_process();
-    let config = Config::from_env(&env)?;
-    if std::env::args().any(|arg| arg == "--healthcheck") {
-        return callchain_consumer::healthcheck(config.health_addr).await;
-    }
-    let bound = lifecycle::shutdown_timeout(&env)?;
-    let telemetry = callchain_telemetry::init(&env, "consumer")?;
-    let listener = tokio::net::TcpListener::bind(config.health_addr).await?;
-    match lifecycle::run_until_signal(bound, |signal| callchain_consumer::run(config, listener, signal)).await {
-        Ok(result) => {
-            if let Err(error) = &result {
-                tracing::error!(error = &**error as &dyn std::error::Error, "consumer failed");
-            }
-            // Dropping the guard exports the spans still queued.
-            result
-        }
-        Err(timed_out) => {
-            // Logged by the lifecycle; what is still running is abandoned,
-            // so the process exits now rather than when its last task does.
-            drop(telemetry);
-            eprintln!("{timed_out}");
-            std::process::exit(1)
-        }
-    }
+fn main() -> anyhow::Result<()> {
+    callchain_runtime::runner::main::<callchain_consumer::Config, _, _>(callchain_telemetry::init)
 }

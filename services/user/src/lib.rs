@@ -12,7 +12,8 @@
 //!
 //! [`run`] connects, migrates, starts the relay and serves on a listener it
 //! is given, until the shutdown future resolves, so `main` and the tests
-//! start it the same way.
+//! start it the same way; [`Config`] tells the shared runner
+//! (`callchain_runtime::runner`) how to start it as a process.
 
 pub mod config;
 mod error;
@@ -46,7 +47,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let pool = connect(&config).await?;
     if let Some((email, password)) = &config.admin {
-        ensure_admin(&pool, email, password).await?;
+        ensure_admin(&pool, email, password, password::hash).await?;
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let relay = tokio::spawn(relay::Relay::new(pool.clone(), &config)?.run(stopped));
@@ -67,15 +68,30 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
     .await
 }
 
-async fn ensure_admin(pool: &PgPool, email: &str, password: &SecretString) -> anyhow::Result<()> {
+/// Creates the administrator `email` unless a user has that email already;
+/// only then is `password` hashed, with `hash` (`password::hash`; the tests
+/// count its calls).
+async fn ensure_admin<H, F>(pool: &PgPool, email: &str, password: &SecretString, hash: H) -> anyhow::Result<()>
+where
+    H: FnOnce(Password) -> F,
+    F: Future<Output = Result<String, error::UserError>>,
+{
+    let email = Email::parse(email).context("ADMIN_EMAIL")?;
+    let password = Password::parse(password.expose_secret()).context("ADMIN_PASSWORD")?;
+    // Every start after the first finds the administrator in place. Hashing
+    // its password again for nothing (argon2 costs CPU on purpose: a tenth of
+    // a second, and several on a busy host) kept each restart from serving.
+    let mut conn = pool.acquire().await?;
+    if store::get_credentials(&mut conn, &email).await?.is_some() {
+        return Ok(());
+    }
     let admin = store::NewUser {
         id: UserId::new(),
-        email: Email::parse(email).context("ADMIN_EMAIL")?,
+        email,
         name: UserName::parse("Administrator")?,
-        password_hash: password::hash(Password::parse(password.expose_secret()).context("ADMIN_PASSWORD")?).await?,
+        password_hash: hash(password).await?,
         role: callchain_domain::Role::Admin,
     };
-    let mut conn = pool.acquire().await?;
     if store::ensure_admin(&mut conn, &admin).await? {
         tracing::info!(user_id = %admin.id, "administrator created");
     }
@@ -154,4 +170,74 @@ pub async fn healthcheck(addr: SocketAddr) -> anyhow::Result<()> {
         .await?;
     anyhow::ensure!(response.get_ref().status() == ServingStatus::Serving, "not serving");
     Ok(())
+}
+
+/// What the shared runner (`callchain_runtime::runner`) needs to start
+/// the user service as a process.
+impl callchain_runtime::runner::Service for Config {
+    const NAME: &'static str = "user";
+
+    fn from_env(env: &callchain_runtime::env::Env) -> anyhow::Result<Self> {
+        Config::from_env(env)
+    }
+
+    fn listen_addr(&self) -> SocketAddr {
+        self.listen_addr
+    }
+
+    async fn healthcheck(addr: SocketAddr) -> anyhow::Result<()> {
+        healthcheck(addr).await
+    }
+
+    async fn run(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: callchain_runtime::lifecycle::BoxedSignal,
+    ) -> anyhow::Result<()> {
+        run(self, listener, shutdown).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use callchain_testkit::postgres::TestDatabase;
+
+    use super::*;
+
+    const ADMIN: &str = "admin@example.com";
+
+    #[tokio::test]
+    async fn a_restart_finds_the_administrator_in_place_and_hashes_no_password() {
+        let db = TestDatabase::create().await.expect("a test database");
+        let pool = connect(&Config::for_tests(db.url(), None, "127.0.0.1:1", "unused"))
+            .await
+            .unwrap();
+        let password = SecretString::from("admin-password-dev");
+        let hashed = AtomicUsize::new(0);
+        let counting = |password| {
+            hashed.fetch_add(1, Ordering::SeqCst);
+            password::hash(password)
+        };
+
+        ensure_admin(&pool, ADMIN, &password, counting).await.unwrap();
+        assert_eq!(
+            hashed.load(Ordering::SeqCst),
+            1,
+            "the first start creates the administrator"
+        );
+        ensure_admin(&pool, ADMIN, &password, counting).await.unwrap();
+        assert_eq!(
+            hashed.load(Ordering::SeqCst),
+            1,
+            "a restart hashed the password of an administrator already in place"
+        );
+        let (admins,): (i64,) = sqlx::query_as("SELECT count(*) FROM users WHERE email = $1")
+            .bind(ADMIN)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(admins, 1);
+    }
 }

@@ -5,10 +5,12 @@
 //!   every binary: `main` reads the process's once into an [`env::Env`],
 //!   tests build one from pairs; each service lists what it reads as
 //!   [`env::Setting`]s, the one place each default is written.
-//! - [`lifecycle`]: the shutdown signal every binary waits for, and the
-//!   probe behind every `--healthcheck`.
+//! - [`lifecycle`]: the shutdown signal every binary waits for, the bounded
+//!   drain after it, and the probe behind every `--healthcheck`.
+//! - [`runner`]: the one `main` of every service, from its settings to its
+//!   exit, given a [`runner::Service`] and the telemetry's init.
 //! - [`Allocator`]: the global allocator every binary installs, and
-//!   [`tune_allocator`], which every `main` calls first.
+//!   [`tune_allocator`], which the runner calls first.
 //! - `db` (feature `postgres`): the Postgres pool with the service's
 //!   migrations applied, patient while Postgres starts; and the one reading
 //!   of database errors (transient, refused, other) every service shares.
@@ -20,6 +22,7 @@
 pub mod db;
 pub mod env;
 pub mod lifecycle;
+pub mod runner;
 
 /// The memory allocator of every callchain binary (and of the benchmarks,
 /// which run the services in their own process), installed in each `main`:
@@ -48,7 +51,11 @@ pub const PURGE_DELAY_MS: std::ffi::c_long = 10_000;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Sets the allocator's options: freed memory goes back to the OS after
-/// [`PURGE_DELAY_MS`]. Call it first thing in `main`.
+/// [`PURGE_DELAY_MS`]. Called first thing in every `main` (the services'
+/// through [`runner::main`]).
+// The one `unsafe` of the workspace's own code (`[workspace.lints]` denies
+// it elsewhere): mimalloc's options are set through its C interface.
+#[allow(unsafe_code)]
 pub fn tune_allocator() {
     // SAFETY: setting an option is a plain store mimalloc reads when it
     // next decides whether to purge; any thread may call it at any time.
@@ -60,6 +67,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(unsafe_code)] // reads the option `tune_allocator` sets
     fn tuning_sets_the_purge_delay() {
         // SAFETY: reading an option is a plain load.
         let get = || unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };

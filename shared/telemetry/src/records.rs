@@ -337,7 +337,11 @@ mod tests {
     use super::*;
     use crate::test_support::{Buffer, service};
 
-    impl Buffer {
+    trait Records {
+        fn records(&self) -> Vec<Json>;
+    }
+
+    impl Records for Buffer {
         fn records(&self) -> Vec<Json> {
             self.lines()
                 .into_iter()

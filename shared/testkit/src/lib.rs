@@ -3,6 +3,7 @@
 //! - [`postgres`]: a throwaway database per test on the machine's Postgres.
 //! - [`kafka`]: Apache Kafka: the run's shared broker with topics of the
 //!   test's own, or a broker of the test's own to stop and restart.
+//! - [`logs`]: log lines kept in memory, to read a service's JSON lines back.
 //! - [`otlp`]: an in-process OTLP receiver that keeps the spans it is sent.
 //! - [`process`]: a service binary in a process of its own, to send it
 //!   SIGTERM or `kill -9` and read its log lines and exit status.
@@ -14,6 +15,7 @@
 //! wired together, and the call chain they must leave, live in `tests/e2e`.
 
 pub mod kafka;
+pub mod logs;
 pub mod otlp;
 pub mod postgres;
 pub mod process;

@@ -2,73 +2,13 @@
 //! runtime, whose threads log and trace through the service's own telemetry
 //! (its `service.name`, its log buffer), on a port-0 listener.
 
-use std::{
-    future::Future,
-    io::Write,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use callchain_telemetry::{Export, TelemetryConfig, TelemetryGuard};
-use serde_json::Value;
 use tokio::sync::oneshot;
 
-/// The JSON log lines a service wrote.
-///
-/// Kept in chunks of [`CHUNK`] bytes, never one growing buffer: a benchmark
-/// writes hundreds of megabytes of lines, and reallocating (and copying) one
-/// buffer that size would charge the service's threads for the harness's
-/// memory, more and more as the run goes on.
-#[derive(Clone, Default)]
-pub struct LogBuffer(Arc<Mutex<Vec<Vec<u8>>>>);
-
-/// The size of one chunk of a [`LogBuffer`].
-const CHUNK: usize = 1 << 20;
-
-impl Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut chunks = self.0.lock().expect("log buffer");
-        match chunks.last_mut() {
-            Some(chunk) if chunk.len() + buf.len() <= chunk.capacity() => chunk.extend_from_slice(buf),
-            _ => {
-                let mut chunk = Vec::with_capacity(CHUNK.max(buf.len()));
-                chunk.extend_from_slice(buf);
-                chunks.push(chunk);
-            }
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl LogBuffer {
-    /// The raw text, one JSON object per line.
-    pub fn text(&self) -> String {
-        let chunks = self.0.lock().expect("log buffer");
-        String::from_utf8_lossy(&chunks.concat()).into_owned()
-    }
-
-    /// Every line, parsed. Panics on a line that is not JSON: that is a bug.
-    pub fn lines(&self) -> Vec<Value> {
-        self.text()
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}")))
-            .collect()
-    }
-
-    /// The lines that carry `trace_id`.
-    pub fn lines_of_trace(&self, trace_id: &str) -> Vec<Value> {
-        self.lines()
-            .into_iter()
-            .filter(|line| line["trace_id"] == trace_id)
-            .collect()
-    }
-}
+use crate::logs::LogBuffer;
 
 /// A running service. Dropping it stops it abruptly.
 pub struct ServiceHandle {

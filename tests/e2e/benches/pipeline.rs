@@ -83,7 +83,8 @@ fn main() -> anyhow::Result<()> {
     // environment, so they are set here.
     // SAFETY: `set_var` races with any other thread reading the environment.
     // This is the first thing `main` does and the bench has no harness, so
-    // no other thread exists yet.
+    // no other thread exists yet. (The workspace denies `unsafe` elsewhere.)
+    #[allow(unsafe_code)]
     unsafe {
         std::env::set_var("OTEL_BSP_MAX_QUEUE_SIZE", "1000000");
         std::env::set_var("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2048");

@@ -169,7 +169,8 @@ fn is_path(span: &str) -> bool {
         "proto/",
         "docs/",
     ];
-    (FOLDERS.iter().any(|folder| span.starts_with(folder)) || span.ends_with(".md"))
+    (FOLDERS.iter().any(|folder| span.starts_with(folder))
+        || std::path::Path::new(span).extension().is_some_and(|ext| ext == "md"))
         && !span.contains([' ', '<', '{', '*', '=', ':', '$'])
 }
 
@@ -186,7 +187,7 @@ fn every_file_and_test_the_architecture_and_the_reference_name_exists() {
     let files = repository_files();
     let sources: String = files
         .iter()
-        .filter(|file| file.ends_with(".rs"))
+        .filter(|file| std::path::Path::new(file).extension().is_some_and(|ext| ext == "rs"))
         .map(|file| read_workspace_file(file).unwrap())
         .collect();
     let mut missing = Vec::new();

@@ -329,7 +329,7 @@ mod tests {
         assert_eq!((tree.start_us(), tree.end_us()), (i64::MIN, i64::MAX));
         let text = crate::text::render(&tree);
         assert!(text.contains("INSERT user_events"), "{text}");
-        let json = crate::json::render(&tree).to_string();
+        let json = crate::json::render(&tree);
         assert!(json.contains(&i64::MAX.to_string()), "{json}");
         assert!(crate::html::render(&tree).contains("INSERT user_events"));
     }

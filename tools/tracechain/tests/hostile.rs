@@ -148,7 +148,7 @@ fn record() -> BoxedStrategy<Value> {
                 ("service", service),
                 ("span", Value::Object(span)),
             ]);
-            drop_keys(&mut line, &drops);
+            drop_keys(&mut line, drops);
             Value::Object(line)
         })
         .boxed()
@@ -178,7 +178,7 @@ fn event() -> BoxedStrategy<Value> {
             if let Some(span_id) = span_id {
                 line.insert("span_id".into(), span_id);
             }
-            drop_keys(&mut line, &drops);
+            drop_keys(&mut line, drops);
             Value::Object(line)
         })
         .boxed()
@@ -274,7 +274,7 @@ fn drops() -> BoxedStrategy<u8> {
     prop_oneof![4 => Just(0u8), 1 => any::<u8>()].boxed()
 }
 
-fn drop_keys(line: &mut Map<String, Value>, drops: &u8) {
+fn drop_keys(line: &mut Map<String, Value>, drops: u8) {
     let keys: Vec<String> = line.keys().cloned().collect();
     for (bit, key) in keys.iter().enumerate().take(8) {
         if drops & (1 << bit) != 0 {

@@ -1,30 +1,16 @@
 //! The span records the services' telemetry writes are what tracechain
 //! reads: ids, parent, kind, status, links and attributes survive the trip.
 
-use std::sync::{Arc, Mutex};
-
 use callchain_telemetry::TelemetryConfig;
+use callchain_testkit::logs::LogBuffer;
 use callchain_tracechain::{Kind, Logs, Status, Traces, logs::SPAN_TARGET};
 use opentelemetry::trace::TraceContextExt as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Buffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn tracechain_reads_the_records_the_telemetry_writes() {
     assert_eq!(SPAN_TARGET, callchain_telemetry::records::TARGET);
-    let buffer = Buffer::default();
+    let buffer = LogBuffer::default();
     let writer = buffer.clone();
     let (dispatch, _guard) =
         callchain_telemetry::build(&TelemetryConfig::new("api", None), move || writer.clone()).unwrap();
@@ -52,7 +38,7 @@ fn tracechain_reads_the_records_the_telemetry_writes() {
         server.context().span().span_context().trace_id().to_string()
     });
 
-    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    let text = buffer.text();
     let traces = Traces::new(Logs::parse(&text));
     let tree = traces.tree(&trace_id).expect("the trace");
     assert!(tree.is_complete(), "{}", callchain_tracechain::text::render(&tree));
