@@ -10,7 +10,7 @@ TEST_RUNNER ?= $(shell command -v cargo-nextest >/dev/null 2>&1 && echo "cargo n
 .PHONY: help tools postgres build test lint fmt ci dev dev-down bench chaos trace k8s-verify
 
 help: ## List the commands
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 tools: ## Install what dev and the tests need when missing (Postgres, Kafka, the collector, Jaeger, Schemathesis, Chromium: once per machine)
 	@scripts/install-tools.sh
