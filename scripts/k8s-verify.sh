@@ -67,21 +67,21 @@ timed "tools (built when missing)" "$t"
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/callchain-k8s.XXXXXX")
 pids=()
-failed=1
+# The logs worth reading should the current step fail (a failing apply
+# explains itself; a process that does not start does so in its log).
+explain=()
 cleanup() {
-    local pid
+    local pid log
+    for log in "${explain[@]}"; do
+        [ -s "$tmp/$log" ] || continue
+        printf '\n--- last lines of %s ---\n' "$log" >&2
+        tail -n 25 "$tmp/$log" >&2
+    done
     # The API server first, then its store.
     for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
         pid=${pids[i]}
         if kill "$pid" 2>/dev/null; then wait "$pid" 2>/dev/null || true; fi
     done
-    if [ "$failed" = 1 ]; then
-        for log in "$tmp"/*.log; do
-            [ -s "$log" ] || continue
-            printf '\n--- last lines of %s ---\n' "$(basename "$log")" >&2
-            tail -n 25 "$log" >&2
-        done
-    fi
     rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -104,6 +104,7 @@ step "making a CA, the API server's and kubectl's certificates, and the service-
 t=$EPOCHREALTIME
 pki=$tmp/pki
 mkdir -p "$pki"
+explain=(openssl.log)
 (
     cd "$pki"
     exec 2>"$tmp/openssl.log"
@@ -119,7 +120,7 @@ mkdir -p "$pki"
     openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -out admin.crt
     openssl genrsa -out sa.key 2048
     openssl rsa -in sa.key -pubout -out sa.pub
-) >/dev/null # on failure, openssl's messages are shown with the other logs
+) >/dev/null
 timed "certificates" "$t"
 
 etcd_port=$(free_port)
@@ -131,6 +132,7 @@ fi
 
 step "starting etcd $ETCD_VERSION on 127.0.0.1:$etcd_port"
 t=$EPOCHREALTIME
+explain=(etcd.log)
 "$ETCD_BIN" --name k8s-verify --data-dir "$tmp/etcd" \
     --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
     --listen-peer-urls "http://127.0.0.1:$etcd_peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer_port" \
@@ -148,6 +150,7 @@ timed "etcd healthy" "$t"
 
 step "starting kube-apiserver $KUBERNETES_VERSION on https://127.0.0.1:$api_port"
 t=$EPOCHREALTIME
+explain=(kube-apiserver.log)
 # --endpoint-reconciler-type=none: the default reconciler publishes the
 # server's address as the `kubernetes` Service's endpoint and refuses a
 # loopback one. No kubelet runs, so the kubelet and cloud flags are left out.
@@ -204,12 +207,13 @@ done
 server=$(kubectl version -o json | sed -n '/"serverVersion"/,/}/s/.*"gitVersion": *"\([^"]*\)".*/\1/p')
 [ "$server" = "v$KUBERNETES_VERSION" ] || die "the API server reports version '$server', not v$KUBERNETES_VERSION"
 timed "kube-apiserver ready" "$t"
+explain=()
 
 step "creating namespace $NAMESPACE; rendering the chart with ${VALUES#"$CALLCHAIN_ROOT"/}"
 t=$EPOCHREALTIME
 kubectl create namespace "$NAMESPACE" >/dev/null
 "$HELM_BIN" template "$RELEASE" "$CHART" --namespace "$NAMESPACE" --values "$VALUES" \
-    >"$tmp/rendered.yaml" 2>"$tmp/helm.log" || die "helm template failed (its output is below)"
+    >"$tmp/rendered.yaml" 2>"$tmp/helm.log" || { explain=(helm.log); die "helm template failed (its output is below)"; }
 timed "namespace + helm template" "$t"
 
 step "kubectl apply --dry-run=server --validate=strict"
@@ -245,7 +249,6 @@ cluster_ip=$(kubectl get service callchain-user --namespace "$NAMESPACE" -o json
 [ "$cluster_ip" = None ] || die "service/callchain-user has clusterIP '$cluster_ip', not None (headless)"
 timed "read back" "$t"
 
-failed=0
 stored=$(wc -l <"$tmp/stored")
 applied=$(wc -l <"$tmp/applied")
 {
