@@ -22,6 +22,11 @@
 #                   (scripts/install-kubernetes-validate.sh): `make test`
 #                   validates the rendered chart against them
 #
+# Not by default (`make k8s-verify` installs them; ten minutes of building):
+#   etcd            etcd $ETCD_VERSION, built from its Go module (scripts/install-etcd.sh)
+#   kubernetes      kube-apiserver and kubectl $KUBERNETES_VERSION, built from
+#                   k8s.io/kubernetes (scripts/install-kubernetes.sh)
+#
 # With arguments, only those: scripts/install-tools.sh kafka jaeger
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -56,3 +61,5 @@ if wants chromium && ! command -v chromium >/dev/null 2>&1; then
 fi
 if wants helm; then "$CALLCHAIN_ROOT/scripts/install-helm.sh"; fi
 if wants kubernetes-validate; then "$CALLCHAIN_ROOT/scripts/install-kubernetes-validate.sh"; fi
+if wants etcd; then "$CALLCHAIN_ROOT/scripts/install-etcd.sh"; fi
+if wants kubernetes; then "$CALLCHAIN_ROOT/scripts/install-kubernetes.sh"; fi
