@@ -17,6 +17,7 @@ const REFERENCE: &[&str] = &[
     "docs/configuration.md",
     "docs/performance.md",
     "docs/chaos.md",
+    "docs/kubernetes.md",
 ];
 
 /// The README is a front door; the reference lives in `docs/`.
