@@ -33,22 +33,45 @@ impl UserGrpc {
         Self { pool, topic }
     }
 
-    /// Puts the event of `change` to `user` into the outbox, in the write's
-    /// transaction, with the current (request's) trace context.
-    async fn record(
+    /// The one sequence of every write, in one transaction: claim the
+    /// idempotency key (a replay answers with the stored response and
+    /// changes nothing), apply the change, put its event into the outbox
+    /// with the request's trace context, keep the response under the key,
+    /// commit. So a committed change always has its event, and a retried
+    /// write applies once and answers with the same event id.
+    async fn write<M: Written>(
         &self,
-        tx: &mut PgConnection,
-        event_type: EventType,
-        user: &User,
-        change: &Change,
-    ) -> Result<(), UserError> {
-        let event = UserEvent::of(event_type, user, change);
+        write: Write,
+        key: Option<&IdempotencyKey>,
+        fingerprint: &str,
+    ) -> Result<M, UserError> {
+        let operation = write.operation();
+        let mut tx = self.pool.begin().await?;
+        if let Some(key) = key
+            && let Some(stored) = store::claim_key(&mut tx, operation, key, fingerprint).await?
+        {
+            return decode(&stored);
+        }
+        let (event_type, user, change) = write.apply(&mut tx).await?;
+        let event = UserEvent::of(event_type, &user, &change);
         let row = OutboxEvent {
             event: &event,
             topic: &self.topic,
             trace: callchain_telemetry::propagation::fields(&tracing::Span::current()),
         };
-        store::insert_outbox(tx, &row).await
+        store::insert_outbox(&mut tx, &row).await?;
+        let id = user.id;
+        let response = M::of(user, change);
+        if let Some(key) = key {
+            store::complete_key(&mut tx, operation, key, &response.encode_to_vec()).await?;
+        }
+        tx.commit().await?;
+        match event_type {
+            EventType::UserCreated => tracing::info!(user_id = %id, "user created"),
+            EventType::UserUpdated => tracing::info!(user_id = %id, "user updated"),
+            EventType::UserDeleted => tracing::info!(user_id = %id, "user deleted"),
+        }
+        Ok(response)
     }
 
     async fn create(&self, request: CreateUserRequest) -> Result<CreateUserResponse, UserError> {
@@ -58,13 +81,6 @@ impl UserGrpc {
         let key = IdempotencyKey::parse_optional(&request.idempotency_key)?;
         let fingerprint = format!("{}\n{}", email.as_str().to_lowercase(), name.as_str());
         let password_hash = password::hash(password).await?;
-
-        let mut tx = self.pool.begin().await?;
-        if let Some(key) = &key
-            && let Some(stored) = store::claim_key(&mut tx, "CreateUser", key, &fingerprint).await?
-        {
-            return decode(&stored);
-        }
         let user = NewUser {
             id: UserId::new(),
             email,
@@ -72,20 +88,7 @@ impl UserGrpc {
             password_hash,
             role: Role::User,
         };
-        let user = store::insert_user(&mut tx, &user).await?;
-        let id = user.id;
-        let change = Change::new(user.updated_at);
-        self.record(&mut tx, EventType::UserCreated, &user, &change).await?;
-        let response = CreateUserResponse {
-            change: Some(change.into()),
-            user: Some(user.into()),
-        };
-        if let Some(key) = &key {
-            store::complete_key(&mut tx, "CreateUser", key, &response.encode_to_vec()).await?;
-        }
-        tx.commit().await?;
-        tracing::info!(user_id = %id, "user created");
-        Ok(response)
+        self.write(Write::Create(user), key.as_ref(), &fingerprint).await
     }
 
     async fn get(&self, request: GetUserRequest) -> Result<GetUserResponse, UserError> {
@@ -118,50 +121,13 @@ impl UserGrpc {
         if let Some(password) = password {
             changes.password_hash = Some(password::hash(password).await?);
         }
-
-        let mut tx = self.pool.begin().await?;
-        if let Some(key) = &key
-            && let Some(stored) = store::claim_key(&mut tx, "UpdateUser", key, &fingerprint).await?
-        {
-            return decode(&stored);
-        }
-        let user = store::update_user(&mut tx, id, &changes).await?;
-        let change = Change::new(user.updated_at);
-        self.record(&mut tx, EventType::UserUpdated, &user, &change).await?;
-        let response = UpdateUserResponse {
-            change: Some(change.into()),
-            user: Some(user.into()),
-        };
-        if let Some(key) = &key {
-            store::complete_key(&mut tx, "UpdateUser", key, &response.encode_to_vec()).await?;
-        }
-        tx.commit().await?;
-        tracing::info!(user_id = %id, "user updated");
-        Ok(response)
+        self.write(Write::Update(id, changes), key.as_ref(), &fingerprint).await
     }
 
     async fn delete(&self, request: DeleteUserRequest) -> Result<DeleteUserResponse, UserError> {
         let id = UserId::parse(&request.id)?;
         let key = IdempotencyKey::parse_optional(&request.idempotency_key)?;
-        let mut tx = self.pool.begin().await?;
-        if let Some(key) = &key
-            && let Some(stored) = store::claim_key(&mut tx, "DeleteUser", key, &id.to_string()).await?
-        {
-            return decode(&stored);
-        }
-        let user = store::delete_user(&mut tx, id).await?;
-        let change = Change::new(Utc::now());
-        self.record(&mut tx, EventType::UserDeleted, &user, &change).await?;
-        let response = DeleteUserResponse {
-            user: Some(user.into()),
-            change: Some(change.into()),
-        };
-        if let Some(key) = &key {
-            store::complete_key(&mut tx, "DeleteUser", key, &response.encode_to_vec()).await?;
-        }
-        tx.commit().await?;
-        tracing::info!(user_id = %id, "user deleted");
-        Ok(response)
+        self.write(Write::Delete(id), key.as_ref(), &id.to_string()).await
     }
 
     async fn list(&self, request: ListUsersRequest) -> Result<ListUsersResponse, UserError> {
@@ -242,6 +208,78 @@ impl UserService for UserGrpc {
         request: Request<AuthenticateRequest>,
     ) -> Result<Response<AuthenticateResponse>, Status> {
         Ok(Response::new(self.authenticate(request.into_inner()).await?))
+    }
+}
+
+/// What a write does to the users table.
+enum Write {
+    Create(NewUser),
+    Update(UserId, UserChanges),
+    Delete(UserId),
+}
+
+impl Write {
+    /// The name its idempotency keys are kept under.
+    fn operation(&self) -> &'static str {
+        match self {
+            Write::Create(_) => "CreateUser",
+            Write::Update(..) => "UpdateUser",
+            Write::Delete(_) => "DeleteUser",
+        }
+    }
+
+    /// Applies it in `tx`: the event it makes, the user as it is now (as it
+    /// was, for a delete), and the change.
+    async fn apply(self, tx: &mut PgConnection) -> Result<(EventType, User, Change), UserError> {
+        Ok(match self {
+            Write::Create(user) => {
+                let user = store::insert_user(tx, &user).await?;
+                let change = Change::new(user.updated_at);
+                (EventType::UserCreated, user, change)
+            }
+            Write::Update(id, changes) => {
+                let user = store::update_user(tx, id, &changes).await?;
+                let change = Change::new(user.updated_at);
+                (EventType::UserUpdated, user, change)
+            }
+            Write::Delete(id) => {
+                let user = store::delete_user(tx, id).await?;
+                (EventType::UserDeleted, user, Change::new(Utc::now()))
+            }
+        })
+    }
+}
+
+/// A write's answer: the user and the change, in the response type of its
+/// method.
+trait Written: Message + Default {
+    fn of(user: User, change: Change) -> Self;
+}
+
+impl Written for CreateUserResponse {
+    fn of(user: User, change: Change) -> Self {
+        Self {
+            user: Some(user.into()),
+            change: Some(change.into()),
+        }
+    }
+}
+
+impl Written for UpdateUserResponse {
+    fn of(user: User, change: Change) -> Self {
+        Self {
+            user: Some(user.into()),
+            change: Some(change.into()),
+        }
+    }
+}
+
+impl Written for DeleteUserResponse {
+    fn of(user: User, change: Change) -> Self {
+        Self {
+            user: Some(user.into()),
+            change: Some(change.into()),
+        }
     }
 }
 
