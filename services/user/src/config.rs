@@ -17,6 +17,7 @@ pub const ENV_VARS: &[&str] = &[
     "KAFKA_BROKERS",
     "KAFKA_TOPIC",
     "KAFKA_PUBLISH_TIMEOUT_MS",
+    "PASSWORD_HASH_CONCURRENCY",
     "FAULT_LATENCY_MS",
     "FAULT_ERROR_RATE",
     callchain_runtime::lifecycle::SHUTDOWN_TIMEOUT_VAR,
@@ -44,6 +45,11 @@ pub struct Config {
     /// `KAFKA_PUBLISH_TIMEOUT_MS`, default 5000: how long the relay waits for
     /// the broker to acknowledge a batch before it rolls back and retries.
     pub publish_timeout: Duration,
+    /// `PASSWORD_HASH_CONCURRENCY`, default [`default_hash_concurrency`]
+    /// (the core count): how many argon2 hashes (a registration, a password
+    /// change, a login) run at once. A call beyond it waits for a slot
+    /// within its deadline, then answers UNAVAILABLE.
+    pub password_hash_concurrency: usize,
     /// `FAULT_LATENCY_MS` (default 0) and `FAULT_ERROR_RATE` (0 to 1,
     /// default 0): faults injected into every `UserService` call, for chaos
     /// runs. Never set them in production.
@@ -67,6 +73,7 @@ impl Config {
             kafka_brokers: kafka_brokers.to_owned(),
             kafka_topic: kafka_topic.to_owned(),
             publish_timeout: Duration::from_secs(3),
+            password_hash_concurrency: default_hash_concurrency(),
             faults: Faults::default(),
         }
     }
@@ -78,6 +85,15 @@ impl Config {
             (None, None) => None,
             _ => anyhow::bail!("set both ADMIN_EMAIL and ADMIN_PASSWORD, or neither"),
         };
+        let password_hash_concurrency = env.parse_or(
+            "PASSWORD_HASH_CONCURRENCY",
+            "a whole number of at least 1",
+            default_hash_concurrency(),
+        )?;
+        anyhow::ensure!(
+            password_hash_concurrency >= 1,
+            "PASSWORD_HASH_CONCURRENCY must be at least 1: with no slot no password could be checked"
+        );
         Ok(Self {
             listen_addr: env.parse_or(
                 "USER_LISTEN_ADDR",
@@ -98,9 +114,16 @@ impl Config {
                 "a whole number",
                 5_000,
             )?),
+            password_hash_concurrency,
             faults: faults(env)?,
         })
     }
+}
+
+/// `PASSWORD_HASH_CONCURRENCY`'s default: one hash per core, as hashing is
+/// CPU-bound; more at once would only queue on the cores and add memory.
+pub fn default_hash_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 /// The injected faults: none unless set.
@@ -148,6 +171,17 @@ mod tests {
             }
         );
         let env = Env::from_pairs([url, ("FAULT_ERROR_RATE", "1.5")]);
+        assert!(Config::from_env(&env).is_err());
+    }
+
+    #[test]
+    fn password_hash_concurrency_defaults_to_the_core_count_and_refuses_0() {
+        let url = ("DATABASE_URL", "postgres://x@127.0.0.1/x");
+        let config = Config::from_env(&Env::from_pairs([url])).unwrap();
+        assert_eq!(config.password_hash_concurrency, default_hash_concurrency());
+        let env = Env::from_pairs([url, ("PASSWORD_HASH_CONCURRENCY", "3")]);
+        assert_eq!(Config::from_env(&env).unwrap().password_hash_concurrency, 3);
+        let env = Env::from_pairs([url, ("PASSWORD_HASH_CONCURRENCY", "0")]);
         assert!(Config::from_env(&env).is_err());
     }
 }

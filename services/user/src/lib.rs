@@ -5,7 +5,8 @@
 //! - `store`: every SQL statement of a request, each in its own database
 //!   client span; a write's event goes into the outbox in its transaction.
 //! - `relay`: publishes the outbox to Kafka, woken by each commit.
-//! - `password`: argon2id hashing, off the async workers.
+//! - `password`: argon2id hashing, off the async workers, a bounded number
+//!   at once.
 //! - `error`: the one error type and its mapping to gRPC status codes.
 //! - `fault`: latency and errors injected for chaos runs, as a tower layer.
 //!
@@ -49,7 +50,12 @@ pub async fn run(
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let relay = tokio::spawn(relay::Relay::new(pool.clone(), &config)?.run(stopped));
-    let served = serve_with_faults(listener, pool, config.kafka_topic.clone(), &config.faults, shutdown).await;
+    let service = UserGrpc::new(
+        pool,
+        config.kafka_topic.clone(),
+        password::Hasher::new(config.password_hash_concurrency),
+    );
+    let served = serve_with_faults(listener, service, &config.faults, shutdown).await;
     let _ = stop.send(true);
     relay.await.context("the outbox relay panicked")?;
     served
@@ -71,7 +77,12 @@ async fn ensure_admin(pool: &PgPool, email: &str, password: &SecretString) -> an
         id: UserId::new(),
         email: Email::parse(email).context("ADMIN_EMAIL")?,
         name: UserName::parse("Administrator")?,
-        password_hash: password::hash(Password::parse(password.expose_secret()).context("ADMIN_PASSWORD")?).await?,
+        password_hash: password::Hasher::new(1)
+            .hash(
+                Password::parse(password.expose_secret()).context("ADMIN_PASSWORD")?,
+                None,
+            )
+            .await?,
         role: callchain_domain::Role::Admin,
     };
     let mut conn = pool.acquire().await?;
@@ -89,14 +100,20 @@ pub async fn serve(
     topic: String,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    serve_with_faults(listener, pool, topic, &Faults::default(), shutdown).await
+    let hasher = password::Hasher::new(config::default_hash_concurrency());
+    serve_with_faults(
+        listener,
+        UserGrpc::new(pool, topic, hasher),
+        &Faults::default(),
+        shutdown,
+    )
+    .await
 }
 
 /// [`serve`], with `faults` injected into every `UserService` call.
-pub async fn serve_with_faults(
+async fn serve_with_faults(
     listener: TcpListener,
-    pool: PgPool,
-    topic: String,
+    service: UserGrpc,
     faults: &Faults,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
@@ -124,7 +141,7 @@ pub async fn serve_with_faults(
         // Both reflection versions: grpcurl and other tools still ask v1alpha.
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
-        .add_service(UserServiceServer::new(UserGrpc::new(pool, topic)))
+        .add_service(UserServiceServer::new(service))
         // Every answer is written at once (no Nagle delay behind the
         // caller's delayed acknowledgement).
         .serve_with_incoming_shutdown(

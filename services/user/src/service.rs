@@ -13,11 +13,12 @@ use callchain_proto::user::v1::{
 use chrono::Utc;
 use prost::Message;
 use sqlx::{PgConnection, PgPool};
+use tokio::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 
 use crate::{
     error::UserError,
-    password,
+    password::Hasher,
     store::{self, NewUser, OutboxEvent, UserChanges},
 };
 
@@ -26,11 +27,12 @@ pub struct UserGrpc {
     pool: PgPool,
     /// Where the outbox relay publishes the events.
     topic: String,
+    hasher: Hasher,
 }
 
 impl UserGrpc {
-    pub fn new(pool: PgPool, topic: String) -> Self {
-        Self { pool, topic }
+    pub(crate) fn new(pool: PgPool, topic: String, hasher: Hasher) -> Self {
+        Self { pool, topic, hasher }
     }
 
     /// The one sequence of every write, in one transaction: claim the
@@ -74,13 +76,17 @@ impl UserGrpc {
         Ok(response)
     }
 
-    async fn create(&self, request: CreateUserRequest) -> Result<CreateUserResponse, UserError> {
+    async fn create(
+        &self,
+        request: CreateUserRequest,
+        deadline: Option<Instant>,
+    ) -> Result<CreateUserResponse, UserError> {
         let email = Email::parse(&request.email)?;
         let name = UserName::parse(&request.name)?;
         let password = Password::parse(&request.password)?;
         let key = IdempotencyKey::parse_optional(&request.idempotency_key)?;
         let fingerprint = format!("{}\n{}", email.as_str().to_lowercase(), name.as_str());
-        let password_hash = password::hash(password).await?;
+        let password_hash = self.hasher.hash(password, deadline).await?;
         let user = NewUser {
             id: UserId::new(),
             email,
@@ -100,7 +106,11 @@ impl UserGrpc {
         })
     }
 
-    async fn update(&self, request: UpdateUserRequest) -> Result<UpdateUserResponse, UserError> {
+    async fn update(
+        &self,
+        request: UpdateUserRequest,
+        deadline: Option<Instant>,
+    ) -> Result<UpdateUserResponse, UserError> {
         let id = UserId::parse(&request.id)?;
         let key = IdempotencyKey::parse_optional(&request.idempotency_key)?;
         let mut changes = UserChanges {
@@ -119,7 +129,7 @@ impl UserGrpc {
             password.is_some()
         );
         if let Some(password) = password {
-            changes.password_hash = Some(password::hash(password).await?);
+            changes.password_hash = Some(self.hasher.hash(password, deadline).await?);
         }
         self.write(Write::Update(id, changes), key.as_ref(), &fingerprint).await
     }
@@ -158,7 +168,11 @@ impl UserGrpc {
         })
     }
 
-    async fn authenticate(&self, request: AuthenticateRequest) -> Result<AuthenticateResponse, UserError> {
+    async fn authenticate(
+        &self,
+        request: AuthenticateRequest,
+        deadline: Option<Instant>,
+    ) -> Result<AuthenticateResponse, UserError> {
         // Parsed like any input, so no text reaches Postgres that it would
         // refuse; a malformed email or password cannot belong to anyone.
         let email = Email::parse(&request.email)?;
@@ -170,7 +184,7 @@ impl UserGrpc {
             Some((user, hash)) => (Some(user), Some(hash)),
             None => (None, None),
         };
-        if !password::verify(password, hash).await? {
+        if !self.hasher.verify(password, hash, deadline).await? {
             return Err(UserError::BadCredentials);
         }
         let user = user.ok_or(UserError::BadCredentials)?;
@@ -184,7 +198,8 @@ impl UserGrpc {
 #[tonic::async_trait]
 impl UserService for UserGrpc {
     async fn create_user(&self, request: Request<CreateUserRequest>) -> Result<Response<CreateUserResponse>, Status> {
-        Ok(Response::new(self.create(request.into_inner()).await?))
+        let deadline = deadline(&request);
+        Ok(Response::new(self.create(request.into_inner(), deadline).await?))
     }
 
     async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<GetUserResponse>, Status> {
@@ -192,7 +207,8 @@ impl UserService for UserGrpc {
     }
 
     async fn update_user(&self, request: Request<UpdateUserRequest>) -> Result<Response<UpdateUserResponse>, Status> {
-        Ok(Response::new(self.update(request.into_inner()).await?))
+        let deadline = deadline(&request);
+        Ok(Response::new(self.update(request.into_inner(), deadline).await?))
     }
 
     async fn delete_user(&self, request: Request<DeleteUserRequest>) -> Result<Response<DeleteUserResponse>, Status> {
@@ -207,7 +223,8 @@ impl UserService for UserGrpc {
         &self,
         request: Request<AuthenticateRequest>,
     ) -> Result<Response<AuthenticateResponse>, Status> {
-        Ok(Response::new(self.authenticate(request.into_inner()).await?))
+        let deadline = deadline(&request);
+        Ok(Response::new(self.authenticate(request.into_inner(), deadline).await?))
     }
 }
 
@@ -281,6 +298,33 @@ impl Written for DeleteUserResponse {
             change: Some(change.into()),
         }
     }
+}
+
+/// Kept back from the caller's deadline, so that a call still waiting for a
+/// hashing slot answers UNAVAILABLE (retry) before the deadline cuts it off.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(50);
+
+/// When the request must have been answered, less [`DEADLINE_MARGIN`]: from
+/// its `grpc-timeout` header, counted from now (it has just arrived). None
+/// when the caller set no deadline or wrote one gRPC does not allow.
+fn deadline<T>(request: &Request<T>) -> Option<Instant> {
+    let text = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    // At most 8 digits, then one unit letter (gRPC over HTTP/2).
+    let (value, unit) = text.split_at_checked(text.len().checked_sub(1)?)?;
+    if value.is_empty() || value.len() > 8 {
+        return None;
+    }
+    let value: u64 = value.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(value * 3600),
+        "M" => Duration::from_secs(value * 60),
+        "S" => Duration::from_secs(value),
+        "m" => Duration::from_millis(value),
+        "u" => Duration::from_micros(value),
+        "n" => Duration::from_nanos(value),
+        _ => return None,
+    };
+    Some(Instant::now() + timeout.saturating_sub(DEADLINE_MARGIN))
 }
 
 fn decode<M: Message + Default>(stored: &[u8]) -> Result<M, UserError> {
