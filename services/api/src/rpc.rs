@@ -334,7 +334,9 @@ impl Calls<'_> {
                         password: params.required_text("password")?,
                     })
                 });
-                users::create(state, deadline, key, body).await.map(Answer::User)
+                users::create(state, self.address, deadline, key, body)
+                    .await
+                    .map(Answer::User)
             }
             Method::AuthLogin => {
                 let body = params.last(|params| {

@@ -167,11 +167,12 @@ fn answered<P, T: TryFrom<P, Error = Invalid>>(part: Option<P>, what: &str) -> R
     ))]
 pub async fn register(
     State(state): State<AppState>,
+    ClientAddr(address): ClientAddr,
     deadline: Deadline,
     key: Result<IdempotencyKey, ApiError>,
     body: Result<Json<RegisterRequest>, ApiError>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let user = create(&state, &deadline, key, body.map(|Json(body)| body)).await?;
+    let user = create(&state, address, &deadline, key, body.map(|Json(body)| body)).await?;
     let location = format!("/v1/users/{}", user.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(user)))
 }
@@ -303,9 +304,11 @@ pub async fn list_users(
 // the caller (401), its role (403), then the input (400), so both protocols
 // refuse the same request for the same reason.
 
-/// Registers a user: `user.create`, `POST /v1/users`.
+/// Registers a user: `user.create`, `POST /v1/users`. A guest's idempotency
+/// keys are its client address's (`address`, as this process sees it).
 pub async fn create(
     state: &AppState,
+    address: Option<IpAddr>,
     deadline: &Deadline,
     key: Result<IdempotencyKey, ApiError>,
     body: Result<RegisterRequest, ApiError>,
@@ -320,6 +323,7 @@ pub async fn create(
         name: name.as_str().to_owned(),
         password: password.expose().to_owned(),
         idempotency_key: key.into_wire(),
+        caller: guest(address),
     })?;
     let response = state.users.clone().create_user(request).await?.into_inner();
     // The user service stored the event with the user, in its outbox.
@@ -427,6 +431,7 @@ pub async fn update(
         password: password.map(|p| p.expose().to_owned()),
         role: role.map_or(pb::Role::Unspecified, pb::Role::from).into(),
         idempotency_key: key.into_wire(),
+        caller: signed_in(&caller)?,
     })?;
     let response = state.users.clone().update_user(request).await;
     // Whatever the answer, what this process knew of the user may be stale.
@@ -455,6 +460,7 @@ pub async fn delete(
     let request = deadline.grpc(DeleteUserRequest {
         id: id.to_string(),
         idempotency_key: key.into_wire(),
+        caller: signed_in(&caller)?,
     })?;
     let response = state.users.clone().delete_user(request).await;
     state.roles.forget(id);
@@ -502,6 +508,18 @@ pub async fn list(
 pub struct UserPath {
     #[param(schema_with = schema::user_id)]
     id: String,
+}
+
+/// Who a signed-in caller's idempotency keys belong to (the user service
+/// keeps each caller's keys apart): its verified user id.
+fn signed_in(caller: &Caller) -> Result<String, ApiError> {
+    Ok(format!("user:{}", caller.signed_in()?.0))
+}
+
+/// Who a guest's (a registration's) idempotency keys belong to: its client
+/// address as this process sees it, or one shared guest when it is unknown.
+fn guest(address: Option<IpAddr>) -> String {
+    address.map_or_else(|| "guest".to_owned(), |address| format!("guest:{address}"))
 }
 
 /// The optional `Idempotency-Key` header of a write.

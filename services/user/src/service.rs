@@ -12,6 +12,7 @@ use callchain_proto::user::v1::{
 };
 use chrono::Utc;
 use prost::Message;
+use sha2::{Digest as _, Sha256};
 use sqlx::{PgConnection, PgPool};
 use tokio::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
@@ -19,7 +20,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     error::UserError,
     password::Hasher,
-    store::{self, NewUser, OutboxEvent, UserChanges},
+    store::{self, Claim, NewUser, OutboxEvent, UserChanges},
 };
 
 #[derive(Clone)]
@@ -41,16 +42,10 @@ impl UserGrpc {
     /// with the request's trace context, keep the response under the key,
     /// commit. So a committed change always has its event, and a retried
     /// write applies once and answers with the same event id.
-    async fn write<M: Written>(
-        &self,
-        write: Write,
-        key: Option<&IdempotencyKey>,
-        fingerprint: &str,
-    ) -> Result<M, UserError> {
-        let operation = write.operation();
+    async fn write<M: Written>(&self, write: Write, claim: Option<&Claim>) -> Result<M, UserError> {
         let mut tx = self.pool.begin().await?;
-        if let Some(key) = key
-            && let Some(stored) = store::claim_key(&mut tx, operation, key, fingerprint).await?
+        if let Some(claim) = claim
+            && let Some(stored) = store::claim_key(&mut tx, claim).await?
         {
             return decode(&stored);
         }
@@ -64,8 +59,8 @@ impl UserGrpc {
         store::insert_outbox(&mut tx, &row).await?;
         let id = user.id;
         let response = M::of(user, change);
-        if let Some(key) = key {
-            store::complete_key(&mut tx, operation, key, &response.encode_to_vec()).await?;
+        if let Some(claim) = claim {
+            store::complete_key(&mut tx, claim, &response.encode_to_vec()).await?;
         }
         tx.commit().await?;
         match event_type {
@@ -76,6 +71,18 @@ impl UserGrpc {
         Ok(response)
     }
 
+    /// The stored answer of a write done before under `claim`'s key: looked
+    /// up before the password is hashed, so a retry costs no hash (and a key
+    /// reused for another request is refused before one).
+    async fn replayed<M: Written>(&self, claim: Option<&Claim>) -> Result<Option<M>, UserError> {
+        let Some(claim) = claim else { return Ok(None) };
+        let mut conn = self.pool.acquire().await?;
+        store::find_key(&mut conn, claim)
+            .await?
+            .map(|stored| decode(&stored))
+            .transpose()
+    }
+
     async fn create(
         &self,
         request: CreateUserRequest,
@@ -84,8 +91,15 @@ impl UserGrpc {
         let email = Email::parse(&request.email)?;
         let name = UserName::parse(&request.name)?;
         let password = Password::parse(&request.password)?;
-        let key = IdempotencyKey::parse_optional(&request.idempotency_key)?;
-        let fingerprint = format!("{}\n{}", email.as_str().to_lowercase(), name.as_str());
+        let claim = claim(&request.caller, CREATE, &request.idempotency_key, |digest| {
+            digest
+                .field(Some(&email.as_str().to_lowercase()))
+                .field(Some(name.as_str()))
+                .field(Some(password.expose()))
+        })?;
+        if let Some(replay) = self.replayed(claim.as_ref()).await? {
+            return Ok(replay);
+        }
         let password_hash = self.hasher.hash(password, deadline).await?;
         let user = NewUser {
             id: UserId::new(),
@@ -94,7 +108,7 @@ impl UserGrpc {
             password_hash,
             role: Role::User,
         };
-        self.write(Write::Create(user), key.as_ref(), &fingerprint).await
+        self.write(Write::Create(user), claim.as_ref()).await
     }
 
     async fn get(&self, request: GetUserRequest) -> Result<GetUserResponse, UserError> {
@@ -112,7 +126,6 @@ impl UserGrpc {
         deadline: Option<Instant>,
     ) -> Result<UpdateUserResponse, UserError> {
         let id = UserId::parse(&request.id)?;
-        let key = IdempotencyKey::parse_optional(&request.idempotency_key)?;
         let mut changes = UserChanges {
             email: request.email.as_deref().map(Email::parse).transpose()?,
             name: request.name.as_deref().map(UserName::parse).transpose()?,
@@ -120,24 +133,29 @@ impl UserGrpc {
             password_hash: None,
         };
         let password = request.password.as_deref().map(Password::parse).transpose()?;
-        // The password itself never enters the fingerprint; only whether it changes.
-        let fingerprint = format!(
-            "{id}\n{:?}\n{:?}\n{:?}\n{}",
-            changes.email.as_ref().map(|e| e.as_str().to_lowercase()),
-            changes.name.as_ref().map(UserName::as_str),
-            changes.role,
-            password.is_some()
-        );
+        let claim = claim(&request.caller, UPDATE, &request.idempotency_key, |digest| {
+            digest
+                .field(Some(&id.to_string()))
+                .field(changes.email.as_ref().map(|e| e.as_str().to_lowercase()).as_deref())
+                .field(changes.name.as_ref().map(UserName::as_str))
+                .field(changes.role.map(Role::as_str))
+                .field(password.as_ref().map(Password::expose))
+        })?;
+        if let Some(replay) = self.replayed(claim.as_ref()).await? {
+            return Ok(replay);
+        }
         if let Some(password) = password {
             changes.password_hash = Some(self.hasher.hash(password, deadline).await?);
         }
-        self.write(Write::Update(id, changes), key.as_ref(), &fingerprint).await
+        self.write(Write::Update(id, changes), claim.as_ref()).await
     }
 
     async fn delete(&self, request: DeleteUserRequest) -> Result<DeleteUserResponse, UserError> {
         let id = UserId::parse(&request.id)?;
-        let key = IdempotencyKey::parse_optional(&request.idempotency_key)?;
-        self.write(Write::Delete(id), key.as_ref(), &id.to_string()).await
+        let claim = claim(&request.caller, DELETE, &request.idempotency_key, |digest| {
+            digest.field(Some(&id.to_string()))
+        })?;
+        self.write(Write::Delete(id), claim.as_ref()).await
     }
 
     async fn list(&self, request: ListUsersRequest) -> Result<ListUsersResponse, UserError> {
@@ -228,6 +246,73 @@ impl UserService for UserGrpc {
     }
 }
 
+// The names each method's idempotency keys are kept under.
+const CREATE: &str = "CreateUser";
+const UPDATE: &str = "UpdateUser";
+const DELETE: &str = "DeleteUser";
+
+/// The longest `caller` a request may name.
+const MAX_CALLER_CHARS: usize = 200;
+
+/// The claim of a write's idempotency key, or None when it has none.
+///
+/// The key is the caller's own (the request's `caller`, which the API fills
+/// with the user it verified, or a guest's client address), as the IETF
+/// `Idempotency-Key` draft recommends: two callers' equal keys never meet.
+/// The fingerprint is a SHA-256 digest of the caller, the method, the key
+/// and every field `fields` feeds it, the password too, so a retry with any
+/// other field is refused; only the digest is stored, never a password, and
+/// only for [`store::IDEMPOTENCY_KEY_RETENTION`].
+fn claim(
+    caller: &str,
+    operation: &'static str,
+    key: &str,
+    fields: impl FnOnce(Digest) -> Digest,
+) -> Result<Option<Claim>, UserError> {
+    if caller.chars().count() > MAX_CALLER_CHARS || caller.chars().any(char::is_control) {
+        return Err(Invalid::new(
+            "caller",
+            "must be at most 200 characters, none of them control characters",
+        )
+        .into());
+    }
+    let Some(key) = IdempotencyKey::parse_optional(key)? else {
+        return Ok(None);
+    };
+    let digest = Digest(Sha256::new())
+        .field(Some(caller))
+        .field(Some(operation))
+        .field(Some(key.as_str()));
+    Ok(Some(Claim {
+        caller: caller.to_owned(),
+        operation,
+        key,
+        fingerprint: fields(digest).finish(),
+    }))
+}
+
+/// A request's fields, digested one after another, each with its length (and
+/// whether it is there at all), so no two requests digest alike.
+struct Digest(Sha256);
+
+impl Digest {
+    fn field(mut self, value: Option<&str>) -> Self {
+        match value {
+            None => self.0.update([0]),
+            Some(value) => {
+                self.0.update([1]);
+                self.0.update((value.len() as u64).to_le_bytes());
+                self.0.update(value.as_bytes());
+            }
+        }
+        self
+    }
+
+    fn finish(self) -> String {
+        self.0.finalize().iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+}
+
 /// What a write does to the users table.
 enum Write {
     Create(NewUser),
@@ -237,14 +322,6 @@ enum Write {
 
 impl Write {
     /// The name its idempotency keys are kept under.
-    fn operation(&self) -> &'static str {
-        match self {
-            Write::Create(_) => "CreateUser",
-            Write::Update(..) => "UpdateUser",
-            Write::Delete(_) => "DeleteUser",
-        }
-    }
-
     /// Applies it in `tx`: the event it makes, the user as it is now (as it
     /// was, for a delete), and the change.
     async fn apply(self, tx: &mut PgConnection) -> Result<(EventType, User, Change), UserError> {
@@ -329,4 +406,33 @@ fn deadline<T>(request: &Request<T>) -> Option<Instant> {
 
 fn decode<M: Message + Default>(stored: &[u8]) -> Result<M, UserError> {
     M::decode(stored).map_err(|error| UserError::Internal(error.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use callchain_testkit::postgres::TestDatabase;
+
+    use super::*;
+    use crate::Config;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_replay_is_answered_without_waiting_for_a_hashing_slot() {
+        let db = TestDatabase::create().await.expect("a test database");
+        let config = Config::for_tests(db.url(), None, "127.0.0.1:1", "user-events");
+        let pool = crate::connect(&config).await.unwrap();
+        let hasher = Hasher::new(1);
+        let service = UserGrpc::new(pool, config.kafka_topic, hasher.clone());
+        let request = CreateUserRequest {
+            email: "ada@example.com".into(),
+            name: "Ada".into(),
+            password: "correct horse battery".into(),
+            idempotency_key: "k-1".into(),
+            caller: "user:a".into(),
+        };
+        let first = service.create(request.clone(), None).await.unwrap();
+        let _every_slot = hasher.occupy().await;
+        let deadline = Instant::now() + Duration::from_millis(300);
+        let replay = service.create(request, Some(deadline)).await;
+        assert_eq!(replay.expect("the replay, with every hashing slot taken"), first);
+    }
 }
