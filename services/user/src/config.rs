@@ -47,8 +47,9 @@ pub struct Config {
     pub publish_timeout: Duration,
     /// `PASSWORD_HASH_CONCURRENCY`, default [`default_hash_concurrency`]
     /// (the core count): how many argon2 hashes (a registration, a password
-    /// change, a login) run at once. A call beyond it waits for a slot
-    /// within its deadline, then answers UNAVAILABLE.
+    /// change, a login) run at once; new passwords may hold all but one, so
+    /// logins never queue behind registrations. A call beyond it waits for
+    /// a slot within its deadline, then answers UNAVAILABLE.
     pub password_hash_concurrency: usize,
     /// `FAULT_LATENCY_MS` (default 0) and `FAULT_ERROR_RATE` (0 to 1,
     /// default 0): faults injected into every `UserService` call, for chaos

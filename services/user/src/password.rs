@@ -15,7 +15,10 @@ use std::{
 };
 
 use callchain_domain::Password;
-use tokio::{sync::Semaphore, time::Instant};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
 
 use crate::error::UserError;
 
@@ -26,9 +29,15 @@ use crate::error::UserError;
 /// could take all the memory and starve every other call. So a call first
 /// takes one of the hasher's slots, waiting for at most its deadline; one
 /// that gets none answers UNAVAILABLE, which the caller may retry.
+///
+/// New passwords (registrations, password changes) may hold all slots but
+/// one, so a login never queues behind a flood of registrations: it waits at
+/// most for one hash to finish (with a single slot, they share it).
 #[derive(Clone)]
 pub struct Hasher {
     slots: Arc<Semaphore>,
+    /// The slots new passwords may hold at once.
+    new_passwords: Arc<Semaphore>,
     gauge: Arc<Gauge>,
 }
 
@@ -62,15 +71,20 @@ pub const MAX_SLOT_WAIT: Duration = Duration::from_secs(10);
 impl Hasher {
     /// A hasher running at most `concurrency` hashes at once (at least one).
     pub fn new(concurrency: usize) -> Self {
+        let concurrency = concurrency.max(1);
         Self {
-            slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            slots: Arc::new(Semaphore::new(concurrency)),
+            new_passwords: Arc::new(Semaphore::new((concurrency - 1).max(1))),
             gauge: Arc::default(),
         }
     }
 
     /// The PHC string (`$argon2id$v=19$...`) of a password, with a random salt.
     pub async fn hash(&self, password: Password, deadline: Option<Instant>) -> Result<String, UserError> {
-        self.run(deadline, move || {
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + MAX_SLOT_WAIT);
+        let turn = take(&self.new_passwords, deadline).await?;
+        self.run(Some(deadline), move || {
+            let _turn = turn;
             Argon2::default()
                 .hash_password(password.expose().as_bytes())
                 .map(|hash| hash.to_string())
@@ -112,10 +126,7 @@ impl Hasher {
         work: impl FnOnce() -> Result<T, UserError> + Send + 'static,
     ) -> Result<T, UserError> {
         let deadline = deadline.unwrap_or_else(|| Instant::now() + MAX_SLOT_WAIT);
-        let slot = tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned())
-            .await
-            .map_err(|_| UserError::HashingBusy)?
-            .map_err(|error| UserError::Internal(error.into()))?;
+        let slot = take(&self.slots, deadline).await?;
         let gauge = self.gauge.clone();
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
@@ -134,13 +145,22 @@ impl Hasher {
 
     /// Takes a slot as a hash would, for tests that fill the hasher.
     #[cfg(test)]
-    pub(crate) async fn occupy(&self) -> tokio::sync::OwnedSemaphorePermit {
+    pub(crate) async fn occupy(&self) -> OwnedSemaphorePermit {
         self.slots
             .clone()
             .acquire_owned()
             .await
             .expect("the slots are never closed")
     }
+}
+
+/// One of `slots`, or [`UserError::HashingBusy`] when none frees before
+/// `deadline`.
+async fn take(slots: &Arc<Semaphore>, deadline: Instant) -> Result<OwnedSemaphorePermit, UserError> {
+    tokio::time::timeout_at(deadline, slots.clone().acquire_owned())
+        .await
+        .map_err(|_| UserError::HashingBusy)?
+        .map_err(|error| UserError::Internal(error.into()))
 }
 
 /// The hash of a random password nobody knows, with default parameters.
@@ -217,5 +237,23 @@ mod tests {
             tonic::Status::from(answer.unwrap_err()).code(),
             tonic::Code::Unavailable
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_login_does_not_queue_behind_a_flood_of_new_passwords() {
+        let hasher = Hasher::new(2);
+        let flood: Vec<_> = (0..60)
+            .map(|_| {
+                let hasher = hasher.clone();
+                tokio::spawn(async move { hasher.hash(password(), None).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let login = hasher.verify(password(), None, Some(deadline)).await;
+        assert!(login.is_ok(), "the login waited out its deadline: {login:?}");
+        for hash in flood {
+            hash.abort();
+        }
     }
 }
