@@ -52,6 +52,7 @@ pub async fn create(
         name: name.as_str().to_owned(),
         password: password.expose().to_owned(),
         idempotency_key: key.into_wire(),
+        caller: guest(address),
     })?;
     let registration = state.registrations.begin(address)?;
     let response = state.users.clone().create_user(request).await;
@@ -173,6 +174,7 @@ pub async fn update(
         password: password.map(|p| p.expose().to_owned()),
         role: role.map_or(pb::Role::Unspecified, pb::Role::from).into(),
         idempotency_key: key.into_wire(),
+        caller: signed_in(&caller)?,
     })?;
     let response = state.users.clone().update_user(request).await;
     // Whatever the answer, what this process knew of the user may be stale.
@@ -202,6 +204,7 @@ pub async fn delete(
     let request = deadline.grpc(DeleteUserRequest {
         id: id.to_string(),
         idempotency_key: key.into_wire(),
+        caller: signed_in(&caller)?,
     })?;
     let response = state.users.clone().delete_user(request).await;
     state.roles.forget(id);
@@ -238,4 +241,16 @@ pub async fn list(
         users,
         next_page_token: Some(page.next_page_token).filter(|token| !token.is_empty()),
     })
+}
+
+/// Who a signed-in caller's idempotency keys belong to (the user service
+/// keeps each caller's keys apart): its verified user id.
+fn signed_in(caller: &Caller) -> Result<String, ApiError> {
+    Ok(format!("user:{}", caller.signed_in()?.0))
+}
+
+/// Who a guest's (a registration's) idempotency keys belong to: its client
+/// address as this process sees it, or one shared guest when it is unknown.
+fn guest(address: Option<IpAddr>) -> String {
+    address.map_or_else(|| "guest".to_owned(), |address| format!("guest:{address}"))
 }

@@ -51,6 +51,13 @@ pub const KAFKA_PUBLISH_TIMEOUT_MS: Setting = Setting {
           failed and retries it later (the event, and its user's events after it, stay in the outbox), in \
           milliseconds.",
 };
+pub const PASSWORD_HASH_CONCURRENCY: Setting = Setting {
+    name: "PASSWORD_HASH_CONCURRENCY",
+    default: None,
+    doc: "How many argon2 hashes (a registration, a password change, a login) run at once; unset, one per core. \
+          New passwords may hold all but one, so logins never queue behind registrations; a call beyond it waits \
+          for a slot within its deadline, then answers `503` with `Retry-After` (UNAVAILABLE).",
+};
 pub const FAULT_LATENCY_MS: Setting = Setting {
     name: "FAULT_LATENCY_MS",
     default: Some("0"),
@@ -74,6 +81,7 @@ pub const SETTINGS: &[Setting] = &[
     KAFKA_BROKERS,
     KAFKA_TOPIC,
     KAFKA_PUBLISH_TIMEOUT_MS,
+    PASSWORD_HASH_CONCURRENCY,
     FAULT_LATENCY_MS,
     FAULT_ERROR_RATE,
     callchain_runtime::lifecycle::SHUTDOWN_TIMEOUT,
@@ -99,6 +107,8 @@ pub struct Config {
     pub kafka_topic: String,
     /// [`KAFKA_PUBLISH_TIMEOUT_MS`].
     pub publish_timeout: Duration,
+    /// [`PASSWORD_HASH_CONCURRENCY`]; unset, [`default_hash_concurrency`].
+    pub password_hash_concurrency: usize,
     /// [`FAULT_LATENCY_MS`] and [`FAULT_ERROR_RATE`]: faults injected into
     /// every `UserService` call, for chaos runs.
     pub faults: Faults,
@@ -137,6 +147,15 @@ impl Config {
             (None, None) => None,
             _ => anyhow::bail!("set both ADMIN_EMAIL and ADMIN_PASSWORD, or neither"),
         };
+        let password_hash_concurrency = env.parse_or(
+            PASSWORD_HASH_CONCURRENCY.name,
+            "a whole number of at least 1",
+            default_hash_concurrency(),
+        )?;
+        anyhow::ensure!(
+            password_hash_concurrency >= 1,
+            "PASSWORD_HASH_CONCURRENCY must be at least 1: with no slot no password could be checked"
+        );
         Ok(Self {
             listen_addr: env.setting(&USER_LISTEN_ADDR, "an address such as 0.0.0.0:50051")?,
             database_url: env
@@ -147,9 +166,16 @@ impl Config {
             kafka_brokers: env.setting(&KAFKA_BROKERS, "a list of brokers")?,
             kafka_topic: env.setting(&KAFKA_TOPIC, "a topic name")?,
             publish_timeout: Duration::from_millis(env.setting(&KAFKA_PUBLISH_TIMEOUT_MS, WHOLE)?),
+            password_hash_concurrency,
             faults: faults(env)?,
         })
     }
+}
+
+/// `PASSWORD_HASH_CONCURRENCY`'s default: one hash per core, as hashing is
+/// CPU-bound; more at once would only queue on the cores and add memory.
+pub fn default_hash_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 /// The injected faults: none unless set.
@@ -197,6 +223,17 @@ mod tests {
             }
         );
         let env = Env::from_pairs([url, ("FAULT_ERROR_RATE", "1.5")]);
+        assert!(Config::from_env(&env).is_err());
+    }
+
+    #[test]
+    fn password_hash_concurrency_defaults_to_the_core_count_and_refuses_0() {
+        let url = ("DATABASE_URL", "postgres://x@127.0.0.1/x");
+        let config = Config::from_env(&Env::from_pairs([url])).unwrap();
+        assert_eq!(config.password_hash_concurrency, default_hash_concurrency());
+        let env = Env::from_pairs([url, ("PASSWORD_HASH_CONCURRENCY", "3")]);
+        assert_eq!(Config::from_env(&env).unwrap().password_hash_concurrency, 3);
+        let env = Env::from_pairs([url, ("PASSWORD_HASH_CONCURRENCY", "0")]);
         assert!(Config::from_env(&env).is_err());
     }
 }

@@ -20,6 +20,8 @@ pub enum UserError {
     IdempotencyKeyReused,
     #[error("a request with this idempotency key is still in progress; retry once it has finished")]
     IdempotencyKeyInFlight,
+    #[error("too many passwords are being checked at once; retry shortly")]
+    HashingBusy,
     #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
     #[error("internal error")]
@@ -49,7 +51,7 @@ impl From<UserError> for Status {
             UserError::NotFound(_) => Code::NotFound,
             UserError::EmailTaken => Code::AlreadyExists,
             UserError::BadCredentials => Code::Unauthenticated,
-            UserError::Unavailable(_) => Code::Unavailable,
+            UserError::Unavailable(_) | UserError::HashingBusy => Code::Unavailable,
             UserError::Internal(_) => Code::Internal,
         };
         match &error {
@@ -89,6 +91,7 @@ mod tests {
             (UserError::IdempotencyKeyReused, Code::FailedPrecondition),
             (UserError::IdempotencyKeyInFlight, Code::Aborted),
             (UserError::Unavailable(sqlx::Error::PoolTimedOut), Code::Unavailable),
+            (UserError::HashingBusy, Code::Unavailable),
             (UserError::Internal(anyhow::anyhow!("boom")), Code::Internal),
         ];
         for (error, code) in cases {

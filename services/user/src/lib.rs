@@ -6,7 +6,8 @@
 //!   client span; a write's event goes into the outbox in its transaction.
 //! - `relay`: publishes the outbox to Kafka, woken by each commit, one
 //!   user's events in order; parks what Kafka refuses for good.
-//! - `password`: argon2id hashing, off the async workers.
+//! - `password`: argon2id hashing, off the async workers, a bounded number
+//!   at once.
 //! - `error`: the one error type and its mapping to gRPC status codes.
 //! - `fault`: latency and errors injected for chaos runs, as a tower layer.
 //!
@@ -47,11 +48,19 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let pool = connect(&config).await?;
     if let Some((email, password)) = &config.admin {
-        ensure_admin(&pool, email, password, password::hash).await?;
+        ensure_admin(&pool, email, password, |password| async move {
+            password::Hasher::new(1).hash(password, None).await
+        })
+        .await?;
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let relay = tokio::spawn(relay::Relay::new(pool.clone(), &config)?.run(stopped));
-    let served = serve_with_faults(listener, pool, config.kafka_topic.clone(), &config.faults, shutdown).await;
+    let service = UserGrpc::new(
+        pool,
+        config.kafka_topic.clone(),
+        password::Hasher::new(config.password_hash_concurrency),
+    );
+    let served = serve_with_faults(listener, service, &config.faults, shutdown).await;
     let _ = stop.send(true);
     relay.await.context("the outbox relay panicked")?;
     served
@@ -69,7 +78,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
 }
 
 /// Creates the administrator `email` unless a user has that email already;
-/// only then is `password` hashed, with `hash` (`password::hash`; the tests
+/// only then is `password` hashed, with `hash` (one `password::Hasher`'s; the tests
 /// count its calls).
 async fn ensure_admin<H, F>(pool: &PgPool, email: &str, password: &SecretString, hash: H) -> anyhow::Result<()>
 where
@@ -106,14 +115,20 @@ pub async fn serve(
     topic: String,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    serve_with_faults(listener, pool, topic, &Faults::default(), shutdown).await
+    let hasher = password::Hasher::new(config::default_hash_concurrency());
+    serve_with_faults(
+        listener,
+        UserGrpc::new(pool, topic, hasher),
+        &Faults::default(),
+        shutdown,
+    )
+    .await
 }
 
 /// [`serve`], with `faults` injected into every `UserService` call.
-pub async fn serve_with_faults(
+async fn serve_with_faults(
     listener: TcpListener,
-    pool: PgPool,
-    topic: String,
+    service: UserGrpc,
     faults: &Faults,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
@@ -141,7 +156,7 @@ pub async fn serve_with_faults(
         // Both reflection versions: grpcurl and other tools still ask v1alpha.
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
-        .add_service(UserServiceServer::new(UserGrpc::new(pool, topic)))
+        .add_service(UserServiceServer::new(service))
         // Every answer is written at once (no Nagle delay behind the
         // caller's delayed acknowledgement).
         .serve_with_incoming_shutdown(
@@ -218,7 +233,7 @@ mod tests {
         let hashed = AtomicUsize::new(0);
         let counting = |password| {
             hashed.fetch_add(1, Ordering::SeqCst);
-            password::hash(password)
+            async move { password::Hasher::new(1).hash(password, None).await }
         };
 
         ensure_admin(&pool, ADMIN, &password, counting).await.unwrap();

@@ -1,7 +1,7 @@
 //! The users table, the idempotency keys and the outbox's writes, one traced
 //! statement at a time. (The relay reads and clears the outbox itself.)
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use callchain_domain::{Email, IdempotencyKey, Invalid, Role, User, UserId, UserName};
 use callchain_events::UserEvent;
@@ -211,75 +211,117 @@ pub async fn list_users(conn: &mut PgConnection, after: Option<UserId>, limit: u
         .collect()
 }
 
-const LOCK_KEY: &str = "SELECT pg_try_advisory_xact_lock(hashtext($1), hashtext($2))";
-const CLAIM_KEY: &str = "INSERT INTO idempotency_keys (scope, key, fingerprint) VALUES ($1, $2, $3) \
-     ON CONFLICT (scope, key) DO NOTHING";
-const SELECT_KEY: &str = "SELECT fingerprint, response FROM idempotency_keys WHERE scope = $1 AND key = $2";
-const COMPLETE_KEY: &str = "UPDATE idempotency_keys SET response = $3 WHERE scope = $1 AND key = $2";
+/// How long a write's answer is kept under its idempotency key: a retry
+/// within it replays; past it the key is new again, and its row is pruned.
+pub const IDEMPOTENCY_KEY_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// At most this many expired keys are deleted by one claim: more than one,
+/// so pruning outpaces the claims, and few, so no claim waits on it.
+const PRUNE_BATCH: i64 = 100;
+
+/// A write's idempotency key, as its caller sent it.
+pub struct Claim {
+    /// Whose key it is: keys are each caller's own.
+    pub caller: String,
+    /// The method (`CreateUser`, ...): one key may serve one per method.
+    pub operation: &'static str,
+    pub key: IdempotencyKey,
+    /// A digest of every field of the request, to tell a retry from another
+    /// request under the same key.
+    pub fingerprint: String,
+}
+
+const LOCK_KEY: &str = "SELECT pg_try_advisory_xact_lock(hashtext($1 || E'\\n' || $2), hashtext($3))";
+// An expired row is taken over as a new claim; a live one is left alone.
+const CLAIM_KEY: &str = "INSERT INTO idempotency_keys (caller, scope, key, fingerprint) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (caller, scope, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, response = NULL, \
+     created_at = now() WHERE idempotency_keys.created_at < now() - make_interval(secs => $5)";
+const SELECT_KEY: &str = "SELECT fingerprint, response FROM idempotency_keys \
+     WHERE caller = $1 AND scope = $2 AND key = $3 AND created_at >= now() - make_interval(secs => $4)";
+const COMPLETE_KEY: &str = "UPDATE idempotency_keys SET response = $4 WHERE caller = $1 AND scope = $2 AND key = $3";
+// SKIP LOCKED: rows another claim is pruning are left to it.
+const PRUNE_KEYS: &str = "DELETE FROM idempotency_keys WHERE ctid IN (SELECT ctid FROM idempotency_keys \
+     WHERE created_at < now() - make_interval(secs => $1) ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)";
+
+fn retention_secs() -> f64 {
+    IDEMPOTENCY_KEY_RETENTION.as_secs_f64()
+}
+
+/// The stored answer under `claim`'s key, if it is within its retention:
+/// `Ok(Some(response))` replays it, `Ok(None)` means the key is new (or
+/// its write is still in flight, which the claim will tell). Read before
+/// any costly work, so that a replay costs one lookup.
+pub async fn find_key(conn: &mut PgConnection, claim: &Claim) -> Result<Option<Vec<u8>>, UserError> {
+    let select = sqlx::query_as::<_, (String, Option<Vec<u8>>)>(SELECT_KEY)
+        .bind(&claim.caller)
+        .bind(claim.operation)
+        .bind(claim.key.as_str())
+        .bind(retention_secs())
+        .fetch_optional(&mut *conn);
+    match db::traced(db::span("SELECT", "idempotency_keys", SELECT_KEY), select).await? {
+        None | Some((_, None)) => Ok(None),
+        Some((fingerprint, _)) if fingerprint != claim.fingerprint => Err(UserError::IdempotencyKeyReused),
+        Some((_, Some(response))) => Ok(Some(response)),
+    }
+}
 
 /// Claims an idempotency key inside the caller's transaction. `Ok(None)`: the
-/// key is new and the write should go ahead. `Ok(Some(response))`: the write
-/// was done before; answer with its stored response.
+/// key is new (or expired) and the write should go ahead. `Ok(Some(response))`:
+/// the write was done before; answer with its stored response.
 ///
 /// The claim first takes a transaction-scoped advisory lock on the key, so
 /// a request whose key another transaction holds (the same write, still in
 /// flight) is refused at once with [`UserError::IdempotencyKeyInFlight`]
 /// instead of waiting for it; the lock ends with the transaction, even one
 /// that crashed. Two different keys whose hashes collide only refuse each
-/// other while both are in flight, and a retry succeeds.
-pub async fn claim_key(
-    conn: &mut PgConnection,
-    scope: &str,
-    key: &IdempotencyKey,
-    fingerprint: &str,
-) -> Result<Option<Vec<u8>>, UserError> {
+/// other while both are in flight, and a retry succeeds. A new claim also
+/// prunes a batch of keys past [`IDEMPOTENCY_KEY_RETENTION`].
+pub async fn claim_key(conn: &mut PgConnection, claim: &Claim) -> Result<Option<Vec<u8>>, UserError> {
     let lock = sqlx::query_scalar::<_, bool>(LOCK_KEY)
-        .bind(scope)
-        .bind(key.as_str())
+        .bind(&claim.caller)
+        .bind(claim.operation)
+        .bind(claim.key.as_str())
         .fetch_one(&mut *conn);
     if !db::traced(db::span("SELECT", "idempotency_keys", LOCK_KEY), lock).await? {
         return Err(UserError::IdempotencyKeyInFlight);
     }
-    let claim = sqlx::query(CLAIM_KEY)
-        .bind(scope)
-        .bind(key.as_str())
-        .bind(fingerprint)
+    let insert = sqlx::query(CLAIM_KEY)
+        .bind(&claim.caller)
+        .bind(claim.operation)
+        .bind(claim.key.as_str())
+        .bind(&claim.fingerprint)
+        .bind(retention_secs())
         .execute(&mut *conn);
-    if db::traced(db::span("INSERT", "idempotency_keys", CLAIM_KEY), claim)
+    if db::traced(db::span("INSERT", "idempotency_keys", CLAIM_KEY), insert)
         .await?
         .rows_affected()
         == 1
     {
+        let prune = sqlx::query(PRUNE_KEYS)
+            .bind(retention_secs())
+            .bind(PRUNE_BATCH)
+            .execute(&mut *conn);
+        db::traced(db::span("DELETE", "idempotency_keys", PRUNE_KEYS), prune).await?;
         return Ok(None);
-    }
-    let select = sqlx::query_as::<_, (String, Option<Vec<u8>>)>(SELECT_KEY)
-        .bind(scope)
-        .bind(key.as_str())
-        .fetch_one(&mut *conn);
-    let (stored_fingerprint, response) = db::traced(db::span("SELECT", "idempotency_keys", SELECT_KEY), select).await?;
-    if stored_fingerprint != fingerprint {
-        return Err(UserError::IdempotencyKeyReused);
     }
     // A claimed key is completed in the same transaction, so a visible one
     // always has its response.
-    response.map(Some).ok_or_else(|| {
+    find_key(conn, claim).await?.map(Some).ok_or_else(|| {
         UserError::Internal(anyhow::anyhow!(
-            "idempotency key {scope}/{} has no response",
-            key.as_str()
+            "idempotency key {}/{}/{} has no response",
+            claim.caller,
+            claim.operation,
+            claim.key.as_str()
         ))
     })
 }
 
 /// Stores the response of a write under its key, in the write's transaction.
-pub async fn complete_key(
-    conn: &mut PgConnection,
-    scope: &str,
-    key: &IdempotencyKey,
-    response: &[u8],
-) -> Result<(), UserError> {
+pub async fn complete_key(conn: &mut PgConnection, claim: &Claim, response: &[u8]) -> Result<(), UserError> {
     let query = sqlx::query(COMPLETE_KEY)
-        .bind(scope)
-        .bind(key.as_str())
+        .bind(&claim.caller)
+        .bind(claim.operation)
+        .bind(claim.key.as_str())
         .bind(response)
         .execute(conn);
     db::traced(db::span("UPDATE", "idempotency_keys", COMPLETE_KEY), query).await?;

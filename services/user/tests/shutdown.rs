@@ -66,6 +66,7 @@ async fn sigterm_under_load_answers_every_accepted_call_flushes_its_spans_and_ex
                         name: format!("Drain {n}"),
                         password: "correct horse battery staple".into(),
                         idempotency_key: String::new(),
+                        caller: String::new(),
                     })
                     .await
             })
@@ -124,6 +125,7 @@ async fn sigterm_with_the_broker_unreachable_exits_within_the_bound_and_keeps_th
             name: "Kept".into(),
             password: "correct horse battery staple".into(),
             idempotency_key: String::new(),
+            caller: String::new(),
         })
         .await
         .expect("the change commits without the broker");

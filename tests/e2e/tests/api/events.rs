@@ -166,6 +166,61 @@ async fn a_key_reused_for_a_different_update_or_delete_is_422_and_changes_nothin
     );
 }
 
+/// Idempotency keys are each caller's own: two users who happen to pick the
+/// same key each get their own write.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_users_sending_the_same_idempotency_key_each_get_their_own_write() {
+    let stack = stack().await;
+    for name in ["Ada", "Bob"] {
+        let (user, token) = signed_in_user(&stack).await;
+        let id = user["id"].as_str().unwrap();
+        let response = stack
+            .http
+            .patch(stack.url(&format!("/v1/users/{id}")))
+            .bearer_auth(&token)
+            .header("idempotency-key", "shared-key")
+            .json(&json!({ "name": name }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{name}: {}", response.text().await.unwrap());
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["name"], name);
+    }
+}
+
+/// The password is part of what a key stands for: a registration retried
+/// under its key with another password is refused, and the first stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registration_retried_under_its_key_with_another_password_is_422_and_keeps_the_first() {
+    let stack = stack().await;
+    let address = email("new-password");
+    let register = |password: &'static str| {
+        stack
+            .http
+            .post(stack.url("/v1/users"))
+            .header("idempotency-key", "register-new-password")
+            .json(&json!({ "email": address, "name": "Ada", "password": password }))
+            .send()
+    };
+    assert_eq!(register(PASSWORD).await.unwrap().status(), 201);
+    assert_problem(
+        register("another password entirely").await.unwrap(),
+        422,
+        "different request",
+    )
+    .await;
+    let login = |password: &'static str| {
+        stack
+            .http
+            .post(stack.url("/v1/auth/login"))
+            .json(&json!({ "email": address, "password": password }))
+            .send()
+    };
+    assert_eq!(login(PASSWORD).await.unwrap().status(), 200);
+    assert_eq!(login("another password entirely").await.unwrap().status(), 401);
+}
+
 /// While a request holds its key (its transaction is open), a second request
 /// with the same key is refused at once with 409 instead of waiting for it
 /// or doing the write twice. The test holds the key the way an in-flight
@@ -174,10 +229,14 @@ async fn a_key_reused_for_a_different_update_or_delete_is_422_and_changes_nothin
 async fn a_second_request_while_the_first_with_its_key_is_in_flight_is_409() {
     let stack = stack().await;
     let mut in_flight = stack.db.pool().begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('CreateUser'), hashtext('in-flight-1'))")
-        .execute(&mut *in_flight)
-        .await
-        .unwrap();
+    // The lock the user service takes on a guest's key: its caller (the
+    // client address), the method, the key.
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtext('guest:127.0.0.1' || E'\\n' || 'CreateUser'), hashtext('in-flight-1'))",
+    )
+    .execute(&mut *in_flight)
+    .await
+    .unwrap();
     let body = json!({ "email": email("twice"), "name": "Twice", "password": PASSWORD });
     let post = || {
         stack

@@ -62,6 +62,7 @@ async fn a_nul_in_any_text_field_over_grpc_is_invalid_argument() {
         name: name.into(),
         password: password.into(),
         idempotency_key: key.into(),
+        caller: String::new(),
     };
     let good = ("nul@example.com", "Nul", "correct horse battery", "");
     let cases = [
