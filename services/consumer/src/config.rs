@@ -3,7 +3,10 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
-use callchain_runtime::env::{Env, SecretString};
+use callchain_runtime::{
+    env::{Env, SecretString},
+    lifecycle,
+};
 
 /// Every variable this service reads (beside the telemetry's own).
 pub const ENV_VARS: &[&str] = &[
@@ -17,7 +20,7 @@ pub const ENV_VARS: &[&str] = &[
     "CONSUMER_BATCH_SIZE",
     "CONSUMER_BATCH_TIMEOUT_MS",
     "FAULT_PROCESS_DELAY_MS",
-    callchain_runtime::lifecycle::SHUTDOWN_TIMEOUT_VAR,
+    lifecycle::SHUTDOWN_TIMEOUT_VAR,
 ];
 
 /// The variables without which it does not start.
@@ -52,6 +55,9 @@ pub struct Config {
     /// before its batch is written, for chaos runs (a slow consumer). Never
     /// set it in production.
     pub process_delay: Duration,
+    /// `SHUTDOWN_TIMEOUT_SECONDS` (the lifecycle's default): how long the
+    /// drain after SIGTERM may last, the last commit included.
+    pub shutdown_timeout: Duration,
 }
 
 impl Config {
@@ -69,6 +75,7 @@ impl Config {
             batch_size: 500,
             batch_timeout: Duration::from_millis(20),
             process_delay: Duration::ZERO,
+            shutdown_timeout: lifecycle::DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
 
@@ -101,6 +108,7 @@ impl Config {
                 "a whole number of milliseconds",
                 0,
             )?),
+            shutdown_timeout: lifecycle::shutdown_timeout(env)?,
         })
     }
 }

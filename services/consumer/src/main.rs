@@ -12,7 +12,7 @@ async fn main() -> anyhow::Result<()> {
     if std::env::args().any(|arg| arg == "--healthcheck") {
         return callchain_consumer::healthcheck(config.health_addr).await;
     }
-    let bound = lifecycle::shutdown_timeout(&env)?;
+    let bound = config.shutdown_timeout;
     let telemetry = callchain_telemetry::init(&env, "consumer")?;
     let listener = tokio::net::TcpListener::bind(config.health_addr).await?;
     match lifecycle::run_until_signal(bound, |signal| callchain_consumer::run(config, listener, signal)).await {
