@@ -16,6 +16,8 @@
 //! 5. The user service slowed past the request deadline, then healed.
 //! 6. The OTLP collector down for 30 s.
 //! 7. SIGTERM to each service in turn, under load.
+//! 8. The consumer `kill -9`ed and started again under its static member
+//!    id, then, 15 s later, the broker restarted.
 //!
 //! Each scenario is a module of its own, named after it; `harness` holds
 //! what they share: the parts, the service processes, the load and the
@@ -34,6 +36,7 @@
 
 mod broker_outage;
 mod collector_down;
+mod consumer_kill_then_broker_restart;
 mod consumer_kills;
 mod harness;
 mod postgres_restart;
@@ -112,7 +115,7 @@ fn release_dir() -> PathBuf {
 
 async fn run(settings: &Settings) -> anyhow::Result<Vec<Row>> {
     type Scenario = for<'a> fn(&'a Settings, &'a mut Row) -> futures_like::Boxed<'a>;
-    let scenarios: [(u32, &str, Scenario); 7] = [
+    let scenarios: [(u32, &str, Scenario); 8] = [
         (1, "1. broker stopped for 10 s", |s, r| {
             Box::pin(broker_outage::broker_outage(s, r))
         }),
@@ -133,6 +136,11 @@ async fn run(settings: &Settings) -> anyhow::Result<Vec<Row>> {
         }),
         (7, "7. SIGTERM to each service", |s, r| {
             Box::pin(sigterm_each::sigterm_each(s, r))
+        }),
+        (8, "8. consumer kill -9, then a broker restart", |s, r| {
+            Box::pin(consumer_kill_then_broker_restart::consumer_kill_then_broker_restart(
+                s, r,
+            ))
         }),
     ];
     let mut rows = Vec::new();
