@@ -60,8 +60,11 @@ pub async fn consumer_kill_then_broker_restart(settings: &Settings, row: &mut Ro
     // Back at the head without a hand: every change acknowledged by now written.
     let target = load.acknowledged();
     let back = caught_up(&parts.db, target, RECOVERY_BOUND * 3).await;
-    if back.is_some() {
-        row.recovered(restarted.elapsed());
+    // Recovered: the first look at which rows had grown since the restart.
+    if let Some(first) = samples.first()
+        && let Some(writing) = samples.iter().find(|sample| sample.rows > first.rows)
+    {
+        row.recovered(writing.at - restarted);
     }
     let ready_at_the_end = http
         .get(&readyz)
