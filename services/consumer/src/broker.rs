@@ -1,5 +1,7 @@
 //! The Kafka clients, configured, with librdkafka's own logs and errors
-//! routed into our JSON logs.
+//! routed into our JSON logs, and what an error from the consumer means.
+
+use std::sync::Arc;
 
 use rdkafka::{
     ClientConfig, ClientContext, TopicPartitionList,
@@ -9,26 +11,18 @@ use rdkafka::{
     producer::FutureProducer,
 };
 
-use crate::config::Config;
+use crate::{config::Config, health::Health};
 
 /// rdkafka reports through the `log` crate by default, which nothing here
 /// listens to; this context reports through `tracing` instead. Broker outages
 /// arrive here as errors: librdkafka reconnects by itself, so they are logged
-/// and nothing else.
+/// and nothing else. The dead-letter producer uses it; the group consumer
+/// uses [`Member`], which logs the same way.
 pub struct KafkaLogs;
 
 impl ClientContext for KafkaLogs {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
-                tracing::error!(target: "librdkafka", facility, "{message}")
-            }
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(target: "librdkafka", facility, "{message}")
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
-        }
+        log(level, facility, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -36,14 +30,56 @@ impl ClientContext for KafkaLogs {
     }
 }
 
-impl ConsumerContext for KafkaLogs {
+fn log(level: RDKafkaLogLevel, facility: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+            tracing::error!(target: "librdkafka", facility, "{message}")
+        }
+        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "librdkafka", facility, "{message}")
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+    }
+}
+
+/// The group consumer's context: librdkafka's logs and errors in ours, and
+/// its assignments in [`Health`], for `/readyz`.
+pub struct Member {
+    health: Arc<Health>,
+}
+
+impl ClientContext for Member {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error.rdkafka_error_code() {
+            // Reaching a partition's end is news, not trouble: the loop
+            // takes it from `recv`.
+            Some(RDKafkaErrorCode::PartitionEOF) => {}
+            // The loop replaces the client (it reads the same error from
+            // `recv`); this is the line that says why.
+            Some(RDKafkaErrorCode::Fatal) => {
+                tracing::error!(target: "librdkafka", error = %error, "kafka client failed for good: {reason}")
+            }
+            _ => tracing::warn!(target: "librdkafka", error = %error, "kafka client error: {reason}"),
+        }
+    }
+}
+
+impl ConsumerContext for Member {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => {
-                tracing::info!(partitions = ?partition_ids(partitions), "partitions assigned")
+                let partitions = partition_ids(partitions);
+                tracing::info!(partitions = ?partitions, "partitions assigned");
+                self.health.assigned(&partitions);
             }
             Rebalance::Revoke(partitions) => {
-                tracing::info!(partitions = ?partition_ids(partitions), "partitions revoked")
+                tracing::info!(partitions = ?partition_ids(partitions), "partitions revoked");
+                self.health.revoked();
             }
             Rebalance::Error(error) => tracing::warn!(error = %error, "rebalancing failed"),
         }
@@ -61,6 +97,61 @@ impl ConsumerContext for KafkaLogs {
     }
 }
 
+/// What an error from the consumer's `recv` means for the consume loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// The partition is read to its end: nothing waits in it.
+    AtEnd(i32),
+    /// A broker away, a coordinator moving, a rebalance: librdkafka
+    /// recovers by itself and no message is passed over, so the loop says
+    /// so and goes on.
+    Passing,
+    /// The client is unusable (a fatal error, such as being fenced by a
+    /// member with the same `group.instance.id`), or a message could not be
+    /// delivered and the error does not say which (rdkafka drops its
+    /// partition and offset). Going on would store later offsets past it;
+    /// the loop replaces the client instead, which reads on from the last
+    /// committed offsets, so nothing is passed over unrecorded.
+    Restart,
+}
+
+/// Sorts an error from `recv` (see [`Received`]). Anything not known to be
+/// passing restarts the client: a replay is harmless, a skipped message is
+/// not.
+pub fn received_error(error: &KafkaError) -> Received {
+    match error {
+        KafkaError::PartitionEOF(partition) => Received::AtEnd(*partition),
+        KafkaError::MessageConsumptionFatal(_) => Received::Restart,
+        KafkaError::MessageConsumption(code) if passing(*code) => Received::Passing,
+        _ => Received::Restart,
+    }
+}
+
+/// Errors librdkafka reports and recovers from by itself, no message lost:
+/// connections, coordinators, leaders, rebalances, and a consumer that was
+/// not polled in time (it rejoins at the next poll).
+fn passing(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        code,
+        BrokerTransportFailure
+            | AllBrokersDown
+            | Resolve
+            | OperationTimedOut
+            | TimedOutQueue
+            | BrokerNotAvailable
+            | NetworkException
+            | RequestTimedOut
+            | LeaderNotAvailable
+            | NotLeaderForPartition
+            | CoordinatorLoadInProgress
+            | CoordinatorNotAvailable
+            | NotCoordinator
+            | RebalanceInProgress
+            | PollExceeded
+    )
+}
+
 fn partition_ids(partitions: &TopicPartitionList) -> Vec<i32> {
     partitions.elements().iter().map(|p| p.partition()).collect()
 }
@@ -68,7 +159,7 @@ fn partition_ids(partitions: &TopicPartitionList) -> Vec<i32> {
 /// The group consumer of `user-events`. Offsets are committed automatically,
 /// but only those the pipeline stored, and it stores them only once their
 /// rows are committed in Postgres (or their dead letters acknowledged).
-pub fn consumer(config: &Config) -> KafkaResult<StreamConsumer<KafkaLogs>> {
+pub fn consumer(config: &Config, health: Arc<Health>) -> KafkaResult<StreamConsumer<Member>> {
     let mut client = ClientConfig::new();
     if let Some(instance) = &config.group_instance_id {
         client.set("group.instance.id", instance);
@@ -92,7 +183,10 @@ pub fn consumer(config: &Config) -> KafkaResult<StreamConsumer<KafkaLogs>> {
         // holds it at most this long. librdkafka's 500 ms default would add
         // up to half a second to the lag from an API answer to the row.
         .set("fetch.wait.max.ms", "10")
-        .create_with_context(KafkaLogs)
+        // `recv` says when a partition is read to its end: `/readyz` tells
+        // a consumer with nothing to read from one that reads nothing.
+        .set("enable.partition.eof", "true")
+        .create_with_context(Member { health })
 }
 
 /// The producer of dead letters: idempotent and acknowledged by every
@@ -106,4 +200,55 @@ pub fn dead_letter_producer(config: &Config) -> KafkaResult<FutureProducer<Kafka
         .set("acks", "all")
         .set("message.timeout.ms", "10000")
         .create_with_context(KafkaLogs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_read_to_its_end_is_news_of_that_partition() {
+        assert_eq!(received_error(&KafkaError::PartitionEOF(2)), Received::AtEnd(2));
+    }
+
+    #[test]
+    fn a_fatal_error_such_as_being_fenced_restarts_the_client() {
+        assert_eq!(
+            received_error(&KafkaError::MessageConsumptionFatal(RDKafkaErrorCode::Fatal)),
+            Received::Restart
+        );
+    }
+
+    #[test]
+    fn a_message_that_could_not_be_delivered_restarts_the_client_rather_than_being_passed_over() {
+        for code in [
+            RDKafkaErrorCode::BadMessage,
+            RDKafkaErrorCode::BadCompression,
+            RDKafkaErrorCode::InvalidMessage,
+            RDKafkaErrorCode::OffsetOutOfRange,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        ] {
+            assert_eq!(
+                received_error(&KafkaError::MessageConsumption(code)),
+                Received::Restart,
+                "{code:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_broker_or_coordinator_away_is_passing_and_consumption_goes_on() {
+        for code in [
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::NotCoordinator,
+            RDKafkaErrorCode::PollExceeded,
+        ] {
+            assert_eq!(
+                received_error(&KafkaError::MessageConsumption(code)),
+                Received::Passing,
+                "{code:?}"
+            );
+        }
+    }
 }

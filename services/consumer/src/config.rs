@@ -3,7 +3,10 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
-use callchain_runtime::env::{Env, SecretString, Setting};
+use callchain_runtime::{
+    env::{Env, SecretString, Setting},
+    lifecycle,
+};
 
 pub const CONSUMER_HEALTH_ADDR: Setting = Setting {
     name: "CONSUMER_HEALTH_ADDR",
@@ -101,6 +104,9 @@ pub struct Config {
     pub batch_timeout: Duration,
     /// [`FAULT_PROCESS_DELAY_MS`]: for chaos runs only.
     pub process_delay: Duration,
+    /// [`lifecycle::SHUTDOWN_TIMEOUT`]: how long the
+    /// drain after SIGTERM may last, the last commit included.
+    pub shutdown_timeout: Duration,
 }
 
 const WHOLE: &str = "a whole number";
@@ -140,6 +146,7 @@ impl Config {
             process_delay: Duration::from_millis(
                 env.setting(&FAULT_PROCESS_DELAY_MS, "a whole number of milliseconds")?,
             ),
+            shutdown_timeout: lifecycle::shutdown_timeout(env)?,
         })
     }
 }

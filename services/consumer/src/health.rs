@@ -1,12 +1,15 @@
 //! `GET /healthz` (the loop runs; with its counters) and `GET /readyz` (it
-//! can write to Postgres), on the health listener.
+//! consumes: its client works, it has partitions, and it either makes
+//! progress or has nothing waiting; and it can write to Postgres), on the
+//! health listener.
 
 use std::{
+    collections::BTreeSet,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -22,12 +25,69 @@ use sqlx::PgPool;
 /// How long `/readyz` waits for Postgres to answer `SELECT 1`.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long the consumer may go without consuming before `/readyz` says
+/// so: without partitions (a rebalance takes a few seconds), with messages
+/// waiting and none handled, or with one batch in hand.
+pub const READY_GRACE: Duration = Duration::from_secs(10);
+
 /// What the pipeline reports as it goes.
 #[derive(Debug, Default)]
 pub struct Health {
     events_written: AtomicU64,
     dead_letters: AtomicU64,
     database_failing: AtomicBool,
+    consumption: Mutex<Consumption>,
+}
+
+/// What the consumer knows of its own consuming, for `/readyz`.
+#[derive(Debug)]
+pub struct Consumption {
+    /// The Kafka client failed (or is being replaced): nothing is read
+    /// until a fresh one has joined the group.
+    client_failed: bool,
+    assigned: BTreeSet<i32>,
+    /// The assigned partitions read to their end since their last message.
+    at_end: BTreeSet<i32>,
+    /// The last sign of progress: a batch handled, a fresh client, a change
+    /// of assignment (each gets [`READY_GRACE`] to show more).
+    progressed: Instant,
+    /// Since when the batch in hand has been in hand.
+    handling_since: Option<Instant>,
+}
+
+impl Default for Consumption {
+    fn default() -> Self {
+        Self {
+            client_failed: false,
+            assigned: BTreeSet::new(),
+            at_end: BTreeSet::new(),
+            progressed: Instant::now(),
+            handling_since: None,
+        }
+    }
+}
+
+impl Consumption {
+    /// `Ok` while the consumer consumes, or why it does not, as of `now`.
+    pub fn readiness(&self, now: Instant) -> Result<(), &'static str> {
+        let within_grace = |since: Instant| now.saturating_duration_since(since) <= READY_GRACE;
+        if self.client_failed {
+            return Err("the Kafka client failed; a fresh one is joining the group");
+        }
+        if self.handling_since.is_some_and(|since| !within_grace(since)) {
+            return Err("one batch has been in hand for longer than the grace");
+        }
+        if within_grace(self.progressed) {
+            return Ok(());
+        }
+        if self.assigned.is_empty() {
+            return Err("no partitions are assigned to this consumer");
+        }
+        if self.assigned.is_subset(&self.at_end) {
+            return Ok(());
+        }
+        Err("messages wait and none was consumed within the grace")
+    }
 }
 
 impl Health {
@@ -55,6 +115,66 @@ impl Health {
     fn is_database_failing(&self) -> bool {
         self.database_failing.load(Ordering::Relaxed)
     }
+
+    fn consumption(&self) -> std::sync::MutexGuard<'_, Consumption> {
+        // The state stays meaningful whatever panicked while holding it.
+        self.consumption
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The Kafka client failed and is being replaced.
+    pub fn client_failed(&self) {
+        self.consumption().client_failed = true;
+    }
+
+    /// A fresh client subscribed: it has yet to be given partitions.
+    pub fn client_started(&self) {
+        let mut consumption = self.consumption();
+        *consumption = Consumption::default();
+    }
+
+    /// The group gave this member `partitions`.
+    pub fn assigned(&self, partitions: &[i32]) {
+        let mut consumption = self.consumption();
+        consumption.assigned = partitions.iter().copied().collect();
+        consumption.at_end.clear();
+        consumption.progressed = Instant::now();
+    }
+
+    /// The group took this member's partitions back.
+    pub fn revoked(&self) {
+        let mut consumption = self.consumption();
+        consumption.assigned.clear();
+        consumption.at_end.clear();
+        consumption.progressed = Instant::now();
+    }
+
+    /// A message of `partition` arrived: it may not be its last.
+    pub fn received(&self, partition: i32) {
+        self.consumption().at_end.remove(&partition);
+    }
+
+    /// `partition` is read to its end.
+    pub fn at_end(&self, partition: i32) {
+        self.consumption().at_end.insert(partition);
+    }
+
+    /// A batch is in hand.
+    pub fn handling(&self) {
+        self.consumption().handling_since.get_or_insert_with(Instant::now);
+    }
+
+    /// The batch in hand is handled (stored, or left to be replayed).
+    pub fn handled(&self) {
+        let mut consumption = self.consumption();
+        consumption.handling_since = None;
+        consumption.progressed = Instant::now();
+    }
+
+    fn readiness(&self) -> Result<(), &'static str> {
+        self.consumption().readiness(Instant::now())
+    }
 }
 
 #[derive(Clone)]
@@ -80,31 +200,36 @@ async fn healthz(State(probe): State<Probe>) -> Json<serde_json::Value> {
     }))
 }
 
-/// Ready while writes succeed and Postgres answers a `SELECT 1`: the probe
-/// notices an outage while no events flow, the flag spares a failing
-/// database more connection attempts while the pipeline retries.
+/// Ready while the consumer consumes ([`Consumption::readiness`]), writes
+/// succeed and Postgres answers a `SELECT 1`: the probe notices an outage
+/// while no events flow, the flag spares a failing database more connection
+/// attempts while the pipeline retries.
 async fn readyz(State(probe): State<Probe>) -> Response {
+    const DATABASE: &str = "the database is unreachable";
     if probe.health.is_database_failing() {
-        return unavailable();
+        return unavailable(DATABASE);
+    }
+    if let Err(reason) = probe.health.readiness() {
+        return unavailable(reason);
     }
     match tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(&probe.pool)).await {
         Ok(Ok(_)) => Json(json!({ "status": "ready" })).into_response(),
         Ok(Err(error)) => {
             tracing::debug!(error = %error, "readiness probe: Postgres refused");
-            unavailable()
+            unavailable(DATABASE)
         }
         Err(_) => {
             tracing::debug!("readiness probe: Postgres did not answer in time");
-            unavailable()
+            unavailable(DATABASE)
         }
     }
 }
 
-fn unavailable() -> Response {
+fn unavailable(reason: &str) -> Response {
     (
         StatusCode::SERVICE_UNAVAILABLE,
         [(header::RETRY_AFTER, "1")],
-        Json(json!({ "status": "unavailable", "reason": "the database is unreachable" })),
+        Json(json!({ "status": "unavailable", "reason": reason })),
     )
         .into_response()
 }
@@ -167,5 +292,79 @@ mod tests {
 
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(headers[header::RETRY_AFTER], "1");
+    }
+
+    /// A consumer whose last sign of progress is `ago` old, with
+    /// partitions 0..3 assigned.
+    fn assigned_since(now: Instant, ago: Duration) -> Consumption {
+        Consumption {
+            assigned: (0..3).collect(),
+            progressed: now - ago,
+            ..Consumption::default()
+        }
+    }
+
+    #[test]
+    fn a_consumer_that_progressed_within_the_grace_is_ready() {
+        let now = Instant::now();
+        assert_eq!(assigned_since(now, READY_GRACE).readiness(now), Ok(()));
+    }
+
+    #[test]
+    fn a_consumer_whose_client_failed_is_not_ready_even_within_the_grace() {
+        let now = Instant::now();
+        let consumption = Consumption {
+            client_failed: true,
+            ..assigned_since(now, Duration::ZERO)
+        };
+        assert!(consumption.readiness(now).unwrap_err().contains("client failed"));
+    }
+
+    #[test]
+    fn a_consumer_with_messages_waiting_and_no_progress_past_the_grace_is_not_ready() {
+        let now = Instant::now();
+        let mut consumption = assigned_since(now, READY_GRACE + Duration::from_millis(1));
+        consumption.at_end = [0, 2].into();
+        assert!(consumption.readiness(now).unwrap_err().contains("messages wait"));
+    }
+
+    #[test]
+    fn a_consumer_read_to_the_end_of_every_partition_is_ready_however_long_it_idles() {
+        let now = Instant::now();
+        let mut consumption = assigned_since(now, Duration::from_secs(3600));
+        consumption.at_end = (0..3).collect();
+        assert_eq!(consumption.readiness(now), Ok(()));
+    }
+
+    #[test]
+    fn a_consumer_without_partitions_past_the_grace_is_not_ready() {
+        let now = Instant::now();
+        let consumption = Consumption {
+            progressed: now - READY_GRACE - Duration::from_millis(1),
+            ..Consumption::default()
+        };
+        assert!(consumption.readiness(now).unwrap_err().contains("no partitions"));
+    }
+
+    #[test]
+    fn a_batch_in_hand_past_the_grace_is_not_ready_though_the_last_progress_is_recent() {
+        let now = Instant::now();
+        let consumption = Consumption {
+            handling_since: Some(now - READY_GRACE - Duration::from_millis(1)),
+            ..assigned_since(now, Duration::ZERO)
+        };
+        assert!(consumption.readiness(now).unwrap_err().contains("in hand"));
+    }
+
+    #[tokio::test]
+    async fn readyz_answers_503_with_the_reason_while_the_kafka_client_is_replaced() {
+        let health = Arc::new(Health::default());
+        health.client_failed();
+
+        let (status, headers, body) = get(health, "/readyz").await;
+
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers[header::RETRY_AFTER], "1");
+        assert!(body["reason"].as_str().unwrap().contains("client failed"), "{body}");
     }
 }

@@ -1,7 +1,8 @@
 //! The consumer: user events from Kafka into Postgres, once per event id.
 //!
 //! - [`config`]: settings from the environment.
-//! - `pipeline`: the consume loop: batches, retries, dead letters, offsets.
+//! - `pipeline`: the consume loop: batches, retries, dead letters, offsets,
+//!   and a fresh Kafka client when one fails.
 //! - `message`: a message in hand with its process span, and what it turns
 //!   out to be: a readable event or a dead letter.
 //! - `batch`: the pure bookkeeping of a batch: column arrays, offsets per
@@ -11,8 +12,11 @@
 //!   given, never an older event of a user after a newer one.
 //! - `dead_letter`: unreadable messages to `user-events.dlq`, with their
 //!   headers and the reason.
-//! - `broker`: the Kafka clients, with librdkafka's logs in ours.
-//! - `health`: `/healthz` and `/readyz`.
+//! - `broker`: the Kafka clients, with librdkafka's logs in ours, and what
+//!   an error from the consumer means (passing, a partition's end, or a
+//!   client to replace).
+//! - `health`: `/healthz` and `/readyz` (ready while it consumes and can
+//!   write).
 //! - `shutdown`: the stop signal, shared by the loop and the health server.
 //!
 //! [`run`] consumes, and serves health on a listener it is given, until the
@@ -42,7 +46,8 @@ use crate::{health::Health, pipeline::Pipeline, shutdown::Shutdown};
 /// Connects, migrates, serves `/healthz` and `/readyz` on `health_listener`
 /// and consumes until `shutdown` resolves; then it finishes the batch in hand
 /// (unless Postgres is down: that batch is left to be replayed), commits the
-/// stored offsets and returns.
+/// stored offsets (for at most half of `SHUTDOWN_TIMEOUT_SECONDS`: what is
+/// not committed is replayed) and returns.
 pub async fn run(
     config: Config,
     health_listener: TcpListener,

@@ -11,6 +11,16 @@
 //!
 //! A crash anywhere before step 3 replays the batch, which is harmless: rows
 //! are written `ON CONFLICT (event_id) DO NOTHING`.
+//!
+//! The same replay covers a Kafka client that fails: fenced for good (a
+//! fatal error), or unable to deliver a message whose offset the error does
+//! not tell. Nothing after the error is taken; once the batch in hand is
+//! handled, the client is replaced by a fresh one, which reads on from the
+//! last committed offsets.
+//!
+//! The last commit and the close of a client block on the broker, so they
+//! run on a thread of their own, waited for a bounded time: an unreachable
+//! broker never holds the shutdown past its bound.
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
@@ -21,14 +31,13 @@ use rdkafka::{
     Message as _,
     consumer::{CommitMode, Consumer as _, StreamConsumer},
     error::{KafkaError, KafkaResult, RDKafkaErrorCode},
-    message::BorrowedMessage,
 };
 use sqlx::PgPool;
 use tokio::time::Instant;
 
 use crate::{
     batch::{Backoff, Offsets},
-    broker::{self, KafkaLogs},
+    broker::{self, Member, Received},
     config::Config,
     dead_letter::DeadLetters,
     health::Health,
@@ -73,9 +82,20 @@ pub struct Pipeline {
     process_delay: Duration,
 }
 
+/// How long replacing a failed client may wait for the old one to commit
+/// and close.
+const RETIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often the loop, while it waits for messages, asks the client whether
+/// it failed for good (its error event says so too; this is the fallback).
+const FATAL_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The Kafka side: batches in, offsets out.
 struct Source {
-    kafka: StreamConsumer<KafkaLogs>,
+    kafka: StreamConsumer<Member>,
+    /// To make a fresh client when this one fails.
+    config: Config,
+    health: Arc<Health>,
     topic: String,
     group_id: String,
     batch_size: usize,
@@ -83,6 +103,17 @@ struct Source {
     /// Messages that arrived while a batch was being retried; the next
     /// batches start with them.
     held: VecDeque<Consumed>,
+    /// Why the client must be replaced, once the batch in hand is handled;
+    /// from then on nothing more is taken from it.
+    failed: Option<String>,
+    /// The pause before each fresh client, so an error that comes back
+    /// every time does not spin.
+    restarts: Backoff,
+    /// The highest offset stored per partition: what the last commit
+    /// carries, named when it cannot be made.
+    stored: Offsets,
+    /// The share of the shutdown bound the last commit may take.
+    commit_timeout: Duration,
     shutdown: Shutdown,
 }
 
@@ -95,16 +126,23 @@ struct Sink {
 
 impl Pipeline {
     pub fn new(config: &Config, pool: PgPool, health: Arc<Health>, shutdown: Shutdown) -> anyhow::Result<Self> {
-        let kafka = broker::consumer(config).context("cannot create the Kafka consumer")?;
+        let kafka = broker::consumer(config, health.clone()).context("cannot create the Kafka consumer")?;
         let producer = broker::dead_letter_producer(config).context("cannot create the dead-letter producer")?;
         Ok(Self {
             source: Source {
                 kafka,
+                config: config.clone(),
+                health: health.clone(),
                 topic: config.topic.clone(),
                 group_id: config.group_id.clone(),
                 batch_size: config.batch_size,
                 batch_timeout: config.batch_timeout,
                 held: VecDeque::new(),
+                failed: None,
+                restarts: Backoff::new(),
+                stored: Offsets::default(),
+                // The other half is the health server's and the spans'.
+                commit_timeout: config.shutdown_timeout / 2,
                 shutdown,
             },
             sink: Sink {
@@ -117,28 +155,36 @@ impl Pipeline {
     }
 
     /// Consumes until shutdown; the batch in hand is finished first, unless
-    /// it is being retried, and the stored offsets are committed before it
-    /// returns.
+    /// it is being retried, and the stored offsets are committed (within
+    /// half the shutdown bound) before it returns. A client that fails is
+    /// replaced; `Err` only when no fresh one can be made.
     pub async fn run(mut self) -> anyhow::Result<()> {
-        self.source
-            .kafka
-            .subscribe(&[&self.source.topic])
-            .with_context(|| format!("cannot subscribe to {}", self.source.topic))?;
-        tracing::info!(topic = %self.source.topic, group = %self.source.group_id, "consuming");
+        self.source.subscribe()?;
         while let Some(batch) = self.source.next_batch().await {
+            self.sink.health.handling();
             if !self.process_delay.is_zero() {
                 let messages = u32::try_from(batch.len()).unwrap_or(u32::MAX);
                 tokio::time::sleep(self.process_delay.saturating_mul(messages)).await;
             }
-            match self.handle(batch).await {
-                Handled::Stored => {}
-                Handled::StoppedWhileRetrying => {
-                    tracing::info!("stopped while retrying; the batch in hand will be replayed");
-                    break;
-                }
+            let handled = self.handle(batch).await;
+            self.sink.health.handled();
+            if let Handled::StoppedWhileRetrying = handled {
+                tracing::info!("stopped while retrying; the batch in hand will be replayed");
+                break;
+            }
+            if let Some(why) = self.source.failed.take()
+                && !self.source.replace_client(&why).await?
+            {
+                break;
             }
         }
-        self.source.commit();
+        let Source {
+            kafka,
+            stored,
+            commit_timeout,
+            ..
+        } = self.source;
+        retire(kafka, commit_timeout, &stored).await;
         Ok(())
     }
 
@@ -287,37 +333,121 @@ fn refused(event: Readable, error: &WriteError) -> DeadLetter {
 impl Source {
     /// Waits for a first message, then gathers up to `batch_size` messages
     /// or until `batch_timeout` has passed. `None` at shutdown.
+    /// Waits for a first message, then gathers up to `batch_size` messages
+    /// or until `batch_timeout` has passed; cut short (empty, even) when the
+    /// client fails. `None` at shutdown.
     async fn next_batch(&mut self) -> Option<Vec<Consumed>> {
         let held = self.held.len().min(self.batch_size);
         let mut batch: Vec<Consumed> = self.held.drain(..held).collect();
-        while batch.is_empty() {
+        let mut fatal_check = tokio::time::interval(FATAL_CHECK_INTERVAL);
+        while batch.is_empty() && self.failed.is_none() {
             tokio::select! {
                 biased;
                 () = self.shutdown.wait() => return None,
-                received = self.kafka.recv() => batch.extend(self.accept(received)),
+                received = self.kafka.recv() => {
+                    let received = received.map(|message| Consumed::new(&message, &self.group_id));
+                    batch.extend(self.accept(received));
+                }
+                _ = fatal_check.tick() => self.check_fatal(),
             }
         }
         let deadline = Instant::now() + self.batch_timeout;
-        while batch.len() < self.batch_size {
+        while batch.len() < self.batch_size && self.failed.is_none() {
             tokio::select! {
                 biased;
-                received = self.kafka.recv() => batch.extend(self.accept(received)),
+                received = self.kafka.recv() => {
+                    let received = received.map(|message| Consumed::new(&message, &self.group_id));
+                    batch.extend(self.accept(received));
+                }
                 () = tokio::time::sleep_until(deadline) => break,
             }
         }
         Some(batch)
     }
 
-    /// A received message, with its process span opened; errors are logged:
-    /// librdkafka recovers from them by itself.
-    fn accept(&self, received: KafkaResult<BorrowedMessage<'_>>) -> Option<Consumed> {
-        match received {
-            Ok(message) => Some(Consumed::new(&message, &self.group_id)),
-            Err(error) => {
-                tracing::warn!(error = %error, "receiving from Kafka failed");
-                None
-            }
+    /// A received message, with its process span opened. An error is sorted
+    /// by [`broker::received_error`]: the end of a partition is noted for
+    /// `/readyz`, a passing one logged, and one that fails the client stops
+    /// the intake until it is replaced.
+    fn accept(&mut self, received: KafkaResult<Consumed>) -> Option<Consumed> {
+        if self.failed.is_some() {
+            // After the error: the fresh client reads it again.
+            return None;
         }
+        let error = match received {
+            Ok(consumed) => {
+                self.health.received(consumed.message.partition());
+                return Some(consumed);
+            }
+            Err(error) => error,
+        };
+        match broker::received_error(&error) {
+            Received::AtEnd(partition) => self.health.at_end(partition),
+            Received::Passing => {
+                tracing::warn!(error = %error, "receiving from Kafka failed; librdkafka recovers by itself")
+            }
+            Received::Restart => self.fail(error.to_string()),
+        }
+        None
+    }
+
+    /// Notes a failed client, to be replaced once the batch in hand is
+    /// handled; `/readyz` says so meanwhile.
+    fn fail(&mut self, error: String) {
+        let fatal = self
+            .kafka
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| format!("{code}: {reason}"));
+        tracing::error!(
+            error,
+            fatal = fatal.as_deref(),
+            "the Kafka client failed; it is replaced by a fresh one, which reads on from the last committed offsets"
+        );
+        self.health.client_failed();
+        self.failed = Some(fatal.unwrap_or(error));
+    }
+
+    /// Fails the client when librdkafka says it failed for good, in case
+    /// its error event did not reach `recv`.
+    fn check_fatal(&mut self) {
+        if self.failed.is_none()
+            && let Some((code, _)) = self.kafka.client().fatal_error()
+        {
+            self.fail(format!("a fatal error: {code}"));
+        }
+    }
+
+    fn subscribe(&self) -> anyhow::Result<()> {
+        self.kafka
+            .subscribe(&[&self.topic])
+            .with_context(|| format!("cannot subscribe to {}", self.topic))?;
+        tracing::info!(topic = %self.topic, group = %self.group_id, "consuming");
+        Ok(())
+    }
+
+    /// Replaces the failed client with a fresh one: the old one commits
+    /// what it can and closes (off this task, bounded), and what it had
+    /// fetched is left to the fresh one, which reads on from the last
+    /// committed offsets. `false` at shutdown; `Err` when no client can be
+    /// made.
+    async fn replace_client(&mut self, why: &str) -> anyhow::Result<bool> {
+        let fresh =
+            broker::consumer(&self.config, self.health.clone()).context("cannot create a fresh Kafka consumer")?;
+        let failed = std::mem::replace(&mut self.kafka, fresh);
+        self.held.clear();
+        retire(failed, RETIRE_TIMEOUT, &self.stored).await;
+        self.stored = Offsets::default();
+        let delay = self.restarts.next_delay();
+        tokio::select! {
+            biased;
+            () = self.shutdown.wait() => return Ok(false),
+            () = tokio::time::sleep(delay) => {}
+        }
+        self.subscribe()?;
+        self.health.client_started();
+        tracing::info!(why, "a fresh Kafka client replaces the failed one");
+        Ok(true)
     }
 
     /// Runs `attempt` until it succeeds, with a growing pause between
@@ -380,6 +510,7 @@ impl Source {
                 () = self.shutdown.wait() => return false,
                 () = tokio::time::sleep_until(deadline) => return true,
                 received = self.kafka.recv() => {
+                    let received = received.map(|message| Consumed::new(&message, &self.group_id));
                     let consumed = self.accept(received);
                     self.held.extend(consumed);
                 }
@@ -401,25 +532,62 @@ impl Source {
     }
 
     /// Stores the offsets of a handled batch, for the next commit.
-    fn store(&self, offsets: &Offsets) {
+    fn store(&mut self, offsets: &Offsets) {
         for (topic, partition, offset) in offsets.iter() {
             // librdkafka stores `offset + 1`: the next message to read.
-            if let Err(error) = self.kafka.store_offset(topic, partition, offset) {
-                // The partition was revoked meanwhile: its new owner replays
-                // from the last commit, harmlessly.
-                tracing::warn!(error = %error, topic, partition, offset, "storing an offset failed");
+            match self.kafka.store_offset(topic, partition, offset) {
+                Ok(()) => {
+                    self.stored.handled(topic, partition, offset);
+                    // A client that delivers again needs no more patience.
+                    self.restarts = Backoff::new();
+                }
+                // The partition was revoked meanwhile (or the client
+                // failed): its next reader replays from the last commit,
+                // harmlessly.
+                Err(error) => tracing::warn!(error = %error, topic, partition, offset, "storing an offset failed"),
             }
         }
     }
+}
 
-    /// Commits the stored offsets before leaving (with no offsets given,
-    /// librdkafka commits those stored, not the position).
-    fn commit(&self) {
-        match self.kafka.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) => tracing::info!("offsets committed"),
-            // Nothing stored since the last auto-commit.
-            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(error) => tracing::warn!(error = %error, "committing offsets failed; the last events will be replayed"),
+/// Commits `kafka`'s stored offsets and closes it, on a thread of its own
+/// (both block on the broker), waiting at most `bound`: past it the thread
+/// is left to finish or not, and the events after the last commit (up to
+/// `stored`) are replayed by the next reader, harmlessly. A thread, not
+/// `spawn_blocking`: the runtime waits for those as it shuts down.
+async fn retire(kafka: StreamConsumer<Member>, bound: Duration, stored: &Offsets) {
+    let (closed, on_closed) = tokio::sync::oneshot::channel();
+    let closing = std::thread::Builder::new().name("kafka-close".into()).spawn(move || {
+        commit(&kafka);
+        drop(kafka);
+        let _ = closed.send(());
+    });
+    if let Err(error) = closing {
+        tracing::warn!(error = %error, "no thread to close the Kafka client on; it is left unclosed");
+        return;
+    }
+    if tokio::time::timeout(bound, on_closed).await.is_err() {
+        let handled: Vec<String> = stored
+            .iter()
+            .map(|(topic, partition, offset)| format!("{topic}/{partition}@{offset}"))
+            .collect();
+        tracing::warn!(
+            bound_ms = bound.as_millis() as u64,
+            handled = ?handled,
+            "the Kafka client did not commit and close in time (is the broker reachable?); the events after the last commit will be replayed"
+        );
+    }
+}
+
+/// Commits the stored offsets (with no offsets given, librdkafka commits
+/// those stored, not the position).
+fn commit(kafka: &StreamConsumer<Member>) {
+    match kafka.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => tracing::info!("offsets committed"),
+        // Nothing stored since the last auto-commit.
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(error) => {
+            tracing::warn!(error = %error, "committing offsets failed; the events after the last commit will be replayed")
         }
     }
 }

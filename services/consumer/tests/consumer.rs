@@ -835,3 +835,223 @@ async fn sigterm_mid_stream_finishes_the_batch_commits_what_is_written_flushes_i
         consumer.messages()
     );
 }
+
+/// The consumer binary in a process whose logs are kept, as the group
+/// member named `instance`, with `extra` settings; waits until it is
+/// healthy.
+async fn logged_consumer(parts: &Parts, instance: &str, extra: &[(&str, &str)]) -> (ServiceProcess, String) {
+    let health = free_addr().unwrap();
+    let mut env = vec![
+        ("DATABASE_URL", parts.db.url().to_owned()),
+        ("KAFKA_BROKERS", parts.kafka.bootstrap().to_owned()),
+        ("KAFKA_TOPIC", parts.kafka.topic.clone()),
+        ("KAFKA_GROUP_ID", parts.kafka.group.clone()),
+        ("KAFKA_GROUP_INSTANCE_ID", instance.to_owned()),
+        ("CONSUMER_HEALTH_ADDR", health.to_string()),
+        ("RUST_LOG", "info,callchain::span=off".to_owned()),
+    ];
+    env.extend(extra.iter().map(|&(name, value)| (name, value.to_owned())));
+    let mut consumer = ServiceProcess::spawn("consumer", env!("CARGO_BIN_EXE_consumer"), env).unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while callchain_consumer::healthcheck(health).await.is_err() {
+        if let Some(status) = consumer.try_exit() {
+            panic!(
+                "the consumer exited at start ({status}): {}",
+                consumer.log_text().join("\n")
+            );
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the consumer is not healthy after {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    (consumer, format!("http://{health}/readyz"))
+}
+
+/// Waits until `/readyz` at `url` answers `status`; its body.
+async fn readyz_becomes(url: &str, status: u16) -> serde_json::Value {
+    eventually(&format!("{url} to answer {status}"), || async {
+        let (answered, body) = get_json(url.to_owned()).await?;
+        (answered == status).then_some(body)
+    })
+    .await
+}
+
+/// Produces `count` events, each of a user of its own; returns them.
+async fn produce_events(parts: &Parts, count: usize) -> Vec<UserEvent> {
+    let events: Vec<UserEvent> = (0..count).map(|_| user_event(Uuid::now_v7(), 1)).collect();
+    futures::future::join_all(events.iter().map(|event| parts.produce_event(event, None))).await;
+    events
+}
+
+/// Waits until every one of `events` has its row, and checks it has one.
+async fn each_stored_once(parts: &Parts, events: &[UserEvent]) {
+    for event in events {
+        parts.row_of(event.event_id).await;
+        assert_eq!(parts.rows_of(event.event_id).await, 1, "exactly one row per event");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_fenced_by_another_with_its_instance_id_starts_a_fresh_client_and_consumes_again() {
+    let parts = Parts::start().await;
+    let (mut consumer, readyz) = logged_consumer(&parts, "consumer-1", &[]).await;
+    each_stored_once(&parts, &produce_events(&parts, 3).await).await;
+    readyz_becomes(&readyz, 200).await;
+
+    // A second member under the same instance id: the broker hands it the
+    // identity, and the first one's next heartbeat is answered
+    // FENCED_INSTANCE_ID, which librdkafka takes as fatal for its client.
+    let intruder: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", parts.kafka.bootstrap())
+        .set("group.id", &parts.kafka.group)
+        .set("group.instance.id", "consumer-1")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "10000")
+        .create()
+        .expect("an intruder");
+    intruder
+        .subscribe(&[&parts.kafka.topic])
+        .expect("subscribing the intruder");
+    let intruder = std::sync::Arc::new(intruder);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let polling = {
+        let (intruder, stop) = (intruder.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = intruder.poll(Duration::from_millis(100));
+            }
+        })
+    };
+    eventually("the consumer to be fenced", || async {
+        consumer
+            .log_text()
+            .iter()
+            .any(|line| line.contains("Static consumer fenced"))
+            .then_some(())
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    polling.join().unwrap();
+    tokio::task::spawn_blocking(move || drop(intruder)).await.unwrap();
+
+    let after = produce_events(&parts, 10).await;
+    each_stored_once(&parts, &after).await;
+    assert!(
+        consumer.try_exit().is_none(),
+        "it recovered in its process, without a restart"
+    );
+    readyz_becomes(&readyz, 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_killed_restarted_under_its_instance_id_then_a_broker_restart_loses_nothing_and_stays_ready() {
+    let mut parts = Parts::on(Kafka::own().await.expect("a Kafka broker of the test's own")).await;
+    let (mut first, _) = logged_consumer(&parts, "consumer-1", &[]).await;
+    each_stored_once(&parts, &produce_events(&parts, 5).await).await;
+
+    // Steady writes from here on, as the API makes them.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let producer = parts.producer.clone();
+        let topic = parts.kafka.topic.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut written = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let event = user_event(Uuid::now_v7(), 1);
+                let (key, payload) = (event.key(), event.to_json());
+                let record = FutureRecord::to(&topic)
+                    .key(&key)
+                    .payload(&payload)
+                    .headers(event_headers(&event, None));
+                if producer.send(record, Duration::from_secs(30)).await.is_ok() {
+                    written.push(event);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            written
+        })
+    };
+
+    first.kill();
+    let (consumer, readyz) = logged_consumer(&parts, "consumer-1", &[]).await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    tokio::task::block_in_place(|| parts.kafka.broker().restart()).expect("the broker restarts");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.await.unwrap();
+    assert!(written.len() > 100, "only {} events written", written.len());
+
+    each_stored_once(&parts, &written).await;
+    let mut consumer = consumer;
+    assert!(
+        consumer.try_exit().is_none(),
+        "it went on in its process, without a restart"
+    );
+    let after = produce_events(&parts, 5).await;
+    each_stored_once(&parts, &after).await;
+    readyz_becomes(&readyz, 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_answers_503_while_messages_wait_and_none_is_consumed() {
+    let parts = Parts::start().await;
+    // Each message takes two minutes: the first one wedges the loop.
+    let (_consumer, readyz) = logged_consumer(&parts, "consumer-1", &[("FAULT_PROCESS_DELAY_MS", "120000")]).await;
+    readyz_becomes(&readyz, 200).await;
+
+    produce_events(&parts, 3).await;
+    let body = readyz_becomes(&readyz, 503).await;
+    assert_eq!(body["status"], "unavailable", "{body}");
+    assert_eq!(parts.row_count().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_while_the_broker_is_down_exits_within_the_bound_and_the_uncommitted_events_replay() {
+    const BOUND_SECONDS: u64 = 4;
+    let mut parts = Parts::on(Kafka::own().await.expect("a Kafka broker of the test's own")).await;
+    let bound = BOUND_SECONDS.to_string();
+    // Slow on purpose: the batch is still in hand when the broker goes.
+    let (mut consumer, _) = logged_consumer(
+        &parts,
+        "consumer-1",
+        &[("FAULT_PROCESS_DELAY_MS", "150"), ("SHUTDOWN_TIMEOUT_SECONDS", &bound)],
+    )
+    .await;
+    // Once the first is written, the consumer has its partitions.
+    let first = produce_events(&parts, 1).await;
+    each_stored_once(&parts, &first).await;
+    let events = produce_events(&parts, 20).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::task::block_in_place(|| parts.kafka.broker().kill());
+    // The rows are written after the broker went: their offsets are stored,
+    // and no commit can carry them.
+    eventually("the 21 rows, written with the broker down", || async {
+        (parts.row_count().await == 21).then_some(())
+    })
+    .await;
+
+    let took = consumer.stop_within(Duration::from_secs(BOUND_SECONDS)).await;
+    let logs = consumer.log_text().join("\n");
+    took.unwrap_or_else(|error| panic!("{error:#}\n{logs}"));
+    assert!(
+        consumer.messages().iter().any(|m| m.contains("will be replayed")),
+        "it says what it could not commit: {logs}"
+    );
+
+    // Nothing is lost: a consumer of the same group replays from the last
+    // commit, and each event is still one row.
+    tokio::task::block_in_place(|| parts.kafka.broker().restart()).expect("the broker restarts");
+    let (_second, _) = logged_consumer(&parts, "consumer-1", &[]).await;
+    let later = produce_events(&parts, 3).await;
+    each_stored_once(&parts, &events).await;
+    each_stored_once(&parts, &later).await;
+    parts
+        .kafka
+        .wait_until_consumed(PATIENCE)
+        .await
+        .expect("the replay committed");
+    assert_eq!(parts.row_count().await, 24);
+}
