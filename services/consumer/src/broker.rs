@@ -131,24 +131,24 @@ pub fn received_error(error: &KafkaError) -> Received {
 /// connections, coordinators, leaders, rebalances, and a consumer that was
 /// not polled in time (it rejoins at the next poll).
 fn passing(code: RDKafkaErrorCode) -> bool {
-    use RDKafkaErrorCode::*;
+    use RDKafkaErrorCode as E;
     matches!(
         code,
-        BrokerTransportFailure
-            | AllBrokersDown
-            | Resolve
-            | OperationTimedOut
-            | TimedOutQueue
-            | BrokerNotAvailable
-            | NetworkException
-            | RequestTimedOut
-            | LeaderNotAvailable
-            | NotLeaderForPartition
-            | CoordinatorLoadInProgress
-            | CoordinatorNotAvailable
-            | NotCoordinator
-            | RebalanceInProgress
-            | PollExceeded
+        E::BrokerTransportFailure
+            | E::AllBrokersDown
+            | E::Resolve
+            | E::OperationTimedOut
+            | E::TimedOutQueue
+            | E::BrokerNotAvailable
+            | E::NetworkException
+            | E::RequestTimedOut
+            | E::LeaderNotAvailable
+            | E::NotLeaderForPartition
+            | E::CoordinatorLoadInProgress
+            | E::CoordinatorNotAvailable
+            | E::NotCoordinator
+            | E::RebalanceInProgress
+            | E::PollExceeded
     )
 }
 
