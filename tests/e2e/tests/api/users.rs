@@ -202,8 +202,17 @@ async fn readyz_is_503_when_the_user_service_is_down() {
     let mut stack = stack().await;
     stack.user.stop().await.unwrap();
     let (api, http) = (&stack.api, &stack.http);
-    let response = http.get(format!("http://{}/readyz", api.addr)).send().await.unwrap();
-    assert_eq!(response.status(), 503);
+    // Readiness is answered from the last health check, which is at most an
+    // interval (0.5 s) old: within a few intervals it must say 503.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let response = loop {
+        let response = http.get(format!("http://{}/readyz", api.addr)).send().await.unwrap();
+        if response.status() == 503 || std::time::Instant::now() > deadline {
+            break response;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(response.status(), 503, "/readyz still ready 5 s after the user service stopped");
     assert!(response.headers().contains_key("retry-after"));
     // And a call that needs it fails fast and clearly, not with a hang.
     let started = std::time::Instant::now();
