@@ -212,7 +212,11 @@ async fn readyz_is_503_when_the_user_service_is_down() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
-    assert_eq!(response.status(), 503, "/readyz still ready 5 s after the user service stopped");
+    assert_eq!(
+        response.status(),
+        503,
+        "/readyz still ready 5 s after the user service stopped"
+    );
     assert!(response.headers().contains_key("retry-after"));
     // And a call that needs it fails fast and clearly, not with a hang.
     let started = std::time::Instant::now();
