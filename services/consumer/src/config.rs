@@ -42,10 +42,16 @@ pub const KAFKA_GROUP_ID: Setting = Setting {
 pub const KAFKA_GROUP_INSTANCE_ID: Setting = Setting {
     name: "KAFKA_GROUP_INSTANCE_ID",
     default: None,
-    doc: "Unset by default (`consumer-1` in `make up` and `make dev`): a stable name for this member of the group \
-          (static membership), so a consumer that restarts, after a crash too, gets its partitions back at once \
-          instead of after the dead member's session times out. Never give two running consumers the same one.",
+    doc: "Unset by default (`consumer-{hostname}` in `make up`, `consumer-1` in `make dev`, the pod's name in \
+          the Helm chart): a stable name for this member of the group (static membership), so a consumer that \
+          restarts, after a crash too, gets its partitions back at once instead of after the dead member's session \
+          times out. `{hostname}` in it stands for the machine's hostname, so replicas given one environment \
+          (`docker compose up --scale consumer=2`) each get their own. Never give two running consumers the same \
+          one.",
 };
+
+/// In `KAFKA_GROUP_INSTANCE_ID`, what stands for the machine's hostname.
+pub const HOSTNAME_PLACEHOLDER: &str = "{hostname}";
 pub const CONSUMER_BATCH_SIZE: Setting = Setting {
     name: "CONSUMER_BATCH_SIZE",
     default: Some("500"),
@@ -127,8 +133,25 @@ impl Config {
         }
     }
 
-    /// Reads the variables in [`SETTINGS`] from `env`.
+    /// Reads the variables in [`SETTINGS`] from `env`, on this machine (its
+    /// hostname fills a [`HOSTNAME_PLACEHOLDER`] in the instance id).
     pub fn from_env(env: &Env) -> anyhow::Result<Self> {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        Self::from_env_on(env, host.trim())
+    }
+
+    /// [`Config::from_env`] on the host named `host`.
+    pub fn from_env_on(env: &Env, host: &str) -> anyhow::Result<Self> {
+        let group_instance_id = match env.var(KAFKA_GROUP_INSTANCE_ID.name) {
+            Some(id) if id.contains(HOSTNAME_PLACEHOLDER) => {
+                anyhow::ensure!(
+                    !host.is_empty(),
+                    "KAFKA_GROUP_INSTANCE_ID names {HOSTNAME_PLACEHOLDER}, but this machine's hostname cannot be read"
+                );
+                Some(id.replace(HOSTNAME_PLACEHOLDER, host))
+            }
+            id => id,
+        };
         let batch_size = env.setting(&CONSUMER_BATCH_SIZE, WHOLE)?;
         anyhow::ensure!(batch_size > 0, "CONSUMER_BATCH_SIZE must be at least 1");
         Ok(Self {
@@ -140,7 +163,7 @@ impl Config {
             brokers: env.setting(&KAFKA_BROKERS, "a list of brokers")?,
             topic: env.setting(&KAFKA_TOPIC, "a topic name")?,
             group_id: env.setting(&KAFKA_GROUP_ID, "a group name")?,
-            group_instance_id: env.var(KAFKA_GROUP_INSTANCE_ID.name),
+            group_instance_id,
             batch_size,
             batch_timeout: Duration::from_millis(env.setting(&CONSUMER_BATCH_TIMEOUT_MS, WHOLE)?),
             process_delay: Duration::from_millis(
@@ -160,5 +183,21 @@ mod tests {
         let config = Config::from_env(&Env::from_pairs([(DATABASE_URL.name, "postgres://x@127.0.0.1/x")])).unwrap();
         assert_eq!(config.topic, callchain_events::TOPIC);
         assert_eq!(config.group_instance_id, None);
+    }
+
+    #[test]
+    fn an_instance_id_naming_the_hostname_is_unique_per_replica() {
+        // `docker compose up --scale consumer=2` gives both replicas one
+        // environment; their hostnames (container ids) tell them apart.
+        let env = |id: &str| {
+            Env::from_pairs([
+                (DATABASE_URL.name, "postgres://x@127.0.0.1/x"),
+                (KAFKA_GROUP_INSTANCE_ID.name, id),
+            ])
+        };
+        let on = |host: &str, id: &str| Config::from_env_on(&env(id), host).unwrap().group_instance_id;
+        assert_eq!(on("3f2a9c", "consumer-{hostname}").as_deref(), Some("consumer-3f2a9c"));
+        assert_eq!(on("b71e04", "consumer-{hostname}").as_deref(), Some("consumer-b71e04"));
+        assert_eq!(on("3f2a9c", "consumer-1").as_deref(), Some("consumer-1"));
     }
 }
