@@ -21,9 +21,8 @@ GO_MIN=1.26.0
 # replaces its sibling modules (api, client, pkg) with folders of its
 # repository, which Go ignores in a dependency: the wrapper requires their
 # published versions instead, the same tag.
-pinned=$(awk -v m="$ETCD_MODULE" '$1 == m { print $2; exit }' "$MODULE_DIR/go.mod")
-[ "$pinned" = "v$ETCD_VERSION" ] ||
-    die "ETCD_VERSION=$ETCD_VERSION in .env, but $MODULE_DIR/go.mod requires $ETCD_MODULE '${pinned:-nothing}'; run (cd scripts/etcd && go get -tool $ETCD_MODULE@v$ETCD_VERSION && go mod tidy)"
+require_pinned "$MODULE_DIR/go.mod" "$ETCD_MODULE" "v$ETCD_VERSION" "ETCD_VERSION=$ETCD_VERSION" \
+    "run (cd scripts/etcd && go get -tool $ETCD_MODULE@v$ETCD_VERSION && go mod tidy)"
 
 if [ -x "$ETCD_BIN" ]; then
     echo "etcd $ETCD_VERSION: installed at $ETCD_BIN"

@@ -17,9 +17,8 @@ HELM_MODULE=helm.sh/helm/v4
 # helm.sh/helm/v4 declares `go 1.25`.
 GO_MIN=1.25.0
 
-pinned=$(awk -v m="$HELM_MODULE" '$1 == m { print $2; exit }' "$MODULE_DIR/go.mod")
-[ "$pinned" = "v$HELM_VERSION" ] ||
-    die "HELM_VERSION=$HELM_VERSION in .env, but $MODULE_DIR/go.mod requires $HELM_MODULE '${pinned:-nothing}'; run (cd scripts/helm && go get -tool $HELM_MODULE/cmd/helm@v$HELM_VERSION && go mod tidy)"
+require_pinned "$MODULE_DIR/go.mod" "$HELM_MODULE" "v$HELM_VERSION" "HELM_VERSION=$HELM_VERSION" \
+    "run (cd scripts/helm && go get -tool $HELM_MODULE/cmd/helm@v$HELM_VERSION && go mod tidy)"
 
 if [ -x "$HELM_BIN" ]; then
     echo "helm $HELM_VERSION: installed at $HELM_BIN"

@@ -21,9 +21,8 @@ JAEGER_MODULE=github.com/jaegertracing/jaeger
 GO_MIN=1.24.6
 
 # The wrapper module must pin the version .env names.
-pinned=$(awk -v m="$JAEGER_MODULE" '$1 == m { print $2; exit }' "$MODULE_DIR/go.mod")
-[ "$pinned" = "$JAEGER_MODULE_VERSION" ] ||
-    die "JAEGER_MODULE_VERSION=$JAEGER_MODULE_VERSION in .env, but $MODULE_DIR/go.mod requires $JAEGER_MODULE '${pinned:-nothing}'; run (cd observability/jaeger && go get -tool $JAEGER_MODULE/cmd/jaeger@$JAEGER_MODULE_VERSION && go mod tidy), and copy the replace directives of Jaeger's own go.mod at that version"
+require_pinned "$MODULE_DIR/go.mod" "$JAEGER_MODULE" "$JAEGER_MODULE_VERSION" "JAEGER_MODULE_VERSION=$JAEGER_MODULE_VERSION" \
+    "run (cd observability/jaeger && go get -tool $JAEGER_MODULE/cmd/jaeger@$JAEGER_MODULE_VERSION && go mod tidy), and copy the replace directives of Jaeger's own go.mod at that version"
 
 if [ -x "$JAEGER_BIN" ]; then
     echo "jaeger $JAEGER_VERSION: installed at $JAEGER_BIN"

@@ -25,9 +25,8 @@ KUBE_MODULE=k8s.io/kubernetes
 GO_MIN=1.26.0
 STAGING_VERSION=v0.${KUBERNETES_VERSION#*.}
 
-pinned=$(awk -v m="$KUBE_MODULE" '$1 == m { print $2; exit }' "$MODULE_DIR/go.mod")
-[ "$pinned" = "v$KUBERNETES_VERSION" ] ||
-    die "KUBERNETES_VERSION=$KUBERNETES_VERSION in .env, but $MODULE_DIR/go.mod requires $KUBE_MODULE '${pinned:-nothing}'; set each k8s.io/* replace in it to $STAGING_VERSION, then run (cd scripts/kubernetes && go get -tool $KUBE_MODULE/cmd/kube-apiserver@v$KUBERNETES_VERSION $KUBE_MODULE/cmd/kubectl@v$KUBERNETES_VERSION && go mod tidy)"
+require_pinned "$MODULE_DIR/go.mod" "$KUBE_MODULE" "v$KUBERNETES_VERSION" "KUBERNETES_VERSION=$KUBERNETES_VERSION" \
+    "set each k8s.io/* replace in it to $STAGING_VERSION, then run (cd scripts/kubernetes && go get -tool $KUBE_MODULE/cmd/kube-apiserver@v$KUBERNETES_VERSION $KUBE_MODULE/cmd/kubectl@v$KUBERNETES_VERSION && go mod tidy)"
 stale=$(awk -v v="$STAGING_VERSION" '$2 == "=>" && $1 ~ /^k8s\.io\// && $4 != v { print $1 " => " $3 " " $4 }' "$MODULE_DIR/go.mod")
 [ -z "$stale" ] ||
     die "KUBERNETES_VERSION=$KUBERNETES_VERSION ships the k8s.io/* libraries at $STAGING_VERSION, but $MODULE_DIR/go.mod replaces: $stale"

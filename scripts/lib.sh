@@ -115,6 +115,17 @@ port_defaults() {
     done
 }
 
+# require_pinned GO_MOD MODULE VERSION SETTING FIX: fail unless the wrapper
+# module GO_MOD requires MODULE at VERSION, naming the .env SETTING (as
+# `NAME=value`) and how to FIX it, so a tool is never built at a version
+# .env does not name.
+require_pinned() {
+    local pinned
+    pinned=$(awk -v m="$2" '$1 == m { print $2; exit }' "$1")
+    [ "$pinned" = "$3" ] ||
+        die "$4 in .env, but $1 requires $2 '${pinned:-nothing}'; $5"
+}
+
 # pip_tool NAME VERSION HOME: installs the PyPI package NAME==VERSION into its
 # own virtual environment at HOME, once; a marker written last makes an
 # interrupted install start again rather than be half used.
