@@ -167,10 +167,19 @@ async fn incoming_baggage_cannot_name_another_caller_and_only_allowed_keys_pass(
     );
 
     // A guest is nobody.
+    let (callers, event_baggage) = register_as_guest(&stack, &forged).await;
+    assert_eq!(callers, [None, None]);
+    assert_eq!(event_baggage, baggage(&[("session.id", "s-1")]));
+}
+
+/// Registers a guest whose request carries `baggage`; what came of it: the
+/// caller on the user service's and the consumer's span, and the baggage in
+/// the event's Kafka headers.
+async fn register_as_guest(stack: &Stack, baggage: &str) -> ([Option<String>; 2], BTreeMap<String, String>) {
     let response = stack
         .http
         .post(stack.url("/v1/users"))
-        .header("baggage", &forged)
+        .header("baggage", baggage)
         .json(&json!({ "email": email("guest"), "name": "Guest", "password": PASSWORD }))
         .send()
         .await
@@ -179,12 +188,9 @@ async fn incoming_baggage_cannot_name_another_caller_and_only_allowed_keys_pass(
     let registration = trace_id(&response);
     let registered: serde_json::Value = response.json().await.unwrap();
     let registered = registered["id"].as_str().unwrap();
-    let spans = trace_through_the_consumer(&stack, &registration, "CreateUser").await;
-    assert_eq!(callers_seen(&spans, &stack, "CreateUser"), [None, None]);
-    assert_eq!(
-        baggage_of_event(&stack, registered, "user.created").await,
-        baggage(&[("session.id", "s-1")])
-    );
+    let spans = trace_through_the_consumer(stack, &registration, "CreateUser").await;
+    let callers = callers_seen(&spans, stack, "CreateUser").map(|caller| caller.map(str::to_owned));
+    (callers, baggage_of_event(stack, registered, "user.created").await)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -220,22 +226,7 @@ async fn a_caller_forged_in_the_properties_of_allowed_baggage_reaches_no_span_an
 
     let mut leaks = Vec::new();
     for forged in &forgeries {
-        let response = stack
-            .http
-            .post(stack.url("/v1/users"))
-            .header("baggage", forged)
-            .json(&json!({ "email": email("guest"), "name": "Guest", "password": PASSWORD }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201);
-        let registration = trace_id(&response);
-        let registered: serde_json::Value = response.json().await.unwrap();
-        let registered = registered["id"].as_str().unwrap();
-
-        let spans = trace_through_the_consumer(&stack, &registration, "CreateUser").await;
-        let callers = callers_seen(&spans, &stack, "CreateUser");
-        let event_baggage = baggage_of_event(&stack, registered, "user.created").await;
+        let (callers, event_baggage) = register_as_guest(&stack, forged).await;
         if callers != [None, None] || event_baggage != baggage(&[("session.id", "s")]) {
             leaks.push(format!(
                 "{forged:?}: callers on the user and consumer spans {callers:?}, event baggage {event_baggage:?}"
