@@ -26,8 +26,8 @@
 //! - [`db`]: the client span of one database statement.
 //! - [`records`]: one JSON line per finished span (`target` `callchain::span`),
 //!   so the call chain can be rebuilt from the logs alone; every span's
-//!   attribute values are cut to [`DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT`]
-//!   characters (or `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`) there, before export.
+//!   attribute values are cut to [`OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`]
+//!   characters there, before export.
 //!
 //! Settings, the shutdown signal, health probes and the Postgres pool are not
 //! telemetry: they live in `callchain-runtime`.
@@ -124,11 +124,6 @@ pub const SETTINGS: &[Setting] = &[
     },
     OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT,
 ];
-
-/// The longest a string attribute value may be, in characters, unless
-/// `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT` says otherwise: the number the
-/// setting's default names (a test holds the two together).
-pub const DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT: usize = 1024;
 
 /// `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`: the standard cap on attribute values.
 pub const OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT: Setting = Setting {
@@ -353,12 +348,7 @@ mod tests {
         assert_eq!(config.attribute_value_length_limit, 256);
 
         let unset = TelemetryConfig::from_env(&Env::default(), "api").unwrap();
-        assert_eq!(unset.attribute_value_length_limit, DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT);
-        assert_eq!(
-            OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT.default,
-            Some(DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT.to_string().as_str()),
-            "the setting's default and the constant name one number"
-        );
+        assert_eq!(unset.attribute_value_length_limit, 1024);
 
         let bad = Env::from_pairs([("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "lots")]);
         let error = TelemetryConfig::from_env(&bad, "api").unwrap_err();

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use callchain_telemetry::{DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT, records::TARGET};
+use callchain_telemetry::{TelemetryConfig, records::TARGET};
 use callchain_testkit::spans::SpanKind;
 
 use crate::helpers::{stack, trace_id};
@@ -29,9 +29,11 @@ async fn a_64_kb_url_path_is_exported_and_recorded_cut_to_the_attribute_limit() 
         .iter()
         .find(|span| span.service == "api" && span.kind == SpanKind::Server)
         .unwrap_or_else(|| panic!("no server span of the api in {spans:#?}"));
+    // The limit the stack's services run with: the setting's default.
+    let limit = TelemetryConfig::new("api", None::<String>).attribute_value_length_limit;
     let exported = server.attribute("url.path").expect("the server span's url.path");
     assert!(
-        exported.len() <= DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT,
+        exported.len() <= limit,
         "the exported url.path has {} bytes",
         exported.len()
     );
@@ -49,7 +51,7 @@ async fn a_64_kb_url_path_is_exported_and_recorded_cut_to_the_attribute_limit() 
         .as_str()
         .expect("the record's url.path");
     assert!(
-        recorded.len() <= DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT,
+        recorded.len() <= limit,
         "the recorded url.path has {} bytes",
         recorded.len()
     );
