@@ -4,16 +4,15 @@
 //! means the check passed. `tests/helm.rs` renders the chart with the real
 //! Helm, validates it against the Kubernetes schemas, and runs these.
 
-use std::{
-    collections::BTreeSet,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{collections::BTreeSet, path::PathBuf, process::Command};
 
 use serde::Deserialize as _;
 use serde_yaml_ng::Value;
 
-use crate::compose::{read_workspace_file, workspace_root};
+use crate::{
+    compose::{read_workspace_file, workspace_root},
+    tools::tool,
+};
 
 /// The chart, relative to the workspace root.
 pub const CHART: &str = "deploy/helm/callchain";
@@ -25,30 +24,6 @@ pub const DOWNWARD_API_VARS: &[&str] = &["K8S_POD_NAME", "K8S_NAMESPACE", "K8S_N
 
 /// Settings that hold a secret: given only from a Secret, never as a value.
 pub const SECRET_VARS: &[&str] = &["JWT_SECRET", "ADMIN_PASSWORD", "DATABASE_URL"];
-
-/// A tool installed under `~/.callchain/tools` (or `$CALLCHAIN_TOOLS`) at the
-/// version `.env` names, or a message saying how to install it.
-pub fn tool(version_var: &str, relative: impl Fn(&str) -> String, installer: &str) -> Result<PathBuf, String> {
-    let env = read_workspace_file(".env").map_err(|err| err.to_string())?;
-    let prefix = format!("{version_var}=");
-    let version = env
-        .lines()
-        .find_map(|line| line.trim().strip_prefix(prefix.as_str()))
-        .ok_or_else(|| format!(".env names no {version_var}"))?;
-    let tools = std::env::var("CALLCHAIN_TOOLS").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap_or_default();
-        format!("{home}/.callchain/tools")
-    });
-    let path = Path::new(&tools).join(relative(version));
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "{} is not installed: run `make tools` or `{installer}` (it is built or fetched from the package registries once per machine)",
-            path.display()
-        ))
-    }
-}
 
 /// Helm at the version of `.env`'s `HELM_VERSION`.
 pub fn helm() -> Result<PathBuf, String> {

@@ -4,6 +4,8 @@
 //! - [`chain`]: the call chain every registration must leave (ARCHITECTURE.md).
 //! - [`compose`]: checks of `docker-compose.yml` and the configs it mounts
 //!   that need no Docker engine.
+//! - [`tools`]: where the tools `make tools` installs are, at the versions
+//!   `.env` names, or how to install one that is missing.
 //! - [`helm`]: the Helm chart under `deploy/helm` rendered with the real
 //!   Helm, and the checks no Kubernetes schema makes.
 //! - [`jaeger`]: spans read back from Jaeger's query API (or from the JSON
@@ -21,3 +23,4 @@ pub mod jaeger;
 pub mod journey;
 pub mod load;
 pub mod stack;
+pub mod tools;

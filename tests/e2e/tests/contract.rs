@@ -13,7 +13,7 @@ use std::{
     time::Instant,
 };
 
-use callchain_e2e::{compose::read_workspace_file, stack::Stack};
+use callchain_e2e::{stack::Stack, tools};
 use serde_json::{Value, json};
 
 /// Fixed, so a run can be repeated; `SCHEMATHESIS_SEED` picks another.
@@ -46,25 +46,12 @@ expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "41
 
 /// The Schemathesis executable of the version `.env` pins.
 fn schemathesis() -> PathBuf {
-    let dot_env = read_workspace_file(".env").expect("the root .env");
-    let version = dot_env
-        .lines()
-        .find_map(|line| line.trim().strip_prefix("SCHEMATHESIS_VERSION="))
-        .expect(".env names SCHEMATHESIS_VERSION")
-        .trim()
-        .to_owned();
-    let tools = std::env::var("CALLCHAIN_TOOLS").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").expect("HOME is set");
-        format!("{home}/.callchain/tools")
-    });
-    let bin = Path::new(&tools).join(format!("schemathesis-{version}/bin/schemathesis"));
-    assert!(
-        bin.exists(),
-        "Schemathesis {version} is not installed at {}: run `make test`, which installs it, or \
-         `scripts/install-schemathesis.sh` (needs python3 with venv; it comes from PyPI)",
-        bin.display()
-    );
-    bin
+    tools::tool(
+        "SCHEMATHESIS_VERSION",
+        |version| format!("schemathesis-{version}/bin/schemathesis"),
+        "scripts/install-schemathesis.sh",
+    )
+    .unwrap_or_else(|missing| panic!("{missing}"))
 }
 
 /// Writes `contents` to `dir/name` and returns its path.

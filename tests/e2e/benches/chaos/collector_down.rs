@@ -1,11 +1,10 @@
 //! Scenario 6: the OTLP collector down for 30 s.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
 use callchain_e2e::load::percentile;
 use callchain_testkit::process::{ServiceProcess, free_addr};
 
@@ -92,24 +91,12 @@ struct Collector {
 
 impl Collector {
     fn start() -> anyhow::Result<Self> {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let versions = std::fs::read_to_string(root.join(".env"))?;
-        let version = versions
-            .lines()
-            .find_map(|line| line.strip_prefix("OTELCOL_VERSION="))
-            .context("OTELCOL_VERSION in .env")?
-            .trim()
-            .to_owned();
-        let tools = setting("CALLCHAIN_TOOLS").map_or_else(
-            || PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".callchain/tools"),
-            PathBuf::from,
-        );
-        let program = tools.join(format!("otelcol-{version}/otelcol-callchain"));
-        anyhow::ensure!(
-            program.exists(),
-            "no collector at {}: run `make tools`",
-            program.display()
-        );
+        let program = callchain_e2e::tools::tool(
+            "OTELCOL_VERSION",
+            |version| format!("otelcol-{version}/otelcol-callchain"),
+            "scripts/install-otelcol.sh",
+        )
+        .map_err(anyhow::Error::msg)?;
         let grpc = free_addr()?;
         // The test parts' Jaeger takes OTLP on 25317 (scripts/test-parts.sh).
         let jaeger = setting("TEST_JAEGER_GRPC_PORT").unwrap_or_else(|| "25317".into());

@@ -1,0 +1,30 @@
+//! The stack's tools as `make tools` installs them: once per machine, under
+//! `~/.callchain/tools` (or `$CALLCHAIN_TOOLS`), at the versions `.env` names.
+
+use std::path::{Path, PathBuf};
+
+use crate::compose::read_workspace_file;
+
+/// A tool installed under `~/.callchain/tools` (or `$CALLCHAIN_TOOLS`) at the
+/// version `.env` names, or a message saying how to install it.
+pub fn tool(version_var: &str, relative: impl Fn(&str) -> String, installer: &str) -> Result<PathBuf, String> {
+    let env = read_workspace_file(".env").map_err(|err| err.to_string())?;
+    let prefix = format!("{version_var}=");
+    let version = env
+        .lines()
+        .find_map(|line| line.trim().strip_prefix(prefix.as_str()))
+        .ok_or_else(|| format!(".env names no {version_var}"))?;
+    let tools = std::env::var("CALLCHAIN_TOOLS").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        format!("{home}/.callchain/tools")
+    });
+    let path = Path::new(&tools).join(relative(version));
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} is not installed: run `make tools` or `{installer}` (it is built or fetched from the package registries once per machine)",
+            path.display()
+        ))
+    }
+}
