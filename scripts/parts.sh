@@ -126,7 +126,7 @@ up() {
     wait_for otelcol 60 http_ok "http://127.0.0.1:$OTELCOL_HEALTH_PORT/"
     wait_for kafka 120 "$CALLCHAIN_ROOT/scripts/kafka.sh" ready "127.0.0.1:$KAFKA_PORT"
     # The topics of docker-compose.yml's kafka-init, with the same tool.
-    "$CALLCHAIN_ROOT/scripts/kafka.sh" create-topic "127.0.0.1:$KAFKA_PORT" user-events 3
+    "$CALLCHAIN_ROOT/scripts/kafka.sh" create-topic "127.0.0.1:$KAFKA_PORT" user-events 12
     "$CALLCHAIN_ROOT/scripts/kafka.sh" create-topic "127.0.0.1:$KAFKA_PORT" user-events.dlq 1
     step "Kafka, Jaeger and the collector are up (logs in $LOGS)"
 }

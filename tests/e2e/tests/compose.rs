@@ -132,7 +132,7 @@ fn jaeger_receives_otlp_and_serves_its_query_api_on_16686() {
 fn make_up_and_make_dev_create_the_topics_the_services_use() {
     let compose = compose_file();
     let parts = read_workspace_file("scripts/parts.sh").unwrap();
-    for (topic, partitions) in [(callchain_events::TOPIC, 3), (callchain_events::DLQ_TOPIC, 1)] {
+    for (topic, partitions) in [(callchain_events::TOPIC, 12), (callchain_events::DLQ_TOPIC, 1)] {
         assert!(
             compose.contains(&format!("--topic {topic} --partitions {partitions} ")),
             "docker-compose.yml's kafka-init creates {topic} with {partitions} partition(s)"
