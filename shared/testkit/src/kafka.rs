@@ -1,11 +1,15 @@
 //! Apache Kafka for tests: the same broker, version and settings `make dev`
-//! runs (`scripts/kafka.sh`), one KRaft node.
+//! runs (`scripts/kafka.sh`), one KRaft node or a cluster of them.
 //!
-//! - [`Kafka::shared`]: the test run's one broker, which `make test` starts
-//!   and names in `CALLCHAIN_TEST_KAFKA`, with topics and a consumer group of
-//!   the test's own, so tests never see each other's messages.
+//! - [`Kafka::shared`]: the test run's broker (or cluster, with
+//!   `KAFKA_NODES=3 make test`), which `make test` starts and names in
+//!   `CALLCHAIN_TEST_KAFKA`, with topics and a consumer group of the test's
+//!   own, so tests never see each other's messages.
 //! - [`Kafka::own`]: a broker of the test's own, for tests that stop, kill or
 //!   restart it.
+//! - [`Cluster`]: three KRaft nodes of the test's own (each broker and
+//!   controller), whose nodes a test kills and restarts; [`Kafka::on_cluster`]
+//!   makes its topics there, with three replicas.
 
 use std::{
     net::{SocketAddr, TcpStream},
@@ -34,7 +38,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// A broker a test uses, with topics and a group nobody else uses.
 pub struct Kafka {
     bootstrap: String,
-    /// The events topic (3 partitions), in place of `user-events`.
+    /// The events topic (3 partitions), in place of `user-events`; with three
+    /// replicas and `min.insync.replicas=2` on a cluster, else one.
     pub topic: String,
     /// Its dead-letter topic, `<topic>.dlq`.
     pub dlq: String,
@@ -56,6 +61,12 @@ impl Kafka {
     pub async fn own() -> anyhow::Result<Self> {
         let broker = tokio::task::spawn_blocking(Broker::start).await??;
         Self::on(broker.bootstrap(), Some(broker)).await
+    }
+
+    /// Fresh topics on `cluster`, with three replicas (two in sync for a
+    /// write). The cluster stays the caller's, to kill and restart nodes of.
+    pub async fn on_cluster(cluster: &Cluster) -> anyhow::Result<Self> {
+        Self::on(cluster.bootstrap(), None).await
     }
 
     async fn on(bootstrap: String, own: Option<Broker>) -> anyhow::Result<Self> {
@@ -149,16 +160,21 @@ impl Kafka {
     }
 }
 
-/// Creates `topics` (name, partitions) with one replica each, and waits until
-/// the broker knows them.
+/// Creates `topics` (name, partitions), and waits until the broker knows
+/// them: with one replica each on one node, with three (and
+/// `min.insync.replicas=2`) when `bootstrap` lists three nodes or more, as
+/// `scripts/kafka.sh create-topic` does on a cluster.
 pub async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
         .context("a Kafka admin client")?;
+    let (replicas, min_isr) = replication(bootstrap);
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .map(|(name, partitions)| {
+            NewTopic::new(name, *partitions, TopicReplication::Fixed(replicas)).set("min.insync.replicas", min_isr)
+        })
         .collect();
     let options = AdminOptions::new()
         .request_timeout(Some(Duration::from_secs(30)))
@@ -173,16 +189,31 @@ pub async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> anyhow::R
     Ok(())
 }
 
+/// The replicas of a topic made on `bootstrap`, and the in-sync replicas a
+/// write needs: 3 and 2 on a cluster (three nodes listed or more), else 1 and 1.
+fn replication(bootstrap: &str) -> (i32, &'static str) {
+    if bootstrap.split(',').count() >= 3 {
+        (3, "2")
+    } else {
+        (1, "1")
+    }
+}
+
 /// The repository's `scripts/kafka.sh`, which runs one KRaft node.
 fn kafka_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/kafka.sh")
 }
 
-/// A Kafka node of a test's own, on free ports and a data folder of its own.
-/// Dropping it kills the broker and removes its data.
+/// A Kafka node of a test's own, on free ports and a data folder of its own:
+/// alone ([`Broker::start`]) or one of a [`Cluster`]. Dropping it kills the
+/// broker and removes its data.
 pub struct Broker {
+    id: u32,
     addr: SocketAddr,
     controller_port: u16,
+    /// The cluster's voters and id (`scripts/kafka.sh`'s
+    /// `KAFKA_CONTROLLER_QUORUM_VOTERS`, `KAFKA_CLUSTER_ID`); none alone.
+    quorum: Option<(String, String)>,
     data: PathBuf,
     child: Option<Child>,
 }
@@ -190,16 +221,23 @@ pub struct Broker {
 impl Broker {
     /// Starts a node and waits until it answers.
     pub fn start() -> anyhow::Result<Self> {
-        let data = std::env::temp_dir().join(format!("callchain-kafka-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&data)?;
-        let mut broker = Self {
-            addr: crate::process::free_addr()?,
-            controller_port: crate::process::free_addr()?.port(),
-            data,
-            child: None,
-        };
+        let mut broker = Self::new(1)?;
         broker.launch()?;
         Ok(broker)
+    }
+
+    /// A node not started yet, with free ports and an empty data folder.
+    fn new(id: u32) -> anyhow::Result<Self> {
+        let data = std::env::temp_dir().join(format!("callchain-kafka-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&data)?;
+        Ok(Self {
+            id,
+            addr: crate::process::free_addr()?,
+            controller_port: crate::process::free_addr()?.port(),
+            quorum: None,
+            data,
+            child: None,
+        })
     }
 
     fn log_path(&self) -> PathBuf {
@@ -207,21 +245,41 @@ impl Broker {
     }
 
     fn launch(&mut self) -> anyhow::Result<()> {
+        self.spawn()?;
+        self.wait_until_answering()
+    }
+
+    /// Starts the node's process, without waiting: a node of a cluster
+    /// answers only once a majority of the voters runs.
+    fn spawn(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let child = Command::new("bash")
+        let mut command = Command::new("bash");
+        command
             .arg(kafka_script())
+            .env("KAFKA_NODE_ID", self.id.to_string())
             .env("KAFKA_PORT", self.addr.port().to_string())
             .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
-            .env("KAFKA_DATA_DIR", &self.data)
+            .env("KAFKA_DATA_DIR", &self.data);
+        if let Some((voters, cluster_id)) = &self.quorum {
+            command
+                .env("KAFKA_CONTROLLER_QUORUM_VOTERS", voters)
+                .env("KAFKA_CLUSTER_ID", cluster_id)
+                .env("KAFKA_REPLICATION", "3");
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", kafka_script().display()))?;
         self.child = Some(child);
+        Ok(())
+    }
+
+    fn wait_until_answering(&mut self) -> anyhow::Result<()> {
         let started = Instant::now();
         loop {
             if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() && self.answers() {
@@ -235,7 +293,8 @@ impl Broker {
             }
             anyhow::ensure!(
                 started.elapsed() < START_TIMEOUT,
-                "Kafka did not answer on {} within {START_TIMEOUT:?}: {}",
+                "Kafka node {} did not answer on {} within {START_TIMEOUT:?}: {}",
+                self.id,
                 self.addr,
                 self.log_tail()
             );
@@ -269,6 +328,11 @@ impl Broker {
         self.addr.to_string()
     }
 
+    /// The node's id (`node.id`): 1 alone, 1 to 3 in a [`Cluster`].
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
     /// Kills the broker (`kill -9`), as an outage.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -290,4 +354,110 @@ impl Drop for Broker {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.data);
     }
+}
+
+/// A KRaft cluster of a test's own: every node both broker and controller,
+/// all of them voters, formatted with one cluster id, on free ports.
+/// Topics made with [`Kafka::on_cluster`] have three replicas, two of which
+/// must have a write before `acks=all` acknowledges it. Dropping it kills the
+/// nodes and removes their data.
+pub struct Cluster {
+    nodes: Vec<Broker>,
+}
+
+impl Cluster {
+    /// Starts `nodes` nodes (3 for replication; at most 3) and waits until
+    /// each answers. Blocking: from async code, in `spawn_blocking`.
+    pub fn start(nodes: u32) -> anyhow::Result<Self> {
+        anyhow::ensure!((1..=3).contains(&nodes), "a test cluster has 1 to 3 nodes, not {nodes}");
+        let mut brokers = (1..=nodes).map(Broker::new).collect::<anyhow::Result<Vec<_>>>()?;
+        let voters = brokers
+            .iter()
+            .map(|b| format!("{}@127.0.0.1:{}", b.id, b.controller_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let cluster_id = random_cluster_id();
+        for broker in &mut brokers {
+            broker.quorum = Some((voters.clone(), cluster_id.clone()));
+            broker.spawn()?;
+        }
+        for broker in &mut brokers {
+            broker.wait_until_answering()?;
+        }
+        Ok(Self { nodes: brokers })
+    }
+
+    /// Node `id` (1 to the number of nodes), to kill or restart.
+    ///
+    /// # Panics
+    /// When the cluster has no node `id`.
+    pub fn node(&mut self, id: u32) -> &mut Broker {
+        let count = self.nodes.len();
+        self.nodes
+            .iter_mut()
+            .find(|b| b.id == id)
+            .unwrap_or_else(|| panic!("the cluster's nodes are 1 to {count}, not {id}"))
+    }
+
+    /// Every node's `host:port`, comma-separated, for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        self.nodes.iter().map(Broker::bootstrap).collect::<Vec<_>>().join(",")
+    }
+
+    /// The node id of the active controller (the KRaft quorum's leader), as
+    /// `scripts/kafka.sh controller` reports it. Blocking.
+    pub fn controller(&self) -> anyhow::Result<u32> {
+        let out = self.script(&["controller"])?;
+        out.parse()
+            .with_context(|| format!("scripts/kafka.sh controller printed '{out}', not a node id"))
+    }
+
+    /// How many partitions have fewer in-sync replicas than replicas, as
+    /// `scripts/kafka.sh under-replicated` reports it: 0 once every node has
+    /// caught up. Blocking.
+    pub fn under_replicated(&self) -> anyhow::Result<u32> {
+        let out = self.script(&["under-replicated"])?;
+        out.parse()
+            .with_context(|| format!("scripts/kafka.sh under-replicated printed '{out}', not a count"))
+    }
+
+    /// `scripts/kafka.sh COMMAND BOOTSTRAP`, against the nodes running now:
+    /// its output, trimmed.
+    fn script(&self, command: &[&str]) -> anyhow::Result<String> {
+        let running: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|b| b.child.is_some())
+            .map(Broker::bootstrap)
+            .collect();
+        let output = Command::new("bash")
+            .arg(kafka_script())
+            .args(command)
+            .arg(running.join(","))
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", kafka_script().display()))?;
+        anyhow::ensure!(
+            output.status.success(),
+            "scripts/kafka.sh {} failed: {}",
+            command.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+}
+
+/// A new cluster id in Kafka's form: 16 random bytes, URL-safe base64 without
+/// padding (what `kafka-storage.sh random-uuid` prints).
+fn random_cluster_id() -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bits = uuid::Uuid::new_v4().as_u128();
+    // 22 characters of 6 bits hold 132 bits: the 128, then 4 zero bits.
+    (0..22)
+        .map(|i| {
+            let shift = 128 - 6 * (i + 1);
+            let sextet = if shift >= 0 { bits >> shift } else { bits << -shift } & 0x3f;
+            char::from(ALPHABET[usize::try_from(sextet).expect("six bits")])
+        })
+        .collect()
 }
