@@ -15,7 +15,11 @@
 # DEV_DETACH=1 returns once everything is up. USER_REPLICAS=2 starts two user
 # services (user, user2) on consecutive ports from USER_PORT and gives the API
 # both, to watch it balance over them and drop one that is killed
-# (`kill $(cat .dev/pids/user2)`).
+# (`kill $(cat .dev/pids/user2)`). CONSUMER_REPLICAS=3 starts three consumers
+# (consumer, consumer2, consumer3) in one group, health checks on consecutive
+# ports from CONSUMER_PORT, static member ids consumer-1, consumer-2, ...; they
+# share user-events' 12 partitions (a thirteenth would idle). KAFKA_NODES=3
+# runs Kafka as a cluster of three nodes (see scripts/parts.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -24,6 +28,8 @@ DEV_DIR=.dev
 PIDS="$DEV_DIR/pids"
 LOGS="$DEV_DIR/logs"
 export KAFKA_PORT=${KAFKA_PORT:-9092}
+export KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
+export KAFKA_NODES=${KAFKA_NODES:-1}
 export OTELCOL_GRPC_PORT=${OTELCOL_GRPC_PORT:-4317}
 export OTELCOL_HEALTH_PORT=${OTELCOL_HEALTH_PORT:-13133}
 export JAEGER_QUERY_PORT=${JAEGER_QUERY_PORT:-16686}
@@ -31,6 +37,7 @@ API_PORT=${API_PORT:-8080}
 USER_PORT=${USER_PORT:-50051}
 USER_REPLICAS=${USER_REPLICAS:-1}
 CONSUMER_PORT=${CONSUMER_PORT:-8081}
+CONSUMER_REPLICAS=${CONSUMER_REPLICAS:-1}
 BIN=${DEV_BIN_DIR:-${CARGO_TARGET_DIR:-target}/release}
 # How long each service may take to answer its health check.
 WAIT_SECONDS=30
@@ -45,6 +52,9 @@ fi
 case $USER_REPLICAS in
     '' | *[!0-9]* | 0) die "USER_REPLICAS must be a whole number of at least 1, not '$USER_REPLICAS'" ;;
 esac
+case $CONSUMER_REPLICAS in
+    '' | *[!0-9]* | 0) die "CONSUMER_REPLICAS must be a whole number of at least 1, not '$CONSUMER_REPLICAS'" ;;
+esac
 # The replicas' names (user, user2, ...), ports and URLs, in order.
 USER_NAMES=() USER_PORTS=() USER_URLS=()
 for i in $(seq 1 "$USER_REPLICAS"); do
@@ -52,9 +62,15 @@ for i in $(seq 1 "$USER_REPLICAS"); do
     USER_PORTS+=($((USER_PORT + i - 1)))
     USER_URLS+=("http://127.0.0.1:$((USER_PORT + i - 1))")
 done
+# The consumers' names (consumer, consumer2, ...) and health ports.
+CONSUMER_NAMES=() CONSUMER_PORTS=()
+for i in $(seq 1 "$CONSUMER_REPLICAS"); do
+    if [ "$i" = 1 ]; then CONSUMER_NAMES+=(consumer); else CONSUMER_NAMES+=("consumer$i"); fi
+    CONSUMER_PORTS+=($((CONSUMER_PORT + i - 1)))
+done
 
 stop_all
-for port in "$API_PORT" "${USER_PORTS[@]}" "$CONSUMER_PORT"; do port_free "$port" "a callchain service"; done
+for port in "$API_PORT" "${USER_PORTS[@]}" "${CONSUMER_PORTS[@]}"; do port_free "$port" "a callchain service"; done
 scripts/install-tools.sh postgres kafka otelcol jaeger
 scripts/ensure-postgres.sh
 step "building the services (release)"
@@ -66,10 +82,11 @@ scripts/parts.sh up "$DEV_DIR"
 export RUST_LOG=${RUST_LOG:-info}
 export OTEL_EXPORTER_OTLP_ENDPOINT=${OTEL_EXPORTER_OTLP_ENDPOINT:-http://127.0.0.1:$OTELCOL_GRPC_PORT}
 export DATABASE_URL=${DATABASE_URL:-postgres://callchain:callchain@127.0.0.1:5432/callchain}
-export KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
-export KAFKA_GROUP_INSTANCE_ID=${KAFKA_GROUP_INSTANCE_ID:-consumer-1}
+KAFKA_BROKERS=$(kafka_bootstrap)
+export KAFKA_BROKERS
+# Each consumer's static member id ends in its index: consumer-1, consumer-2...
+CONSUMER_INSTANCE_PREFIX=${KAFKA_GROUP_INSTANCE_ID:-consumer}
 export API_LISTEN_ADDR=127.0.0.1:$API_PORT
-export CONSUMER_HEALTH_ADDR=127.0.0.1:$CONSUMER_PORT
 USER_SERVICE_URL=$(IFS=,; echo "${USER_URLS[*]}")
 export USER_SERVICE_URL
 export JWT_SECRET=${JWT_SECRET:-callchain-dev-only-secret-change-me-0123456789}
@@ -87,8 +104,12 @@ for i in "${!USER_NAMES[@]}"; do
     OTEL_SERVICE_NAME=user start "${USER_NAMES[$i]}" "$BIN/user"
     wait_for "${USER_NAMES[$i]}" "$WAIT_SECONDS" "$BIN/user" --healthcheck
 done
-OTEL_SERVICE_NAME=consumer start consumer "$BIN/consumer"
-wait_for consumer "$WAIT_SECONDS" "$BIN/consumer" --healthcheck
+for i in "${!CONSUMER_NAMES[@]}"; do
+    export CONSUMER_HEALTH_ADDR=127.0.0.1:${CONSUMER_PORTS[$i]}
+    export KAFKA_GROUP_INSTANCE_ID=$CONSUMER_INSTANCE_PREFIX-$((i + 1))
+    OTEL_SERVICE_NAME=consumer start "${CONSUMER_NAMES[$i]}" "$BIN/consumer"
+    wait_for "${CONSUMER_NAMES[$i]}" "$WAIT_SECONDS" "$BIN/consumer" --healthcheck
+done
 OTEL_SERVICE_NAME=api start api "$BIN/api"
 wait_for api "$WAIT_SECONDS" "$BIN/api" --healthcheck
 
@@ -100,9 +121,9 @@ callchain is running (logs: $LOGS/*.log)
   API         $api   (OpenAPI: $api/openapi.json)
   Jaeger      $jaeger/api/traces/<trace id>   (its query API; the UI comes with make up)
   collector   OTLP gRPC http://127.0.0.1:$OTELCOL_GRPC_PORT, health http://127.0.0.1:$OTELCOL_HEALTH_PORT/
-  Kafka       127.0.0.1:$KAFKA_PORT (Apache Kafka $KAFKA_VERSION)
+  Kafka       $KAFKA_BROKERS (Apache Kafka $KAFKA_VERSION, $KAFKA_NODES node(s))
   user        $(printf 'grpc://127.0.0.1:%s ' "${USER_PORTS[@]}")
-  consumer    http://127.0.0.1:$CONSUMER_PORT/readyz
+  consumer    $(printf 'http://127.0.0.1:%s/readyz ' "${CONSUMER_PORTS[@]}")
   admin       $ADMIN_EMAIL / $ADMIN_PASSWORD
 
 Memory of each process:
@@ -122,8 +143,11 @@ if [ -n "${DEV_DETACH:-}" ]; then
 fi
 echo "Ctrl-C stops everything."
 while :; do
-    # The other replicas may be stopped, to watch the API drop them.
-    for name in kafka jaeger otelcol user consumer api; do
+    # The other replicas (and Kafka nodes of a cluster) may be stopped, to
+    # watch the others carry on.
+    watched="jaeger otelcol user consumer api"
+    if [ "$KAFKA_NODES" = 1 ]; then watched="kafka $watched"; fi
+    for name in $watched; do
         if ! running "$name"; then
             echo "$name stopped; see $LOGS/$name.log" >&2
             stop_all

@@ -145,3 +145,23 @@ pip_tool() {
     touch "$home/.installed"
     echo "$name $version: installed at $home"
 }
+
+# kafka_nodes: the Kafka nodes `scripts/parts.sh` runs, one line each, NAME
+# CLIENT_PORT CONTROLLER_PORT. KAFKA_NODES (1, the default, or 3) of them:
+# kafka, kafka2, kafka3, node N's ports 2(N-1) above KAFKA_PORT and
+# KAFKA_CONTROLLER_PORT (9092/9093, 9094/9095, 9096/9097 by default).
+kafka_nodes() {
+    local i
+    case ${KAFKA_NODES:-1} in
+        1 | 3) ;;
+        *) die "KAFKA_NODES must be 1 or 3 (a KRaft quorum of three tolerates one node down), not '$KAFKA_NODES'" ;;
+    esac
+    for i in $(seq 1 "${KAFKA_NODES:-1}"); do
+        printf '%s %s %s\n' "kafka${i#1}" $((KAFKA_PORT + 2 * (i - 1))) $((KAFKA_CONTROLLER_PORT + 2 * (i - 1)))
+    done
+}
+
+# kafka_bootstrap: every node's HOST:PORT, comma-separated (KAFKA_BROKERS).
+kafka_bootstrap() {
+    kafka_nodes | awk '{ printf "%s127.0.0.1:%s", (NR > 1 ? "," : ""), $2 }'
+}

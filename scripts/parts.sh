@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The stack's own parts, natively, as `make up` runs them in Docker: Apache
-# Kafka (one KRaft node), Jaeger v2 and the OpenTelemetry Collector, at the
-# versions in .env, on the very config files docker-compose.yml mounts.
+# Kafka (one KRaft node, or a cluster of three with KAFKA_NODES=3), Jaeger v2
+# and the OpenTelemetry Collector, at the versions in .env, on the very config
+# files docker-compose.yml mounts.
 #
 #   scripts/parts.sh up DIR     install what is missing, start the three and
 #                               the topics, wait until each answers
@@ -9,7 +10,12 @@
 #   scripts/parts.sh rss DIR    the memory (RSS) of each process started in DIR
 #
 # DIR holds pids/<name>, logs/<name>.log and kafka/ (the broker's data, kept
-# between runs). Ports come from the environment; the defaults are `make dev`'s:
+# between runs). KAFKA_NODES=3 runs three KRaft nodes (each broker and
+# controller, all voters) formatted with one cluster id: kafka, kafka2, kafka3,
+# with data in kafka/, kafka2/, kafka3/; node N listens 2(N-1) ports above
+# node 1 (9092/9093, 9094/9095, 9096/9097), and the topics get three replicas,
+# two of them in sync for a write. Ports come from the environment; the
+# defaults are `make dev`'s:
 #
 #   KAFKA_PORT 9092               KAFKA_CONTROLLER_PORT 9093
 #   OTELCOL_GRPC_PORT 4317        OTELCOL_HTTP_PORT 4318
@@ -30,16 +36,24 @@ port_defaults "" KAFKA_PORT=9092 KAFKA_CONTROLLER_PORT=9093 \
     JAEGER_HEALTH_PORT=13134 JAEGER_METRICS_PORT=8889
 
 # Everything `make dev` or `make test` may have started, in the order to stop
-# it: services first (they drain and flush their spans), Kafka last. The user
-# service's replicas are user, user2, user3... (`USER_REPLICAS=3 make dev`).
+# it: services first (they drain and flush their spans), Kafka last. The
+# replicas are user2, user3... (`USER_REPLICAS=3 make dev`), consumer2...
+# (`CONSUMER_REPLICAS`) and kafka2, kafka3 (`KAFKA_NODES=3`).
 stop_order() {
-    local replicas
+    echo "api consumer $(numbered consumer) user $(numbered user) otelcol jaeger kafka $(numbered kafka)"
+}
+
+# numbered NAME: the pid files NAME2, NAME3... in order.
+numbered() {
     # shellcheck disable=SC2010,SC2015 # the pid files are named by us; none at all lists none
-    replicas=$(cd "$PIDS" 2>/dev/null && ls -1 | grep -E '^user[0-9]+$' | sort -V | tr '\n' ' ' || true)
-    echo "api consumer user $replicas otelcol jaeger kafka"
+    (cd "$PIDS" 2>/dev/null && ls -1 | grep -E "^$1[0-9]+\$" | sort -V | tr '\n' ' ' || true)
 }
 
 usage() { die "usage: scripts/parts.sh up|down|rss DIR"; }
+
+KAFKA_NODES=${KAFKA_NODES:-1}
+kafka_nodes >/dev/null
+if [ "$KAFKA_NODES" = 1 ]; then export KAFKA_REPLICATION=1; else export KAFKA_REPLICATION=3; fi
 
 [ $# -eq 2 ] || usage
 command=$1
@@ -47,25 +61,39 @@ DIR=$2
 PIDS=$DIR/pids
 LOGS=$DIR/logs
 
-stop_one() { # name
-    local pid
-    [ -f "$PIDS/$1" ] || return 0
-    pid=$(cat "$PIDS/$1")
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+# stop NAME...: SIGTERM to each at once, then waits for each (15 s, then
+# SIGKILL). The Kafka nodes stop together: one stopped after the others
+# would wait for a quorum that is gone.
+stop() {
+    local name pid
+    for name in "$@"; do
+        if running "$name"; then kill -TERM "$(cat "$PIDS/$name")" 2>/dev/null || true; fi
+    done
+    for name in "$@"; do
+        [ -f "$PIDS/$name" ] || continue
+        pid=$(cat "$PIDS/$name")
         if kill -0 "$pid" 2>/dev/null; then
-            echo "$1 did not stop within 15 s of SIGTERM; killing it" >&2
-            kill -KILL "$pid" 2>/dev/null || true
+            for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            if kill -0 "$pid" 2>/dev/null; then
+                echo "$name did not stop within 15 s of SIGTERM; killing it" >&2
+                kill -KILL "$pid" 2>/dev/null || true
+            fi
+            echo "stopped $name"
         fi
-        echo "stopped $1"
-    fi
-    rm -f "$PIDS/$1"
+        rm -f "$PIDS/$name"
+    done
 }
 
 down() {
     [ -d "$PIDS" ] || return 0
-    for name in $(stop_order); do stop_one "$name"; done
+    local name kafka=()
+    for name in $(stop_order); do
+        case $name in
+            kafka*) kafka+=("$name") ;;
+            *) stop "$name" ;;
+        esac
+    done
+    stop "${kafka[@]}"
 }
 
 rss() {
@@ -82,14 +110,41 @@ rss() {
 
 http_ok() { curl -fsS -o /dev/null --max-time 2 "$1"; }
 
+# start_kafka: the KAFKA_NODES nodes, formatted (on first start) with one
+# cluster id, kept in DIR/kafka/cluster.id like a single node's.
+start_kafka() {
+    local name port controller voters cluster_id=
+    voters=$(kafka_nodes | awk '{ printf "%s%d@127.0.0.1:%s", (NR > 1 ? "," : ""), NR, $3 }')
+    if [ "$KAFKA_NODES" != 1 ]; then
+        [ -f "$DIR/kafka/data/meta.properties" ] && [ ! -f "$DIR/kafka2/data/meta.properties" ] &&
+            die "$DIR/kafka holds a single node's data; remove $DIR/kafka to start a cluster of $KAFKA_NODES"
+        [ -s "$DIR/kafka/cluster.id" ] || "$CALLCHAIN_ROOT/scripts/kafka.sh" tool kafka.tools.StorageTool random-uuid >"$DIR/kafka/cluster.id"
+        cluster_id=$(cat "$DIR/kafka/cluster.id")
+    elif [ -f "$DIR/kafka2/data/meta.properties" ]; then
+        die "$DIR/kafka is node 1 of a cluster of three; start it with KAFKA_NODES=3, or remove $DIR/kafka* for one node"
+    fi
+    local i=0
+    while read -r name port controller; do
+        i=$((i + 1))
+        mkdir -p "$DIR/$name"
+        step "starting Kafka $KAFKA_VERSION node $i of $KAFKA_NODES on 127.0.0.1:$port (data in $DIR/$name)"
+        KAFKA_NODE_ID=$i KAFKA_PORT=$port KAFKA_CONTROLLER_PORT=$controller KAFKA_DATA_DIR=$DIR/$name \
+            KAFKA_CONTROLLER_QUORUM_VOTERS=$voters KAFKA_CLUSTER_ID=$cluster_id \
+            start "$name" "$CALLCHAIN_ROOT/scripts/kafka.sh"
+    done < <(kafka_nodes)
+}
+
 up() {
     down
     mkdir -p "$PIDS" "$LOGS" "$DIR/kafka"
     "$CALLCHAIN_ROOT/scripts/install-tools.sh" kafka otelcol jaeger
     need curl "curl (apt-get install -y curl)"
 
-    port_free "$KAFKA_PORT" "Kafka"
-    port_free "$KAFKA_CONTROLLER_PORT" "Kafka's controller"
+    local name port controller
+    while read -r name port controller; do
+        port_free "$port" "Kafka ($name)"
+        port_free "$controller" "Kafka's controller ($name)"
+    done < <(kafka_nodes)
     port_free "$OTELCOL_GRPC_PORT" "the collector's OTLP gRPC receiver"
     port_free "$OTELCOL_HTTP_PORT" "the collector's OTLP HTTP receiver"
     port_free "$OTELCOL_HEALTH_PORT" "the collector's health check"
@@ -101,9 +156,7 @@ up() {
     port_free "$JAEGER_HEALTH_PORT" "Jaeger's health check"
     port_free "$JAEGER_METRICS_PORT" "Jaeger's own metrics"
 
-    step "starting Kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT (data in $DIR/kafka)"
-    KAFKA_PORT=$KAFKA_PORT KAFKA_CONTROLLER_PORT=$KAFKA_CONTROLLER_PORT KAFKA_DATA_DIR=$DIR/kafka \
-        start kafka "$CALLCHAIN_ROOT/scripts/kafka.sh"
+    start_kafka
 
     step "starting Jaeger $JAEGER_VERSION (query API on 127.0.0.1:$JAEGER_QUERY_PORT)"
     JAEGER_OTLP_GRPC_ENDPOINT=127.0.0.1:$JAEGER_GRPC_PORT \
@@ -124,11 +177,16 @@ up() {
 
     wait_for jaeger 60 http_ok "http://127.0.0.1:$JAEGER_QUERY_PORT/api/services"
     wait_for otelcol 60 http_ok "http://127.0.0.1:$OTELCOL_HEALTH_PORT/"
-    wait_for kafka 120 "$CALLCHAIN_ROOT/scripts/kafka.sh" ready "127.0.0.1:$KAFKA_PORT"
-    # The topics of docker-compose.yml's kafka-init, with the same tool.
-    "$CALLCHAIN_ROOT/scripts/kafka.sh" create-topic "127.0.0.1:$KAFKA_PORT" user-events 12
-    "$CALLCHAIN_ROOT/scripts/kafka.sh" create-topic "127.0.0.1:$KAFKA_PORT" user-events.dlq 1
-    step "Kafka, Jaeger and the collector are up (logs in $LOGS)"
+    while read -r name port controller; do
+        wait_for "$name" 120 "$CALLCHAIN_ROOT/scripts/kafka.sh" ready "127.0.0.1:$port"
+    done < <(kafka_nodes)
+    # The topics of docker-compose.yml's kafka-init, with the same tool: on a
+    # cluster with three replicas (KAFKA_REPLICATION), two in sync for a write.
+    local bootstrap
+    bootstrap=$(kafka_bootstrap)
+    "$CALLCHAIN_ROOT/scripts/kafka.sh" create-topic "$bootstrap" user-events 12
+    "$CALLCHAIN_ROOT/scripts/kafka.sh" create-topic "$bootstrap" user-events.dlq 1
+    step "Kafka ($KAFKA_NODES node(s): $bootstrap), Jaeger and the collector are up (logs in $LOGS)"
 }
 
 case $command in
