@@ -44,7 +44,9 @@ fn log(level: RDKafkaLogLevel, facility: &str, message: &str) {
 }
 
 /// The group consumer's context: librdkafka's logs and errors in ours, and
-/// its assignments in [`Health`], for `/readyz`.
+/// its assignments in [`Health`], for `/readyz`. With the cooperative
+/// protocol an assignment or a revocation names only the partitions that
+/// change hands; the others stay and keep being consumed.
 pub struct Member {
     health: Arc<Health>,
 }
@@ -78,8 +80,9 @@ impl ConsumerContext for Member {
                 self.health.assigned(&partitions);
             }
             Rebalance::Revoke(partitions) => {
-                tracing::info!(partitions = ?partition_ids(partitions), "partitions revoked");
-                self.health.revoked();
+                let partitions = partition_ids(partitions);
+                tracing::info!(partitions = ?partitions, "partitions revoked");
+                self.health.revoked(&partitions);
             }
             Rebalance::Error(error) => tracing::warn!(error = %error, "rebalancing failed"),
         }
@@ -152,6 +155,9 @@ fn passing(code: RDKafkaErrorCode) -> bool {
     )
 }
 
+/// How the group shares the partitions (see [`consumer`]).
+pub const ASSIGNMENT_STRATEGY: &str = "cooperative-sticky";
+
 fn partition_ids(partitions: &TopicPartitionList) -> Vec<i32> {
     partitions.elements().iter().map(|p| p.partition()).collect()
 }
@@ -159,6 +165,15 @@ fn partition_ids(partitions: &TopicPartitionList) -> Vec<i32> {
 /// The group consumer of `user-events`. Offsets are committed automatically,
 /// but only those the pipeline stored, and it stores them only once their
 /// rows are committed in Postgres (or their dead letters acknowledged).
+///
+/// The cooperative-sticky assignor moves only the partitions that must move
+/// when a member joins or leaves: the others keep theirs and never stop
+/// (the eager default revokes every member's partitions at each rebalance).
+/// A batch in hand holding a revoked partition's messages is still written;
+/// storing its offset then fails (librdkafka refuses an offset of a partition
+/// no longer assigned), so the partition's new owner replays it from the last
+/// commit, harmlessly (rows are written `ON CONFLICT DO NOTHING`). librdkafka
+/// commits the stored offsets of revoked partitions as it revokes them.
 pub fn consumer(config: &Config, health: Arc<Health>) -> KafkaResult<StreamConsumer<Member>> {
     let mut client = ClientConfig::new();
     if let Some(instance) = &config.group_instance_id {
@@ -168,6 +183,7 @@ pub fn consumer(config: &Config, health: Arc<Health>) -> KafkaResult<StreamConsu
         .set("bootstrap.servers", &config.brokers)
         .set("group.id", &config.group_id)
         .set("client.id", "consumer")
+        .set("partition.assignment.strategy", ASSIGNMENT_STRATEGY)
         // A member that stops heartbeating (a crashed consumer that does not
         // come back) loses its partitions to the others after 10 s, not the
         // 45 s default. The broker allows 6 s at the least.

@@ -134,19 +134,24 @@ impl Health {
         *consumption = Consumption::default();
     }
 
-    /// The group gave this member `partitions`.
+    /// The group gave this member `partitions`, beside those it holds (the
+    /// cooperative protocol assigns only what moves).
     pub fn assigned(&self, partitions: &[i32]) {
         let mut consumption = self.consumption();
-        consumption.assigned = partitions.iter().copied().collect();
-        consumption.at_end.clear();
+        for partition in partitions {
+            consumption.assigned.insert(*partition);
+            consumption.at_end.remove(partition);
+        }
         consumption.progressed = Instant::now();
     }
 
-    /// The group took this member's partitions back.
-    pub fn revoked(&self) {
+    /// The group took `partitions` back; the others stay this member's.
+    pub fn revoked(&self, partitions: &[i32]) {
         let mut consumption = self.consumption();
-        consumption.assigned.clear();
-        consumption.at_end.clear();
+        for partition in partitions {
+            consumption.assigned.remove(partition);
+            consumption.at_end.remove(partition);
+        }
         consumption.progressed = Instant::now();
     }
 
@@ -366,5 +371,20 @@ mod tests {
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(headers[header::RETRY_AFTER], "1");
         assert!(body["reason"].as_str().unwrap().contains("client failed"), "{body}");
+    }
+
+    /// The cooperative protocol assigns and revokes only the partitions that
+    /// move: the others stay this member's, with what is known of them.
+    #[test]
+    fn an_incremental_assignment_adds_partitions_and_a_partial_revoke_keeps_the_others() {
+        let health = Health::default();
+        health.assigned(&[0, 1, 2, 3]);
+        health.at_end(1);
+        health.assigned(&[8, 9]);
+        health.revoked(&[0, 9]);
+
+        let consumption = health.consumption();
+        assert_eq!(consumption.assigned, BTreeSet::from([1, 2, 3, 8]));
+        assert_eq!(consumption.at_end, BTreeSet::from([1]));
     }
 }

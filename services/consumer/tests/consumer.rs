@@ -1055,3 +1055,128 @@ async fn sigterm_while_the_broker_is_down_exits_within_the_bound_and_the_uncommi
         .expect("the replay committed");
     assert_eq!(parts.row_count().await, 24);
 }
+
+/// A member's rebalances as its log tells them, in order: `(assigned?, partitions)`.
+fn rebalances(member: &ServiceProcess) -> Vec<(bool, BTreeSet<i32>)> {
+    member
+        .log_lines()
+        .iter()
+        .filter_map(|line| {
+            let assigned = match line["message"].as_str()? {
+                "partitions assigned" => true,
+                "partitions revoked" => false,
+                _ => return None,
+            };
+            let partitions = line["partitions"]
+                .as_str()?
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            Some((assigned, partitions))
+        })
+        .collect()
+}
+
+/// The partitions a member holds now, replaying its rebalances.
+fn holding(member: &ServiceProcess) -> BTreeSet<i32> {
+    let mut held = BTreeSet::new();
+    for (assigned, partitions) in rebalances(member) {
+        if assigned {
+            held.extend(partitions);
+        } else {
+            held.retain(|p| !partitions.contains(p));
+        }
+    }
+    held
+}
+
+/// Produces `count` events of fresh users (spread over the partitions).
+async fn produce_users(parts: &Parts, count: usize) -> Vec<UserEvent> {
+    let mut events = Vec::with_capacity(count);
+    for _ in 0..count {
+        let event = user_event(Uuid::now_v7(), 1);
+        parts.produce_event(&event, None).await;
+        events.push(event);
+    }
+    events
+}
+
+/// Cooperative rebalancing: of three consumers sharing `user-events`' 12
+/// partitions, one is killed; its partitions move to the two others, which
+/// keep every partition they had throughout (nothing of theirs is revoked:
+/// the eager assignor would revoke all of them and assign anew), and every
+/// event is stored once.
+#[tokio::test(flavor = "multi_thread")]
+async fn when_one_of_three_consumers_dies_its_partitions_move_and_the_others_keep_theirs() {
+    let parts = Parts::on(Kafka::shared_with(12).await.expect("the test run's Kafka broker")).await;
+    let mut members = Vec::new();
+    for instance in ["consumer-1", "consumer-2", "consumer-3"] {
+        members.push(logged_consumer(&parts, instance, &[]).await.0);
+    }
+    let settled = |members: &[ServiceProcess]| {
+        let held: Vec<BTreeSet<i32>> = members.iter().map(holding).collect();
+        let all: BTreeSet<i32> = held.iter().flatten().copied().collect();
+        (all.len() == 12 && held.iter().map(BTreeSet::len).sum::<usize>() == 12 && held.iter().all(|h| !h.is_empty()))
+            .then_some(held)
+    };
+    let before = eventually("the three consumers to share the 12 partitions", || {
+        std::future::ready(settled(&members))
+    })
+    .await;
+    let mut events = produce_users(&parts, 120).await;
+
+    let mut dead = members.pop().expect("the third consumer");
+    dead.kill();
+    let seen: Vec<usize> = members.iter().map(|m| rebalances(m).len()).collect();
+    // Events keep coming while its partitions move.
+    let moved = tokio::time::Instant::now();
+    let after = loop {
+        events.extend(produce_users(&parts, 10).await);
+        if let Some(after) = settled(&members) {
+            break after;
+        }
+        assert!(
+            moved.elapsed() < PATIENCE,
+            "the dead consumer's partitions did not move within {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("the dead consumer's partitions moved within {:?}", moved.elapsed());
+    events.extend(produce_users(&parts, 60).await);
+
+    for (i, member) in members.iter().enumerate() {
+        let since_kill = &rebalances(member)[seen[i]..];
+        let revoked: BTreeSet<i32> = since_kill
+            .iter()
+            .filter(|(assigned, _)| !assigned)
+            .flat_map(|(_, partitions)| partitions.iter().copied())
+            .collect();
+        assert!(
+            revoked.is_empty(),
+            "consumer-{} kept consuming its partitions {:?}, yet {revoked:?} were revoked from it: {since_kill:?}",
+            i + 1,
+            before[i]
+        );
+        assert!(
+            after[i].is_superset(&before[i]),
+            "consumer-{} holds {:?}, not all it held before ({:?})",
+            i + 1,
+            after[i],
+            before[i]
+        );
+    }
+    assert_eq!(
+        after.iter().flatten().copied().collect::<BTreeSet<i32>>(),
+        (0..12).collect(),
+        "the survivors hold every partition"
+    );
+
+    for event in &events {
+        parts.row_of(event.event_id).await;
+    }
+    assert_eq!(
+        parts.row_count().await,
+        i64::try_from(events.len()).unwrap(),
+        "every event stored once"
+    );
+}

@@ -38,7 +38,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// A broker a test uses, with topics and a group nobody else uses.
 pub struct Kafka {
     bootstrap: String,
-    /// The events topic (3 partitions), in place of `user-events`; with three
+    /// The events topic (3 partitions unless [`Kafka::shared_with`] says),
+    /// in place of `user-events`; with three
     /// replicas and `min.insync.replicas=2` on a cluster, else one.
     pub topic: String,
     /// Its dead-letter topic, `<topic>.dlq`.
@@ -51,25 +52,31 @@ pub struct Kafka {
 impl Kafka {
     /// The run's shared broker, with fresh topics.
     pub async fn shared() -> anyhow::Result<Self> {
+        Self::shared_with(3).await
+    }
+
+    /// The run's shared broker, with fresh topics, the events topic of
+    /// `partitions` partitions (`user-events` has 12).
+    pub async fn shared_with(partitions: i32) -> anyhow::Result<Self> {
         let bootstrap = std::env::var(SHARED_BROKER_VAR).map_err(|_| {
             anyhow::anyhow!("no Kafka broker for the tests ({SHARED_BROKER_VAR} is unset): {HOW_TO_GET_KAFKA}")
         })?;
-        Self::on(bootstrap, None).await
+        Self::on(bootstrap, None, partitions).await
     }
 
     /// A broker of this test's own, started now, with fresh topics.
     pub async fn own() -> anyhow::Result<Self> {
         let broker = tokio::task::spawn_blocking(Broker::start).await??;
-        Self::on(broker.bootstrap(), Some(broker)).await
+        Self::on(broker.bootstrap(), Some(broker), 3).await
     }
 
     /// Fresh topics on `cluster`, with three replicas (two in sync for a
     /// write). The cluster stays the caller's, to kill and restart nodes of.
     pub async fn on_cluster(cluster: &Cluster) -> anyhow::Result<Self> {
-        Self::on(cluster.bootstrap(), None).await
+        Self::on(cluster.bootstrap(), None, 3).await
     }
 
-    async fn on(bootstrap: String, own: Option<Broker>) -> anyhow::Result<Self> {
+    async fn on(bootstrap: String, own: Option<Broker>, partitions: i32) -> anyhow::Result<Self> {
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         let topic = format!("{}-{}", callchain_events::TOPIC, &suffix[..12]);
         let kafka = Self {
@@ -79,7 +86,7 @@ impl Kafka {
             bootstrap,
             own,
         };
-        create_topics(&kafka.bootstrap, &[(&kafka.topic, 3), (&kafka.dlq, 1)]).await?;
+        create_topics(&kafka.bootstrap, &[(&kafka.topic, partitions), (&kafka.dlq, 1)]).await?;
         Ok(kafka)
     }
 
