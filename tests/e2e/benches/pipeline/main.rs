@@ -26,8 +26,9 @@
 //! BENCH_WRITE_SECONDS, BENCH_READ_SECONDS, BENCH_INTEGRITY_RATE and
 //! BENCH_INTEGRITY_SECONDS; BENCH_ONLY=consumer,lag,protocols,integrity,metrics
 //! runs only those (metrics: the price of metrics, `metrics.rs`);
-//! BENCH_INTEGRITY_LOGS=<folder> keeps the integrity run's logs there, for `tracechain --check-all <folder>` (an
-//! absolute path: cargo runs a bench in its package's folder).
+//! BENCH_INTEGRITY_LOGS=<folder> keeps the integrity run's logs there, for
+//! `tracechain --check-all <folder>` (an absolute path: cargo runs a bench
+//! in its package's folder).
 //! BENCH_MARKDOWN=<file> (absolute too) also writes the protocols' tables
 //! there as docs/performance.md shows them, each headed, dated and naming
 //! the machine, to be pasted rather than retyped.
