@@ -4,14 +4,18 @@
 use std::sync::Arc;
 
 use rdkafka::{
-    ClientConfig, ClientContext, TopicPartitionList,
+    ClientConfig, ClientContext, Statistics, TopicPartitionList,
     config::RDKafkaLogLevel,
     consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer},
     error::{KafkaError, KafkaResult, RDKafkaErrorCode},
     producer::FutureProducer,
 };
 
-use crate::{config::Config, health::Health};
+use crate::{
+    config::Config,
+    health::Health,
+    lag::{self, Lag},
+};
 
 /// rdkafka reports through the `log` crate by default, which nothing here
 /// listens to; this context reports through `tracing` instead. Broker outages
@@ -43,17 +47,25 @@ fn log(level: RDKafkaLogLevel, facility: &str, message: &str) {
     }
 }
 
-/// The group consumer's context: librdkafka's logs and errors in ours, and
-/// its assignments in [`Health`], for `/readyz`. With the cooperative
-/// protocol an assignment or a revocation names only the partitions that
-/// change hands; the others stay and keep being consumed.
+/// The group consumer's context: librdkafka's logs and errors in ours, its
+/// assignments in [`Health`], for `/readyz`, and its statistics' lag per
+/// partition in [`Lag`], for the metric. With the cooperative protocol an
+/// assignment or a revocation names only the partitions that change hands;
+/// the others stay and keep being consumed.
 pub struct Member {
     health: Arc<Health>,
+    lag: Option<Arc<Lag>>,
 }
 
 impl ClientContext for Member {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         log(level, facility, message);
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        if let Some(lag) = &self.lag {
+            lag.update(&statistics);
+        }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -174,10 +186,13 @@ fn partition_ids(partitions: &TopicPartitionList) -> Vec<i32> {
 /// no longer assigned), so the partition's new owner replays it from the last
 /// commit, harmlessly (rows are written `ON CONFLICT DO NOTHING`). librdkafka
 /// commits the stored offsets of revoked partitions as it revokes them.
-pub fn consumer(config: &Config, health: Arc<Health>) -> KafkaResult<StreamConsumer<Member>> {
+pub fn consumer(config: &Config, health: Arc<Health>, lag: Option<Arc<Lag>>) -> KafkaResult<StreamConsumer<Member>> {
     let mut client = ClientConfig::new();
     if let Some(instance) = &config.group_instance_id {
         client.set("group.instance.id", instance);
+    }
+    if lag.is_some() {
+        client.set("statistics.interval.ms", lag::STATISTICS_INTERVAL_MS.to_string());
     }
     client
         .set("bootstrap.servers", &config.brokers)
@@ -202,7 +217,7 @@ pub fn consumer(config: &Config, health: Arc<Health>) -> KafkaResult<StreamConsu
         // `recv` says when a partition is read to its end: `/readyz` tells
         // a consumer with nothing to read from one that reads nothing.
         .set("enable.partition.eof", "true")
-        .create_with_context(Member { health })
+        .create_with_context(Member { health, lag })
 }
 
 /// The producer of dead letters: idempotent and acknowledged by every
