@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The stack's own parts, natively, as `make up` runs them in Docker: Apache
-# Kafka (one KRaft node), Jaeger v2 and the OpenTelemetry Collector, at the
-# versions in .env, on the very config files docker-compose.yml mounts.
+# Kafka (one KRaft node), VictoriaMetrics (the metrics store), Jaeger v2 and
+# the OpenTelemetry Collector, at the versions in .env, on the very config
+# files (and store flags) docker-compose.yml uses.
 #
-#   scripts/parts.sh up DIR     install what is missing, start the three and
+#   scripts/parts.sh up DIR     install what is missing, start the four and
 #                               the topics, wait until each answers
 #   scripts/parts.sh down DIR   stop what `up` (and `make dev`) started in DIR
 #   scripts/parts.sh rss DIR    the memory (RSS) of each process started in DIR
 #
-# DIR holds pids/<name>, logs/<name>.log and kafka/ (the broker's data, kept
-# between runs). Ports come from the environment; the defaults are `make dev`'s:
+# DIR holds pids/<name>, logs/<name>.log, kafka/ (the broker's data, kept
+# between runs) and victoriametrics/ (the store's). Ports come from the environment; the defaults are `make dev`'s:
 #
 #   KAFKA_PORT 9092               KAFKA_CONTROLLER_PORT 9093
 #   OTELCOL_GRPC_PORT 4317        OTELCOL_HTTP_PORT 4318
@@ -17,6 +18,7 @@
 #   JAEGER_QUERY_PORT 16686       JAEGER_QUERY_GRPC_PORT 16685
 #   JAEGER_GRPC_PORT 14317        JAEGER_HTTP_PORT 14318
 #   JAEGER_HEALTH_PORT 13134      JAEGER_METRICS_PORT 8889
+#   VICTORIAMETRICS_PORT 8428     (its UI: http://127.0.0.1:8428/vmui/)
 #
 # The collector listens on the standard OTLP ports and forwards to Jaeger,
 # whose own OTLP receiver moves aside (14317) so both fit on one host.
@@ -27,16 +29,25 @@ set -euo pipefail
 port_defaults "" KAFKA_PORT=9092 KAFKA_CONTROLLER_PORT=9093 \
     OTELCOL_GRPC_PORT=4317 OTELCOL_HTTP_PORT=4318 OTELCOL_HEALTH_PORT=13133 OTELCOL_METRICS_PORT=8888 \
     JAEGER_QUERY_PORT=16686 JAEGER_QUERY_GRPC_PORT=16685 JAEGER_GRPC_PORT=14317 JAEGER_HTTP_PORT=14318 \
-    JAEGER_HEALTH_PORT=13134 JAEGER_METRICS_PORT=8889
+    JAEGER_HEALTH_PORT=13134 JAEGER_METRICS_PORT=8889 VICTORIAMETRICS_PORT=8428
+
+# The store's flags, the same in docker-compose.yml: a small cache budget (it
+# otherwise takes 60% of the machine's memory for caches), a week of data,
+# Prometheus' names for OTLP metrics (http.server.request.duration in s ->
+# http_server_request_duration_seconds_bucket, service.name -> service_name),
+# and samples visible to queries after 1 s rather than 30 s.
+VICTORIAMETRICS_FLAGS=(-memory.allowedBytes=96MiB -retentionPeriod=7d
+    -opentelemetry.usePrometheusNaming -search.latencyOffset=1s)
 
 # Everything `make dev` or `make test` may have started, in the order to stop
-# it: services first (they drain and flush their spans), Kafka last. The user
+# it: services first (they drain and flush their spans and metrics), then
+# the collector (it flushes to Jaeger and the store), Kafka last. The user
 # service's replicas are user, user2, user3... (`USER_REPLICAS=3 make dev`).
 stop_order() {
     local replicas
     # shellcheck disable=SC2010,SC2015 # the pid files are named by us; none at all lists none
     replicas=$(cd "$PIDS" 2>/dev/null && ls -1 | grep -E '^user[0-9]+$' | sort -V | tr '\n' ' ' || true)
-    echo "api consumer user $replicas otelcol jaeger kafka"
+    echo "api consumer user $replicas otelcol jaeger victoriametrics kafka"
 }
 
 usage() { die "usage: scripts/parts.sh up|down|rss DIR"; }
@@ -84,8 +95,8 @@ http_ok() { curl -fsS -o /dev/null --max-time 2 "$1"; }
 
 up() {
     down
-    mkdir -p "$PIDS" "$LOGS" "$DIR/kafka"
-    "$CALLCHAIN_ROOT/scripts/install-tools.sh" kafka otelcol jaeger
+    mkdir -p "$PIDS" "$LOGS" "$DIR/kafka" "$DIR/victoriametrics"
+    "$CALLCHAIN_ROOT/scripts/install-tools.sh" kafka otelcol jaeger victoriametrics
     need curl "curl (apt-get install -y curl)"
 
     port_free "$KAFKA_PORT" "Kafka"
@@ -100,10 +111,15 @@ up() {
     port_free "$JAEGER_HTTP_PORT" "Jaeger's OTLP HTTP receiver"
     port_free "$JAEGER_HEALTH_PORT" "Jaeger's health check"
     port_free "$JAEGER_METRICS_PORT" "Jaeger's own metrics"
+    port_free "$VICTORIAMETRICS_PORT" "VictoriaMetrics"
 
     step "starting Kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT (data in $DIR/kafka)"
     KAFKA_PORT=$KAFKA_PORT KAFKA_CONTROLLER_PORT=$KAFKA_CONTROLLER_PORT KAFKA_DATA_DIR=$DIR/kafka \
         start kafka "$CALLCHAIN_ROOT/scripts/kafka.sh"
+
+    step "starting VictoriaMetrics $VICTORIAMETRICS_VERSION on 127.0.0.1:$VICTORIAMETRICS_PORT (data in $DIR/victoriametrics)"
+    start victoriametrics "$VICTORIAMETRICS_BIN" -httpListenAddr="127.0.0.1:$VICTORIAMETRICS_PORT" \
+        -storageDataPath="$DIR/victoriametrics" "${VICTORIAMETRICS_FLAGS[@]}"
 
     step "starting Jaeger $JAEGER_VERSION (query API on 127.0.0.1:$JAEGER_QUERY_PORT)"
     JAEGER_OTLP_GRPC_ENDPOINT=127.0.0.1:$JAEGER_GRPC_PORT \
@@ -112,23 +128,26 @@ up() {
         JAEGER_QUERY_GRPC_ENDPOINT=127.0.0.1:$JAEGER_QUERY_GRPC_PORT \
         JAEGER_HEALTH_ENDPOINT=127.0.0.1:$JAEGER_HEALTH_PORT \
         JAEGER_METRICS_PORT=$JAEGER_METRICS_PORT \
+        JAEGER_METRICS_STORE_URL=http://127.0.0.1:$VICTORIAMETRICS_PORT \
         start jaeger "$JAEGER_BIN" --config="$CALLCHAIN_ROOT/observability/jaeger.yaml"
 
     step "starting the OpenTelemetry Collector $OTELCOL_VERSION (OTLP on 127.0.0.1:$OTELCOL_GRPC_PORT)"
     OTELCOL_OTLP_GRPC_ENDPOINT=127.0.0.1:$OTELCOL_GRPC_PORT \
         OTELCOL_OTLP_HTTP_ENDPOINT=127.0.0.1:$OTELCOL_HTTP_PORT \
         OTELCOL_HEALTH_ENDPOINT=127.0.0.1:$OTELCOL_HEALTH_PORT \
-        OTELCOL_METRICS_PORT=$OTELCOL_METRICS_PORT \
+        OTELCOL_METRICS_HOST=127.0.0.1 OTELCOL_METRICS_PORT=$OTELCOL_METRICS_PORT \
         OTELCOL_JAEGER_ENDPOINT=127.0.0.1:$JAEGER_GRPC_PORT \
+        OTELCOL_VICTORIAMETRICS_ENDPOINT=http://127.0.0.1:$VICTORIAMETRICS_PORT/opentelemetry \
         start otelcol "$OTELCOL_BIN" --config="$CALLCHAIN_ROOT/observability/otel-collector.yaml"
 
+    wait_for victoriametrics 60 http_ok "http://127.0.0.1:$VICTORIAMETRICS_PORT/health"
     wait_for jaeger 60 http_ok "http://127.0.0.1:$JAEGER_QUERY_PORT/api/services"
     wait_for otelcol 60 http_ok "http://127.0.0.1:$OTELCOL_HEALTH_PORT/"
     wait_for kafka 120 "$CALLCHAIN_ROOT/scripts/kafka.sh" ready "127.0.0.1:$KAFKA_PORT"
     # The topics of docker-compose.yml's kafka-init, with the same tool.
     "$CALLCHAIN_ROOT/scripts/kafka.sh" create-topic "127.0.0.1:$KAFKA_PORT" user-events 3
     "$CALLCHAIN_ROOT/scripts/kafka.sh" create-topic "127.0.0.1:$KAFKA_PORT" user-events.dlq 1
-    step "Kafka, Jaeger and the collector are up (logs in $LOGS)"
+    step "Kafka, VictoriaMetrics, Jaeger and the collector are up (logs in $LOGS)"
 }
 
 case $command in
