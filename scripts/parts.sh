@@ -20,6 +20,9 @@
 #   JAEGER_HEALTH_PORT 13134      JAEGER_METRICS_PORT 8889
 #   VICTORIAMETRICS_PORT 8428     (its UI: http://127.0.0.1:8428/vmui/)
 #
+# PARTS_WITHOUT_KAFKA=1 starts the other three alone, beside a broker that
+# runs already (tests/e2e/tests/doctor.rs stops its own parts one by one).
+#
 # The collector listens on the standard OTLP ports and forwards to Jaeger,
 # whose own OTLP receiver moves aside (14317) so both fit on one host.
 set -euo pipefail
@@ -99,8 +102,11 @@ up() {
     "$CALLCHAIN_ROOT/scripts/install-tools.sh" kafka otelcol jaeger victoriametrics
     need curl "curl (apt-get install -y curl)"
 
-    port_free "$KAFKA_PORT" "Kafka"
-    port_free "$KAFKA_CONTROLLER_PORT" "Kafka's controller"
+    local kafka=${PARTS_WITHOUT_KAFKA:+no}
+    if [ -z "$kafka" ]; then
+        port_free "$KAFKA_PORT" "Kafka"
+        port_free "$KAFKA_CONTROLLER_PORT" "Kafka's controller"
+    fi
     port_free "$OTELCOL_GRPC_PORT" "the collector's OTLP gRPC receiver"
     port_free "$OTELCOL_HTTP_PORT" "the collector's OTLP HTTP receiver"
     port_free "$OTELCOL_HEALTH_PORT" "the collector's health check"
@@ -113,9 +119,11 @@ up() {
     port_free "$JAEGER_METRICS_PORT" "Jaeger's own metrics"
     port_free "$VICTORIAMETRICS_PORT" "VictoriaMetrics"
 
-    step "starting Kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT (data in $DIR/kafka)"
-    KAFKA_PORT=$KAFKA_PORT KAFKA_CONTROLLER_PORT=$KAFKA_CONTROLLER_PORT KAFKA_DATA_DIR=$DIR/kafka \
-        start kafka "$CALLCHAIN_ROOT/scripts/kafka.sh"
+    if [ -z "$kafka" ]; then
+        step "starting Kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT (data in $DIR/kafka)"
+        KAFKA_PORT=$KAFKA_PORT KAFKA_CONTROLLER_PORT=$KAFKA_CONTROLLER_PORT KAFKA_DATA_DIR=$DIR/kafka \
+            start kafka "$CALLCHAIN_ROOT/scripts/kafka.sh"
+    fi
 
     step "starting VictoriaMetrics $VICTORIAMETRICS_VERSION on 127.0.0.1:$VICTORIAMETRICS_PORT (data in $DIR/victoriametrics)"
     start victoriametrics "$VICTORIAMETRICS_BIN" -httpListenAddr="127.0.0.1:$VICTORIAMETRICS_PORT" \
@@ -143,11 +151,13 @@ up() {
     wait_for victoriametrics 60 http_ok "http://127.0.0.1:$VICTORIAMETRICS_PORT/health"
     wait_for jaeger 60 http_ok "http://127.0.0.1:$JAEGER_QUERY_PORT/api/services"
     wait_for otelcol 60 http_ok "http://127.0.0.1:$OTELCOL_HEALTH_PORT/"
-    wait_for kafka 120 "$CALLCHAIN_ROOT/scripts/kafka.sh" ready "127.0.0.1:$KAFKA_PORT"
-    # The topics of docker-compose.yml's kafka-init, with the same tool.
-    "$CALLCHAIN_ROOT/scripts/kafka.sh" create-topic "127.0.0.1:$KAFKA_PORT" user-events 3
-    "$CALLCHAIN_ROOT/scripts/kafka.sh" create-topic "127.0.0.1:$KAFKA_PORT" user-events.dlq 1
-    step "Kafka, VictoriaMetrics, Jaeger and the collector are up (logs in $LOGS)"
+    if [ -z "$kafka" ]; then
+        wait_for kafka 120 "$CALLCHAIN_ROOT/scripts/kafka.sh" ready "127.0.0.1:$KAFKA_PORT"
+        # The topics of docker-compose.yml's kafka-init, with the same tool.
+        "$CALLCHAIN_ROOT/scripts/kafka.sh" create-topic "127.0.0.1:$KAFKA_PORT" user-events 3
+        "$CALLCHAIN_ROOT/scripts/kafka.sh" create-topic "127.0.0.1:$KAFKA_PORT" user-events.dlq 1
+    fi
+    step "${kafka:+no }Kafka, VictoriaMetrics, Jaeger and the collector are up (logs in $LOGS)"
 }
 
 case $command in
