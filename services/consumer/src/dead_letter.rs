@@ -83,7 +83,9 @@ impl DeadLetters {
         if let Some(payload) = message.payload() {
             record = record.payload(payload);
         }
-        match self.producer.send(record, QUEUE_TIMEOUT).instrument(span.clone()).await {
+        let sent = self.producer.send(record, QUEUE_TIMEOUT).instrument(span.clone()).await;
+        kafka::record_sent(&self.topic, sent.is_err());
+        match sent {
             Ok(delivery) => {
                 kafka::record_delivery(&span, delivery.partition, delivery.offset);
                 Ok(())

@@ -12,14 +12,24 @@ use tracing::Span;
 use crate::batch::EventRow;
 
 /// One message in hand, from receipt until its offset is stored; its
-/// `process user-events` span lives as long.
+/// `process user-events` span lives as long, and its
+/// `messaging.process.duration` is recorded when it goes.
 pub struct Consumed {
     pub message: OwnedMessage,
     pub span: Span,
+    received: std::time::Instant,
+    group: std::sync::Arc<str>,
+}
+
+impl Drop for Consumed {
+    fn drop(&mut self) {
+        kafka::record_processed(self.received, self.message.topic(), &self.group);
+    }
 }
 
 impl Consumed {
-    pub fn new(message: &BorrowedMessage<'_>, group: &str) -> Self {
+    pub fn new(message: &BorrowedMessage<'_>, group: &std::sync::Arc<str>) -> Self {
+        let received = std::time::Instant::now();
         let span = kafka::process_span(
             Received {
                 topic: message.topic(),
@@ -33,6 +43,8 @@ impl Consumed {
         Self {
             message: message.detach(),
             span,
+            received,
+            group: group.clone(),
         }
     }
 

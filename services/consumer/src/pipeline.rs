@@ -97,7 +97,7 @@ struct Source {
     config: Config,
     health: Arc<Health>,
     topic: String,
-    group_id: String,
+    group_id: std::sync::Arc<str>,
     batch_size: usize,
     batch_timeout: Duration,
     /// Messages that arrived while a batch was being retried; the next
@@ -134,7 +134,7 @@ impl Pipeline {
                 config: config.clone(),
                 health: health.clone(),
                 topic: config.topic.clone(),
-                group_id: config.group_id.clone(),
+                group_id: config.group_id.as_str().into(),
                 batch_size: config.batch_size,
                 batch_timeout: config.batch_timeout,
                 held: VecDeque::new(),

@@ -155,13 +155,15 @@ async fn insert_in_transaction(pool: &PgPool, rows: &[(&EventRow, &Span)]) -> Re
 }
 
 /// Runs `statement` inside one `INSERT <table>` span per row, each under
-/// that row's span; the spans last as long as the statement.
+/// that row's span; the spans last as long as the statement, whose duration
+/// is recorded once.
 async fn traced<T>(
     rows: &[(&EventRow, &Span)],
     table: &'static str,
     query: &'static str,
     statement: impl Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T, sqlx::Error> {
+    let started = std::time::Instant::now();
     let spans: Vec<Span> = rows
         .iter()
         .map(|&(_, parent)| db::batch_span(parent, "INSERT", table, query, rows.len()))
@@ -170,6 +172,7 @@ async fn traced<T>(
     if let Err(error) = &result {
         spans.iter().for_each(|span| db::record_error(span, error));
     }
+    db::record_duration(started, "INSERT", table, result.is_err());
     result
 }
 

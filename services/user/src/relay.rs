@@ -310,8 +310,16 @@ impl Relay {
         }
     }
 
-    /// Sends one row and waits for its acknowledgement.
+    /// Sends one row and waits for its acknowledgement, and counts the
+    /// attempt in `messaging.client.sent.messages`.
     async fn send(&self, row: &OutboxRow) -> Result<(), RoundError> {
+        let result = self.publish(row).await;
+        kafka::record_sent(&row.topic, result.is_err());
+        result
+    }
+
+    /// Sends one row and waits for its acknowledgement.
+    async fn publish(&self, row: &OutboxRow) -> Result<(), RoundError> {
         let span = row.producer_span();
         let event_id = row.event_id.to_string();
         let headers = kafka::inject_span(

@@ -104,9 +104,7 @@ pub async fn insert_user(conn: &mut PgConnection, user: &NewUser) -> Result<Writ
         .bind(&user.password_hash)
         .bind(user.role.as_str())
         .fetch_one(conn);
-    db::traced(db::span("INSERT", "users", INSERT_USER), query)
-        .await?
-        .parse()
+    db::traced("INSERT", "users", INSERT_USER, query).await?.parse()
 }
 
 const INSERT_ADMIN: &str = "INSERT INTO users (id, email, name, password_hash, role) VALUES ($1, $2, $3, $4, $5) \
@@ -122,7 +120,7 @@ pub async fn ensure_admin(conn: &mut PgConnection, user: &NewUser) -> Result<boo
         .bind(&user.password_hash)
         .bind(user.role.as_str())
         .execute(conn);
-    Ok(db::traced(db::span("INSERT", "users", INSERT_ADMIN), query)
+    Ok(db::traced("INSERT", "users", INSERT_ADMIN, query)
         .await?
         .rows_affected()
         == 1)
@@ -134,7 +132,7 @@ pub async fn get_user(conn: &mut PgConnection, id: UserId) -> Result<User, UserE
     let query = sqlx::query_as::<_, UserRow>(SELECT_USER)
         .bind(id.as_uuid())
         .fetch_optional(conn);
-    db::traced(db::span("SELECT", "users", SELECT_USER), query)
+    db::traced("SELECT", "users", SELECT_USER, query)
         .await?
         .ok_or(UserError::NotFound(id))?
         .parse()
@@ -153,7 +151,7 @@ pub async fn get_credentials(conn: &mut PgConnection, email: &Email) -> Result<O
     let query = sqlx::query_as::<_, Row>(SELECT_CREDENTIALS)
         .bind(email.as_str())
         .fetch_optional(conn);
-    let row = db::traced(db::span("SELECT", "users", SELECT_CREDENTIALS), query).await?;
+    let row = db::traced("SELECT", "users", SELECT_CREDENTIALS, query).await?;
     row.map(|row| Ok((row.user.parse()?, row.password_hash))).transpose()
 }
 
@@ -174,7 +172,7 @@ pub async fn update_user(conn: &mut PgConnection, id: UserId, changes: &UserChan
         .bind(changes.password_hash.as_deref())
         .bind(changes.role.map(Role::as_str))
         .fetch_optional(conn);
-    db::traced(db::span("UPDATE", "users", UPDATE_USER), query)
+    db::traced("UPDATE", "users", UPDATE_USER, query)
         .await?
         .ok_or(UserError::NotFound(id))?
         .parse()
@@ -189,7 +187,7 @@ pub async fn delete_user(conn: &mut PgConnection, id: UserId) -> Result<Written,
     let query = sqlx::query_as::<_, WrittenRow>(DELETE_USER)
         .bind(id.as_uuid())
         .fetch_optional(conn);
-    db::traced(db::span("DELETE", "users", DELETE_USER), query)
+    db::traced("DELETE", "users", DELETE_USER, query)
         .await?
         .ok_or(UserError::NotFound(id))?
         .parse()
@@ -204,7 +202,7 @@ pub async fn list_users(conn: &mut PgConnection, after: Option<UserId>, limit: u
         .bind(after.map(|id| id.as_uuid()))
         .bind(i64::from(limit))
         .fetch_all(conn);
-    db::traced(db::span("SELECT", "users", LIST_USERS), query)
+    db::traced("SELECT", "users", LIST_USERS, query)
         .await?
         .into_iter()
         .map(UserRow::parse)
@@ -258,7 +256,7 @@ pub async fn find_key(conn: &mut PgConnection, claim: &Claim) -> Result<Option<V
         .bind(claim.key.as_str())
         .bind(retention_secs())
         .fetch_optional(&mut *conn);
-    match db::traced(db::span("SELECT", "idempotency_keys", SELECT_KEY), select).await? {
+    match db::traced("SELECT", "idempotency_keys", SELECT_KEY, select).await? {
         None | Some((_, None)) => Ok(None),
         Some((fingerprint, _)) if fingerprint != claim.fingerprint => Err(UserError::IdempotencyKeyReused),
         Some((_, Some(response))) => Ok(Some(response)),
@@ -282,7 +280,7 @@ pub async fn claim_key(conn: &mut PgConnection, claim: &Claim) -> Result<Option<
         .bind(claim.operation)
         .bind(claim.key.as_str())
         .fetch_one(&mut *conn);
-    if !db::traced(db::span("SELECT", "idempotency_keys", LOCK_KEY), lock).await? {
+    if !db::traced("SELECT", "idempotency_keys", LOCK_KEY, lock).await? {
         return Err(UserError::IdempotencyKeyInFlight);
     }
     let insert = sqlx::query(CLAIM_KEY)
@@ -292,7 +290,7 @@ pub async fn claim_key(conn: &mut PgConnection, claim: &Claim) -> Result<Option<
         .bind(&claim.fingerprint)
         .bind(retention_secs())
         .execute(&mut *conn);
-    if db::traced(db::span("INSERT", "idempotency_keys", CLAIM_KEY), insert)
+    if db::traced("INSERT", "idempotency_keys", CLAIM_KEY, insert)
         .await?
         .rows_affected()
         == 1
@@ -301,7 +299,7 @@ pub async fn claim_key(conn: &mut PgConnection, claim: &Claim) -> Result<Option<
             .bind(retention_secs())
             .bind(PRUNE_BATCH)
             .execute(&mut *conn);
-        db::traced(db::span("DELETE", "idempotency_keys", PRUNE_KEYS), prune).await?;
+        db::traced("DELETE", "idempotency_keys", PRUNE_KEYS, prune).await?;
         return Ok(None);
     }
     // A claimed key is completed in the same transaction, so a visible one
@@ -324,7 +322,7 @@ pub async fn complete_key(conn: &mut PgConnection, claim: &Claim, response: &[u8
         .bind(claim.key.as_str())
         .bind(response)
         .execute(conn);
-    db::traced(db::span("UPDATE", "idempotency_keys", COMPLETE_KEY), query).await?;
+    db::traced("UPDATE", "idempotency_keys", COMPLETE_KEY, query).await?;
     Ok(())
 }
 
@@ -359,7 +357,7 @@ pub async fn insert_outbox(conn: &mut PgConnection, row: &OutboxEvent<'_>) -> Re
         .bind(field("baggage"))
         .bind(sequence)
         .execute(conn);
-    db::traced(db::span("INSERT", "outbox", INSERT_OUTBOX), query).await?;
+    db::traced("INSERT", "outbox", INSERT_OUTBOX, query).await?;
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! The client span of one database statement, with the OpenTelemetry
-//! database attributes. The query text is the parameterised statement; values
-//! never reach a span. The pool itself is `callchain_runtime::db`.
+//! database attributes, and its `db.client.operation.duration`. The query
+//! text is the parameterised statement; values never reach a span. The pool
+//! itself is `callchain_runtime::db`.
 
 use tracing::Span;
 
@@ -55,17 +56,43 @@ pub fn record_error(span: &Span, error: &dyn std::fmt::Display) {
     span.record("otel.status_description", tracing::field::display(error));
 }
 
-/// Runs a statement inside its span and marks the span as failed when the
-/// statement fails.
-pub async fn traced<F, T, E>(span: Span, statement: F) -> Result<T, E>
+/// Runs a statement inside its span ([`span`]), marks the span as failed
+/// when the statement fails, and records its duration.
+pub async fn traced<F, T, E>(
+    operation: &'static str,
+    collection: &'static str,
+    query: &'static str,
+    statement: F,
+) -> Result<T, E>
 where
     F: std::future::Future<Output = Result<T, E>>,
     E: std::fmt::Display,
 {
     use tracing::Instrument as _;
+    let started = std::time::Instant::now();
+    let span = span(operation, collection, query);
     let result = statement.instrument(span.clone()).await;
     if let Err(error) = &result {
         record_error(&span, error);
     }
+    record_duration(started, operation, collection, result.is_err());
     result
+}
+
+/// Records one statement's `db.client.operation.duration`, from `started`
+/// to now: once per statement, however many rows (and row spans) it holds.
+pub fn record_duration(started: std::time::Instant, operation: &'static str, collection: &'static str, failed: bool) {
+    crate::metrics::with(|metrics| {
+        let mut attributes = vec![
+            opentelemetry::KeyValue::new("db.system.name", "postgresql"),
+            opentelemetry::KeyValue::new("db.operation.name", operation),
+            opentelemetry::KeyValue::new("db.collection.name", collection),
+        ];
+        if failed {
+            attributes.push(opentelemetry::KeyValue::new("error.type", "_OTHER"));
+        }
+        metrics
+            .db_client_duration
+            .record(started.elapsed().as_secs_f64(), &attributes);
+    });
 }

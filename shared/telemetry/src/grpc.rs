@@ -7,7 +7,9 @@
 //!
 //! Both name the span after the full method (`user.v1.UserService/CreateUser`)
 //! and record `rpc.system`, `rpc.service`, `rpc.method` and
-//! `rpc.grpc.status_code`; a client call that is a retry also records
+//! `rpc.grpc.status_code`, and record the call's duration in
+//! `rpc.client.call.duration` or `rpc.server.call.duration` with the same
+//! four attributes; a client call that is a retry also records
 //! `rpc.grpc.retry.attempt` (1 for the first retry), from the
 //! [`RetryAttempt`] its caller put in the request's extensions. The server trusts the baggage of its callers (our
 //! own services), within the W3C limits, and records the caller's id in it
@@ -79,21 +81,49 @@ pub struct GrpcServer;
 /// Wraps a tonic server in [`GrpcServer`] spans.
 pub type GrpcServerLayer = TracedLayer<GrpcServer>;
 
+/// What the duration metric of one call needs: when it started and the
+/// path it called (`None` for a call neither traced nor measured).
+pub struct RpcCall {
+    started: std::time::Instant,
+    path: Option<String>,
+}
+
+impl RpcCall {
+    fn new(traced: bool, path: &str) -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            path: traced.then(|| path.to_owned()),
+        }
+    }
+
+    fn record(&self, server: bool, code: i32) {
+        if let Some((service, method)) = self.path.as_deref().and_then(split_path) {
+            crate::metrics::rpc(self.started, server, service, method, code);
+        }
+    }
+}
+
 impl Hop for GrpcServer {
-    fn start<B>(&self, request: &mut Request<B>) -> Span {
-        let span = match split_path(request.uri().path()) {
-            Some((service, method)) if !is_infrastructure(service) => rpc_span("server", service, method),
-            _ => Span::none(),
+    type Call = RpcCall;
+
+    fn start<B>(&self, request: &mut Request<B>) -> (Span, RpcCall) {
+        let path = request.uri().path();
+        let (span, traced) = match split_path(path) {
+            Some((service, method)) if !is_infrastructure(service) => (rpc_span("server", service, method), true),
+            _ => (Span::none(), false),
         };
+        let call = RpcCall::new(traced, path);
         let parent = crate::propagation::extract(request.headers());
         crate::baggage::record_enduser(&span, &parent);
         let _ = span.set_parent(parent);
-        span
+        (span, call)
     }
 
-    fn finish<R, E>(&self, span: &Span, outcome: &mut Result<Response<R>, E>) {
+    fn finish<R, E>(&self, span: &Span, call: RpcCall, outcome: &mut Result<Response<R>, E>) {
         if let Ok(response) = outcome {
-            record_status(span, status_code(response.headers()), true);
+            let code = status_code(response.headers());
+            record_status(span, code, true);
+            call.record(true, code);
         }
     }
 }
@@ -107,24 +137,30 @@ pub struct GrpcClient;
 pub type GrpcClientLayer = TracedLayer<GrpcClient>;
 
 impl Hop for GrpcClient {
-    fn start<B>(&self, request: &mut Request<B>) -> Span {
-        let span = match split_path(request.uri().path()) {
-            Some((service, method)) => rpc_span("client", service, method),
-            None => Span::none(),
+    type Call = RpcCall;
+
+    fn start<B>(&self, request: &mut Request<B>) -> (Span, RpcCall) {
+        let path = request.uri().path();
+        let (span, traced) = match split_path(path) {
+            Some((service, method)) => (rpc_span("client", service, method), true),
+            None => (Span::none(), false),
         };
+        let call = RpcCall::new(traced, path);
         if let Some(RetryAttempt(attempt)) = request.extensions().get::<RetryAttempt>() {
             span.record("rpc.grpc.retry.attempt", attempt);
         }
         crate::propagation::inject(&span.context(), request.headers_mut());
-        span
+        (span, call)
     }
 
-    fn finish<R, E>(&self, span: &Span, outcome: &mut Result<Response<R>, E>) {
-        match outcome {
-            Ok(response) => record_status(span, status_code(response.headers()), false),
+    fn finish<R, E>(&self, span: &Span, call: RpcCall, outcome: &mut Result<Response<R>, E>) {
+        let code = match outcome {
+            Ok(response) => status_code(response.headers()),
             // The call never got an answer: the server is unreachable.
-            Err(_) => record_status(span, 14, false),
-        }
+            Err(_) => 14,
+        };
+        record_status(span, code, false);
+        call.record(false, code);
     }
 }
 

@@ -1,6 +1,7 @@
 //! The HTTP server span: a tower layer that continues an incoming
 //! `traceparent`, names the span `METHOD route`, records the status, and
-//! answers every request with the `traceparent` of its span.
+//! answers every request with the `traceparent` of its span; it records the
+//! request's `http.server.request.duration` too.
 //!
 //! HTTP is the edge where requests come from outside, so incoming baggage is
 //! untrusted: by default none is kept, and a service names the keys it
@@ -50,8 +51,18 @@ impl TracedLayer<HttpServer> {
     }
 }
 
+/// What the duration metric of one request needs.
+pub struct HttpCall {
+    started: std::time::Instant,
+    method: ::http::Method,
+    route: Option<String>,
+}
+
 impl Hop for HttpServer {
-    fn start<B>(&self, request: &mut Request<B>) -> Span {
+    type Call = HttpCall;
+
+    fn start<B>(&self, request: &mut Request<B>) -> (Span, HttpCall) {
+        let started = std::time::Instant::now();
         let method = request.method().clone();
         let route = (self.route_of)(request.extensions());
         let name = match &route {
@@ -71,12 +82,18 @@ impl Hop for HttpServer {
         );
         // An incoming `traceparent` makes this span a child of the caller's.
         let _ = span.set_parent(crate::propagation::extract_with(request.headers(), &self.baggage));
-        span
+        (span, HttpCall { started, method, route })
     }
 
-    fn finish<R, E>(&self, span: &Span, outcome: &mut Result<Response<R>, E>) {
+    fn finish<R, E>(&self, span: &Span, call: HttpCall, outcome: &mut Result<Response<R>, E>) {
         let Ok(response) = outcome else { return };
         let status = response.status();
+        crate::metrics::http_server(
+            call.started,
+            call.method.as_str(),
+            call.route.as_deref(),
+            status.as_u16(),
+        );
         span.record("http.response.status_code", status.as_u16());
         if status.is_server_error() {
             span.record("otel.status_code", "ERROR");

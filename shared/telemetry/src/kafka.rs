@@ -9,7 +9,7 @@
 //! so their baggage is trusted, within the W3C limits.
 
 use opentelemetry::{
-    Context,
+    Context, KeyValue,
     propagation::{Extractor, Injector},
     trace::TraceContextExt as _,
 };
@@ -98,6 +98,39 @@ pub fn record_delivery(span: &Span, partition: i32, offset: i64) {
 pub fn record_error(span: &Span, error: &dyn std::fmt::Display) {
     span.record("otel.status_code", "ERROR");
     span.record("otel.status_description", tracing::field::display(error));
+}
+
+/// Counts one message a producer tried to send to `topic`
+/// (`messaging.client.sent.messages`), with `error.type` when the broker
+/// never acknowledged it.
+pub fn record_sent(topic: &str, failed: bool) {
+    crate::metrics::with(|metrics| {
+        let mut attributes = vec![
+            KeyValue::new("messaging.system", "kafka"),
+            KeyValue::new("messaging.operation.name", "send"),
+            KeyValue::new("messaging.destination.name", topic.to_owned()),
+        ];
+        if failed {
+            attributes.push(KeyValue::new("error.type", "_OTHER"));
+        }
+        metrics.messaging_sent.add(1, &attributes);
+    });
+}
+
+/// Records one message's `messaging.process.duration`: from `received`
+/// (when the consumer had it) until now, when its processing ended.
+pub fn record_processed(received: std::time::Instant, topic: &str, consumer_group: &str) {
+    crate::metrics::with(|metrics| {
+        let attributes = [
+            KeyValue::new("messaging.system", "kafka"),
+            KeyValue::new("messaging.operation.name", "process"),
+            KeyValue::new("messaging.destination.name", topic.to_owned()),
+            KeyValue::new("messaging.consumer.group.name", consumer_group.to_owned()),
+        ];
+        metrics
+            .messaging_process_duration
+            .record(received.elapsed().as_secs_f64(), &attributes);
+    });
 }
 
 /// Where a received message came from.

@@ -1,6 +1,6 @@
 //! One tower layer for every traced hop. A [`Hop`] says what happens around
 //! one call (open the span and move the context before it, record the answer
-//! after it); [`TracedLayer`] and [`Traced`] do the tower plumbing once, for
+//! and the call's duration after it); [`TracedLayer`] and [`Traced`] do the tower plumbing once, for
 //! the HTTP server and the gRPC server and client alike.
 
 use std::{
@@ -16,13 +16,18 @@ use tracing::{Instrument as _, Span};
 
 /// What a traced hop does around one call.
 pub trait Hop: Clone + Send + 'static {
+    /// What [`Hop::start`] keeps of the call for [`Hop::finish`]: when it
+    /// started and the attributes of its duration metric.
+    type Call: Send + 'static;
+
     /// Opens the call's span (or [`Span::none`] for a call it does not
     /// trace), moving the trace context in or out of `request`.
-    fn start<B>(&self, request: &mut Request<B>) -> Span;
+    fn start<B>(&self, request: &mut Request<B>) -> (Span, Self::Call);
 
-    /// Records the outcome on `span`, the span [`Hop::start`] opened; it may
-    /// add to the response (the `traceparent` an HTTP server answers with).
-    fn finish<R, E>(&self, span: &Span, outcome: &mut Result<Response<R>, E>);
+    /// Records the outcome on `span`, the span [`Hop::start`] opened, and
+    /// the call's duration; it may add to the response (the `traceparent`
+    /// an HTTP server answers with).
+    fn finish<R, E>(&self, span: &Span, call: Self::Call, outcome: &mut Result<Response<R>, E>);
 }
 
 /// Wraps a service so every call goes through `H`.
@@ -66,13 +71,13 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let span = self.hop.start(&mut request);
+        let (span, call) = self.hop.start(&mut request);
         let future = span.in_scope(|| self.inner.call(request));
         let hop = self.hop.clone();
         Box::pin(
             async move {
                 let mut outcome = future.await;
-                hop.finish(&Span::current(), &mut outcome);
+                hop.finish(&Span::current(), call, &mut outcome);
                 outcome
             }
             .instrument(span),

@@ -23,6 +23,8 @@
 //! - [`otlp`]: the OTLP/gRPC span exporter itself, encoding straight from
 //!   the SDK's span data (public so a test can send the collector exactly
 //!   what the services send).
+//! - [`metrics`]: the meter provider, exporting over OTLP beside the spans,
+//!   and the instruments the hops and the services record.
 //! - [`db`]: the client span of one database statement.
 //! - [`records`]: one JSON line per finished span (`target` `callchain::span`),
 //!   so the call chain can be rebuilt from the logs alone; every span's
@@ -42,6 +44,7 @@ pub mod jsonrpc;
 pub mod kafka;
 pub mod layer;
 pub mod logs;
+pub mod metrics;
 pub mod otlp;
 pub mod propagation;
 pub mod records;
@@ -66,12 +69,12 @@ pub const RUST_LOG: Setting = Setting {
     doc: "Which log lines are written, as an `EnvFilter` directive; `info,callchain::span=off` leaves the span records out.",
 };
 
-/// `OTEL_EXPORTER_OTLP_ENDPOINT`: where spans go.
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`: where spans and metrics go.
 pub const OTEL_EXPORTER_OTLP_ENDPOINT: Setting = Setting {
     name: "OTEL_EXPORTER_OTLP_ENDPOINT",
     default: None,
-    doc: "Where spans are exported, over OTLP/gRPC (`http://localhost:4317`); unset, none is exported and the logs \
-          are still written.",
+    doc: "Where spans and metrics are exported, over OTLP/gRPC (`http://localhost:4317`); unset, none is exported \
+          and the logs are still written.",
 };
 
 /// `OTEL_SERVICE_NAME`: the service's name in spans and logs.
@@ -123,6 +126,8 @@ pub const SETTINGS: &[Setting] = &[
         doc: SDK_OWN,
     },
     OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT,
+    metrics::OTEL_METRICS_EXPORTER,
+    metrics::OTEL_METRIC_EXPORT_INTERVAL,
 ];
 
 /// `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`: the standard cap on attribute values.
@@ -166,12 +171,18 @@ pub struct TelemetryConfig {
     /// exported span and its record alike: a client cannot make one span
     /// large enough to push a whole export over the collector's limit.
     pub attribute_value_length_limit: usize,
+    /// Whether metrics go where the spans go (an OTLP endpoint); with
+    /// [`Export::Discard`] or [`Export::Off`] no metric is recorded.
+    pub metrics: metrics::MetricsExporter,
+    /// How often metrics are exported.
+    pub metric_export_interval: std::time::Duration,
 }
 
 impl TelemetryConfig {
     /// Reads [`OTEL_SERVICE_NAME`] (unset, `service`),
-    /// [`OTEL_EXPORTER_OTLP_ENDPOINT`], [`RUST_LOG`] and
-    /// [`OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`] from `env`.
+    /// [`OTEL_EXPORTER_OTLP_ENDPOINT`], [`RUST_LOG`],
+    /// [`OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`] and the metrics' two settings
+    /// from `env`.
     pub fn from_env(env: &Env, service: &str) -> Result<Self, TelemetryError> {
         Ok(Self {
             service_name: env.var(OTEL_SERVICE_NAME.name).unwrap_or_else(|| service.to_owned()),
@@ -180,6 +191,10 @@ impl TelemetryConfig {
                 .setting(&RUST_LOG, "a log filter")
                 .expect("any text parses as a String"),
             attribute_value_length_limit: env.setting(&OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT, "a whole number")?,
+            metrics: env.setting(&metrics::OTEL_METRICS_EXPORTER, "`otlp` or `none`")?,
+            metric_export_interval: std::time::Duration::from_millis(
+                env.setting(&metrics::OTEL_METRIC_EXPORT_INTERVAL, "a whole number of milliseconds")?,
+            ),
         })
     }
 
@@ -202,15 +217,18 @@ pub enum TelemetryError {
     Filter(#[from] tracing_subscriber::filter::ParseError),
     #[error("cannot build the OTLP span exporter: {0}")]
     Exporter(#[from] tonic::transport::Error),
+    #[error("cannot build the OTLP metric exporter: {0}")]
+    MetricExporter(#[from] opentelemetry_otlp::ExporterBuildError),
     #[error("a global tracing subscriber is already set")]
     AlreadySet(#[from] tracing::dispatcher::SetGlobalDefaultError),
 }
 
-/// Flushes and shuts down span export when dropped, so the last spans of a
-/// process are not lost. Hold it until `main` returns.
+/// Flushes and shuts down span and metric export when dropped, so the last
+/// spans and values of a process are not lost. Hold it until `main` returns.
 #[must_use = "dropping the guard shuts telemetry down"]
 pub struct TelemetryGuard {
     provider: SdkTracerProvider,
+    meters: Option<opentelemetry_sdk::metrics::SdkMeterProvider>,
     export: Option<Arc<export::ExportCounts>>,
 }
 
@@ -220,10 +238,16 @@ impl TelemetryGuard {
         self.export.as_deref()
     }
 
-    /// Exports every finished span now. Blocks until the exporter answers.
+    /// Exports every finished span, and the metrics' values, now. Blocks
+    /// until the exporters answer.
     pub fn flush(&self) {
         if let Err(error) = self.provider.force_flush() {
             eprintln!("telemetry: flushing spans failed: {error}");
+        }
+        if let Some(meters) = &self.meters
+            && let Err(error) = meters.force_flush()
+        {
+            eprintln!("telemetry: flushing metrics failed: {error}");
         }
     }
 }
@@ -232,6 +256,11 @@ impl Drop for TelemetryGuard {
     fn drop(&mut self) {
         if let Err(error) = self.provider.shutdown() {
             eprintln!("telemetry: shutting span export down failed: {error}");
+        }
+        if let Some(meters) = &self.meters
+            && let Err(error) = meters.shutdown()
+        {
+            eprintln!("telemetry: shutting metric export down failed: {error}");
         }
     }
 }
@@ -261,6 +290,15 @@ where
     let resource = Resource::builder()
         .with_service_name(config.service_name.clone())
         .build();
+    let meters = match (&config.export, config.metrics) {
+        (Export::Otlp(endpoint), metrics::MetricsExporter::Otlp) => Some(metrics::Metrics::otlp(
+            endpoint,
+            config.metric_export_interval,
+            resource.clone(),
+        )?),
+        _ => None,
+    };
+    let (metrics_layer, meters) = meters.map(|m| (m.layer, m.provider)).unzip();
     let mut export = None;
     // The span records come first, cut each span's attribute values to the
     // limit, and pass the span on to the batch processor (see
@@ -288,6 +326,7 @@ where
     let writer = logs::LogWriter::new(writer);
     let subscriber = tracing_subscriber::registry()
         .with(EnvFilter::try_new(&config.log_filter)?)
+        .with(metrics_layer)
         // Spans carry what the semantic conventions name, nothing of the
         // bridge's own: no source location, thread, target, or busy and
         // idle times (which would time every poll of every span's future).
@@ -311,7 +350,14 @@ where
         export::log_to(&log, &dispatch);
         counts
     });
-    Ok((dispatch, TelemetryGuard { provider, export }))
+    Ok((
+        dispatch,
+        TelemetryGuard {
+            provider,
+            meters,
+            export,
+        },
+    ))
 }
 
 /// An exporter that accepts every batch and sends it nowhere.

@@ -1,5 +1,6 @@
-//! An OTLP/gRPC receiver inside the test: the collector's `TraceService` on a
-//! port-0 listener, keeping every span it is sent.
+//! An OTLP/gRPC receiver inside the test: the collector's `TraceService` and
+//! `MetricsService` on a port-0 listener, keeping every span and metric data
+//! point it is sent.
 
 use std::{
     net::SocketAddr,
@@ -8,11 +9,18 @@ use std::{
 };
 
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
-        trace_service_server::{TraceService, TraceServiceServer},
+    collector::{
+        metrics::v1::{
+            ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+            metrics_service_server::{MetricsService, MetricsServiceServer},
+        },
+        trace::v1::{
+            ExportTraceServiceRequest, ExportTraceServiceResponse,
+            trace_service_server::{TraceService, TraceServiceServer},
+        },
     },
     common::v1::{AnyValue, KeyValue, any_value::Value},
+    metrics::v1::{ResourceMetrics, metric::Data, number_data_point},
     trace::v1::ResourceSpans,
 };
 use tonic::{Request, Response, Status};
@@ -50,14 +58,135 @@ impl TraceService for Collected {
     }
 }
 
-fn records(batch: &ResourceSpans) -> impl Iterator<Item = SpanRecord> + '_ {
-    let service = batch
-        .resource
-        .as_ref()
+/// The metric exports received, kept as they arrived.
+#[derive(Clone, Default)]
+struct CollectedMetrics(Arc<Mutex<Vec<ResourceMetrics>>>);
+
+#[tonic::async_trait]
+impl MetricsService for CollectedMetrics {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        let batches = request.into_inner().resource_metrics;
+        self.0.lock().expect("metric store").extend(batches);
+        Ok(Response::new(ExportMetricsServiceResponse { partial_success: None }))
+    }
+}
+
+/// One data point of one metric, as a service exported it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricPoint {
+    /// `service.name` of the exporting service.
+    pub service: String,
+    pub name: String,
+    pub unit: String,
+    /// The point's attributes, their values rendered as text.
+    pub attributes: std::collections::BTreeMap<String, String>,
+    pub value: PointValue,
+    pub time_unix_nano: u64,
+}
+
+/// What a data point holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PointValue {
+    /// An explicit-bucket histogram: how many values, their sum, the
+    /// buckets' upper bounds, and how many exemplars the point carries.
+    Histogram {
+        count: u64,
+        sum: f64,
+        bounds: Vec<f64>,
+        exemplars: usize,
+        cumulative: bool,
+    },
+    /// A sum (a counter), and whether it is cumulative.
+    Sum { value: f64, cumulative: bool },
+    /// A gauge's last value.
+    Gauge(f64),
+}
+
+impl MetricPoint {
+    /// The value of a sum or a gauge, or a histogram's count.
+    pub fn number(&self) -> f64 {
+        match &self.value {
+            PointValue::Histogram { count, .. } => *count as f64,
+            PointValue::Sum { value, .. } => *value,
+            PointValue::Gauge(value) => *value,
+        }
+    }
+
+    /// The value of attribute `key`, if the point has it.
+    pub fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).map(String::as_str)
+    }
+}
+
+fn number(value: Option<&number_data_point::Value>) -> f64 {
+    match value {
+        Some(number_data_point::Value::AsDouble(value)) => *value,
+        Some(number_data_point::Value::AsInt(value)) => *value as f64,
+        None => 0.0,
+    }
+}
+
+/// Cumulative temporality, as the protocol numbers it.
+const CUMULATIVE: i32 = 2;
+
+fn metric_points(batch: &ResourceMetrics) -> Vec<MetricPoint> {
+    let service = service_name(batch.resource.as_ref());
+    let mut points = Vec::new();
+    for metric in batch.scope_metrics.iter().flat_map(|scope| &scope.metrics) {
+        let point = |attributes: &[KeyValue], value, time_unix_nano| MetricPoint {
+            service: service.clone(),
+            name: metric.name.clone(),
+            unit: metric.unit.clone(),
+            attributes: self::attributes(attributes),
+            value,
+            time_unix_nano,
+        };
+        match &metric.data {
+            Some(Data::Histogram(histogram)) => {
+                points.extend(histogram.data_points.iter().map(|p| {
+                    let value = PointValue::Histogram {
+                        count: p.count,
+                        sum: p.sum.unwrap_or_default(),
+                        bounds: p.explicit_bounds.clone(),
+                        exemplars: p.exemplars.len(),
+                        cumulative: histogram.aggregation_temporality == CUMULATIVE,
+                    };
+                    point(&p.attributes, value, p.time_unix_nano)
+                }));
+            }
+            Some(Data::Sum(sum)) => points.extend(sum.data_points.iter().map(|p| {
+                let value = PointValue::Sum {
+                    value: number(p.value.as_ref()),
+                    cumulative: sum.aggregation_temporality == CUMULATIVE,
+                };
+                point(&p.attributes, value, p.time_unix_nano)
+            })),
+            Some(Data::Gauge(gauge)) => points.extend(gauge.data_points.iter().map(|p| {
+                point(
+                    &p.attributes,
+                    PointValue::Gauge(number(p.value.as_ref())),
+                    p.time_unix_nano,
+                )
+            })),
+            _ => {}
+        }
+    }
+    points
+}
+
+fn service_name(resource: Option<&opentelemetry_proto::tonic::resource::v1::Resource>) -> String {
+    resource
         .and_then(|resource| resource.attributes.iter().find(|kv| kv.key == "service.name"))
         .and_then(|kv| kv.value.as_ref())
         .map(render)
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+fn records(batch: &ResourceSpans) -> impl Iterator<Item = SpanRecord> + '_ {
+    let service = service_name(batch.resource.as_ref());
     batch
         .scope_spans
         .iter()
@@ -106,6 +235,7 @@ fn attributes(kvs: &[KeyValue]) -> std::collections::BTreeMap<String, String> {
 pub struct OtlpReceiver {
     addr: SocketAddr,
     spans: Collected,
+    metrics: CollectedMetrics,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -118,12 +248,61 @@ impl OtlpReceiver {
         // Large batches (benchmarks export thousands of spans at once) exceed
         // tonic's default 4 MiB message limit.
         let service = TraceServiceServer::new(spans.clone()).max_decoding_message_size(256 * 1024 * 1024);
-        let (addr, stop) = serve_on_own_thread(tonic::service::Routes::new(service), "OTLP receiver")?;
+        let metrics = CollectedMetrics::default();
+        let routes = tonic::service::Routes::new(service).add_service(MetricsServiceServer::new(metrics.clone()));
+        let (addr, stop) = serve_on_own_thread(routes, "OTLP receiver")?;
         Ok(Self {
             addr,
             spans,
+            metrics,
             _stop: stop,
         })
+    }
+
+    /// Every data point of the metric `name` received so far, in the order
+    /// they arrived.
+    pub fn metric_points(&self, name: &str) -> Vec<MetricPoint> {
+        let received = self.metrics.0.lock().expect("metric store");
+        received
+            .iter()
+            .flat_map(metric_points)
+            .filter(|point| point.name == name)
+            .collect()
+    }
+
+    /// The latest data point of the metric `name` for each service and set
+    /// of attributes: with cumulative temporality, the values now.
+    pub fn latest_points(&self, name: &str) -> Vec<MetricPoint> {
+        let mut latest: Vec<MetricPoint> = Vec::new();
+        for point in self.metric_points(name) {
+            match latest
+                .iter_mut()
+                .find(|p| p.service == point.service && p.attributes == point.attributes)
+            {
+                Some(held) if held.time_unix_nano <= point.time_unix_nano => *held = point,
+                Some(_) => {}
+                None => latest.push(point),
+            }
+        }
+        latest
+    }
+
+    /// Waits until the latest points of `name` satisfy `done`, up to
+    /// `timeout`; returns them either way, for the test to assert on.
+    pub async fn wait_for_metric(
+        &self,
+        name: &str,
+        timeout: Duration,
+        done: impl Fn(&[MetricPoint]) -> bool,
+    ) -> Vec<MetricPoint> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let points = self.latest_points(name);
+            if done(&points) || tokio::time::Instant::now() >= deadline {
+                return points;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The name of the receiver's thread.
@@ -171,7 +350,8 @@ impl OtlpReceiver {
     }
 }
 
-/// An OTLP/gRPC receiver that only counts the spans it is sent, by name:
+/// An OTLP/gRPC receiver that only counts the spans it is sent, by name (and
+/// the metric exports, unread):
 /// what a benchmark points its services at, so that the receiving end (a
 /// collector's work, on another machine in a deployment) costs the process
 /// as little as it can. It decodes each span's name and skips the rest of
@@ -180,6 +360,7 @@ impl OtlpReceiver {
 pub struct SpanCounter {
     addr: SocketAddr,
     counts: Counts,
+    metric_exports: MetricExports,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -265,21 +446,44 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for CountingServic
     }
 }
 
+/// Metric exports, answered and counted, their contents unread.
+#[derive(Clone, Default)]
+struct MetricExports(Arc<std::sync::atomic::AtomicUsize>);
+
+#[tonic::async_trait]
+impl MetricsService for MetricExports {
+    async fn export(
+        &self,
+        _request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Response::new(ExportMetricsServiceResponse { partial_success: None }))
+    }
+}
+
 impl SpanCounter {
     /// Starts counting on `127.0.0.1:0`, on a thread of its own.
     pub fn start() -> anyhow::Result<Self> {
         let counts = Counts::default();
-        let routes = tonic::service::Routes::new(CountingService(counts.clone()));
+        let metric_exports = MetricExports::default();
+        let routes = tonic::service::Routes::new(CountingService(counts.clone()))
+            .add_service(MetricsServiceServer::new(metric_exports.clone()));
         let (addr, stop) = serve_on_own_thread(routes, "OTLP span counter")?;
         Ok(Self {
             addr,
             counts,
+            metric_exports,
             _stop: stop,
         })
     }
 
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// How many metric exports have arrived (their contents are not read).
+    pub fn metric_exports(&self) -> usize {
+        self.metric_exports.0.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many spans named `name` have arrived.

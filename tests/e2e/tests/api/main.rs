@@ -10,6 +10,7 @@ mod events;
 mod grpc;
 mod helpers;
 mod jaeger;
+mod metrics;
 mod resilience;
 mod rpc;
 mod secrets;

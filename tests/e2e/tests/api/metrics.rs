@@ -1,0 +1,149 @@
+//! The services' metrics, exported over OTLP to the receiver in the test:
+//! the semantic conventions' durations, recorded by the shared hops, with
+//! their attributes, and the project's own.
+
+use std::time::Duration;
+
+use callchain_e2e::stack::Stack;
+use callchain_testkit::otlp::{MetricPoint, PointValue};
+
+use crate::helpers::{PASSWORD, email, stack};
+
+/// The points of one service.
+fn of<'a>(points: &'a [MetricPoint], service: &str) -> Vec<&'a MetricPoint> {
+    points.iter().filter(|point| point.service == service).collect()
+}
+
+/// Flushes every service's metrics until the latest points of `name`
+/// satisfy `done`, for up to 15 s; returns them either way.
+async fn flushed_until(stack: &Stack, name: &str, done: impl Fn(&[MetricPoint]) -> bool) -> Vec<MetricPoint> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        stack.flush().await;
+        let points = stack.otlp.latest_points(name);
+        if done(&points) || tokio::time::Instant::now() >= deadline {
+            return points;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_n_requests_the_request_duration_histogram_of_their_route_counts_n() {
+    let stack = stack().await;
+    let token = stack.admin_token().await;
+    let user = stack.register(&email("counted"), PASSWORD).await;
+    let id = user["id"].as_str().unwrap();
+    const N: u64 = 7;
+    for _ in 0..N {
+        assert_eq!(stack.get_user(id, &token).await.status(), 200);
+    }
+    let missing = stack.get_user(uuid::Uuid::new_v4(), &token).await;
+    assert_eq!(missing.status(), 404);
+
+    stack.flush().await;
+    let points = stack.otlp.latest_points("http.server.request.duration");
+    let route = |status: &str| {
+        of(&points, "api")
+            .into_iter()
+            .filter(|p| {
+                p.attribute("http.route") == Some("/v1/users/{id}")
+                    && p.attribute("http.request.method") == Some("GET")
+                    && p.attribute("http.response.status_code") == Some(status)
+            })
+            .map(|p| p.value.clone())
+            .collect::<Vec<_>>()
+    };
+    match route("200").as_slice() {
+        [
+            PointValue::Histogram {
+                count,
+                sum,
+                bounds,
+                cumulative,
+                ..
+            },
+        ] => {
+            assert_eq!(*count, N, "{points:#?}");
+            assert!(*sum > 0.0);
+            assert!(*cumulative, "Prometheus-compatible stores take cumulative values");
+            assert_eq!(bounds, &callchain_telemetry::metrics::DURATION_BUCKETS);
+        }
+        other => panic!("one histogram of GET /v1/users/{{id}} 200 expected, not {other:?}; all: {points:#?}"),
+    }
+    assert!(
+        matches!(route("404").as_slice(), [PointValue::Histogram { count: 1, .. }]),
+        "{points:#?}"
+    );
+    assert!(
+        points.iter().all(|p| p.unit == "s"),
+        "durations are in seconds: {points:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rpc_db_and_messaging_instruments_carry_their_attributes() {
+    let stack = stack().await;
+    let user = stack.register(&email("measured"), PASSWORD).await;
+    let id = user["id"].as_str().unwrap().to_owned();
+    let rows = stack.events_of(&id).await;
+    assert_eq!(rows.len(), 1, "the event reached the consumer");
+    stack.flush().await;
+
+    let rpc = |name: &str, service: &str| {
+        let points = stack.otlp.latest_points(name);
+        let found = of(&points, service).into_iter().any(|p| {
+            p.attribute("rpc.system") == Some("grpc")
+                && p.attribute("rpc.service") == Some("user.v1.UserService")
+                && p.attribute("rpc.method") == Some("CreateUser")
+                && p.attribute("rpc.grpc.status_code") == Some("0")
+                && p.unit == "s"
+                && p.number() >= 1.0
+        });
+        assert!(found, "{name} of {service}: {points:#?}");
+    };
+    rpc("rpc.client.call.duration", "api");
+    rpc("rpc.server.call.duration", "user");
+
+    let db = stack.otlp.latest_points("db.client.operation.duration");
+    for (service, operation, collection) in [
+        ("user", "INSERT", "users"),
+        ("user", "INSERT", "outbox"),
+        ("consumer", "INSERT", "user_events"),
+    ] {
+        let found = of(&db, service).into_iter().any(|p| {
+            p.attribute("db.system.name") == Some("postgresql")
+                && p.attribute("db.operation.name") == Some(operation)
+                && p.attribute("db.collection.name") == Some(collection)
+                && p.unit == "s"
+        });
+        assert!(found, "{operation} {collection} of {service}: {db:#?}");
+    }
+
+    let topic = stack.kafka.topic.as_str();
+    let sent = stack.otlp.latest_points("messaging.client.sent.messages");
+    let found = of(&sent, "user").into_iter().any(|p| {
+        p.attribute("messaging.system") == Some("kafka")
+            && p.attribute("messaging.operation.name") == Some("send")
+            && p.attribute("messaging.destination.name") == Some(topic)
+            && p.attribute("error.type").is_none()
+            && p.unit == "{message}"
+            && matches!(p.value, PointValue::Sum { value, cumulative: true } if value >= 1.0)
+    });
+    assert!(found, "{sent:#?}");
+
+    // A message's processing ends once its offset is stored, after its row
+    // is written.
+    let processed = flushed_until(&stack, "messaging.process.duration", |points| {
+        !of(points, "consumer").is_empty()
+    })
+    .await;
+    let found = of(&processed, "consumer").into_iter().any(|p| {
+        p.attribute("messaging.system") == Some("kafka")
+            && p.attribute("messaging.operation.name") == Some("process")
+            && p.attribute("messaging.destination.name") == Some(topic)
+            && p.attribute("messaging.consumer.group.name") == Some(stack.kafka.group.as_str())
+            && p.number() >= 1.0
+    });
+    assert!(found, "{processed:#?}");
+}
