@@ -199,7 +199,10 @@ pub async fn run(
 async fn shed(State(state): State<AppState>, request: Request, next: Next) -> Response {
     match state.in_flight.try_acquire() {
         Ok(_place) => next.run(request).await,
-        Err(_) => ApiError::busy().into_response(),
+        Err(_) => {
+            callchain_telemetry::metrics::count_shed(1);
+            ApiError::busy().into_response()
+        }
     }
 }
 

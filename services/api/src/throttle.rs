@@ -69,8 +69,10 @@ fn address_key(address: IpAddr) -> IpAddr {
     }
 }
 
-/// The `429` of a limit that has `wait` left.
-fn too_many(what: &str, wait: Duration) -> ApiError {
+/// The `429` of a limit that has `wait` left, counted under `throttle`
+/// (`login` or `registration`) in `callchain.throttled`.
+fn too_many(throttle: &'static str, what: &str, wait: Duration) -> ApiError {
+    callchain_telemetry::metrics::count_throttled(throttle);
     // Whole seconds, rounded up: a client that waits as told is let in.
     let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     ApiError::TooManyRequests {
@@ -116,7 +118,7 @@ impl LoginThrottle {
         .flatten()
         .max();
         if let Some(wait) = wait {
-            return Err(too_many("failed logins", wait));
+            return Err(too_many("login", "failed logins", wait));
         }
         accounts.record(account.clone(), now);
         if let Some(address) = address {
@@ -185,7 +187,7 @@ impl RegistrationThrottle {
         if let Some(address) = address {
             let mut addresses = self.addresses.lock().expect("throttle");
             if let Some(wait) = addresses.wait(&address, now) {
-                return Err(too_many("registrations from this address", wait));
+                return Err(too_many("registration", "registrations from this address", wait));
             }
             addresses.record(address, now);
         }

@@ -4,14 +4,18 @@
 use std::sync::Arc;
 
 use rdkafka::{
-    ClientConfig, ClientContext, TopicPartitionList,
+    ClientConfig, ClientContext, Statistics, TopicPartitionList,
     config::RDKafkaLogLevel,
     consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer},
     error::{KafkaError, KafkaResult, RDKafkaErrorCode},
     producer::FutureProducer,
 };
 
-use crate::{config::Config, health::Health};
+use crate::{
+    config::Config,
+    health::Health,
+    lag::{self, Lag},
+};
 
 /// rdkafka reports through the `log` crate by default, which nothing here
 /// listens to; this context reports through `tracing` instead. Broker outages
@@ -43,15 +47,23 @@ fn log(level: RDKafkaLogLevel, facility: &str, message: &str) {
     }
 }
 
-/// The group consumer's context: librdkafka's logs and errors in ours, and
-/// its assignments in [`Health`], for `/readyz`.
+/// The group consumer's context: librdkafka's logs and errors in ours, its
+/// assignments in [`Health`], for `/readyz`, and its statistics' lag per
+/// partition in [`Lag`], for the metric.
 pub struct Member {
     health: Arc<Health>,
+    lag: Option<Arc<Lag>>,
 }
 
 impl ClientContext for Member {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         log(level, facility, message);
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        if let Some(lag) = &self.lag {
+            lag.update(&statistics);
+        }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -159,10 +171,13 @@ fn partition_ids(partitions: &TopicPartitionList) -> Vec<i32> {
 /// The group consumer of `user-events`. Offsets are committed automatically,
 /// but only those the pipeline stored, and it stores them only once their
 /// rows are committed in Postgres (or their dead letters acknowledged).
-pub fn consumer(config: &Config, health: Arc<Health>) -> KafkaResult<StreamConsumer<Member>> {
+pub fn consumer(config: &Config, health: Arc<Health>, lag: Option<Arc<Lag>>) -> KafkaResult<StreamConsumer<Member>> {
     let mut client = ClientConfig::new();
     if let Some(instance) = &config.group_instance_id {
         client.set("group.instance.id", instance);
+    }
+    if lag.is_some() {
+        client.set("statistics.interval.ms", lag::STATISTICS_INTERVAL_MS.to_string());
     }
     client
         .set("bootstrap.servers", &config.brokers)
@@ -186,7 +201,7 @@ pub fn consumer(config: &Config, health: Arc<Health>) -> KafkaResult<StreamConsu
         // `recv` says when a partition is read to its end: `/readyz` tells
         // a consumer with nothing to read from one that reads nothing.
         .set("enable.partition.eof", "true")
-        .create_with_context(Member { health })
+        .create_with_context(Member { health, lag })
 }
 
 /// The producer of dead letters: idempotent and acknowledged by every

@@ -29,6 +29,7 @@ mod broker;
 pub mod config;
 mod dead_letter;
 mod health;
+mod lag;
 mod message;
 mod pipeline;
 mod shutdown;

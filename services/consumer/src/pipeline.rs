@@ -96,6 +96,8 @@ struct Source {
     /// To make a fresh client when this one fails.
     config: Config,
     health: Arc<Health>,
+    /// The partitions' lag, for the metric; `None` without metrics.
+    lag: Option<Arc<crate::lag::Lag>>,
     topic: String,
     group_id: std::sync::Arc<str>,
     batch_size: usize,
@@ -126,13 +128,16 @@ struct Sink {
 
 impl Pipeline {
     pub fn new(config: &Config, pool: PgPool, health: Arc<Health>, shutdown: Shutdown) -> anyhow::Result<Self> {
-        let kafka = broker::consumer(config, health.clone()).context("cannot create the Kafka consumer")?;
+        let lag = crate::lag::Lag::register();
+        let kafka =
+            broker::consumer(config, health.clone(), lag.clone()).context("cannot create the Kafka consumer")?;
         let producer = broker::dead_letter_producer(config).context("cannot create the dead-letter producer")?;
         Ok(Self {
             source: Source {
                 kafka,
                 config: config.clone(),
                 health: health.clone(),
+                lag,
                 topic: config.topic.clone(),
                 group_id: config.group_id.as_str().into(),
                 batch_size: config.batch_size,
@@ -432,8 +437,8 @@ impl Source {
     /// committed offsets. `false` at shutdown; `Err` when no client can be
     /// made.
     async fn replace_client(&mut self, why: &str) -> anyhow::Result<bool> {
-        let fresh =
-            broker::consumer(&self.config, self.health.clone()).context("cannot create a fresh Kafka consumer")?;
+        let fresh = broker::consumer(&self.config, self.health.clone(), self.lag.clone())
+            .context("cannot create a fresh Kafka consumer")?;
         let failed = std::mem::replace(&mut self.kafka, fresh);
         self.held.clear();
         retire(failed, RETIRE_TIMEOUT, &self.stored).await;

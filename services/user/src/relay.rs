@@ -36,7 +36,10 @@
 use std::{
     collections::HashMap,
     future::Future,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -157,12 +160,70 @@ enum Round {
     Busy,
 }
 
+/// The outbox's rows and the age of its oldest, in seconds, in one cheap
+/// statement: the rows' count, and the oldest by the primary key's order.
+const BACKLOG: &str = "SELECT count(*), \
+     COALESCE(EXTRACT(EPOCH FROM now() - (SELECT created_at FROM outbox ORDER BY id LIMIT 1))::float8, 0) \
+     FROM outbox";
+
+/// What the relay last measured of the outbox, for the
+/// `callchain.outbox.backlog` and `callchain.outbox.oldest_age` gauges.
+#[derive(Default)]
+struct Backlog {
+    rows: AtomicU64,
+    /// The oldest row's age in milliseconds.
+    oldest_ms: AtomicU64,
+}
+
+impl Backlog {
+    /// The gauges, read at each metric export; `None` when the service
+    /// records no metrics (the relay then measures nothing).
+    fn register() -> Option<Arc<Self>> {
+        let meter = callchain_telemetry::metrics::meter()?;
+        let backlog = Arc::new(Self::default());
+        let rows = Arc::downgrade(&backlog);
+        meter
+            .u64_observable_gauge("callchain.outbox.backlog")
+            .with_unit("{row}")
+            .with_description("Events in the outbox not yet acknowledged by Kafka, as the relay last counted.")
+            .with_callback(move |gauge| {
+                if let Some(backlog) = rows.upgrade() {
+                    gauge.observe(backlog.rows.load(Ordering::Relaxed), &[]);
+                }
+            })
+            .build();
+        let age = Arc::downgrade(&backlog);
+        meter
+            .f64_observable_gauge("callchain.outbox.oldest_age")
+            .with_unit("s")
+            .with_description("Age of the oldest event in the outbox, 0 when it is empty.")
+            .with_callback(move |gauge| {
+                if let Some(backlog) = age.upgrade() {
+                    gauge.observe(backlog.oldest_ms.load(Ordering::Relaxed) as f64 / 1000.0, &[]);
+                }
+            })
+            .build();
+        Some(backlog)
+    }
+
+    /// Counts the outbox now. A failure (the database is down) keeps the
+    /// last figures: the relay's own warning says why it cannot publish.
+    async fn measure(&self, pool: &PgPool) {
+        if let Ok((rows, age)) = sqlx::query_as::<_, (i64, f64)>(BACKLOG).fetch_one(pool).await {
+            self.rows.store(rows.max(0) as u64, Ordering::Relaxed);
+            self.oldest_ms.store((age.max(0.0) * 1000.0) as u64, Ordering::Relaxed);
+        }
+    }
+}
+
 /// The relay of one user-service process.
 pub struct Relay {
     pool: PgPool,
     brokers: String,
     timeout: Duration,
     producer: FutureProducer,
+    /// The outbox's gauges, measured at most once per [`TICK`].
+    backlog: Option<Arc<Backlog>>,
 }
 
 impl Relay {
@@ -172,7 +233,19 @@ impl Relay {
             brokers: config.kafka_brokers.clone(),
             timeout: config.publish_timeout,
             producer: producer(&config.kafka_brokers, config.publish_timeout)?,
+            backlog: Backlog::register(),
         })
+    }
+
+    /// Measures the outbox for its gauges, if a [`TICK`] has passed since
+    /// `last`.
+    async fn measure_backlog(&self, last: &mut Option<Instant>) {
+        let Some(backlog) = &self.backlog else { return };
+        if last.is_some_and(|last| last.elapsed() < TICK) {
+            return;
+        }
+        *last = Some(Instant::now());
+        backlog.measure(&self.pool).await;
     }
 
     /// Publishes until `stop` turns true; a round under way finishes (its
@@ -184,7 +257,9 @@ impl Relay {
         let mut backoff = FIRST_BACKOFF;
         // Since when rounds fail, so an outage is logged once, not per round.
         let mut failing: Option<Instant> = None;
+        let mut measured: Option<Instant> = None;
         loop {
+            self.measure_backlog(&mut measured).await;
             let outcome = {
                 let round = self.round();
                 tokio::pin!(round);

@@ -323,6 +323,9 @@ where
     let provider = provider.build();
     let tracer = provider.tracer(config.service_name.clone());
 
+    if let (Some(layer), Some((counts, _))) = (&metrics_layer, &export) {
+        layer.0.report_dropped_spans(Arc::downgrade(counts));
+    }
     let writer = logs::LogWriter::new(writer);
     let subscriber = tracing_subscriber::registry()
         .with(EnvFilter::try_new(&config.log_filter)?)

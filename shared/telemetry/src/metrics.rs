@@ -19,10 +19,8 @@ use std::{
 };
 
 use callchain_runtime::env::Setting;
-use opentelemetry::{
-    KeyValue,
-    metrics::{Counter, Histogram, Meter, MeterProvider as _},
-};
+pub use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _};
 use opentelemetry_sdk::{
     Resource,
     metrics::{PeriodicReader, SdkMeterProvider, Temporality},
@@ -80,14 +78,13 @@ pub struct Instruments {
     rpc_client_duration: Histogram<f64>,
     rpc_server_duration: Histogram<f64>,
     pub(crate) db_client_duration: Histogram<f64>,
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
     pub(crate) messaging_sent: Counter<u64>,
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
     pub(crate) messaging_process_duration: Histogram<f64>,
-    /// `callchain.upstream.retries`: a gRPC call sent again.
-    pub upstream_retries: Counter<u64>,
-    /// `callchain.http.shed`: a request refused past the in-flight limit.
-    pub shed: Counter<u64>,
-    /// `callchain.throttled`: a login or registration refused by its limit.
-    pub throttled: Counter<u64>,
+    upstream_retries: Counter<u64>,
+    shed: Counter<u64>,
+    throttled: Counter<u64>,
 }
 
 fn duration(meter: &Meter, name: &'static str, description: &'static str) -> Histogram<f64> {
@@ -155,10 +152,19 @@ impl Instruments {
         }
     }
 
-    /// The service's meter, for the instruments a service keeps itself
-    /// (observable gauges read from its own state).
-    pub fn meter(&self) -> &Meter {
-        &self.meter
+    /// Reports the spans of failed exports (`callchain.spans.dropped`),
+    /// read from the span exporter's counts at each metric export.
+    pub(crate) fn report_dropped_spans(&self, counts: std::sync::Weak<crate::export::ExportCounts>) {
+        self.meter
+            .u64_observable_counter("callchain.spans.dropped")
+            .with_unit("{span}")
+            .with_description("Spans whose export failed: the trace backend never gets them.")
+            .with_callback(move |counter| {
+                if let Some(counts) = counts.upgrade() {
+                    counter.observe(counts.dropped(), &[]);
+                }
+            })
+            .build();
     }
 }
 
@@ -172,9 +178,16 @@ pub fn with<R>(record: impl FnOnce(&Instruments) -> R) -> Option<R> {
     })
 }
 
+/// The meter of the service the calling thread works for, for the
+/// instruments a service keeps itself (observable gauges of its own
+/// state); `None` when it records no metrics.
+pub fn meter() -> Option<Meter> {
+    with(|metrics| metrics.meter.clone())
+}
+
 /// A tracing layer that records nothing: it carries the service's
 /// instruments in its dispatcher, where [`with`] finds them.
-pub(crate) struct MetricsLayer(Arc<Instruments>);
+pub(crate) struct MetricsLayer(pub(crate) Arc<Instruments>);
 
 impl<S: Subscriber> tracing_subscriber::Layer<S> for MetricsLayer {}
 
@@ -214,6 +227,37 @@ impl Metrics {
             provider,
         })
     }
+}
+
+/// Counts one gRPC call sent again (`callchain.upstream.retries`), by its
+/// full method (`/user.v1.UserService/CreateUser`).
+pub fn count_retry(path: &str) {
+    with(|metrics| {
+        let attributes = match path.strip_prefix('/').and_then(|path| path.split_once('/')) {
+            Some((service, method)) => vec![
+                KeyValue::new("rpc.service", service.to_owned()),
+                KeyValue::new("rpc.method", method.to_owned()),
+            ],
+            None => Vec::new(),
+        };
+        metrics.upstream_retries.add(1, &attributes);
+    });
+}
+
+/// Counts `n` requests (or JSON-RPC calls) refused because the service
+/// was serving as many as it may (`callchain.http.shed`).
+pub fn count_shed(n: u64) {
+    with(|metrics| metrics.shed.add(n, &[]));
+}
+
+/// Counts one request refused by a throttle (`callchain.throttled`);
+/// `throttle` names it: `login` or `registration`.
+pub fn count_throttled(throttle: &'static str) {
+    with(|metrics| {
+        metrics
+            .throttled
+            .add(1, &[KeyValue::new("callchain.throttle", throttle)])
+    });
 }
 
 /// The time a call took, in seconds.

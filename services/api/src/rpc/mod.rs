@@ -205,6 +205,7 @@ pub async fn handle(
                 match state.in_flight.try_acquire() {
                     Ok(place) => Some(place),
                     Err(_) => {
+                        callchain_telemetry::metrics::count_shed(1);
                         return call
                             .id
                             .map(|id| Response::failed(Some(id), ErrorObject::of(&ApiError::busy())));

@@ -95,8 +95,8 @@ impl Breaker {
         }
     }
 
-    #[cfg(test)]
-    fn state(&self) -> State {
+    /// The state now, as `callchain.upstream.breaker.state` reports it.
+    pub(super) fn state(&self) -> State {
         match self.phase {
             Phase::Closed => State::Closed,
             Phase::Open { .. } => State::Open,

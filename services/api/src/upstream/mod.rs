@@ -133,11 +133,33 @@ pub struct CircuitBreaker<S> {
 
 impl<S> CircuitBreaker<S> {
     fn new(inner: S, breaker: Breaker) -> Self {
-        Self {
-            inner,
-            breaker: Arc::new(Mutex::new(breaker)),
-        }
+        let breaker = Arc::new(Mutex::new(breaker));
+        report_state(&breaker);
+        Self { inner, breaker }
     }
+}
+
+/// Reports the breaker's state as `callchain.upstream.breaker.state`: one
+/// series per state, 1 for the state it is in and 0 for the others, read
+/// at each metric export for as long as the breaker lives.
+fn report_state(breaker: &Arc<Mutex<Breaker>>) {
+    use callchain_telemetry::metrics::KeyValue;
+    let Some(meter) = callchain_telemetry::metrics::meter() else {
+        return;
+    };
+    let breaker = Arc::downgrade(breaker);
+    meter
+        .u64_observable_gauge("callchain.upstream.breaker.state")
+        .with_unit("1")
+        .with_description("The API's circuit breaker to the user service: 1 for the state it is in, 0 for the others.")
+        .with_callback(move |gauge| {
+            let Some(breaker) = breaker.upgrade() else { return };
+            let now = breaker.lock().expect("breaker").state();
+            for state in [State::Closed, State::Open, State::HalfOpen] {
+                gauge.observe(u64::from(state == now), &[KeyValue::new(BREAKER_STATE, state.as_str())]);
+            }
+        })
+        .build();
 }
 
 /// Logs a change of the breaker's state once, and records it on the

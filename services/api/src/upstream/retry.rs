@@ -140,6 +140,7 @@ where
                 tokio::time::sleep(pause).await;
                 let mut request = copy(&template, &body);
                 request.extensions_mut().insert(RetryAttempt(retry));
+                callchain_telemetry::metrics::count_retry(request.uri().path());
                 if let Some(remaining) = remaining {
                     set_grpc_timeout(request.headers_mut(), remaining);
                 }

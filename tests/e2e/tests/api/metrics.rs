@@ -17,7 +17,17 @@ fn of<'a>(points: &'a [MetricPoint], service: &str) -> Vec<&'a MetricPoint> {
 /// Flushes every service's metrics until the latest points of `name`
 /// satisfy `done`, for up to 15 s; returns them either way.
 async fn flushed_until(stack: &Stack, name: &str, done: impl Fn(&[MetricPoint]) -> bool) -> Vec<MetricPoint> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    flushed_within(stack, name, Duration::from_secs(15), done).await
+}
+
+/// The same, for up to `patience`.
+async fn flushed_within(
+    stack: &Stack,
+    name: &str,
+    patience: Duration,
+    done: impl Fn(&[MetricPoint]) -> bool,
+) -> Vec<MetricPoint> {
+    let deadline = tokio::time::Instant::now() + patience;
     loop {
         stack.flush().await;
         let points = stack.otlp.latest_points(name);
@@ -146,4 +156,98 @@ async fn the_rpc_db_and_messaging_instruments_carry_their_attributes() {
             && p.number() >= 1.0
     });
     assert!(found, "{processed:#?}");
+}
+
+/// The user service's value of a gauge without attributes.
+fn gauge(points: &[MetricPoint], service: &str) -> Option<f64> {
+    of(points, service).first().map(|point| point.number())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_outbox_backlog_rises_while_the_broker_is_down_and_returns_to_0_when_it_is_back() {
+    let kafka = callchain_testkit::kafka::Kafka::own()
+        .await
+        .expect("a Kafka broker of the test's own");
+    let mut stack = Stack::start_on(kafka).await.expect("the test stack");
+    stack.wait_until_published(Duration::from_secs(30)).await.unwrap();
+    let empty = flushed_until(&stack, "callchain.outbox.backlog", |p| gauge(p, "user") == Some(0.0)).await;
+    assert_eq!(gauge(&empty, "user"), Some(0.0), "{empty:#?}");
+
+    stack.kafka.broker().kill();
+    for label in ["backlog-1", "backlog-2", "backlog-3"] {
+        stack.register(&email(label), PASSWORD).await;
+    }
+    let waiting = flushed_until(&stack, "callchain.outbox.backlog", |p| gauge(p, "user") == Some(3.0)).await;
+    assert_eq!(gauge(&waiting, "user"), Some(3.0), "three events wait: {waiting:#?}");
+    assert_eq!(waiting[0].unit, "{row}");
+    let age = flushed_until(&stack, "callchain.outbox.oldest_age", |p| {
+        gauge(p, "user").is_some_and(|age| age > 0.0)
+    })
+    .await;
+    assert!(gauge(&age, "user").is_some_and(|age| age > 0.0), "{age:#?}");
+
+    tokio::task::block_in_place(|| stack.kafka.broker().restart()).expect("the broker restarts");
+    let drained = flushed_within(&stack, "callchain.outbox.backlog", Duration::from_secs(60), |p| {
+        gauge(p, "user") == Some(0.0)
+    })
+    .await;
+    assert_eq!(gauge(&drained, "user"), Some(0.0), "{drained:#?}");
+    let age = flushed_until(&stack, "callchain.outbox.oldest_age", |p| gauge(p, "user") == Some(0.0)).await;
+    assert_eq!(gauge(&age, "user"), Some(0.0), "{age:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_consumer_lag_is_reported_per_partition_and_returns_to_0_once_the_events_are_written() {
+    let stack = stack().await;
+    let topic = stack.kafka.topic.clone();
+    let lag_of = |points: &[MetricPoint]| -> Vec<(String, i64)> {
+        let mut lag: Vec<(String, i64)> = of(points, "consumer")
+            .into_iter()
+            .filter(|p| p.attribute("messaging.destination.name") == Some(topic.as_str()))
+            .map(|p| {
+                let partition = p.attribute("messaging.destination.partition.id").unwrap_or_default();
+                (partition.to_owned(), p.number() as i64)
+            })
+            .collect();
+        lag.sort_by(|a, b| a.0.cmp(&b.0));
+        lag
+    };
+
+    stack.kafka.wait_until_consumed(Duration::from_secs(30)).await.unwrap();
+    // Holding the consumer's table locked, the consumer cannot write its
+    // batch, so it commits no offset: the events it read wait, as lag.
+    let mut lock = stack.db.pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE user_events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    for n in 0..6 {
+        stack.register(&email(&format!("lagging-{n}")), PASSWORD).await;
+    }
+    stack.wait_until_published(Duration::from_secs(30)).await.unwrap();
+    let behind = flushed_until(&stack, "callchain.consumer.lag", |points| {
+        lag_of(points).iter().map(|(_, lag)| lag).sum::<i64>() >= 6
+    })
+    .await;
+    let lag = lag_of(&behind);
+    assert_eq!(
+        lag.iter().map(|(_, lag)| lag).sum::<i64>(),
+        6,
+        "six events read and not committed: {behind:#?}"
+    );
+    assert_eq!(
+        lag.iter().map(|(partition, _)| partition.as_str()).collect::<Vec<_>>(),
+        ["0", "1", "2"],
+        "one series per partition of the topic: {behind:#?}"
+    );
+    assert!(behind.iter().all(|p| p.unit == "{message}"));
+
+    lock.rollback().await.unwrap();
+    let caught_up = flushed_within(&stack, "callchain.consumer.lag", Duration::from_secs(30), |points| {
+        let lag = lag_of(points);
+        lag.len() == 3 && lag.iter().all(|(_, lag)| *lag == 0)
+    })
+    .await;
+    let lag = lag_of(&caught_up);
+    assert!(lag.len() == 3 && lag.iter().all(|(_, lag)| *lag == 0), "{caught_up:#?}");
 }
