@@ -28,7 +28,9 @@ const PASSWORD: &str = "correct horse battery staple";
 /// The services exporting to `parts`' collector, as `options` say.
 async fn stack_on(parts: &OwnParts, options: Options) -> Stack {
     Stack::start_exporting_on(
-        Kafka::shared().await.expect("the run's Kafka (make test, or scripts/test-parts.sh up)"),
+        Kafka::shared()
+            .await
+            .expect("the run's Kafka (make test, or scripts/test-parts.sh up)"),
         Export::Otlp(parts.otlp()),
         options,
     )
@@ -53,7 +55,14 @@ async fn registered(stack: &Stack) -> (String, String) {
                 .await
                 .unwrap();
             match response.status().as_u16() {
-                201 => user = Some(response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()),
+                201 => {
+                    user = Some(
+                        response.json::<Value>().await.unwrap()["id"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned(),
+                    )
+                }
                 409 => user = Some(String::new()),
                 status => assert!(status >= 500, "registration answers {status}"),
             }
@@ -125,9 +134,7 @@ async fn after_n_requests_the_store_counts_n_requests_of_their_route() {
         stored,
         Ok(f64::from(N)),
         "the store counts exactly the {N} requests of GET /v1/users/{{id}}: `{count}`; its series: {:#?}",
-        parts
-            .query(r#"count by (__name__) ({service_name="api"})"#)
-            .await
+        parts.query(r#"count by (__name__) ({service_name="api"})"#).await
     );
     // The collector's RED metrics of the same requests: one server span each.
     let calls = r#"sum(traces_span_metrics_calls_total{service_name="api", span_kind="SPAN_KIND_SERVER", span_name="GET /v1/users/{id}"})"#;
@@ -187,9 +194,11 @@ async fn with_half_the_user_calls_failing_jaegers_monitor_reads_an_error_rate_of
             .unwrap();
         let get_user = answer["metrics"].as_array().and_then(|series| {
             series.iter().find(|series| {
-                series["labels"]
-                    .as_array()
-                    .is_some_and(|labels| labels.iter().any(|label| label["value"].as_str().is_some_and(|v| v.ends_with("GetUser"))))
+                series["labels"].as_array().is_some_and(|labels| {
+                    labels
+                        .iter()
+                        .any(|label| label["value"].as_str().is_some_and(|v| v.ends_with("GetUser")))
+                })
             })
         });
         let last = get_user
@@ -208,4 +217,192 @@ async fn with_half_the_user_calls_failing_jaegers_monitor_reads_an_error_rate_of
         tokio::time::sleep(Duration::from_secs(2)).await;
     };
     assert!((0.3..=0.7).contains(&rate), "{rate}");
+}
+
+/// Runs headless Chromium (Debian's `chromium`) on `url` with `args`, in a
+/// fresh profile.
+fn chromium(url: &str, args: &[&str]) -> std::process::Output {
+    let profile = tempfile::tempdir().expect("a profile folder");
+    let output = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            // vmui fetches the query's answer after it loads: time for it.
+            "--virtual-time-budget=15000",
+            "--window-size=1280,960",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(url)
+        .output();
+    match output {
+        Ok(output) => output,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => panic!(
+            "`chromium` is not installed: the vmui test opens the page in Debian's package `chromium` \
+             (as root: apt-get install -y chromium; `make tools` installs it)"
+        ),
+        Err(error) => panic!("cannot run chromium: {error}"),
+    }
+}
+
+/// vmui, VictoriaMetrics' own UI, in headless Chromium: the API's request
+/// rate drawn as one series. A picture of it is saved beside the test's
+/// build (and to `VMUI_SCREENSHOT` when set: docs/images/vmui-request-rate.png
+/// is one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vmui_draws_the_apis_request_rate_in_chromium() {
+    let parts = OwnParts::start().expect("the parts start");
+    let stack = Arc::new(stack_on(&parts, Options::default()).await);
+    let (id, token) = registered(&stack).await;
+    // Steady traffic, so the rate has samples to be drawn from.
+    let traffic = {
+        let (stack, id, token) = (stack.clone(), id.clone(), token.clone());
+        tokio::spawn(async move {
+            loop {
+                read(&stack, &id, &token).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let query = r#"sum by (http_route) (rate(http_server_request_duration_seconds_count{service_name="api"}[1m]))"#;
+    let reads =
+        r#"sum(rate(http_server_request_duration_seconds_count{service_name="api", http_route="/v1/users/{id}"}[1m]))"#;
+    let rate = parts
+        .wait_for_value(reads, Duration::from_secs(90), |rate| rate > 0.0)
+        .await;
+    traffic.abort();
+    assert!(
+        rate.is_ok(),
+        "the store has a request rate of the API's reads: `{reads}` is {rate:?}"
+    );
+
+    let encoded: String = url_encode(query);
+    let url = format!(
+        "{}/vmui/?#/?g0.expr={encoded}&g0.range_input=1m&g0.tab=0",
+        parts.store()
+    );
+    let dom = chromium(&url, &["--dump-dom"]);
+    assert!(
+        dom.status.success(),
+        "chromium --dump-dom failed: {}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    // The query as typed, and its series drawn with a legend: the route
+    // and the last value, above zero.
+    assert!(
+        dom.contains("http_server_request_duration_seconds_count{service_name=\"api\"}")
+            || dom.contains("http_server_request_duration_seconds_count{service_name=&quot;api&quot;}"),
+        "the query is shown:\n{dom}"
+    );
+    assert!(
+        dom.contains("class=\"vm-legend-item"),
+        "a series is drawn with its legend:\n{dom}"
+    );
+    assert!(dom.contains("/v1/users/{id}"), "its legend names the route:\n{dom}");
+    // Each series' `last:` value in its legend: the reads' is above 0.
+    let lasts: Vec<f64> = dom
+        .split("last:")
+        .skip(1)
+        .filter_map(|rest| {
+            rest.split('>')
+                .find_map(|piece| piece.split('<').next()?.trim().parse::<f64>().ok())
+        })
+        .collect();
+    assert!(
+        lasts.iter().any(|&last| last > 0.0),
+        "a legend's last value is a rate above 0 ({lasts:?}):\n{dom}"
+    );
+
+    // And a picture of it.
+    let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("vmui-request-rate.png");
+    let shot = chromium(&url, &[&format!("--screenshot={}", screenshot.display())]);
+    assert!(
+        shot.status.success(),
+        "chromium --screenshot failed: {}",
+        String::from_utf8_lossy(&shot.stderr)
+    );
+    let png = std::fs::read(&screenshot).expect("the screenshot");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
+    assert!(
+        png.len() > 20_000,
+        "the screenshot has something drawn: {} bytes",
+        png.len()
+    );
+    if let Ok(copy) = std::env::var("VMUI_SCREENSHOT") {
+        std::fs::copy(&screenshot, copy).expect("the screenshot is copied");
+    }
+}
+
+/// `text` as a URL's fragment may carry it: everything but letters, digits
+/// and `-_.~` percent-encoded.
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (byte as char).to_string(),
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+/// The outbox backlog (`callchain.outbox.backlog`, the user service's rows
+/// not yet published) and the consumer's lag (`callchain.consumer.lag`, per
+/// partition) as the store holds them: the backlog rises while the broker
+/// is down, and both return to 0 once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_backlog_rises_while_the_broker_is_down_then_it_and_the_consumer_lag_return_to_zero() {
+    let parts = OwnParts::start().expect("the parts start");
+    let kafka = Kafka::own().await.expect("a Kafka broker of the test's own");
+    let mut stack = Stack::start_exporting_on(kafka, Export::Otlp(parts.otlp()), Options::default())
+        .await
+        .expect("the stack starts");
+    let backlog = r#"max(callchain_outbox_backlog{service_name="user"})"#;
+    let lag = r#"max(callchain_consumer_lag{service_name="consumer"})"#;
+    let patience = Duration::from_secs(90);
+
+    // One registration through: both series are there, at 0.
+    registered(&stack).await;
+    assert_eq!(
+        parts.wait_for_value(backlog, patience, |rows| rows == 0.0).await,
+        Ok(0.0),
+        "`{backlog}`"
+    );
+    assert_eq!(
+        parts.wait_for_value(lag, patience, |messages| messages == 0.0).await,
+        Ok(0.0),
+        "`{lag}`"
+    );
+
+    // The broker goes down; a registration still commits, its event waits
+    // in the outbox.
+    stack.kafka.broker().kill();
+    registered(&stack).await;
+    let risen = parts.wait_for_value(backlog, patience, |rows| rows >= 1.0).await;
+    assert!(
+        risen.is_ok(),
+        "the backlog rises while the broker is down: `{backlog}` is {risen:?}"
+    );
+
+    // It comes back: the relay publishes, the consumer reads.
+    stack.kafka.broker().restart().expect("the broker restarts");
+    assert_eq!(
+        parts
+            .wait_for_value(backlog, Duration::from_secs(120), |rows| rows == 0.0)
+            .await,
+        Ok(0.0),
+        "the backlog returns to 0 once the broker is back: `{backlog}`"
+    );
+    assert_eq!(
+        parts
+            .wait_for_value(lag, Duration::from_secs(120), |messages| messages == 0.0)
+            .await,
+        Ok(0.0),
+        "the consumer's lag returns to 0: `{lag}`"
+    );
 }
