@@ -22,6 +22,9 @@
 #
 # PARTS_WITHOUT_KAFKA=1 starts the other three alone, beside a broker that
 # runs already (tests/e2e/tests/doctor.rs stops its own parts one by one).
+# PARTS_METRICS_ENDPOINT sends the collector's metrics through another OTLP
+# endpoint on their way to the store (tests/e2e/tests/metrics.rs reads the
+# exemplars there, which the store does not keep).
 #
 # The collector listens on the standard OTLP ports and forwards to Jaeger,
 # whose own OTLP receiver moves aside (14317) so both fit on one host.
@@ -145,7 +148,7 @@ up() {
         OTELCOL_HEALTH_ENDPOINT=127.0.0.1:$OTELCOL_HEALTH_PORT \
         OTELCOL_METRICS_HOST=127.0.0.1 OTELCOL_METRICS_PORT=$OTELCOL_METRICS_PORT \
         OTELCOL_JAEGER_ENDPOINT=127.0.0.1:$JAEGER_GRPC_PORT \
-        OTELCOL_VICTORIAMETRICS_ENDPOINT=http://127.0.0.1:$VICTORIAMETRICS_PORT/opentelemetry \
+        OTELCOL_VICTORIAMETRICS_ENDPOINT=${PARTS_METRICS_ENDPOINT:-http://127.0.0.1:$VICTORIAMETRICS_PORT/opentelemetry} \
         start otelcol "$OTELCOL_BIN" --config="$CALLCHAIN_ROOT/observability/otel-collector.yaml"
 
     wait_for victoriametrics 60 http_ok "http://127.0.0.1:$VICTORIAMETRICS_PORT/health"

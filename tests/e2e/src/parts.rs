@@ -32,6 +32,13 @@ impl OwnParts {
     /// Starts the three (installing what is missing) and waits until each
     /// answers.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with_metrics_through(None)
+    }
+
+    /// The same, with the collector's metrics sent to `endpoint` (an OTLP
+    /// base URL, `.../v1/metrics` appended) instead of the store: a tap that
+    /// passes them on to [`Self::store`].
+    pub fn start_with_metrics_through(endpoint: Option<&str>) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("callchain-parts").tempdir()?;
         let mut ports = Vec::new();
         for name in [
@@ -54,12 +61,12 @@ impl OwnParts {
             ports,
             http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
         };
-        let output = parts
-            .script()
-            .arg("up")
-            .arg(parts.dir.path())
-            .env("PARTS_WITHOUT_KAFKA", "1")
-            .output()?;
+        let mut up = parts.script();
+        up.arg("up").arg(parts.dir.path()).env("PARTS_WITHOUT_KAFKA", "1");
+        if let Some(endpoint) = endpoint {
+            up.env("PARTS_METRICS_ENDPOINT", endpoint);
+        }
+        let output = up.output()?;
         anyhow::ensure!(
             output.status.success(),
             "scripts/parts.sh up failed (it installs VictoriaMetrics, Jaeger and the collector with \

@@ -406,3 +406,154 @@ async fn the_outbox_backlog_rises_while_the_broker_is_down_then_it_and_the_consu
         "the consumer's lag returns to 0: `{lag}`"
     );
 }
+
+/// The exemplars of the span metrics' duration histogram, as the collector
+/// sends them on their way to the store: `(span name, trace id)`.
+type Exemplars = Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// An OTLP/HTTP metrics endpoint between the collector and the store: it
+/// keeps each exemplar's trace id, and passes every request on to the store
+/// (set in `store` once it runs), answering as the store answers.
+async fn tap(store: Arc<std::sync::OnceLock<String>>, exemplars: Exemplars) -> String {
+    use axum::{body::Bytes, extract::OriginalUri, http::StatusCode};
+    use opentelemetry_proto::tonic::{collector::metrics::v1::ExportMetricsServiceRequest, metrics::v1::metric::Data};
+    use prost::Message as _;
+
+    let http = reqwest::Client::new();
+    let pass_on = move |OriginalUri(uri): OriginalUri, body: Bytes| {
+        let (store, exemplars, http) = (store.clone(), exemplars.clone(), http.clone());
+        async move {
+            if let Ok(request) = ExportMetricsServiceRequest::decode(body.clone()) {
+                let metrics = request
+                    .resource_metrics
+                    .iter()
+                    .flat_map(|resource| &resource.scope_metrics)
+                    .flat_map(|scope| &scope.metrics);
+                for metric in metrics.filter(|metric| metric.name == "traces.span.metrics.duration") {
+                    let Some(Data::Histogram(histogram)) = &metric.data else {
+                        continue;
+                    };
+                    for point in &histogram.data_points {
+                        let span_name = point
+                            .attributes
+                            .iter()
+                            .find(|kv| kv.key == "span.name")
+                            .and_then(|kv| kv.value.as_ref())
+                            .and_then(|value| match &value.value {
+                                Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(name)) => {
+                                    Some(name.clone())
+                                }
+                                _ => None,
+                            })
+                            .unwrap_or_default();
+                        for exemplar in &point.exemplars {
+                            let trace_id: String = exemplar.trace_id.iter().map(|byte| format!("{byte:02x}")).collect();
+                            exemplars.lock().unwrap().push((span_name.clone(), trace_id));
+                        }
+                    }
+                }
+            }
+            let Some(base) = store.get() else {
+                return (StatusCode::SERVICE_UNAVAILABLE, Bytes::new());
+            };
+            let path = uri.path().trim_start_matches("/tap");
+            let answer = http
+                .post(format!("{base}/opentelemetry{path}"))
+                .header("content-type", "application/x-protobuf")
+                .body(body)
+                .send()
+                .await;
+            match answer {
+                Ok(answer) => (
+                    StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
+                    answer.bytes().await.unwrap_or_default(),
+                ),
+                Err(_) => (StatusCode::BAD_GATEWAY, Bytes::new()),
+            }
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route("/tap/v1/metrics", axum::routing::post(pass_on));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/tap")
+}
+
+/// An exemplar of the span metrics (the store keeps none, so it is read on
+/// the collector's way to it) leads to its trace: Jaeger returns it whole,
+/// the API's server span and the user service's under it, every parent
+/// present.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exemplars_trace_id_is_a_trace_jaeger_returns_whole() {
+    let store = Arc::new(std::sync::OnceLock::new());
+    let exemplars = Exemplars::default();
+    let endpoint = tap(store.clone(), exemplars.clone()).await;
+    let parts = OwnParts::start_with_metrics_through(Some(&endpoint)).expect("the parts start");
+    store.set(parts.store()).unwrap();
+    let stack = stack_on(&parts, Options::default()).await;
+    let (id, token) = registered(&stack).await;
+    for _ in 0..5 {
+        assert_eq!(read(&stack, &id, &token).await, 200);
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let trace_id = loop {
+        let found = exemplars
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(span, _)| span == "GET /v1/users/{id}")
+            .map(|(_, trace)| trace.clone());
+        if let Some(trace_id) = found {
+            break trace_id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "an exemplar of GET /v1/users/{{id}} among {:?}",
+            exemplars.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    // The store holds the histogram it came with.
+    let stored = parts
+        .wait_for_value(
+            r#"sum(traces_span_metrics_duration_milliseconds_count{service_name="api", span_name="GET /v1/users/{id}"})"#,
+            Duration::from_secs(60),
+            |count| count >= 5.0,
+        )
+        .await;
+    assert_eq!(stored, Ok(5.0), "the store counts the five reads' spans");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer: Value = stack
+            .http
+            .get(format!("{}/api/traces/{trace_id}", parts.jaeger()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or_default();
+        let spans = callchain_e2e::jaeger::spans_from_jaeger(&answer).unwrap_or_default();
+        let services: std::collections::BTreeSet<&str> = spans.iter().map(|span| span.service.as_str()).collect();
+        let ids: std::collections::BTreeSet<&str> = spans.iter().map(|span| span.span_id.as_str()).collect();
+        let orphans = spans
+            .iter()
+            .filter(|span| {
+                span.parent_span_id
+                    .as_deref()
+                    .is_some_and(|parent| !ids.contains(parent))
+            })
+            .count();
+        if services.contains("api") && services.contains("user") && orphans == 0 {
+            assert!(spans.iter().all(|span| span.trace_id == trace_id));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Jaeger returns the exemplar's trace {trace_id} whole (api and user spans, no orphan): {spans:#?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
