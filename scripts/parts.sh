@@ -87,14 +87,14 @@ down() {
 
 rss() {
     local total=0 kib name
-    printf '%-10s %8s\n' process RSS
+    printf '%-16s %8s\n' process RSS
     for name in $(stop_order); do
         running "$name" || continue
         kib=$(awk '/^VmRSS:/ {print $2}' "/proc/$(cat "$PIDS/$name")/status")
         total=$((total + kib))
-        printf '%-10s %6d MiB\n' "$name" $((kib / 1024))
+        printf '%-16s %6d MiB\n' "$name" $((kib / 1024))
     done
-    printf '%-10s %6d MiB\n' total $((total / 1024))
+    printf '%-16s %6d MiB\n' total $((total / 1024))
 }
 
 http_ok() { curl -fsS -o /dev/null --max-time 2 "$1"; }
