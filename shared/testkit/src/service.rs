@@ -5,10 +5,35 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use callchain_telemetry::{Export, TelemetryConfig, TelemetryGuard};
+use callchain_telemetry::{Export, TelemetryConfig, TelemetryGuard, metrics::MetricsExporter};
 use tokio::sync::oneshot;
 
 use crate::logs::LogBuffer;
+
+/// Where a service's telemetry goes: its spans as [`Export`] says, and its
+/// metrics (to the same OTLP endpoint) unless `metrics` is
+/// [`MetricsExporter::None`]. An [`Export`], or an endpoint, exports
+/// metrics too.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    pub export: Export,
+    pub metrics: MetricsExporter,
+}
+
+impl From<Export> for Telemetry {
+    fn from(export: Export) -> Self {
+        Self {
+            export,
+            metrics: MetricsExporter::Otlp,
+        }
+    }
+}
+
+impl From<Option<String>> for Telemetry {
+    fn from(endpoint: Option<String>) -> Self {
+        Export::from(endpoint).into()
+    }
+}
 
 /// A running service. Dropping it stops it abruptly.
 pub struct ServiceHandle {
@@ -23,11 +48,11 @@ pub struct ServiceHandle {
 
 impl ServiceHandle {
     /// Starts `serve(listener, shutdown)` for `name` on a runtime of its own,
-    /// its spans exported as `export` says (an OTLP endpoint, `None`, or an
-    /// [`Export`]).
+    /// its spans exported as `export` says (an OTLP endpoint, `None`, an
+    /// [`Export`], or a [`Telemetry`]).
     /// The telemetry exporter runs on the caller's runtime (it must outlive
     /// the services' runtimes to flush their last spans).
-    pub fn spawn<F, Fut>(name: &'static str, export: impl Into<Export>, serve: F) -> anyhow::Result<Self>
+    pub fn spawn<F, Fut>(name: &'static str, export: impl Into<Telemetry>, serve: F) -> anyhow::Result<Self>
     where
         F: FnOnce(tokio::net::TcpListener, oneshot::Receiver<()>) -> Fut + Send + 'static,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
@@ -40,7 +65,7 @@ impl ServiceHandle {
     pub fn spawn_at<F, Fut>(
         addr: SocketAddr,
         name: &'static str,
-        export: impl Into<Export>,
+        export: impl Into<Telemetry>,
         serve: F,
     ) -> anyhow::Result<Self>
     where
@@ -49,7 +74,9 @@ impl ServiceHandle {
     {
         let logs = LogBuffer::default();
         let writer = logs.clone();
-        let mut config = TelemetryConfig::new(name, export);
+        let telemetry = export.into();
+        let mut config = TelemetryConfig::new(name, telemetry.export);
+        config.metrics = telemetry.metrics;
         config.log_filter = "info,sqlx=warn,h2=warn,tower=warn,hyper=warn".to_owned();
         let (dispatch, telemetry) = callchain_telemetry::build(&config, move || writer.clone())?;
 

@@ -13,7 +13,7 @@ use callchain_testkit::{
     otlp::OtlpReceiver,
     postgres::TestDatabase,
     process::free_addr,
-    service::{ServiceHandle, wait_until},
+    service::{ServiceHandle, Telemetry, wait_until},
 };
 
 /// The variable that names the run's collector's OTLP gRPC endpoint.
@@ -30,8 +30,8 @@ pub const JWT_SECRET: &str = "callchain-test-secret-0123456789abcdef";
 pub struct Stack {
     pub db: TestDatabase,
     pub otlp: OtlpReceiver,
-    /// Where the services send their spans.
-    pub export: Export,
+    /// Where the services send their spans and metrics.
+    pub export: Telemetry,
     pub kafka: Kafka,
     pub user: ServiceHandle,
     /// The user service's other replicas, when the stack has more than one.
@@ -51,7 +51,7 @@ pub fn consumer_config(db: &TestDatabase, kafka: &Kafka) -> callchain_consumer::
 pub async fn spawn_consumer(
     db: &TestDatabase,
     kafka: &Kafka,
-    export: impl Into<Export>,
+    export: impl Into<Telemetry>,
 ) -> anyhow::Result<ServiceHandle> {
     let config = consumer_config(db, kafka);
     let mut consumer = ServiceHandle::spawn("consumer", export, move |listener, shutdown| {
@@ -98,7 +98,7 @@ pub async fn spawn_user(
     db: &TestDatabase,
     kafka: &Kafka,
     addr: SocketAddr,
-    export: impl Into<Export>,
+    export: impl Into<Telemetry>,
 ) -> anyhow::Result<ServiceHandle> {
     spawn_user_with(db, kafka, addr, export, None).await
 }
@@ -151,10 +151,10 @@ impl Stack {
     }
 
     /// Starts everything on the run's shared broker with the services'
-    /// spans exported as `export` says (a benchmark's span counter, say).
-    /// `otlp` then receives nothing.
-    pub async fn start_exporting(export: Export) -> anyhow::Result<Self> {
-        Self::launch(Kafka::shared().await?, Some(export), Options::default()).await
+    /// spans (and metrics) exported as `export` says (a benchmark's span
+    /// counter, say). `otlp` then receives nothing.
+    pub async fn start_exporting(export: impl Into<Telemetry>) -> anyhow::Result<Self> {
+        Self::launch(Kafka::shared().await?, Some(export.into()), Options::default()).await
     }
 
     /// The same, on the broker and topics given, as `options` say.
@@ -176,7 +176,7 @@ impl Stack {
         })?;
         Self::launch(
             Kafka::shared().await?,
-            Some(Export::Otlp(collector)),
+            Some(Export::Otlp(collector).into()),
             Options::default(),
         )
         .await
@@ -184,10 +184,10 @@ impl Stack {
 
     /// Starts the stack with its spans exported as `export` says (to `otlp`
     /// when it says nothing), as `options` say.
-    async fn launch(kafka: Kafka, export: Option<Export>, options: Options) -> anyhow::Result<Self> {
+    async fn launch(kafka: Kafka, export: Option<Telemetry>, options: Options) -> anyhow::Result<Self> {
         let db = TestDatabase::create().await?;
         let otlp = OtlpReceiver::start().await?;
-        let endpoint = export.unwrap_or_else(|| Export::Otlp(otlp.endpoint()));
+        let endpoint = export.unwrap_or_else(|| Export::Otlp(otlp.endpoint()).into());
         // A user service may be stopped and started again on its address,
         // which the API keeps dialling meanwhile: an address off the
         // ephemeral range stays free for it (see `free_addr`).

@@ -15,6 +15,7 @@ const REFERENCE: &[&str] = &[
     "docs/guarantees.md",
     "docs/tracechain.md",
     "docs/configuration.md",
+    "docs/metrics.md",
     "docs/performance.md",
     "docs/chaos.md",
     "docs/kubernetes.md",

@@ -24,10 +24,11 @@
 //!
 //! Sizes can be changed with BENCH_EVENTS, BENCH_WRITE_RATE,
 //! BENCH_WRITE_SECONDS, BENCH_READ_SECONDS, BENCH_INTEGRITY_RATE and
-//! BENCH_INTEGRITY_SECONDS; BENCH_ONLY=consumer,lag,protocols,integrity runs
-//! only those; BENCH_INTEGRITY_LOGS=<folder> keeps the integrity run's logs
-//! there, for `tracechain --check-all <folder>` (an
-//! absolute path: cargo runs a bench in its package's folder).
+//! BENCH_INTEGRITY_SECONDS; BENCH_ONLY=consumer,lag,protocols,integrity,metrics
+//! runs only those (metrics: the price of metrics, `metrics.rs`);
+//! BENCH_INTEGRITY_LOGS=<folder> keeps the integrity run's logs there, for
+//! `tracechain --check-all <folder>` (an absolute path: cargo runs a bench
+//! in its package's folder).
 //! BENCH_MARKDOWN=<file> (absolute too) also writes the protocols' tables
 //! there as docs/performance.md shows them, each headed, dated and naming
 //! the machine, to be pasted rather than retyped.
@@ -61,6 +62,8 @@ use rdkafka::{
     util::Timeout,
 };
 use serde_json::json;
+
+mod metrics;
 
 fn setting(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -133,6 +136,9 @@ fn main() -> anyhow::Result<()> {
         if runs("protocols") {
             let markdown = Markdown::from_env()?;
             protocols(setting("BENCH_READ_SECONDS", 10), markdown.as_ref()).await?;
+        }
+        if runs("metrics") {
+            metrics::price_of_metrics(events / 5, setting("BENCH_READ_SECONDS", 10)).await?;
         }
         if runs("integrity") {
             integrity(

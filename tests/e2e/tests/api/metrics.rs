@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use callchain_e2e::stack::Stack;
-use callchain_testkit::otlp::{MetricPoint, PointValue};
+use callchain_testkit::{
+    otlp::{MetricPoint, PointValue},
+    service::{ServiceHandle, wait_until},
+};
 
 use crate::helpers::{PASSWORD, email, stack};
 
@@ -250,4 +253,140 @@ async fn the_consumer_lag_is_reported_per_partition_and_returns_to_0_once_the_ev
     .await;
     let lag = lag_of(&caught_up);
     assert!(lag.len() == 3 && lag.iter().all(|(_, lag)| *lag == 0), "{caught_up:#?}");
+}
+
+/// The API's value of a counter (or gauge) with exactly `attributes`.
+fn api_value(points: &[MetricPoint], attributes: &[(&str, &str)]) -> Option<f64> {
+    of(points, "api")
+        .into_iter()
+        .find(|p| {
+            p.attributes.len() == attributes.len()
+                && attributes.iter().all(|(key, value)| p.attribute(key) == Some(value))
+        })
+        .map(|p| p.number())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_apis_throttled_shed_and_retried_calls_are_counted_and_its_breaker_state_reported() {
+    let mut stack = Stack::start_with(callchain_e2e::stack::Options {
+        api: Some(Box::new(|config| {
+            config.max_in_flight = 2;
+            config.breaker.min_calls = 5;
+            config.breaker.open_for = Duration::from_secs(3);
+        })),
+        ..Default::default()
+    })
+    .await
+    .expect("the test stack");
+    let (user, token) = crate::helpers::signed_in_user(&stack).await;
+    let address = user["email"].as_str().unwrap().to_owned();
+    let login = |address: &str, password: &'static str| {
+        let (http, url, address) = (stack.http.clone(), stack.url("/v1/auth/login"), address.to_owned());
+        async move {
+            http.post(url)
+                .json(&serde_json::json!({ "email": address, "password": password }))
+                .send()
+                .await
+                .expect("a login is answered")
+                .status()
+                .as_u16()
+        }
+    };
+
+    // Throttled: the account's limit of failed logins (5 on the test stack),
+    // then three more, one after the other.
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(login(&address, "a wrong password").await);
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429, 429]);
+
+    // Shed: logins of another account at once, past a limit of 2 in flight
+    // (each hashes a password, so holds its place a while).
+    let other = email("busy");
+    stack.register(&other, PASSWORD).await;
+    let logins: Vec<_> = (0..16).map(|_| tokio::spawn(login(&other, PASSWORD))).collect();
+    let mut shed = 0;
+    for login in logins {
+        if login.await.unwrap() == 503 {
+            shed += 1;
+        }
+    }
+    assert!(shed > 0, "no login was shed past a limit of 2");
+
+    // The breaker: closed, then open once the user service answers every
+    // call UNAVAILABLE (each read retried first).
+    let url = stack.url(&format!("/v1/users/{}", user["id"].as_str().unwrap()));
+    assert_eq!(
+        stack.http.get(&url).bearer_auth(&token).send().await.unwrap().status(),
+        200
+    );
+    let closed = flushed_until(&stack, "callchain.upstream.breaker.state", |p| {
+        api_value(p, &[("callchain.breaker.state", "closed")]) == Some(1.0)
+    })
+    .await;
+    assert_eq!(
+        api_value(&closed, &[("callchain.breaker.state", "open")]),
+        Some(0.0),
+        "{closed:#?}"
+    );
+    let addr = stack.user.addr;
+    stack.user.stop().await.expect("the user service stops");
+    let mut faulty = callchain_e2e::stack::user_config(&stack.db, &stack.kafka);
+    faulty.faults.error_rate = 1.0;
+    stack.user = ServiceHandle::spawn_at(addr, "user", stack.export.clone(), move |listener, shutdown| {
+        callchain_user::run(faulty, listener, async move {
+            let _ = shutdown.await;
+        })
+    })
+    .expect("the faulty user service starts");
+    wait_until(&mut stack.user, || callchain_user::healthcheck(addr))
+        .await
+        .unwrap();
+    for _ in 0..50 {
+        assert_eq!(
+            stack.http.get(&url).bearer_auth(&token).send().await.unwrap().status(),
+            503
+        );
+        stack.api.flush().await;
+        let state = stack.otlp.latest_points("callchain.upstream.breaker.state");
+        if api_value(&state, &[("callchain.breaker.state", "open")]) == Some(1.0) {
+            break;
+        }
+    }
+    let state = stack.otlp.latest_points("callchain.upstream.breaker.state");
+    assert_eq!(
+        api_value(&state, &[("callchain.breaker.state", "open")]),
+        Some(1.0),
+        "{state:#?}"
+    );
+    assert_eq!(
+        api_value(&state, &[("callchain.breaker.state", "closed")]),
+        Some(0.0),
+        "{state:#?}"
+    );
+    assert_eq!(
+        api_value(&state, &[("callchain.breaker.state", "half_open")]),
+        Some(0.0),
+        "{state:#?}"
+    );
+
+    stack.api.flush().await;
+    let throttled = stack.otlp.latest_points("callchain.throttled");
+    assert_eq!(
+        api_value(&throttled, &[("callchain.throttle", "login")]),
+        Some(3.0),
+        "{throttled:#?}"
+    );
+    let shed_points = stack.otlp.latest_points("callchain.http.shed");
+    assert_eq!(api_value(&shed_points, &[]), Some(f64::from(shed)), "{shed_points:#?}");
+    let retries = stack.otlp.latest_points("callchain.upstream.retries");
+    assert!(
+        api_value(
+            &retries,
+            &[("rpc.service", "user.v1.UserService"), ("rpc.method", "GetUser")]
+        )
+        .is_some_and(|retries| retries >= 1.0),
+        "the reads the user service answered UNAVAILABLE were retried: {retries:#?}"
+    );
 }
