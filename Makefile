@@ -7,12 +7,12 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 TEST_RUNNER ?= $(shell command -v cargo-nextest >/dev/null 2>&1 && echo "cargo nextest run --no-fail-fast" || echo "cargo test --no-fail-fast")
 
 .DEFAULT_GOAL := help
-.PHONY: help tools postgres build test lint fmt ci dev dev-down bench chaos trace fuzz k8s-verify
+.PHONY: help tools postgres build test lint fmt ci dev dev-down doctor bench chaos trace fuzz k8s-verify
 
 help: ## List the commands
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-tools: ## Install what dev and the tests need when missing (Postgres, Kafka, the collector, Jaeger, Schemathesis, Chromium, Helm, the Kubernetes schemas: once per machine)
+tools: ## Install what dev and the tests need when missing (Postgres, Kafka, the collector, Jaeger, VictoriaMetrics, Schemathesis, Chromium, Helm, the Kubernetes schemas: once per machine)
 	@scripts/install-tools.sh
 
 postgres: ## Start the machine's Postgres and create the callchain role and database
@@ -46,11 +46,14 @@ FUZZ_CASES ?= 20000
 fuzz: ## Run tracechain's properties over generated hostile logs and spans at length (FUZZ_CASES=<n> cases each); needs no parts
 	PROPTEST_CASES=$(FUZZ_CASES) cargo test -p callchain-tracechain --test hostile
 
-dev: ## Run everything on this machine without Docker (Kafka, Postgres, the collector, Jaeger, the services); Ctrl-C stops it
+dev: ## Run everything on this machine without Docker (Kafka, Postgres, the collector, Jaeger, VictoriaMetrics, the services); Ctrl-C stops it
 	@scripts/dev.sh
 
 dev-down: ## Stop what `DEV_DETACH=1 make dev` started
 	@scripts/dev.sh down
+
+doctor: ## Say, hop by hop, where telemetry stops in a running stack (make dev's ports; make up publishes the same): one line per hop, ✓ or ✗ with the fix
+	@scripts/doctor.sh
 
 k8s-verify: ## Apply the Helm chart to a real API server on loopback (etcd + kube-apiserver, built from Go once per machine): server dry run, apply, read back
 	@scripts/k8s-verify.sh

@@ -3,15 +3,17 @@
 # programs and config files as `make up`.
 #
 #   scripts/dev.sh        install what is missing (once per machine), build,
-#                         start Postgres, Kafka, Jaeger, the collector and the
-#                         three services, print what to try, and stay until
+#                         start Postgres, Kafka, VictoriaMetrics, Jaeger, the
+#                         collector and the three services, print what to try, and stay until
 #                         Ctrl-C (which stops all)
 #   scripts/dev.sh down   stop what a detached run started (`make dev-down`)
 #
 # Each process writes its log to .dev/logs/<name>.log (the services' are
 # JSON lines). Kafka keeps its data in .dev/kafka, so events survive a
-# restart. The services export their spans to the collector, which forwards
-# them to Jaeger; OTEL_EXPORTER_OTLP_ENDPOINT sends them elsewhere instead.
+# restart. The services export their spans and metrics to the collector,
+# which forwards the spans to Jaeger and the metrics (and RED metrics made
+# from the spans) to VictoriaMetrics; OTEL_EXPORTER_OTLP_ENDPOINT sends them
+# elsewhere instead.
 # DEV_DETACH=1 returns once everything is up. USER_REPLICAS=2 starts two user
 # services (user, user2) on consecutive ports from USER_PORT and gives the API
 # both, to watch it balance over them and drop one that is killed
@@ -33,6 +35,7 @@ export KAFKA_NODES=${KAFKA_NODES:-1}
 export OTELCOL_GRPC_PORT=${OTELCOL_GRPC_PORT:-4317}
 export OTELCOL_HEALTH_PORT=${OTELCOL_HEALTH_PORT:-13133}
 export JAEGER_QUERY_PORT=${JAEGER_QUERY_PORT:-16686}
+export VICTORIAMETRICS_PORT=${VICTORIAMETRICS_PORT:-8428}
 API_PORT=${API_PORT:-8080}
 USER_PORT=${USER_PORT:-50051}
 USER_REPLICAS=${USER_REPLICAS:-1}
@@ -71,7 +74,7 @@ done
 
 stop_all
 for port in "$API_PORT" "${USER_PORTS[@]}" "${CONSUMER_PORTS[@]}"; do port_free "$port" "a callchain service"; done
-scripts/install-tools.sh postgres kafka otelcol jaeger
+scripts/install-tools.sh postgres kafka otelcol jaeger victoriametrics
 scripts/ensure-postgres.sh
 step "building the services (release)"
 scripts/build-services.sh
@@ -115,11 +118,13 @@ wait_for api "$WAIT_SECONDS" "$BIN/api" --healthcheck
 
 api=http://127.0.0.1:$API_PORT
 jaeger=http://127.0.0.1:$JAEGER_QUERY_PORT
+metrics=http://127.0.0.1:$VICTORIAMETRICS_PORT
 cat <<TRY
 
 callchain is running (logs: $LOGS/*.log)
   API         $api   (OpenAPI: $api/openapi.json)
   Jaeger      $jaeger/api/traces/<trace id>   (its query API; the UI comes with make up)
+  metrics     $metrics/vmui/   (VictoriaMetrics' UI; PromQL on $metrics/api/v1/query)
   collector   OTLP gRPC http://127.0.0.1:$OTELCOL_GRPC_PORT, health http://127.0.0.1:$OTELCOL_HEALTH_PORT/
   Kafka       $KAFKA_BROKERS (Apache Kafka $KAFKA_VERSION, $KAFKA_NODES node(s))
   user        $(printf 'grpc://127.0.0.1:%s ' "${USER_PORTS[@]}")
@@ -134,6 +139,8 @@ Try:
     -d '{"email":"ada@example.com","name":"Ada Lovelace","password":"correct horse battery staple"}'
   curl -s $jaeger/api/traces/<trace id from the traceparent header>
   grep <trace id> $LOGS/*.log
+  open $metrics/vmui/?#/?g0.expr=sum(rate(http_server_request_duration_seconds_count[1m]))
+  make doctor     (where telemetry stops, hop by hop)
 
 TRY
 
@@ -145,7 +152,7 @@ echo "Ctrl-C stops everything."
 while :; do
     # The other replicas (and Kafka nodes of a cluster) may be stopped, to
     # watch the others carry on.
-    watched="jaeger otelcol user consumer api"
+    watched="victoriametrics jaeger otelcol user consumer api"
     if [ "$KAFKA_NODES" = 1 ]; then watched="kafka $watched"; fi
     for name in $watched; do
         if ! running "$name"; then

@@ -6,8 +6,10 @@
 #   scripts/install-otelcol.sh
 #   $OTELCOL_BIN --config=observability/otel-collector.yaml
 #
-# Needs Go and the Go module proxy; several minutes, once per machine and
-# OTELCOL_VERSION (.env). Go's module cache ($HOME/go) keeps the sources.
+# Needs Go and the Go module proxy; several minutes, once per machine,
+# OTELCOL_VERSION (.env) and manifest: $OTELCOL_BIN's folder is named by the
+# version and the manifest's hash, so adding a component to the manifest
+# builds a new collector instead of running the old one without it. Go's module cache ($HOME/go) keeps the sources.
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -35,7 +37,7 @@ fi
 
 need_go "$GO_MIN" "the OpenTelemetry Collector $OTELCOL_VERSION"
 
-build_dir "otelcol-$OTELCOL_VERSION"
+build_dir "otelcol-$OTELCOL_VERSION-$OTELCOL_MANIFEST_HASH"
 work=$BUILD_DIR
 
 if [ ! -x "$OCB" ]; then
@@ -47,8 +49,12 @@ fi
 
 step "building the OpenTelemetry Collector $OTELCOL_VERSION with the Collector Builder (several minutes, once per machine)"
 start=$SECONDS
+# The manifest as hashed: an edit during the build must not land in this folder.
+cp "$MANIFEST" "$work/manifest.yaml"
+[ "$(sha256sum "$work/manifest.yaml" | cut -c 1-12)" = "$OTELCOL_MANIFEST_HASH" ] ||
+    die "$MANIFEST changed while the install ran; run it again"
 # dist.output_path (./build) is relative to the directory ocb runs in.
-(cd "$work" && "$OCB" --config="$MANIFEST")
+(cd "$work" && "$OCB" --config="$work/manifest.yaml")
 built=$work/build/otelcol-callchain
 [ -x "$built" ] || die "ocb finished but wrote no $built"
 "$built" --version >/dev/null || die "the collector just built does not run: $built"

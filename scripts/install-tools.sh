@@ -8,6 +8,8 @@
 #   otelcol         the OpenTelemetry Collector $OTELCOL_VERSION, built by the
 #                   Collector Builder (scripts/install-otelcol.sh)
 #   jaeger          Jaeger $JAEGER_VERSION, built from its Go module (scripts/install-jaeger.sh)
+#   victoriametrics VictoriaMetrics $VICTORIAMETRICS_VERSION, the metrics store with
+#                   its UI, built from its Go module (scripts/install-victoriametrics.sh)
 #   docker-compose  validates docker-compose.yml without a Docker engine (Debian)
 #   schemathesis    Schemathesis $SCHEMATHESIS_VERSION from PyPI, in a virtual
 #                   environment (scripts/install-schemathesis.sh): `make test`
@@ -31,7 +33,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-wanted=" ${*:-postgres kafka otelcol jaeger docker-compose schemathesis chromium helm kubernetes-validate} "
+wanted=" ${*:-postgres kafka otelcol jaeger victoriametrics docker-compose schemathesis chromium helm kubernetes-validate} "
 wants() { [[ $wanted == *" $1 "* ]]; }
 
 apt_install() { # package: installs a Debian package as root, or says how to
@@ -52,6 +54,7 @@ fi
 if wants kafka; then "$CALLCHAIN_ROOT/scripts/install-kafka.sh"; fi
 if wants otelcol; then "$CALLCHAIN_ROOT/scripts/install-otelcol.sh"; fi
 if wants jaeger; then "$CALLCHAIN_ROOT/scripts/install-jaeger.sh"; fi
+if wants victoriametrics; then "$CALLCHAIN_ROOT/scripts/install-victoriametrics.sh"; fi
 if wants docker-compose && ! command -v docker-compose >/dev/null 2>&1; then
     apt_install docker-compose
 fi

@@ -15,8 +15,12 @@ CALLCHAIN_TOOLS=${CALLCHAIN_TOOLS:-$HOME/.callchain/tools}
 # shellcheck disable=SC2034 # read by the scripts that source this file
 {
 KAFKA_HOME=$CALLCHAIN_TOOLS/kafka-$KAFKA_VERSION
-OTELCOL_BIN=$CALLCHAIN_TOOLS/otelcol-$OTELCOL_VERSION/otelcol-callchain
+# The collector's folder is named by its builder manifest's hash too: a
+# manifest with other components is another build, kept beside the first.
+OTELCOL_MANIFEST_HASH=$(sha256sum "$CALLCHAIN_ROOT/observability/otelcol-builder.yaml" | cut -c 1-12)
+OTELCOL_BIN=$CALLCHAIN_TOOLS/otelcol-$OTELCOL_VERSION-$OTELCOL_MANIFEST_HASH/otelcol-callchain
 JAEGER_BIN=$CALLCHAIN_TOOLS/jaeger-$JAEGER_VERSION/jaeger
+VICTORIAMETRICS_BIN=$CALLCHAIN_TOOLS/victoriametrics-$VICTORIAMETRICS_VERSION/victoria-metrics
 SCHEMATHESIS_HOME=$CALLCHAIN_TOOLS/schemathesis-$SCHEMATHESIS_VERSION
 HELM_BIN=$CALLCHAIN_TOOLS/helm-$HELM_VERSION/helm
 KUBERNETES_VALIDATE_HOME=$CALLCHAIN_TOOLS/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION

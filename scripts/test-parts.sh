@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The parts a test run shares, on ports of their own (so `make test` runs
 # beside `make dev`): Postgres, one Kafka broker (or a cluster of three with
-# KAFKA_NODES=3 or TEST_KAFKA_NODES=3, as in `KAFKA_NODES=3 make test`), Jaeger
-# and the collector.
+# KAFKA_NODES=3 or TEST_KAFKA_NODES=3, as in `KAFKA_NODES=3 make test`),
+# VictoriaMetrics, Jaeger and the collector.
 #
 #   scripts/test-parts.sh run CMD...   start them, run CMD with the variables
 #                                      below set, stop them; CMD's exit code
@@ -18,6 +18,8 @@
 #   CALLCHAIN_TEST_JAEGER   Jaeger's query API, where the collector's traces land
 #   CALLCHAIN_TEST_OTELCOL_METRICS  the collector's own metrics (Prometheus
 #                           text): its counts of refused, sent and failed spans
+#   CALLCHAIN_TEST_METRICS  VictoriaMetrics (Prometheus' query API, vmui), where
+#                           the collector's metrics land
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -27,7 +29,7 @@ DIR=$CALLCHAIN_ROOT/.test
 port_defaults TEST_ KAFKA_PORT=39092 KAFKA_CONTROLLER_PORT=39093 \
     OTELCOL_GRPC_PORT=24317 OTELCOL_HTTP_PORT=24318 OTELCOL_HEALTH_PORT=23133 OTELCOL_METRICS_PORT=28888 \
     JAEGER_QUERY_PORT=26686 JAEGER_QUERY_GRPC_PORT=26685 JAEGER_GRPC_PORT=25317 JAEGER_HTTP_PORT=25318 \
-    JAEGER_HEALTH_PORT=23134 JAEGER_METRICS_PORT=28889
+    JAEGER_HEALTH_PORT=23134 JAEGER_METRICS_PORT=28889 VICTORIAMETRICS_PORT=28428
 export KAFKA_NODES=${TEST_KAFKA_NODES:-${KAFKA_NODES:-1}}
 
 exports() {
@@ -35,6 +37,7 @@ exports() {
     echo "export CALLCHAIN_TEST_OTLP=http://127.0.0.1:$OTELCOL_GRPC_PORT"
     echo "export CALLCHAIN_TEST_JAEGER=http://127.0.0.1:$JAEGER_QUERY_PORT"
     echo "export CALLCHAIN_TEST_OTELCOL_METRICS=http://127.0.0.1:$OTELCOL_METRICS_PORT/metrics"
+    echo "export CALLCHAIN_TEST_METRICS=http://127.0.0.1:$VICTORIAMETRICS_PORT"
 }
 
 up() {

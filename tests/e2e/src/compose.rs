@@ -16,13 +16,21 @@ pub const REQUIRED_SERVICES: &[&str] = &[
     "postgres",
     "otel-collector",
     "jaeger",
+    "victoriametrics",
     "api",
     "user",
     "consumer",
 ];
 
 /// Host ports the README and `make up` promise: `(service, port)`.
-pub const PUBLISHED_PORTS: &[(&str, u16)] = &[("api", 8080), ("jaeger", 16686)];
+pub const PUBLISHED_PORTS: &[(&str, u16)] = &[
+    ("api", 8080),
+    ("jaeger", 16686),
+    ("victoriametrics", 8428),
+    // `make doctor` reads the collector's health and own metrics.
+    ("otel-collector", 13133),
+    ("otel-collector", 8888),
+];
 
 /// The image `docker-compose.yml` builds from the workspace; it holds all
 /// three service binaries.
@@ -329,6 +337,181 @@ pub fn check_jaeger_config(jaeger_yaml: &str) -> Vec<String> {
     problems
 }
 
+/// Checks the collector's metrics: a metrics pipeline receives the services'
+/// metrics from `otlp` and the span metrics from a `span_metrics` connector
+/// that the traces pipeline feeds, and exports to an exporter whose endpoint
+/// is the `victoriametrics` service; the collector's own metrics are pushed
+/// there too.
+pub fn check_collector_metrics(collector_yaml: &str) -> Vec<String> {
+    let doc = match parse(collector_yaml, "the collector config") {
+        Ok(doc) => doc,
+        Err(problem) => return vec![problem],
+    };
+    let Some(pipelines) = doc
+        .get("service")
+        .and_then(|service| service.get("pipelines"))
+        .and_then(Value::as_mapping)
+    else {
+        return vec!["the collector config has no `service.pipelines`".to_owned()];
+    };
+    let connectors: Vec<String> = doc
+        .get("connectors")
+        .and_then(Value::as_mapping)
+        .map(|defined| {
+            named(defined)
+                .filter(|(id, _)| matches!(component_type(id), "span_metrics" | "spanmetrics"))
+                .map(|(id, _)| id.to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let fed_by_traces = |connector: &str| {
+        named(pipelines).any(|(name, pipeline)| {
+            component_type(name) == "traces" && ids(pipeline, "exporters").iter().any(|id| id == connector)
+        })
+    };
+    let mut problems = Vec::new();
+    let mut good = false;
+    for (name, pipeline) in named(pipelines).filter(|(name, _)| component_type(name) == "metrics") {
+        let mut found = Vec::new();
+        let receivers = ids(pipeline, "receivers");
+        if !receivers.iter().any(|id| component_type(id) == "otlp") {
+            found.push(format!(
+                "pipeline `{name}` does not receive the services' metrics from `otlp`"
+            ));
+        }
+        if !receivers.iter().any(|id| connectors.contains(id) && fed_by_traces(id)) {
+            found.push(format!(
+                "pipeline `{name}` does not receive from a `span_metrics` connector that a traces pipeline exports to"
+            ));
+        }
+        let to_store = ids(pipeline, "exporters").iter().any(|id| {
+            doc.get("exporters")
+                .and_then(|exporters| exporters.get(id.as_str()))
+                .and_then(|exporter| str_at(exporter, "endpoint"))
+                .is_some_and(|endpoint| endpoint_host_port(endpoint).0 == "victoriametrics")
+        });
+        if !to_store {
+            found.push(format!(
+                "pipeline `{name}` has no exporter whose endpoint is the `victoriametrics` service"
+            ));
+        }
+        if found.is_empty() {
+            good = true;
+            break;
+        }
+        problems.extend(found);
+    }
+    if !good && problems.is_empty() {
+        problems.push("the collector config has no metrics pipeline".to_owned());
+    }
+    if good {
+        problems.clear();
+    }
+    let own_pushed = doc
+        .get("service")
+        .and_then(|service| service.get("telemetry"))
+        .and_then(|telemetry| telemetry.get("metrics"))
+        .and_then(|metrics| metrics.get("readers"))
+        .and_then(Value::as_sequence)
+        .is_some_and(|readers| {
+            readers.iter().any(|reader| {
+                reader
+                    .get("periodic")
+                    .and_then(|periodic| periodic.get("exporter"))
+                    .and_then(|exporter| exporter.get("otlp"))
+                    .and_then(|otlp| str_at(otlp, "endpoint"))
+                    .is_some_and(|endpoint| endpoint_host_port(endpoint).0 == "victoriametrics")
+            })
+        });
+    if !own_pushed {
+        problems.push(
+            "the collector does not push its own metrics to the `victoriametrics` service (a `periodic` reader under `service.telemetry.metrics.readers`)"
+                .to_owned(),
+        );
+    }
+    problems
+}
+
+/// The component types a collector-style config uses: every id under
+/// `receivers`, `processors`, `exporters`, `connectors` and `extensions`,
+/// as `(section, type)`.
+fn used_components(doc: &Value) -> std::collections::BTreeSet<(String, String)> {
+    ["receivers", "processors", "exporters", "connectors", "extensions"]
+        .into_iter()
+        .flat_map(|section| {
+            doc.get(section)
+                .and_then(Value::as_mapping)
+                .into_iter()
+                .flat_map(named)
+                .map(move |(id, _)| (section.to_owned(), component_type(id).to_owned()))
+        })
+        .collect()
+}
+
+/// The component type a builder-manifest module provides: its folder's
+/// name less the kind (`.../otlpreceiver` is `otlp`), with the types whose
+/// names differ from their folders (`otlpexporter` is `otlp_grpc` since
+/// 0.144, `otlphttpexporter` is `otlp_http`, the span metrics connector is
+/// `span_metrics`).
+fn manifest_type(section: &str, module: &str) -> String {
+    let folder = module.rsplit('/').next().unwrap_or(module);
+    match folder {
+        "otlpexporter" => "otlp_grpc".to_owned(),
+        "otlphttpexporter" => "otlp_http".to_owned(),
+        "spanmetricsconnector" => "span_metrics".to_owned(),
+        "healthcheckextension" => "health_check".to_owned(),
+        "memorylimiterprocessor" => "memory_limiter".to_owned(),
+        _ => {
+            let kind = section.trim_end_matches('s');
+            folder.strip_suffix(kind).unwrap_or(folder).to_owned()
+        }
+    }
+}
+
+/// Checks that the collector's builder manifest builds exactly the
+/// components its config uses: one missing fails the native collector at
+/// start, one extra is built, shipped and never run. `debug` may stay in the
+/// manifest unused: the config tells how to add it to a pipeline.
+pub fn check_collector_manifest(collector_yaml: &str, manifest_yaml: &str) -> Vec<String> {
+    let doc = match parse(collector_yaml, "the collector config") {
+        Ok(doc) => doc,
+        Err(problem) => return vec![problem],
+    };
+    let manifest: Value = match serde_yaml_ng::from_str(manifest_yaml) {
+        Ok(manifest) => manifest,
+        Err(err) => return vec![format!("the collector's builder manifest is not valid YAML: {err}")],
+    };
+    let used = used_components(&doc);
+    let built: std::collections::BTreeSet<(String, String)> =
+        ["receivers", "processors", "exporters", "connectors", "extensions"]
+            .into_iter()
+            .flat_map(|section| {
+                manifest
+                    .get(section)
+                    .and_then(Value::as_sequence)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|entry| str_at(entry, "gomod"))
+                    .filter_map(|gomod| gomod.split_whitespace().next())
+                    .map(move |module| (section.to_owned(), manifest_type(section, module)))
+            })
+            .collect();
+    let mut problems = Vec::new();
+    for (section, kind) in used.difference(&built) {
+        problems.push(format!(
+            "the collector config uses {section} `{kind}`, which observability/otelcol-builder.yaml does not build"
+        ));
+    }
+    for (section, kind) in built.difference(&used) {
+        if kind != "debug" {
+            problems.push(format!(
+                "observability/otelcol-builder.yaml builds {section} `{kind}`, which the collector config does not use"
+            ));
+        }
+    }
+    problems
+}
+
 // ---- YAML helpers ---------------------------------------------------------------
 
 fn parse(yaml: &str, what: &str) -> Result<Value, String> {
@@ -499,7 +682,8 @@ fn component_type(id: &str) -> &str {
     id.split('/').next().unwrap_or(id)
 }
 
-/// Every component the pipeline lists must be defined in its section.
+/// Every component the pipeline lists must be defined in its section (or,
+/// for receivers and exporters, under `connectors`).
 fn pipeline_problems(doc: &Value, name: &str, pipeline: &Value) -> Vec<String> {
     let mut problems = Vec::new();
     for (section, kind) in [
@@ -508,7 +692,10 @@ fn pipeline_problems(doc: &Value, name: &str, pipeline: &Value) -> Vec<String> {
         ("exporters", "exporter"),
     ] {
         for id in ids(pipeline, section) {
-            if doc.get(section).and_then(|defined| defined.get(id.as_str())).is_none() {
+            let defined_in = |section: &str| doc.get(section).and_then(|defined| defined.get(id.as_str())).is_some();
+            // A connector is the exporter of one pipeline and the receiver of another.
+            let connector = section != "processors" && defined_in("connectors");
+            if !defined_in(section) && !connector {
                 problems.push(format!(
                     "pipeline `{name}` uses {kind} `{id}`, which is not defined under `{section}`"
                 ));
@@ -617,6 +804,8 @@ pub struct VersionedFiles<'a> {
     pub jaeger_go_mod: &'a str,
     /// `scripts/kafka/pom.xml`
     pub kafka_pom: &'a str,
+    /// `scripts/victoriametrics/go.mod`
+    pub victoriametrics_go_mod: &'a str,
 }
 
 /// Checks that every place agrees with `.env`: the compose images take their
@@ -635,6 +824,7 @@ pub fn check_versions(files: &VersionedFiles<'_>) -> Vec<String> {
     let otelcol = version("OTELCOL_VERSION", &mut problems);
     let jaeger = version("JAEGER_VERSION", &mut problems);
     let jaeger_module = version("JAEGER_MODULE_VERSION", &mut problems);
+    let victoriametrics = version("VICTORIAMETRICS_VERSION", &mut problems);
 
     match parse(files.compose, "the compose file").and_then(|doc| services(&doc).cloned()) {
         Err(problem) => problems.push(problem),
@@ -647,6 +837,10 @@ pub fn check_versions(files: &VersionedFiles<'_>) -> Vec<String> {
                     "otel/opentelemetry-collector-contrib:${OTELCOL_VERSION}",
                 ),
                 ("jaeger", "jaegertracing/jaeger:${JAEGER_VERSION}"),
+                (
+                    "victoriametrics",
+                    "victoriametrics/victoria-metrics:v${VICTORIAMETRICS_VERSION}",
+                ),
             ] {
                 let actual = services.get(service).and_then(|definition| str_at(definition, "image"));
                 if actual != Some(image) {
@@ -698,6 +892,19 @@ pub fn check_versions(files: &VersionedFiles<'_>) -> Vec<String> {
         problems.push(format!(
             "Jaeger's wrapper go.mod requires github.com/jaegertracing/jaeger {}, but .env names JAEGER_MODULE_VERSION={jaeger_module} (Jaeger {jaeger})",
             jaeger_require.unwrap_or("(nothing)")
+        ));
+    }
+
+    let victoriametrics_require = files
+        .victoriametrics_go_mod
+        .lines()
+        .map(str::trim)
+        .find_map(|line| line.strip_prefix("github.com/VictoriaMetrics/VictoriaMetrics "))
+        .map(|rest| rest.split_whitespace().next().unwrap_or_default());
+    if victoriametrics_require != Some(format!("v{victoriametrics}").as_str()) {
+        problems.push(format!(
+            "VictoriaMetrics' wrapper go.mod requires github.com/VictoriaMetrics/VictoriaMetrics {}, but .env names VICTORIAMETRICS_VERSION={victoriametrics}",
+            victoriametrics_require.unwrap_or("(nothing)")
         ));
     }
 

@@ -12,6 +12,8 @@
 //!   logs, by tracechain), as [`callchain_testkit::spans::SpanRecord`]s.
 //! - [`load`] and [`cpu`]: the benchmarks' load generator, and the CPU
 //!   time of each service, its span export and the load generator.
+//! - [`parts`]: VictoriaMetrics, Jaeger and the collector of one test's
+//!   own, started by `scripts/parts.sh`, to count in or to stop.
 //! - [`journey`]: a user's journey through a running system, judged by its
 //!   trace in Jaeger (shared by `make test` and `make e2e-up`).
 
@@ -22,5 +24,6 @@ pub mod helm;
 pub mod jaeger;
 pub mod journey;
 pub mod load;
+pub mod parts;
 pub mod stack;
 pub mod tools;

@@ -78,6 +78,9 @@ pub fn user_config(db: &TestDatabase, kafka: &Kafka) -> callchain_user::Config {
 /// A change to the API's test settings.
 pub type ApiSettings = Box<dyn FnOnce(&mut callchain_api::Config) + Send>;
 
+/// A change to the user service's test settings (each replica's).
+pub type UserSettings = std::sync::Arc<dyn Fn(&mut callchain_user::Config) + Send + Sync>;
+
 /// How a test's stack differs from the usual one.
 #[derive(Default)]
 pub struct Options {
@@ -85,6 +88,8 @@ pub struct Options {
     pub more_replicas: usize,
     /// Changes to the API's test settings.
     pub api: Option<ApiSettings>,
+    /// Changes to the user service's test settings (its faults, say).
+    pub user: Option<UserSettings>,
 }
 
 /// Starts the user service (and its outbox relay) on `db` and the test's
@@ -95,7 +100,21 @@ pub async fn spawn_user(
     addr: SocketAddr,
     export: impl Into<Telemetry>,
 ) -> anyhow::Result<ServiceHandle> {
-    let config = user_config(db, kafka);
+    spawn_user_with(db, kafka, addr, export, None).await
+}
+
+/// [`spawn_user`], its settings changed by `settings` first.
+async fn spawn_user_with(
+    db: &TestDatabase,
+    kafka: &Kafka,
+    addr: SocketAddr,
+    export: impl Into<Export>,
+    settings: Option<&UserSettings>,
+) -> anyhow::Result<ServiceHandle> {
+    let mut config = user_config(db, kafka);
+    if let Some(configure) = settings {
+        configure(&mut config);
+    }
     let mut user = ServiceHandle::spawn_at(addr, "user", export, move |listener, shutdown| {
         callchain_user::run(config, listener, async move {
             let _ = shutdown.await;
@@ -138,6 +157,11 @@ impl Stack {
         Self::launch(Kafka::shared().await?, Some(export.into()), Options::default()).await
     }
 
+    /// The same, on the broker and topics given, as `options` say.
+    pub async fn start_exporting_on(kafka: Kafka, export: Export, options: Options) -> anyhow::Result<Self> {
+        Self::launch(kafka, Some(export), options).await
+    }
+
     /// Starts everything on the run's shared broker, with the services
     /// exporting their spans to the run's OpenTelemetry Collector (named in
     /// `CALLCHAIN_TEST_OTLP`), which forwards them to the run's Jaeger: the
@@ -167,10 +191,11 @@ impl Stack {
         // A user service may be stopped and started again on its address,
         // which the API keeps dialling meanwhile: an address off the
         // ephemeral range stays free for it (see `free_addr`).
-        let user = spawn_user(&db, &kafka, free_addr()?, endpoint.clone()).await?;
+        let settings = options.user.as_ref();
+        let user = spawn_user_with(&db, &kafka, free_addr()?, endpoint.clone(), settings).await?;
         let mut replicas = Vec::new();
         for _ in 0..options.more_replicas {
-            replicas.push(spawn_user(&db, &kafka, free_addr()?, endpoint.clone()).await?);
+            replicas.push(spawn_user_with(&db, &kafka, free_addr()?, endpoint.clone(), settings).await?);
         }
 
         let urls = std::iter::once(&user)

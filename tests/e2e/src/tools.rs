@@ -28,3 +28,25 @@ pub fn tool(version_var: &str, relative: impl Fn(&str) -> String, installer: &st
         ))
     }
 }
+
+/// A path scripts/lib.sh names (`OTELCOL_BIN`, `VICTORIAMETRICS_BIN`, ...),
+/// as the scripts compute it: the collector's folder is named by its builder
+/// manifest's hash as well as its version.
+pub fn script_tool(variable: &str, installer: &str) -> Result<PathBuf, String> {
+    let lib = crate::compose::workspace_root().join("scripts/lib.sh");
+    let output = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("source \"$0\" && printf %s \"${variable}\""))
+        .arg(&lib)
+        .output()
+        .map_err(|err| format!("cannot run bash to read {}: {err}", lib.display()))?;
+    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).into_owned());
+    if output.status.success() && path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} is not installed: run `make tools` or `{installer}` (it is built once per machine)",
+            path.display()
+        ))
+    }
+}

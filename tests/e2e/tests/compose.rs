@@ -8,8 +8,8 @@ use std::io::ErrorKind;
 use std::process::Command;
 
 use callchain_e2e::compose::{
-    STACK_REQUIRED_ENV_VARS, VersionedFiles, check_collector_config, check_env, check_jaeger_config, check_structure,
-    check_versions, read_workspace_file, workspace_root,
+    STACK_REQUIRED_ENV_VARS, VersionedFiles, check_collector_config, check_collector_manifest, check_collector_metrics,
+    check_env, check_jaeger_config, check_structure, check_versions, read_workspace_file, workspace_root,
 };
 use callchain_runtime::env::{Setting, names};
 use serde_yaml_ng::Value;
@@ -119,6 +119,57 @@ fn the_collector_forwards_otlp_traces_to_jaeger() {
 }
 
 #[test]
+fn the_collector_sends_the_services_metrics_and_span_metrics_and_its_own_to_victoriametrics() {
+    assert_no_problems(check_collector_metrics(
+        &read_workspace_file("observability/otel-collector.yaml").unwrap(),
+    ));
+}
+
+#[test]
+fn a_collector_without_span_metrics_is_reported() {
+    let config = read_workspace_file("observability/otel-collector.yaml")
+        .unwrap()
+        .replace("receivers: [otlp, span_metrics]", "receivers: [otlp]");
+    let problems = check_collector_metrics(&config);
+    assert!(
+        problems
+            .iter()
+            .any(|problem| problem.contains("span_metrics` connector")),
+        "{problems:#?}"
+    );
+}
+
+/// The native collector is built from the manifest: it must build every
+/// component the config uses, and nothing the config does not.
+#[test]
+fn the_builder_manifest_builds_exactly_the_components_the_collector_config_uses() {
+    assert_no_problems(check_collector_manifest(
+        &read_workspace_file("observability/otel-collector.yaml").unwrap(),
+        &read_workspace_file("observability/otelcol-builder.yaml").unwrap(),
+    ));
+}
+
+#[test]
+fn a_component_missing_from_the_manifest_is_reported() {
+    let manifest = read_workspace_file("observability/otelcol-builder.yaml")
+        .unwrap()
+        .replace("connector/spanmetricsconnector", "connector/countconnector");
+    let problems = check_collector_manifest(
+        &read_workspace_file("observability/otel-collector.yaml").unwrap(),
+        &manifest,
+    );
+    for expected in [
+        "uses connectors `span_metrics`, which observability/otelcol-builder.yaml does not build",
+        "builds connectors `count`, which the collector config does not use",
+    ] {
+        assert!(
+            problems.iter().any(|problem| problem.contains(expected)),
+            "{expected:?} in {problems:#?}"
+        );
+    }
+}
+
+#[test]
 fn jaeger_receives_otlp_and_serves_its_query_api_on_16686() {
     assert_no_problems(check_jaeger_config(
         &read_workspace_file("observability/jaeger.yaml").unwrap(),
@@ -147,12 +198,13 @@ fn make_up_and_make_dev_create_the_topics_the_services_use() {
 /// The workspace's files that name a version, with `edit` applied to one.
 fn version_problems(edit: impl Fn(&str, String) -> String) -> Vec<String> {
     let read = |path: &str| edit(path, read_workspace_file(path).unwrap());
-    let (dot_env, compose, collector_manifest, jaeger_go_mod, kafka_pom) = (
+    let (dot_env, compose, collector_manifest, jaeger_go_mod, kafka_pom, victoriametrics_go_mod) = (
         read(".env"),
         read("docker-compose.yml"),
         read("observability/otelcol-builder.yaml"),
         read("observability/jaeger/go.mod"),
         read("scripts/kafka/pom.xml"),
+        read("scripts/victoriametrics/go.mod"),
     );
     check_versions(&VersionedFiles {
         dot_env: &dot_env,
@@ -160,6 +212,7 @@ fn version_problems(edit: impl Fn(&str, String) -> String) -> Vec<String> {
         collector_manifest: &collector_manifest,
         jaeger_go_mod: &jaeger_go_mod,
         kafka_pom: &kafka_pom,
+        victoriametrics_go_mod: &victoriametrics_go_mod,
     })
 }
 
@@ -174,12 +227,14 @@ fn a_version_that_disagrees_with_dot_env_is_reported() {
         ".env" => text.replace("KAFKA_VERSION=", "KAFKA_VERSION=9."),
         "docker-compose.yml" => text.replace("jaegertracing/jaeger:${JAEGER_VERSION}", "jaegertracing/jaeger:2.1.0"),
         "observability/otelcol-builder.yaml" => text.replace("healthcheckextension v0.", "healthcheckextension v0.1"),
+        "scripts/victoriametrics/go.mod" => text.replace("VictoriaMetrics v1.", "VictoriaMetrics v1.9"),
         _ => text,
     });
     for expected in [
         "Kafka's pom defaults to kafka.version",
         "compose service `jaeger` runs `jaegertracing/jaeger:2.1.0`",
         "healthcheckextension at v0.1",
+        "VictoriaMetrics' wrapper go.mod requires github.com/VictoriaMetrics/VictoriaMetrics v1.9",
     ] {
         assert!(
             problems.iter().any(|problem| problem.contains(expected)),

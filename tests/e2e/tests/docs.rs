@@ -99,17 +99,26 @@ fn the_readme_is_a_front_door_and_links_every_file_of_the_reference() {
     }
 }
 
-/// Every file of `docs/` is one the README links.
+/// Every file of `docs/` is one the README links; `docs/images/` holds the
+/// pictures the README shows, each of them shown.
 #[test]
 fn docs_holds_the_reference_and_nothing_else() {
     let mut found: Vec<String> = std::fs::read_dir(workspace_root().join("docs"))
         .expect("docs/ holds the reference")
         .map(|entry| format!("docs/{}", entry.unwrap().file_name().to_string_lossy()))
+        .filter(|path| path != "docs/images")
         .collect();
     found.sort();
     let mut expected: Vec<String> = REFERENCE.iter().map(|file| file.to_string()).collect();
     expected.sort();
     assert_eq!(found, expected);
+    let readme = read_workspace_file("README.md").unwrap();
+    if let Ok(images) = std::fs::read_dir(workspace_root().join("docs/images")) {
+        for image in images {
+            let path = format!("docs/images/{}", image.unwrap().file_name().to_string_lossy());
+            assert!(readme.contains(&format!("]({path})")), "the README shows {path}");
+        }
+    }
 }
 
 /// Text files of the repository a reader may meet, relative to its root:

@@ -91,12 +91,8 @@ struct Collector {
 
 impl Collector {
     fn start() -> anyhow::Result<Self> {
-        let program = callchain_e2e::tools::tool(
-            "OTELCOL_VERSION",
-            |version| format!("otelcol-{version}/otelcol-callchain"),
-            "scripts/install-otelcol.sh",
-        )
-        .map_err(anyhow::Error::msg)?;
+        let program = callchain_e2e::tools::script_tool("OTELCOL_BIN", "scripts/install-otelcol.sh")
+            .map_err(anyhow::Error::msg)?;
         let grpc = free_addr()?;
         // The test parts' Jaeger takes OTLP on 25317 (scripts/test-parts.sh).
         let jaeger = setting("TEST_JAEGER_GRPC_PORT").unwrap_or_else(|| "25317".into());
@@ -106,6 +102,15 @@ impl Collector {
             ("OTELCOL_HEALTH_ENDPOINT".to_owned(), free_addr()?.to_string()),
             ("OTELCOL_METRICS_PORT".to_owned(), free_addr()?.port().to_string()),
             ("OTELCOL_JAEGER_ENDPOINT".to_owned(), format!("127.0.0.1:{jaeger}")),
+            // And the test parts' VictoriaMetrics takes its metrics on 28428.
+            (
+                "OTELCOL_VICTORIAMETRICS_ENDPOINT".to_owned(),
+                format!(
+                    "http://127.0.0.1:{}/opentelemetry",
+                    setting("TEST_VICTORIAMETRICS_PORT").unwrap_or_else(|| "28428".into())
+                ),
+            ),
+            ("OTELCOL_METRICS_HOST".to_owned(), "127.0.0.1".to_owned()),
         ];
         let mut collector = Self {
             process: None,
