@@ -108,7 +108,7 @@ async fn spawn_user_with(
     db: &TestDatabase,
     kafka: &Kafka,
     addr: SocketAddr,
-    export: impl Into<Export>,
+    export: impl Into<Telemetry>,
     settings: Option<&UserSettings>,
 ) -> anyhow::Result<ServiceHandle> {
     let mut config = user_config(db, kafka);
@@ -158,8 +158,12 @@ impl Stack {
     }
 
     /// The same, on the broker and topics given, as `options` say.
-    pub async fn start_exporting_on(kafka: Kafka, export: Export, options: Options) -> anyhow::Result<Self> {
-        Self::launch(kafka, Some(export), options).await
+    pub async fn start_exporting_on(
+        kafka: Kafka,
+        export: impl Into<Telemetry>,
+        options: Options,
+    ) -> anyhow::Result<Self> {
+        Self::launch(kafka, Some(export.into()), options).await
     }
 
     /// Starts everything on the run's shared broker, with the services
