@@ -32,6 +32,8 @@
 //! there as docs/performance.md shows them, each headed, dated and naming
 //! the machine, to be pasted rather than retyped.
 
+mod relay;
+
 use std::{
     collections::{BTreeMap, HashMap},
     io::Write as _,
@@ -133,6 +135,9 @@ fn main() -> anyhow::Result<()> {
         if runs("protocols") {
             let markdown = Markdown::from_env()?;
             protocols(setting("BENCH_READ_SECONDS", 10), markdown.as_ref()).await?;
+        }
+        if runs("relay") {
+            relay::relay_ceiling(setting("BENCH_RELAY_EVENTS", 20_000)).await?;
         }
         if runs("integrity") {
             integrity(
