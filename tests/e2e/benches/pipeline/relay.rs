@@ -4,47 +4,89 @@
 //! them (the events of 1000 users, each user's in sequence order, the
 //! writes of the users interleaved, a request's `traceparent` on each), and
 //! the clock runs from its commit until the outbox is empty: every row
-//! acknowledged by the broker and deleted. With one user service, then two
-//! on the same database; three runs each (and a warm-up), min, median and
-//! max. Spans are recorded, none exported: the figure is the relay's, not
-//! the export's.
+//! acknowledged by the broker and deleted. With one user service and with
+//! two on the same database, each with one shard (one lock for the whole
+//! outbox: how the relay was before shards) and with the default 8; three
+//! runs each (and a warm-up), min, median and max. Spans are recorded, none
+//! exported: the figure is the relay's, not the export's.
 
 use std::time::{Duration, Instant};
 
-use callchain_e2e::stack::spawn_user;
+use callchain_e2e::stack::user_config;
 use callchain_events::{EventType, UserEvent, UserPayload};
 use callchain_telemetry::Export;
-use callchain_testkit::{kafka::Kafka, postgres::TestDatabase, process::free_addr, service::ServiceHandle};
+use callchain_testkit::{
+    kafka::Kafka,
+    postgres::TestDatabase,
+    service::{ServiceHandle, wait_until},
+};
 
 /// The users whose events fill the outbox.
 const USERS: u64 = 1000;
-/// Timed runs per number of replicas.
+/// Timed runs per arrangement.
 const RUNS: usize = 3;
+/// `RELAY_SHARDS`' default.
+const DEFAULT_SHARDS: u32 = 8;
 
-/// Runs the relay's bench with 1 and 2 user-service replicas and prints
-/// each run and each's min/median/max.
+/// One arrangement of relays: how many user services, with how many shards.
+struct Setup {
+    replicas: usize,
+    shards: u32,
+    db: TestDatabase,
+    kafka: Kafka,
+    services: Vec<ServiceHandle>,
+    rates: Vec<f64>,
+}
+
+/// Runs the relay's bench with 1 and 2 user-service replicas, with one shard
+/// (one lock for the whole outbox, as before shards) and with
+/// `RELAY_SHARDS`' default, the four taking turns run by run so that what
+/// slows a shared machine meanwhile slows them alike; prints each run and
+/// each's min/median/max.
 pub async fn relay_ceiling(events: u64) -> anyhow::Result<()> {
     println!("== relay: {events} outbox rows of {USERS} users, from commit to all acknowledged and deleted");
-    for replicas in [1, 2] {
+    let mut setups = Vec::new();
+    for (replicas, shards) in [(1, 1), (2, 1), (1, DEFAULT_SHARDS), (2, DEFAULT_SHARDS)] {
         let db = TestDatabase::create().await?;
         let kafka = Kafka::shared().await?;
-        let mut services: Vec<ServiceHandle> = Vec::new();
+        let mut services = Vec::new();
         for _ in 0..replicas {
-            services.push(spawn_user(&db, &kafka, free_addr()?, Export::Discard).await?);
+            services.push(spawn_relay(&db, &kafka, shards).await?);
         }
-        drain(&db, &kafka, events / 10).await?;
-        let mut rates = Vec::new();
-        for _ in 0..RUNS {
-            let took = drain(&db, &kafka, events).await?;
-            rates.push(events as f64 / took.as_secs_f64());
+        setups.push(Setup {
+            replicas,
+            shards,
+            db,
+            kafka,
+            services,
+            rates: Vec::new(),
+        });
+    }
+    // Two claim intervals of the relay: the replicas have shared out the
+    // shards. Then a warm-up each.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for setup in &setups {
+        drain(&setup.db, &setup.kafka, events / 10).await?;
+    }
+    for _ in 0..RUNS {
+        for setup in &mut setups {
+            let took = drain(&setup.db, &setup.kafka, events).await?;
+            setup.rates.push(events as f64 / took.as_secs_f64());
         }
-        for service in &mut services {
+    }
+    for setup in &mut setups {
+        for service in &mut setup.services {
             service.stop().await?;
         }
+        let rates = &mut setup.rates;
         rates.sort_by(f64::total_cmp);
         println!(
-            "   {replicas} user-service replica{}: relay events/s min {:.0}, median {:.0}, max {:.0} (runs: {})",
-            if replicas == 1 { "" } else { "s" },
+            "   {} user-service replica{}, {} shard{}{}: relay events/s min {:.0}, median {:.0}, max {:.0} (runs: {})",
+            setup.replicas,
+            if setup.replicas == 1 { "" } else { "s" },
+            setup.shards,
+            if setup.shards == 1 { "" } else { "s" },
+            if setup.shards == 1 { " (one lock)" } else { "" },
             rates[0],
             rates[rates.len() / 2],
             rates[rates.len() - 1],
@@ -53,6 +95,20 @@ pub async fn relay_ceiling(events: u64) -> anyhow::Result<()> {
     }
     println!();
     Ok(())
+}
+
+/// A user service (and its relay) on `db` with `shards` relay shards.
+async fn spawn_relay(db: &TestDatabase, kafka: &Kafka, shards: u32) -> anyhow::Result<ServiceHandle> {
+    let mut config = user_config(db, kafka);
+    config.relay_shards = shards;
+    let mut user = ServiceHandle::spawn("user", Export::Discard, move |listener, shutdown| {
+        callchain_user::run(config, listener, async move {
+            let _ = shutdown.await;
+        })
+    })?;
+    let addr = user.addr;
+    wait_until(&mut user, || callchain_user::healthcheck(addr)).await?;
+    Ok(user)
 }
 
 /// Commits `count` outbox rows in one transaction and waits until the
@@ -78,11 +134,9 @@ async fn drain(db: &TestDatabase, kafka: &Kafka, count: u64) -> anyhow::Result<D
         columns.event_ids.push(event.event_id);
         columns.keys.push(event.key());
         columns.payloads.push(event.to_json());
-        columns.traceparents.push(format!(
-            "00-{:032x}-{:016x}-01",
-            uuid::Uuid::new_v4().as_u128(),
-            n + 1
-        ));
+        columns
+            .traceparents
+            .push(format!("00-{:032x}-{:016x}-01", uuid::Uuid::new_v4().as_u128(), n + 1));
         columns.sequences.push(sequence as i64);
     }
     sqlx::query(
