@@ -16,6 +16,8 @@
 //!   own, started by `scripts/parts.sh`, to count in or to stop.
 //! - [`journey`]: a user's journey through a running system, judged by its
 //!   trace in Jaeger (shared by `make test` and `make e2e-up`).
+//! - [`order`]: each user's stored events checked for order and holes, by
+//!   their sequence.
 
 pub mod chain;
 pub mod compose;
@@ -24,6 +26,7 @@ pub mod helm;
 pub mod jaeger;
 pub mod journey;
 pub mod load;
+pub mod order;
 pub mod parts;
 pub mod stack;
 pub mod tools;

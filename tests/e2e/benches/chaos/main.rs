@@ -18,6 +18,8 @@
 //! 7. SIGTERM to each service in turn, under load.
 //! 8. The consumer `kill -9`ed and started again under its static member
 //!    id, then, 15 s later, the broker restarted.
+//! 13. One of two user-service replicas `kill -9`ed while both publish
+//!     shards of the outbox: the other takes them (how soon is printed).
 //!
 //! Each scenario is a module of its own, named after it; `harness` holds
 //! what they share: the parts, the service processes, the load and the
@@ -40,6 +42,7 @@ mod consumer_kill_then_broker_restart;
 mod consumer_kills;
 mod harness;
 mod postgres_restart;
+mod relay_shards_taken_over;
 mod replica_killed;
 mod sigterm_each;
 mod slow_user;
@@ -115,7 +118,7 @@ fn release_dir() -> PathBuf {
 
 async fn run(settings: &Settings) -> anyhow::Result<Vec<Row>> {
     type Scenario = for<'a> fn(&'a Settings, &'a mut Row) -> futures_like::Boxed<'a>;
-    let scenarios: [(u32, &str, Scenario); 8] = [
+    let scenarios: [(u32, &str, Scenario); 9] = [
         (1, "1. broker stopped for 10 s", |s, r| {
             Box::pin(broker_outage::broker_outage(s, r))
         }),
@@ -141,6 +144,9 @@ async fn run(settings: &Settings) -> anyhow::Result<Vec<Row>> {
             Box::pin(consumer_kill_then_broker_restart::consumer_kill_then_broker_restart(
                 s, r,
             ))
+        }),
+        (13, "13. one of two relays killed, its shards taken over", |s, r| {
+            Box::pin(relay_shards_taken_over::relay_shards_taken_over(s, r))
         }),
     ];
     let mut rows = Vec::new();

@@ -24,14 +24,17 @@
 //!
 //! Sizes can be changed with BENCH_EVENTS, BENCH_WRITE_RATE,
 //! BENCH_WRITE_SECONDS, BENCH_READ_SECONDS, BENCH_INTEGRITY_RATE and
-//! BENCH_INTEGRITY_SECONDS; BENCH_ONLY=consumer,lag,protocols,integrity,metrics
-//! runs only those (metrics: the price of metrics, `metrics.rs`);
+//! BENCH_INTEGRITY_SECONDS; BENCH_ONLY=consumer,lag,protocols,integrity,metrics,relay
+//! runs only those (metrics: the price of metrics, `metrics.rs`; relay: the
+//! outbox relay's rate with one and two replicas, `relay.rs`);
 //! BENCH_INTEGRITY_LOGS=<folder> keeps the integrity run's logs there, for
 //! `tracechain --check-all <folder>` (an absolute path: cargo runs a bench
 //! in its package's folder).
 //! BENCH_MARKDOWN=<file> (absolute too) also writes the protocols' tables
 //! there as docs/performance.md shows them, each headed, dated and naming
 //! the machine, to be pasted rather than retyped.
+
+mod relay;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -139,6 +142,9 @@ fn main() -> anyhow::Result<()> {
         }
         if runs("metrics") {
             metrics::price_of_metrics(events / 5, setting("BENCH_READ_SECONDS", 10)).await?;
+        }
+        if runs("relay") {
+            relay::relay_ceiling(setting("BENCH_RELAY_EVENTS", 20_000)).await?;
         }
         if runs("integrity") {
             integrity(

@@ -11,6 +11,7 @@ mod grpc;
 mod helpers;
 mod jaeger;
 mod metrics;
+mod relay_shards;
 mod resilience;
 mod rpc;
 mod secrets;
