@@ -14,6 +14,8 @@
 //!   time of each service, its span export and the load generator.
 //! - [`journey`]: a user's journey through a running system, judged by its
 //!   trace in Jaeger (shared by `make test` and `make e2e-up`).
+//! - [`nemesis`]: the seeded random schedule of faults `make chaos
+//!   NEMESIS=<minutes>` carries out.
 
 pub mod chain;
 pub mod compose;
@@ -22,5 +24,6 @@ pub mod helm;
 pub mod jaeger;
 pub mod journey;
 pub mod load;
+pub mod nemesis;
 pub mod stack;
 pub mod tools;
