@@ -176,8 +176,20 @@ pub async fn nemesis(settings: &Settings, row: &mut Row, plan: &Plan) -> anyhow:
     let mut struck: BTreeMap<usize, usize> = BTreeMap::new(); // fault -> Kafka node
     let mut hands: Vec<String> = Vec::new();
     let mut busy: Vec<Target> = Vec::new();
+    // When each fault actually began: a restart that waits for its process
+    // delays the steps after it, and a fault begun late lasts its whole
+    // length all the same.
+    let mut begun: BTreeMap<usize, Duration> = BTreeMap::new();
     for (at, begins, n) in steps {
+        let at = if begins {
+            at
+        } else {
+            at.max(begun.get(&n).map_or(at, |start| *start + schedule[n].action.lasts()))
+        };
         tokio::time::sleep(at.saturating_sub(began.elapsed())).await;
+        if begins {
+            begun.insert(n, began.elapsed());
+        }
         let fault = schedule[n];
         let now = began.elapsed().as_secs_f64();
         // A process that died without being killed needed a hand.
