@@ -2,6 +2,7 @@
 # this file: `include mk/stack.mk`.
 #
 #   make up              build the image, start everything, wait until healthy
+#                        (KAFKA_NODES=3: Kafka as a cluster of three nodes)
 #   make down            stop and remove the containers (data volume kept)
 #   make logs [SERVICE=api]   follow the logs
 #   make ps              what is running, and its health
@@ -20,6 +21,15 @@ COMPOSE ?= docker compose
 export COMPOSE_PROJECT_NAME ?= callchain
 # The Dockerfile's cache mounts need BuildKit (Compose v2's default).
 export DOCKER_BUILDKIT ?= 1
+
+# `make up KAFKA_NODES=3` (and down, logs, ps with it): Kafka as a cluster
+# of three, docker-compose.cluster.yml over docker-compose.yml.
+KAFKA_NODES ?= 1
+ifeq ($(KAFKA_NODES),3)
+export COMPOSE_FILE := docker-compose.yml:docker-compose.cluster.yml
+else ifneq ($(KAFKA_NODES),1)
+$(error KAFKA_NODES must be 1 or 3, not $(KAFKA_NODES))
+endif
 
 STACK_API_URL ?= http://localhost:8080
 STACK_JAEGER_URL ?= http://localhost:16686
@@ -50,5 +60,5 @@ E2E_UP_RUNNER ?= $(shell command -v cargo-nextest >/dev/null 2>&1 \
 e2e-up: ## Run the `running_stack` e2e tests against the stack of `make up`
 	CALLCHAIN_API_URL=$(STACK_API_URL) CALLCHAIN_JAEGER_URL=$(STACK_JAEGER_URL) $(E2E_UP_RUNNER)
 
-compose-check: ## Validate docker-compose.yml against the Compose schema (no engine needed)
+compose-check: ## Validate docker-compose.yml (and the cluster override) against the Compose schema (no engine needed)
 	@scripts/stack.sh check

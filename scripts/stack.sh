@@ -3,11 +3,13 @@
 #
 #   scripts/stack.sh up      build the image, start everything, wait until
 #                            every service is healthy, print what to try
-#   scripts/stack.sh check   validate docker-compose.yml (no engine needed)
+#   scripts/stack.sh check   validate docker-compose.yml, alone and with
+#                            docker-compose.cluster.yml (no engine needed)
 #
 # From the environment (the Makefile passes its variables): COMPOSE, the
 # Compose command (v2: `docker compose`); STACK_API_URL and
-# STACK_JAEGER_URL, printed by `up`.
+# STACK_JAEGER_URL, printed by `up`; COMPOSE_FILE, Compose's own, which
+# `make up KAFKA_NODES=3` sets to add docker-compose.cluster.yml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -44,12 +46,17 @@ TRY
 
 check() {
     need docker-compose "it with 'make tools'"
-    echo "+ docker-compose --file docker-compose.yml config --quiet"
-    docker-compose --file docker-compose.yml config --quiet
-    if docker compose version >/dev/null 2>&1; then
-        echo "+ docker compose --file docker-compose.yml config --quiet"
-        docker compose --file docker-compose.yml config --quiet
-    fi
+    local files
+    for files in "--file docker-compose.yml" "--file docker-compose.yml --file docker-compose.cluster.yml"; do
+        echo "+ docker-compose $files config --quiet"
+        # shellcheck disable=SC2086 # the flags, split
+        docker-compose $files config --quiet
+        if docker compose version >/dev/null 2>&1; then
+            echo "+ docker compose $files config --quiet"
+            # shellcheck disable=SC2086
+            docker compose $files config --quiet
+        fi
+    done
 }
 
 case ${1:-} in

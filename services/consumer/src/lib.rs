@@ -39,6 +39,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
+pub use broker::ASSIGNMENT_STRATEGY;
 pub use config::Config;
 
 use crate::{health::Health, pipeline::Pipeline, shutdown::Shutdown};

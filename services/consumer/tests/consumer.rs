@@ -907,6 +907,8 @@ async fn a_consumer_fenced_by_another_with_its_instance_id_starts_a_fresh_client
         .set("bootstrap.servers", parts.kafka.bootstrap())
         .set("group.id", &parts.kafka.group)
         .set("group.instance.id", "consumer-1")
+        // The group's protocol: a member of another is refused, not let in.
+        .set("partition.assignment.strategy", callchain_consumer::ASSIGNMENT_STRATEGY)
         .set("enable.auto.commit", "false")
         .set("session.timeout.ms", "10000")
         .create()

@@ -234,3 +234,89 @@ fn remove_env(yaml: &str, service: &str, name: &str) -> String {
     }
     serde_yaml_ng::to_string(&doc).unwrap()
 }
+
+/// `docker-compose.yml` with `docker-compose.cluster.yml` over it (`make up
+/// KAFKA_NODES=3`), as `docker-compose config` resolves the two.
+fn cluster_compose_file() -> String {
+    let output = Command::new("docker-compose")
+        .args([
+            "--file",
+            "docker-compose.yml",
+            "--file",
+            "docker-compose.cluster.yml",
+            "config",
+        ])
+        .current_dir(workspace_root())
+        .output()
+        .unwrap_or_else(|err| {
+            panic!(
+                "cannot run `docker-compose` ({err}): run `make tools` (it installs Debian's docker-compose package)"
+            )
+        });
+    assert!(
+        output.status.success(),
+        "`docker-compose config` rejects docker-compose.yml with docker-compose.cluster.yml:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+    );
+    // v1 writes the resolved file with the `version:` key of its format;
+    // the files themselves have none.
+    let mut resolved: Value = serde_yaml_ng::from_slice(&output.stdout).unwrap();
+    if let Value::Mapping(map) = &mut resolved {
+        map.remove("version");
+    }
+    serde_yaml_ng::to_string(&resolved).unwrap()
+}
+
+/// The cluster override: three KRaft nodes, each a voter with an id of its
+/// own, replicating three times with two in sync; topics with three replicas;
+/// the services given every node; and the rest of the stack's checks hold.
+#[test]
+fn the_cluster_override_runs_three_replicating_nodes_and_gives_the_services_all_three() {
+    let yaml = cluster_compose_file();
+    assert_no_problems(check_structure(&yaml));
+    assert_no_problems(user_problems(&yaml));
+    assert_no_problems(consumer_problems(&yaml));
+
+    let doc: Value = serde_yaml_ng::from_str(&yaml).unwrap();
+    let env = |service: &str, name: &str| -> String {
+        let value = &doc["services"][service]["environment"][name];
+        value
+            .as_str()
+            .map(str::to_owned)
+            .or_else(|| value.as_u64().map(|n| n.to_string()))
+            .unwrap_or_else(|| panic!("`{service}` is not given {name}"))
+    };
+    let mut ids = Vec::new();
+    for node in ["kafka", "kafka2", "kafka3"] {
+        assert_eq!(
+            env(node, "KAFKA_CONTROLLER_QUORUM_VOTERS"),
+            "1@kafka:9093,2@kafka2:9093,3@kafka3:9093"
+        );
+        assert_eq!(env(node, "KAFKA_DEFAULT_REPLICATION_FACTOR"), "3", "{node}");
+        assert_eq!(env(node, "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"), "3", "{node}");
+        assert_eq!(env(node, "KAFKA_MIN_INSYNC_REPLICAS"), "2", "{node}");
+        assert_eq!(env(node, "KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE"), "false", "{node}");
+        assert!(
+            env(node, "KAFKA_ADVERTISED_LISTENERS").starts_with(&format!("PLAINTEXT://{node}:9092,")),
+            "{node} advertises itself"
+        );
+        ids.push(env(node, "KAFKA_NODE_ID"));
+    }
+    assert_eq!(ids, ["1", "2", "3"]);
+    for service in ["user", "consumer"] {
+        assert_eq!(
+            env(service, "KAFKA_BROKERS"),
+            "kafka:9092,kafka2:9092,kafka3:9092",
+            "{service}"
+        );
+    }
+    let init = serde_yaml_ng::to_string(&doc["services"]["kafka-init"]["command"]).unwrap();
+    for (topic, partitions) in [(callchain_events::TOPIC, 12), (callchain_events::DLQ_TOPIC, 1)] {
+        assert!(
+            init.contains(&format!(
+                "--topic {topic} --partitions {partitions} --replication-factor 3 --config min.insync.replicas=2"
+            )),
+            "kafka-init creates {topic} with three replicas: {init}"
+        );
+    }
+}

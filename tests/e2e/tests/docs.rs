@@ -18,6 +18,7 @@ const REFERENCE: &[&str] = &[
     "docs/performance.md",
     "docs/chaos.md",
     "docs/kubernetes.md",
+    "docs/scaling.md",
 ];
 
 /// The README is a front door; the reference lives in `docs/`.
