@@ -51,6 +51,14 @@ pub const KAFKA_PUBLISH_TIMEOUT_MS: Setting = Setting {
           failed and retries it later (the event, and its user's events after it, stay in the outbox), in \
           milliseconds.",
 };
+pub const RELAY_SHARDS: Setting = Setting {
+    name: "RELAY_SHARDS",
+    default: Some("8"),
+    doc: "How many shards the outbox relay splits the events into, by user (1 to 1024): each shard has its own \
+          advisory lock and is published by one replica at a time, the replicas sharing the shards, so more \
+          replicas publish more. Every replica must have the same; replicas started with a new value publish \
+          once none with the old one runs.",
+};
 pub const PASSWORD_HASH_CONCURRENCY: Setting = Setting {
     name: "PASSWORD_HASH_CONCURRENCY",
     default: None,
@@ -81,6 +89,7 @@ pub const SETTINGS: &[Setting] = &[
     KAFKA_BROKERS,
     KAFKA_TOPIC,
     KAFKA_PUBLISH_TIMEOUT_MS,
+    RELAY_SHARDS,
     PASSWORD_HASH_CONCURRENCY,
     FAULT_LATENCY_MS,
     FAULT_ERROR_RATE,
@@ -107,6 +116,8 @@ pub struct Config {
     pub kafka_topic: String,
     /// [`KAFKA_PUBLISH_TIMEOUT_MS`].
     pub publish_timeout: Duration,
+    /// [`RELAY_SHARDS`].
+    pub relay_shards: u32,
     /// [`PASSWORD_HASH_CONCURRENCY`]; unset, [`default_hash_concurrency`].
     pub password_hash_concurrency: usize,
     /// [`FAULT_LATENCY_MS`] and [`FAULT_ERROR_RATE`]: faults injected into
@@ -156,6 +167,12 @@ impl Config {
             password_hash_concurrency >= 1,
             "PASSWORD_HASH_CONCURRENCY must be at least 1: with no slot no password could be checked"
         );
+        let relay_shards: u32 = env.setting(&RELAY_SHARDS, "a whole number from 1 to 1024")?;
+        anyhow::ensure!(
+            (1..=crate::relay::MAX_SHARDS).contains(&relay_shards),
+            "RELAY_SHARDS must be from 1 to {}, not {relay_shards}",
+            crate::relay::MAX_SHARDS
+        );
         Ok(Self {
             listen_addr: env.setting(&USER_LISTEN_ADDR, "an address such as 0.0.0.0:50051")?,
             database_url: env
@@ -166,6 +183,7 @@ impl Config {
             kafka_brokers: env.setting(&KAFKA_BROKERS, "a list of brokers")?,
             kafka_topic: env.setting(&KAFKA_TOPIC, "a topic name")?,
             publish_timeout: Duration::from_millis(env.setting(&KAFKA_PUBLISH_TIMEOUT_MS, WHOLE)?),
+            relay_shards,
             password_hash_concurrency,
             faults: faults(env)?,
         })
@@ -224,6 +242,18 @@ mod tests {
         );
         let env = Env::from_pairs([url, ("FAULT_ERROR_RATE", "1.5")]);
         assert!(Config::from_env(&env).is_err());
+    }
+
+    #[test]
+    fn relay_shards_defaults_to_8_and_refuses_0_and_more_than_1024() {
+        let url = ("DATABASE_URL", "postgres://x@127.0.0.1/x");
+        assert_eq!(Config::from_env(&Env::from_pairs([url])).unwrap().relay_shards, 8);
+        let env = Env::from_pairs([url, ("RELAY_SHARDS", "1024")]);
+        assert_eq!(Config::from_env(&env).unwrap().relay_shards, 1024);
+        for refused in ["0", "1025", "-1", "eight"] {
+            let env = Env::from_pairs([url, ("RELAY_SHARDS", refused)]);
+            assert!(Config::from_env(&env).is_err(), "{refused}");
+        }
     }
 
     #[test]

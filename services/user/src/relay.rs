@@ -4,11 +4,34 @@
 //!
 //! It wakes when a write commits (the table's trigger notifies `outbox`,
 //! which this relay `LISTEN`s to), at start, and every second besides, which
-//! also covers notifications lost with a dropped `LISTEN` connection. Each
-//! round is one transaction: a transaction-scoped advisory lock, so one relay
-//! of all the replicas publishes at a time; a bounded batch of rows in id
-//! order; the rows sent through the idempotent producer (`acks=all`); the
-//! acknowledged rows deleted; commit.
+//! also covers notifications lost with a dropped `LISTEN` connection.
+//!
+//! The outbox is sharded by key: a row belongs to shard
+//! `(hashtext(key) & 2147483647) % RELAY_SHARDS`, worked out when it is
+//! read, never stored, so one user's rows are always in one shard. Each shard
+//! has a Postgres advisory lock of its own, and the replicas share the
+//! shards: each relay holds a connection of its own on which it takes, as
+//! session locks, its fair share of the shards (all of them divided by the
+//! relays running, rounded up), gives back what is beyond its share when
+//! another relay joins, and takes a free shard when one leaves. A shard is
+//! published by the one relay holding its lock, so one user's events come
+//! from one relay at a time. A relay that dies loses its connection, and
+//! Postgres releases its locks with it; the others see the shards free at
+//! their next claim, at most [`CLAIM_EVERY`] later. A connection Postgres
+//! cannot see is dead (a host gone without closing it) or that hangs (a
+//! paused process) is ended by Postgres after the bounds set on it
+//! (about [`IDLE_BOUND`]), which frees its shards too.
+//!
+//! Each round runs on that connection, in one transaction: a bounded batch of
+//! the held shards' rows in id order; the rows sent through the idempotent
+//! producer (`acks=all`); the acknowledged rows deleted; commit. If the
+//! connection is lost mid-round, the round rolls back with its locks gone,
+//! and the rows it sent are sent again by the next holder: a duplicate, which
+//! the consumer keeps once. Relays started with another `RELAY_SHARDS` (a
+//! change rolled out) take no shard while relays of the old count still
+//! hold any, and a relay of the one-lock kind (before shards) and a sharded
+//! relay never run a round at once; so a user's rows are never published by
+//! two relays side by side.
 //!
 //! One user's events reach the topic in the order of the writes by
 //! construction: the rows of one key (one user) are sent one after the
@@ -34,7 +57,7 @@
 //! it in that same trace.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     future::Future,
     sync::Arc,
     time::{Duration, Instant},
@@ -48,7 +71,7 @@ use rdkafka::{
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord, Producer as _},
 };
-use sqlx::{PgPool, postgres::PgListener};
+use sqlx::{Connection as _, PgConnection, PgPool, postgres::PgListener};
 use tokio::sync::{Notify, watch};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -66,11 +89,53 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a round under way may go on once the service is stopping.
 pub const ROUND_GRACE: Duration = Duration::from_secs(2);
 
-/// The key of the advisory lock a round holds: one relay publishes at a time.
-/// (A single bigint key, apart from the idempotency keys' pairs of int4.)
-const LOCK: &str = "SELECT pg_try_advisory_xact_lock(hashtext('callchain outbox relay')::bigint)";
+/// The advisory lock every round of the relay before shards took alone (a
+/// single bigint key): a sharded round takes it shared, so the two kinds of
+/// relay never publish at once while a deployment rolls from one to the
+/// other.
+const ONE_LOCK: &str = "SELECT pg_try_advisory_xact_lock_shared(hashtext('callchain outbox relay')::bigint)";
+/// The first int4 of the relay's pairs of lock keys (apart from the
+/// idempotency keys' pairs, which use the caller's hash).
+const NAMESPACE: i32 = 0x6f75_7462;
+/// The second int4 of a relay's pair: `count * SLOTS + slot`, where slot
+/// `MEMBER` is the lock each relay of `count` shards holds shared while it
+/// runs (so the relays can be counted) and slots below it are the shards.
+const SLOTS: i32 = 1 << 16;
+const MEMBER: i32 = SLOTS - 1;
+/// The most shards `RELAY_SHARDS` may ask for.
+pub const MAX_SHARDS: u32 = 1024;
+/// How often a relay claims its share of the shards (and gives back what is
+/// beyond it): how long a dead relay's shards may wait for another.
+pub const CLAIM_EVERY: Duration = Duration::from_secs(1);
+/// How long a relay's connection may sit idle, or its host be unreachable,
+/// before Postgres ends it and frees its shards (beyond a round under way).
+const IDLE_BOUND: Duration = Duration::from_secs(15);
+/// Claim passes of all the relays run one at a time, so two relays of
+/// different shard counts never both find the other's shards free.
+const CLAIM_TURN: &str = "SELECT pg_advisory_xact_lock($1, 0)";
+/// The relays of this shard count that run, and the shards relays of another
+/// count hold (this relay's own turn is no other's shard), on this database
+/// (advisory locks are a database's own, `pg_locks` shows the server's).
+const CENSUS: &str = "SELECT count(*) FILTER (WHERE objid::bigint = $2 * $3 + $4), \
+       count(*) FILTER (WHERE objid::bigint / $3 <> $2 AND objid::bigint % $3 <> $4 \
+         AND pid <> pg_backend_pid()) \
+     FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND classid::bigint = $1 \
+       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+/// The bounds of a relay's connection: idle longer than [`IDLE_BOUND`]
+/// (outside a round, `$1`) or a round longer than a publish could take plus
+/// that (`$2`), and Postgres ends it; its TCP keepalives and user timeout
+/// find a host gone without a word within about as long.
+const BOUNDS: &str = "SELECT set_config('idle_session_timeout', $1, false), \
+       set_config('idle_in_transaction_session_timeout', $2, false), \
+       set_config('tcp_keepalives_idle', '5', false), set_config('tcp_keepalives_interval', '2', false), \
+       set_config('tcp_keepalives_count', '3', false), set_config('tcp_user_timeout', $1, false), \
+       set_config('application_name', 'user outbox relay', false)";
+const JOIN: &str = "SELECT pg_advisory_lock_shared($1, $2)";
+const TRY_SHARD: &str = "SELECT pg_try_advisory_lock($1, $2)";
+const GIVE_BACK: &str = "SELECT pg_advisory_unlock($1, $2)";
+/// The held shards' rows, oldest first; the shard as the module says.
 const SELECT_BATCH: &str = "SELECT id, event_id, topic, key, event_type, payload, traceparent, tracestate, baggage \
-     FROM outbox ORDER BY id LIMIT $1";
+     FROM outbox WHERE (hashtext(key) & 2147483647) % $2 = ANY($3) ORDER BY id LIMIT $1";
 const DELETE_SENT: &str = "DELETE FROM outbox WHERE id = ANY($1)";
 /// Moves rows from the outbox to its dead letters, each with its reason.
 const PARK: &str = "WITH parked AS (DELETE FROM outbox WHERE id = ANY($1) RETURNING *) \
@@ -152,9 +217,23 @@ impl OutboxRow {
 enum Round {
     /// This many rows were published (a full batch means more may wait).
     Published(usize),
-    /// Another relay holds the lock: it publishes what waits, and every
-    /// relay is notified of every commit, so it will see ours too.
+    /// This relay holds no shard (the others hold them all, or relays of
+    /// another shard count do), or a relay of the one-lock kind runs a round:
+    /// the holders publish what waits, and every relay is notified of every
+    /// commit, so they see ours too.
     Busy,
+}
+
+/// The shards a relay holds, on the connection whose session holds their
+/// locks and runs its rounds.
+struct Holding {
+    conn: PgConnection,
+    shards: BTreeSet<i32>,
+    /// When the shards were last claimed; `None` before the first claim.
+    claimed: Option<Instant>,
+    /// Whether relays of another shard count were seen at the last claim
+    /// (said once, not at every claim).
+    deferring: bool,
 }
 
 /// The relay of one user-service process.
@@ -163,6 +242,10 @@ pub struct Relay {
     brokers: String,
     timeout: Duration,
     producer: FutureProducer,
+    /// `RELAY_SHARDS`.
+    shards: i32,
+    /// `None` until connected, and again once its connection failed.
+    holding: Option<Holding>,
 }
 
 impl Relay {
@@ -172,6 +255,8 @@ impl Relay {
             brokers: config.kafka_brokers.clone(),
             timeout: config.publish_timeout,
             producer: producer(&config.kafka_brokers, config.publish_timeout)?,
+            shards: i32::try_from(config.relay_shards.min(MAX_SHARDS)).unwrap_or(1),
+            holding: None,
         })
     }
 
@@ -227,7 +312,7 @@ impl Relay {
                     }
                     TICK
                 }
-                Ok(Round::Busy) => TICK,
+                Ok(Round::Busy) => CLAIM_EVERY.min(TICK),
                 Err(error) => {
                     if failing.is_none() {
                         failing = Some(Instant::now());
@@ -269,18 +354,151 @@ impl Relay {
                 tracing::warn!("outbox relay stopped with its last round unfinished; its events stay in the outbox")
             }
         }
+        // Closing the connection hands its shards to the other relays at
+        // once, rather than when Postgres notices it gone.
+        if let Some(holding) = self.holding.take() {
+            let _ = holding.conn.close().await;
+        }
     }
 
-    /// One round: lock, read a batch, send it (each user's rows one after
-    /// the other), delete the acknowledged rows, park the refused ones,
-    /// commit. A failure worth retrying ends the round in an error once
-    /// what it did achieve is committed.
-    async fn round(&self) -> Result<Round, RoundError> {
-        let mut tx = self.pool.begin().await?;
-        if !sqlx::query_scalar::<_, bool>(LOCK).fetch_one(&mut *tx).await? {
+    /// One round: connect if need be, claim the shards when due, then (if
+    /// this relay holds any) read a batch of their rows, send it (each
+    /// user's rows one after the other), delete the acknowledged rows, park
+    /// the refused ones, commit. A failure worth retrying ends the round in
+    /// an error once what it did achieve is committed. A database error
+    /// drops the connection, and the shards with it: the next round starts
+    /// afresh.
+    async fn round(&mut self) -> Result<Round, RoundError> {
+        let mut holding = match self.holding.take() {
+            Some(holding) => holding,
+            None => self.connect().await?,
+        };
+        let outcome = self.round_on(&mut holding).await;
+        if let Err(RoundError::Database(error)) = &outcome {
+            if !holding.shards.is_empty() {
+                tracing::warn!(
+                    error = %error,
+                    shards = ?holding.shards,
+                    "the outbox relay lost its database connection, and its shards with it"
+                );
+            }
+        } else {
+            self.holding = Some(holding);
+        }
+        outcome
+    }
+
+    /// A connection of the relay's own: bounded so that Postgres ends it,
+    /// freeing its shards, when it goes quiet for longer than a live relay
+    /// ever does (see [`IDLE_BOUND`]); a member of the relays of its shard
+    /// count.
+    async fn connect(&self) -> Result<Holding, sqlx::Error> {
+        let mut conn = PgConnection::connect_with(&self.pool.connect_options()).await?;
+        let in_round = self.timeout + Duration::from_secs(1) + IDLE_BOUND;
+        sqlx::query(BOUNDS)
+            .bind(format!("{}ms", IDLE_BOUND.as_millis()))
+            .bind(format!("{}ms", in_round.as_millis()))
+            .execute(&mut conn)
+            .await?;
+        sqlx::query(JOIN)
+            .bind(NAMESPACE)
+            .bind(self.shards * SLOTS + MEMBER)
+            .execute(&mut conn)
+            .await?;
+        Ok(Holding {
+            conn,
+            shards: BTreeSet::new(),
+            claimed: None,
+            deferring: false,
+        })
+    }
+
+    /// Takes this relay's fair share of the shards (of those free) and gives
+    /// back what it holds beyond it; none while relays of another shard
+    /// count hold any. One claim of all the relays at a time.
+    async fn claim(&self, holding: &mut Holding) -> Result<(), sqlx::Error> {
+        let before = holding.shards.clone();
+        let mut tx = holding.conn.begin().await?;
+        sqlx::query(CLAIM_TURN).bind(NAMESPACE).execute(&mut *tx).await?;
+        let (members, foreign): (i64, i64) = sqlx::query_as(CENSUS)
+            .bind(i64::from(NAMESPACE))
+            .bind(i64::from(self.shards))
+            .bind(i64::from(SLOTS))
+            .bind(i64::from(MEMBER))
+            .fetch_one(&mut *tx)
+            .await?;
+        let share = if foreign > 0 {
+            0
+        } else {
+            fair_share(self.shards, members)
+        };
+        while holding.shards.len() > share {
+            let Some(shard) = holding.shards.pop_last() else { break };
+            sqlx::query(GIVE_BACK)
+                .bind(NAMESPACE)
+                .bind(self.shards * SLOTS + shard)
+                .execute(&mut *tx)
+                .await?;
+        }
+        // Each relay starts its search at a shard of its own, so relays
+        // claiming together mostly try different shards.
+        let start = (uuid::Uuid::new_v4().as_u128() % self.shards.unsigned_abs() as u128) as i32;
+        for shard in (0..self.shards).map(|n| (start + n) % self.shards) {
+            if holding.shards.len() >= share {
+                break;
+            }
+            if holding.shards.contains(&shard) {
+                continue;
+            }
+            let taken: bool = sqlx::query_scalar(TRY_SHARD)
+                .bind(NAMESPACE)
+                .bind(self.shards * SLOTS + shard)
+                .fetch_one(&mut *tx)
+                .await?;
+            if taken {
+                holding.shards.insert(shard);
+            }
+        }
+        tx.commit().await?;
+        holding.claimed = Some(Instant::now());
+        if foreign > 0 && !holding.deferring {
+            tracing::warn!(
+                relay_shards = self.shards,
+                "relays started with another RELAY_SHARDS hold shards of the outbox; this relay takes none until they stop"
+            );
+        }
+        holding.deferring = foreign > 0;
+        if holding.shards != before {
+            tracing::info!(
+                shards = ?holding.shards,
+                held = holding.shards.len(),
+                of = self.shards,
+                relays = members,
+                "the outbox relay publishes these shards"
+            );
+        }
+        Ok(())
+    }
+
+    /// Claims when due, then publishes a batch of the held shards' rows.
+    async fn round_on(&self, holding: &mut Holding) -> Result<Round, RoundError> {
+        if holding.claimed.is_none_or(|at| at.elapsed() >= CLAIM_EVERY) {
+            self.claim(holding).await?;
+        }
+        if holding.shards.is_empty() {
             return Ok(Round::Busy);
         }
-        let rows: Vec<OutboxRow> = sqlx::query_as(SELECT_BATCH).bind(BATCH).fetch_all(&mut *tx).await?;
+        let shards: Vec<i32> = holding.shards.iter().copied().collect();
+        let mut tx = holding.conn.begin().await?;
+        if !sqlx::query_scalar::<_, bool>(ONE_LOCK).fetch_one(&mut *tx).await? {
+            return Ok(Round::Busy);
+        }
+        let rows: Vec<OutboxRow> = sqlx::query_as(SELECT_BATCH)
+            .bind(BATCH)
+            .bind(self.shards)
+            .bind(&shards)
+            .fetch_all(&mut *tx)
+            .await?;
         if rows.is_empty() {
             return Ok(Round::Published(0));
         }
@@ -401,6 +619,14 @@ impl Relay {
             Err(error) => tracing::error!(error = %error, "cannot start a new Kafka producer"),
         }
     }
+}
+
+/// The shards each of `relays` relays holds at most: all of them divided
+/// among the relays, rounded up, so together they hold every shard.
+fn fair_share(shards: i32, relays: i64) -> usize {
+    let shards = usize::try_from(shards).unwrap_or(1);
+    let relays = usize::try_from(relays.max(1)).unwrap_or(1);
+    shards.div_ceil(relays)
 }
 
 /// Sends `rows` with `send`: each key's rows in order and one at a time, the
@@ -600,6 +826,15 @@ mod tests {
             sent.refused[0].1
         );
         assert!(matches!(sent.failed, Some(RoundError::TimedOut { .. })));
+    }
+
+    #[test]
+    fn the_relays_fair_shares_cover_every_shard_and_differ_by_at_most_one() {
+        assert_eq!(fair_share(8, 1), 8);
+        assert_eq!(fair_share(8, 2), 4);
+        assert_eq!(fair_share(8, 3), 3);
+        assert_eq!(fair_share(8, 0), 8, "a relay counts itself; never none");
+        assert_eq!(fair_share(8, 20), 1, "relays beyond the shard count hold one at most");
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //!   trace in Jaeger (shared by `make test` and `make e2e-up`).
 //! - [`nemesis`]: the seeded random schedule of faults `make chaos
 //!   NEMESIS=<minutes>` carries out.
+//! - [`order`]: each user's stored events checked for order and holes, by
+//!   their sequence.
 
 pub mod chain;
 pub mod compose;
@@ -25,5 +27,6 @@ pub mod jaeger;
 pub mod journey;
 pub mod load;
 pub mod nemesis;
+pub mod order;
 pub mod stack;
 pub mod tools;

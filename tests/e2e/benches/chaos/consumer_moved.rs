@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crate::{
-    cluster::{CONSUMERS, ClusterParts, Fleet, NODES, events_written, held_partitions, sequences},
+    cluster::{CONSUMERS, ClusterParts, Fleet, NODES, events_written, held_partitions},
     harness::{Row, Settings, audit, start_load, warm_up},
 };
 
@@ -99,7 +99,6 @@ pub async fn consumer_moved(settings: &Settings, row: &mut Row) -> anyhow::Resul
         }
     }
     audit(row, &cluster.parts, &load_users, &answers).await?;
-    sequences(row, &cluster.parts, &load_users).await?;
     row.must(
         all_moved,
         format!(

@@ -640,6 +640,9 @@ pub async fn audit(row: &mut Row, parts: &Parts, users: &[LoadUser], answers: &[
         .values()
         .filter(|seqs| seqs.windows(2).any(|pair| pair[0] >= pair[1]))
         .count();
+    // Each user's stored events, by the sequence the user service stamped:
+    // in order, and without a hole but for what the relay parked.
+    let faults = callchain_e2e::order::stored_sequence_faults(parts.db.pool()).await?;
     let (events, repeated) = tokio::task::block_in_place(|| events_in_kafka(&parts.kafka))?;
     row.events = events;
     row.must(
@@ -653,6 +656,17 @@ pub async fn audit(row: &mut Row, parts: &Parts, users: &[LoadUser], answers: &[
     row.must(
         out_of_order == 0,
         format!("{out_of_order} users whose rows are out of order"),
+    );
+    row.must(
+        faults.is_empty(),
+        format!(
+            "{} users whose stored sequence is out of order or has a hole{}",
+            faults.len(),
+            faults
+                .first()
+                .map(|fault| format!(" (first: {fault})"))
+                .unwrap_or_default()
+        ),
     );
     // The outbox promises each change once in effect: a relay round cut off
     // between the broker's acknowledgement and its commit (Postgres going

@@ -18,6 +18,8 @@
 //! 7. SIGTERM to each service in turn, under load.
 //! 8. The consumer `kill -9`ed and started again under its static member
 //!    id, then, 15 s later, the broker restarted.
+//! 13. One of two user-service replicas `kill -9`ed while both publish
+//!     shards of the outbox: the other takes them (how soon is printed).
 //!
 //! On a cluster of three Kafka nodes (topics of three replicas, two in
 //! sync at least):
@@ -61,6 +63,7 @@ mod harness;
 mod nemesis;
 mod node_killed;
 mod postgres_restart;
+mod relay_shards_taken_over;
 mod replica_killed;
 mod rolling_restart;
 mod sigterm_each;
@@ -144,7 +147,7 @@ fn release_dir() -> PathBuf {
 
 async fn run(settings: &Settings) -> anyhow::Result<Vec<Row>> {
     type Scenario = for<'a> fn(&'a Settings, &'a mut Row) -> futures_like::Boxed<'a>;
-    let scenarios: [(u32, &str, Scenario); 13] = [
+    let scenarios: [(u32, &str, Scenario); 14] = [
         (1, "1. broker stopped for 10 s", |s, r| {
             Box::pin(broker_outage::broker_outage(s, r))
         }),
@@ -182,6 +185,9 @@ async fn run(settings: &Settings) -> anyhow::Result<Vec<Row>> {
         }),
         (12, "12. one of three consumers kill -9", |s, r| {
             Box::pin(consumer_moved::consumer_moved(s, r))
+        }),
+        (13, "13. one of two relays killed, its shards taken over", |s, r| {
+            Box::pin(relay_shards_taken_over::relay_shards_taken_over(s, r))
         }),
         (NEMESIS, "14. the nemesis", |s, r| {
             Box::pin(nemesis::nemesis(s, r, &s.nemesis))

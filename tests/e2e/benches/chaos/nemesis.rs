@@ -19,7 +19,7 @@ use callchain_e2e::nemesis::{self, Action, Fault, Shape, Target};
 use callchain_testkit::process::signal;
 
 use crate::{
-    cluster::{CONSUMERS, ClusterParts, Fleet, NODES, answered, events_written, sequences},
+    cluster::{CONSUMERS, ClusterParts, Fleet, NODES, answered, events_written},
     collector_down::Collector,
     harness::{Answer, Row, Settings, Spec, audit, caught_up, first_2xx_after, setting, start_load, warm_up},
     postgres_restart::restart_postgres,
@@ -325,7 +325,6 @@ pub async fn nemesis(settings: &Settings, row: &mut Row, plan: &Plan) -> anyhow:
     let (kept, cut_off) = answered(&answers);
     audit(row, &cluster.parts, &load_users, &kept).await?;
     row.count(&answers);
-    sequences(row, &cluster.parts, &load_users).await?;
     eprintln!(
         "    {cut_off} requests cut off while the API or a replica died or slept (none acknowledged, so none owed)"
     );

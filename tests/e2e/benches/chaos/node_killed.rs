@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::{
-    cluster::{ClusterParts, NODES, OutboxWatch, sequences},
+    cluster::{ClusterParts, NODES, OutboxWatch},
     harness::{Row, Settings, all_alive, audit, start_load, warm_up},
 };
 
@@ -98,7 +98,6 @@ async fn node_killed(settings: &Settings, row: &mut Row, controller: bool) -> an
     );
     row.recovered(stall);
     audit(row, &cluster.parts, &load_users, &answers).await?;
-    sequences(row, &cluster.parts, &load_users).await?;
     row.must(
         row.server_errors == 0,
         format!(

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::{
-    cluster::{ClusterParts, NODES, OutboxWatch, sequences},
+    cluster::{ClusterParts, NODES, OutboxWatch},
     harness::{Row, Settings, all_alive, audit, start_load, warm_up},
 };
 
@@ -48,7 +48,6 @@ pub async fn rolling_restart(settings: &Settings, row: &mut Row) -> anyhow::Resu
     );
     row.recovered(stall);
     audit(row, &cluster.parts, &load_users, &answers).await?;
-    sequences(row, &cluster.parts, &load_users).await?;
     row.must(
         row.server_errors == 0,
         format!("0 5xx at the API through the restart ({} 5xx)", row.server_errors),

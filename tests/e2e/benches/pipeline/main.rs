@@ -36,6 +36,7 @@
 //! the machine, to be pasted rather than retyped.
 
 mod kill_broker;
+mod relay;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -138,6 +139,9 @@ fn main() -> anyhow::Result<()> {
         if runs("protocols") {
             let markdown = Markdown::from_env()?;
             protocols(setting("BENCH_READ_SECONDS", 10), markdown.as_ref()).await?;
+        }
+        if runs("relay") {
+            relay::relay_ceiling(setting("BENCH_RELAY_EVENTS", 20_000)).await?;
         }
         if runs("integrity") {
             integrity(

@@ -10,6 +10,7 @@ mod events;
 mod grpc;
 mod helpers;
 mod jaeger;
+mod relay_shards;
 mod resilience;
 mod rpc;
 mod secrets;
