@@ -36,7 +36,7 @@ ci: lint test ## What CI runs
 bench: ## Print the performance figures (consumer events/s, write-to-row lag, read rate, trace integrity) on real Kafka; optimised build
 	@scripts/test-parts.sh run cargo bench -p callchain-e2e --bench pipeline
 
-chaos: ## Inject faults (broker, consumer, Postgres, replicas, a slow user service, the collector, SIGTERM) under load; fails on a lost or duplicated change. CHAOS_ONLY=2 CHAOS_QUICK=1
+chaos: ## Inject faults (broker, consumer, Postgres, replicas, a slow user service, the collector, SIGTERM, a three-node cluster's nodes) under load; fails on a lost, duplicated or reordered change. CHAOS_ONLY=2 CHAOS_QUICK=1; NEMESIS=<minutes> SEED=<n> for random faults in combination
 	@scripts/test-parts.sh run bash -c 'scripts/build-services.sh && cargo bench -p callchain-e2e --bench chaos'
 
 # Cases per property for make fuzz (make test runs a few hundred). A debug

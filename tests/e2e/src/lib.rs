@@ -16,6 +16,8 @@
 //!   own, started by `scripts/parts.sh`, to count in or to stop.
 //! - [`journey`]: a user's journey through a running system, judged by its
 //!   trace in Jaeger (shared by `make test` and `make e2e-up`).
+//! - [`nemesis`]: the seeded random schedule of faults `make chaos
+//!   NEMESIS=<minutes>` carries out.
 //! - [`order`]: each user's stored events checked for order and holes, by
 //!   their sequence.
 
@@ -26,6 +28,7 @@ pub mod helm;
 pub mod jaeger;
 pub mod journey;
 pub mod load;
+pub mod nemesis;
 pub mod order;
 pub mod parts;
 pub mod stack;

@@ -82,7 +82,7 @@ pub async fn collector_down(settings: &Settings, row: &mut Row) -> anyhow::Resul
 
 /// The collector binary the test parts run (scripts/parts.sh), on ports of
 /// its own, forwarding to the test parts' Jaeger.
-struct Collector {
+pub(crate) struct Collector {
     process: Option<ServiceProcess>,
     grpc: std::net::SocketAddr,
     env: Vec<(String, String)>,
@@ -90,7 +90,7 @@ struct Collector {
 }
 
 impl Collector {
-    fn start() -> anyhow::Result<Self> {
+    pub(crate) fn start() -> anyhow::Result<Self> {
         let program = callchain_e2e::tools::script_tool("OTELCOL_BIN", "scripts/install-otelcol.sh")
             .map_err(anyhow::Error::msg)?;
         let grpc = free_addr()?;
@@ -122,17 +122,17 @@ impl Collector {
         Ok(collector)
     }
 
-    fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://{}", self.grpc)
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut process) = self.process.take() {
             process.kill();
         }
     }
 
-    fn restart(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
         let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../observability/otel-collector.yaml");
         let mut process = ServiceProcess::spawn_with_args(

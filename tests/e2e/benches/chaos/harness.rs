@@ -48,6 +48,8 @@ pub struct Settings {
     pub only: Option<BTreeSet<u32>>,
     pub rate: u64,
     pub bins: PathBuf,
+    /// Scenario 14's length and seed.
+    pub nemesis: crate::nemesis::Plan,
 }
 
 impl Settings {
@@ -565,7 +567,14 @@ pub fn events_in_kafka(kafka: &Kafka) -> anyhow::Result<(usize, usize)> {
     let mut seen: HashMap<uuid::Uuid, usize> = HashMap::new();
     let mut at_end = BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let partitions = 3;
+    // As many partitions as the topic has (3 on one broker, more on a cluster).
+    let partitions = reader
+        .fetch_metadata(Some(&kafka.topic), Duration::from_secs(10))?
+        .topics()
+        .iter()
+        .map(|topic| topic.partitions().len())
+        .sum::<usize>()
+        .max(1);
     while at_end.len() < partitions && Instant::now() < deadline {
         match reader.poll(Duration::from_millis(500)) {
             Some(Ok(message)) => {

@@ -21,6 +21,19 @@
 //! 13. One of two user-service replicas `kill -9`ed while both publish
 //!     shards of the outbox: the other takes them (how soon is printed).
 //!
+//! On a cluster of three Kafka nodes (topics of three replicas, two in
+//! sync at least):
+//!
+//! 9. A node other than the active controller `kill -9`ed, started again
+//!    20 s later.
+//! 10. The active controller `kill -9`ed: another is elected.
+//! 11. A rolling restart of the three nodes, each waiting until no partition
+//!     is under-replicated.
+//! 12. One of three consumers `kill -9`ed: its partitions move to the
+//!     others, which never stop.
+//! 14. The nemesis (`NEMESIS=<minutes> SEED=<n>`): a seeded random schedule
+//!     of overlapping faults of every kind, and one checker at the end.
+//!
 //! Each scenario is a module of its own, named after it; `harness` holds
 //! what they share: the parts, the service processes, the load and the
 //! audit.
@@ -31,19 +44,28 @@
 //! does not recover without a restart by hand.
 //!
 //! Settings: `CHAOS_ONLY=2` (or `2,6`) runs those scenarios;
+//! `NEMESIS=<minutes>` runs scenario 14 (alone, unless `CHAOS_ONLY` names
+//! more) for that long (2 minutes otherwise), drawn from `SEED=<n>` (a
+//! fresh seed when unset), `NEMESIS_POSTGRES=0` leaving the machine's
+//! Postgres out of it;
 //! `CHAOS_QUICK=1` shortens every phase; `CHAOS_RATE` (default 200) is the
 //! write rate per second; `CHAOS_BIN_DIR` is where the service binaries are
 //! (default `target/release`, which `make chaos` builds first: a bench cannot
 //! run cargo itself while cargo holds the target folder).
 
 mod broker_outage;
+mod cluster;
 mod collector_down;
 mod consumer_kill_then_broker_restart;
 mod consumer_kills;
+mod consumer_moved;
 mod harness;
+mod nemesis;
+mod node_killed;
 mod postgres_restart;
 mod relay_shards_taken_over;
 mod replica_killed;
+mod rolling_restart;
 mod sigterm_each;
 mod slow_user;
 
@@ -55,11 +77,14 @@ use std::{
 use harness::{Row, Settings, setting};
 
 fn main() -> anyhow::Result<()> {
-    let only = setting("CHAOS_ONLY").map(|list| {
-        list.split(',')
-            .filter_map(|n| n.trim().parse().ok())
-            .collect::<BTreeSet<u32>>()
-    });
+    let (plan, nemesis_asked) = nemesis::Plan::from_env();
+    let only = setting("CHAOS_ONLY")
+        .map(|list| {
+            list.split(',')
+                .filter_map(|n| n.trim().parse().ok())
+                .collect::<BTreeSet<u32>>()
+        })
+        .or_else(|| nemesis_asked.then(|| BTreeSet::from([NEMESIS])));
     let bins = setting("CHAOS_BIN_DIR").map_or_else(release_dir, PathBuf::from);
     for bin in ["api", "user", "consumer"] {
         anyhow::ensure!(
@@ -73,6 +98,7 @@ fn main() -> anyhow::Result<()> {
         only,
         rate: setting("CHAOS_RATE").and_then(|v| v.parse().ok()).unwrap_or(200),
         bins,
+        nemesis: plan,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -108,6 +134,9 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The nemesis's number among the scenarios (13 is the relay's).
+const NEMESIS: u32 = 14;
+
 /// Where `cargo build --release` puts the binaries.
 fn release_dir() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -118,7 +147,7 @@ fn release_dir() -> PathBuf {
 
 async fn run(settings: &Settings) -> anyhow::Result<Vec<Row>> {
     type Scenario = for<'a> fn(&'a Settings, &'a mut Row) -> futures_like::Boxed<'a>;
-    let scenarios: [(u32, &str, Scenario); 9] = [
+    let scenarios: [(u32, &str, Scenario); 14] = [
         (1, "1. broker stopped for 10 s", |s, r| {
             Box::pin(broker_outage::broker_outage(s, r))
         }),
@@ -145,8 +174,23 @@ async fn run(settings: &Settings) -> anyhow::Result<Vec<Row>> {
                 s, r,
             ))
         }),
+        (9, "9. a Kafka node kill -9, back 20 s later", |s, r| {
+            Box::pin(node_killed::follower_killed(s, r))
+        }),
+        (10, "10. the active controller kill -9", |s, r| {
+            Box::pin(node_killed::controller_killed(s, r))
+        }),
+        (11, "11. a rolling restart of the three nodes", |s, r| {
+            Box::pin(rolling_restart::rolling_restart(s, r))
+        }),
+        (12, "12. one of three consumers kill -9", |s, r| {
+            Box::pin(consumer_moved::consumer_moved(s, r))
+        }),
         (13, "13. one of two relays killed, its shards taken over", |s, r| {
             Box::pin(relay_shards_taken_over::relay_shards_taken_over(s, r))
+        }),
+        (NEMESIS, "14. the nemesis", |s, r| {
+            Box::pin(nemesis::nemesis(s, r, &s.nemesis))
         }),
     ];
     let mut rows = Vec::new();

@@ -60,7 +60,7 @@ pub async fn postgres_restart(settings: &Settings, row: &mut Row) -> anyhow::Res
 
 /// Restarts the machine's first Postgres cluster, as scripts/ensure-postgres.sh
 /// finds it.
-fn restart_postgres() -> anyhow::Result<()> {
+pub(crate) fn restart_postgres() -> anyhow::Result<()> {
     let clusters = std::process::Command::new("pg_lsclusters")
         .arg("--no-header")
         .output()?;

@@ -30,10 +30,14 @@
 //! BENCH_INTEGRITY_LOGS=<folder> keeps the integrity run's logs there, for
 //! `tracechain --check-all <folder>` (an absolute path: cargo runs a bench
 //! in its package's folder).
+//! BENCH_INTEGRITY_KILL_BROKER=1 runs the integrity run on a three-node
+//! Kafka cluster of its own and `kill -9`s one node (not the controller)
+//! halfway through its load.
 //! BENCH_MARKDOWN=<file> (absolute too) also writes the protocols' tables
 //! there as docs/performance.md shows them, each headed, dated and naming
 //! the machine, to be pasted rather than retyped.
 
+mod kill_broker;
 mod relay;
 
 use std::{
@@ -893,7 +897,11 @@ fn is_background(line: &serde_json::Value) -> bool {
 /// integrity of their traces, at the OTLP receiver and in the logs.
 async fn integrity(rate: u64, seconds: u64) -> anyhow::Result<()> {
     println!("== trace integrity: PATCH /v1/users/{{id}} at {rate}/s for {seconds} s, every request sampled");
-    let stack = Stack::start().await?;
+    let kill = kill_broker::KillBroker::from_env().await?;
+    let stack = match &kill {
+        Some(kill) => Stack::start_on(kill.kafka().await?).await?,
+        None => Stack::start().await?,
+    };
     let admin = stack.admin_token().await;
     let ids = load_users(&stack, "integrity").await;
     // Everything before the load is done and logged: the load's logs start here.
@@ -904,7 +912,17 @@ async fn integrity(rate: u64, seconds: u64) -> anyhow::Result<()> {
     let offsets: Vec<usize> = services.iter().map(|s| s.logs.text().len()).collect();
 
     let total = rate * seconds;
+    let killer = kill.map(|kill| kill.midway(Duration::from_secs(seconds) / 2));
     let (updates, elapsed) = steady_updates(&stack, &admin, &ids, (rate, seconds), "i").await?;
+    // The cluster, its node dead, lives until the run's end.
+    let _cluster = match killer {
+        Some(killer) => {
+            let (cluster, node) = killer.await??;
+            println!("   on a three-node cluster, node {node} killed (kill -9) halfway and left dead");
+            Some(cluster)
+        }
+        None => None,
+    };
     let traces: Vec<String> = updates
         .iter()
         .filter_map(|update| update.traceparent.as_deref())
