@@ -82,13 +82,23 @@ pub const OTEL_SERVICE_NAME: Setting = Setting {
           `user`, `consumer`).",
 };
 
+/// `LOG_QUEUE_LINES`: how many log lines may wait for stdout.
+pub const LOG_QUEUE_LINES: Setting = Setting {
+    name: "LOG_QUEUE_LINES",
+    default: Some("65536"),
+    doc: "The most log lines waiting to be written to stdout by the log writer's thread; past it a line is dropped \
+          (counted, and the count logged at shutdown), never waited for. `0` writes each line in the thread that \
+          logs it.",
+};
+
 /// The variables the OpenTelemetry SDK reads itself, from the process.
 const SDK_OWN: &str = "Read by the OpenTelemetry SDK itself; unset, the SDK's default.";
 
 /// Every variable the telemetry of a service reads, beside the service's
-/// own; those after the first three the OpenTelemetry SDK reads itself.
+/// own; `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` and `OTEL_RESOURCE_ATTRIBUTES` the OpenTelemetry SDK reads itself.
 pub const SETTINGS: &[Setting] = &[
     RUST_LOG,
+    LOG_QUEUE_LINES,
     OTEL_EXPORTER_OTLP_ENDPOINT,
     OTEL_SERVICE_NAME,
     Setting {
@@ -106,24 +116,49 @@ pub const SETTINGS: &[Setting] = &[
         default: None,
         doc: SDK_OWN,
     },
-    Setting {
-        name: "OTEL_BSP_MAX_QUEUE_SIZE",
-        default: None,
-        doc: "The most finished spans waiting for export; past it a span is dropped (and counted), never waited \
-              for. Read by the OpenTelemetry SDK itself; unset, the SDK's default.",
-    },
-    Setting {
-        name: "OTEL_BSP_SCHEDULE_DELAY",
-        default: None,
-        doc: SDK_OWN,
-    },
-    Setting {
-        name: "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
-        default: None,
-        doc: SDK_OWN,
-    },
+    OTEL_BSP_MAX_QUEUE_SIZE,
+    OTEL_BSP_SCHEDULE_DELAY,
+    OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
     OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT,
 ];
+
+/// `OTEL_BSP_MAX_QUEUE_SIZE`: the span queue of the batch processor. The
+/// SDK's own default (2,048) drops spans at a few thousand spans a second
+/// on a busy machine; this one holds a third of a second of the
+/// consumer's spans flat out (docs/performance.md).
+pub const OTEL_BSP_MAX_QUEUE_SIZE: Setting = Setting {
+    name: "OTEL_BSP_MAX_QUEUE_SIZE",
+    default: Some("32768"),
+    doc: "The most finished spans waiting for export; past it a span is dropped (and counted), never waited for.",
+};
+
+/// `OTEL_BSP_SCHEDULE_DELAY`: the longest a finished span waits for export.
+pub const OTEL_BSP_SCHEDULE_DELAY: Setting = Setting {
+    name: "OTEL_BSP_SCHEDULE_DELAY",
+    default: Some("1000"),
+    doc: "The longest a finished span waits before its batch is exported, in milliseconds; a full batch goes at once.",
+};
+
+/// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`: the spans of one export request.
+pub const OTEL_BSP_MAX_EXPORT_BATCH_SIZE: Setting = Setting {
+    name: "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    default: Some("2048"),
+    doc: "The most spans in one export request (the SDK's default is 512): fewer, larger requests at a high rate.",
+};
+
+/// The batch span processor's queue, batch and delay: the standard
+/// variables, read from the process as the SDK reads them, with this
+/// crate's defaults rather than the SDK's.
+fn batch_config(env: &Env) -> Result<opentelemetry_sdk::trace::BatchConfig, TelemetryError> {
+    const SPANS: &str = "a whole number of spans";
+    Ok(opentelemetry_sdk::trace::BatchConfigBuilder::default()
+        .with_max_queue_size(env.setting(&OTEL_BSP_MAX_QUEUE_SIZE, SPANS)?)
+        .with_max_export_batch_size(env.setting(&OTEL_BSP_MAX_EXPORT_BATCH_SIZE, SPANS)?)
+        .with_scheduled_delay(std::time::Duration::from_millis(
+            env.setting(&OTEL_BSP_SCHEDULE_DELAY, "a whole number of milliseconds")?,
+        ))
+        .build())
+}
 
 /// `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`: the standard cap on attribute values.
 pub const OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT: Setting = Setting {
@@ -162,6 +197,9 @@ pub struct TelemetryConfig {
     pub export: Export,
     /// An `EnvFilter` directive, as in `RUST_LOG`.
     pub log_filter: String,
+    /// [`LOG_QUEUE_LINES`]: the most lines waiting for the log writer's
+    /// thread; 0 writes each line in the thread that logs it.
+    pub log_queue_lines: usize,
     /// The longest a string attribute value may be, in characters, in the
     /// exported span and its record alike: a client cannot make one span
     /// large enough to push a whole export over the collector's limit.
@@ -179,15 +217,19 @@ impl TelemetryConfig {
             log_filter: env
                 .setting(&RUST_LOG, "a log filter")
                 .expect("any text parses as a String"),
+            log_queue_lines: env.setting(&LOG_QUEUE_LINES, "a whole number of lines")?,
             attribute_value_length_limit: env.setting(&OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT, "a whole number")?,
         })
     }
 
     /// A config for `service` that exports as `export` says (an OTLP
-    /// endpoint, or `None` for nothing) and logs as [`RUST_LOG`]'s default.
+    /// endpoint, or `None` for nothing) and logs as [`RUST_LOG`]'s default,
+    /// each line written in the thread that logs it (no queue), so a test
+    /// reads a line as soon as it is logged.
     pub fn new(service: &str, export: impl Into<Export>) -> Self {
         Self {
             export: export.into(),
+            log_queue_lines: 0,
             ..Self::from_env(&Env::default(), service).expect("the settings' defaults parse")
         }
     }
@@ -212,12 +254,22 @@ pub enum TelemetryError {
 pub struct TelemetryGuard {
     provider: SdkTracerProvider,
     export: Option<Arc<export::ExportCounts>>,
+    /// The queue to the log writer's thread, when lines go through one.
+    logs: Option<logs::LogQueue>,
+    /// Where the line saying how many lines were dropped goes, at shutdown.
+    dispatch: Dispatch,
 }
 
 impl TelemetryGuard {
     /// What span export has done so far; `None` when nothing is exported.
     pub fn export_counts(&self) -> Option<&export::ExportCounts> {
         self.export.as_deref()
+    }
+
+    /// How many log lines were dropped because the queue to the log writer
+    /// was full; `None` when each line is written in the thread that logs it.
+    pub fn logs_dropped(&self) -> Option<logs::DroppedLines> {
+        self.logs.as_ref().map(|queue| queue.dropped().clone())
     }
 
     /// Exports every finished span now. Blocks until the exporter answers.
@@ -233,14 +285,30 @@ impl Drop for TelemetryGuard {
         if let Err(error) = self.provider.shutdown() {
             eprintln!("telemetry: shutting span export down failed: {error}");
         }
+        // The span records of the last spans are queued by now; the count
+        // goes last, then every queued line is written out.
+        if let Some(mut queue) = self.logs.take() {
+            let dropped = queue.dropped().count();
+            if dropped > 0 {
+                tracing::dispatcher::with_default(&self.dispatch, || {
+                    tracing::warn!(
+                        target: "callchain::telemetry",
+                        dropped,
+                        "log lines were dropped: the queue to stdout was full (LOG_QUEUE_LINES)"
+                    );
+                });
+            }
+            queue.flush();
+        }
     }
 }
 
 /// Sets up telemetry for this process from `env` (see
-/// [`TelemetryConfig::from_env`]), logging to stdout. Call once, first thing in
-/// `main`, inside the Tokio runtime (the OTLP exporter runs on it). The
-/// OpenTelemetry SDK itself still reads its own variables (`OTEL_BSP_*`,
-/// `OTEL_TRACES_SAMPLER`, ...) from the process environment.
+/// [`TelemetryConfig::from_env`]), logging to stdout through the log
+/// writer's queue ([`LOG_QUEUE_LINES`]). Call once, first thing in `main`,
+/// inside the Tokio runtime (the OTLP exporter runs on it). The span
+/// queue's `OTEL_BSP_*` and the SDK's own variables (`OTEL_TRACES_SAMPLER`,
+/// ...) are read from the process environment.
 pub fn init(env: &Env, service: &str) -> Result<TelemetryGuard, TelemetryError> {
     let config = TelemetryConfig::from_env(env, service)?;
     let (dispatch, guard) = build(&config, std::io::stdout)?;
@@ -271,9 +339,19 @@ where
             let exporter = export::CountingExporter::new(otlp::OtlpExporter::new(endpoint)?);
             export = Some((exporter.counts(), exporter.log_to()));
             // The SDK's batch processor: ending a span never waits for export.
-            records::SpanRecords::then(limit, BatchSpanProcessor::builder(exporter).build())
+            records::SpanRecords::then(
+                limit,
+                BatchSpanProcessor::builder(exporter)
+                    .with_batch_config(batch_config(&Env::from_process())?)
+                    .build(),
+            )
         }
-        Export::Discard => records::SpanRecords::then(limit, BatchSpanProcessor::builder(DiscardExporter).build()),
+        Export::Discard => records::SpanRecords::then(
+            limit,
+            BatchSpanProcessor::builder(DiscardExporter)
+                .with_batch_config(batch_config(&Env::from_process())?)
+                .build(),
+        ),
         Export::Off => records::SpanRecords::new(limit),
     };
     let sink = records.sink();
@@ -285,7 +363,13 @@ where
     let provider = provider.build();
     let tracer = provider.tracer(config.service_name.clone());
 
-    let writer = logs::LogWriter::new(writer);
+    let (writer, log_queue) = match config.log_queue_lines {
+        0 => (logs::LogWriter::new(writer), None),
+        lines => {
+            let (writer, queue) = logs::LogQueue::new(writer, lines);
+            (writer, Some(queue))
+        }
+    };
     let subscriber = tracing_subscriber::registry()
         .with(EnvFilter::try_new(&config.log_filter)?)
         // Spans carry what the semantic conventions name, nothing of the
@@ -311,7 +395,13 @@ where
         export::log_to(&log, &dispatch);
         counts
     });
-    Ok((dispatch, TelemetryGuard { provider, export }))
+    let guard = TelemetryGuard {
+        provider,
+        export,
+        logs: log_queue,
+        dispatch: dispatch.clone(),
+    };
+    Ok((dispatch, guard))
 }
 
 /// An exporter that accepts every batch and sends it nowhere.

@@ -51,6 +51,13 @@ impl ServiceHandle {
         let writer = logs.clone();
         let mut config = TelemetryConfig::new(name, export);
         config.log_filter = "info,sqlx=warn,h2=warn,tower=warn,hyper=warn".to_owned();
+        // A test reads a line as soon as it is logged, so each line is
+        // written in the thread that logs it; a benchmark that sets
+        // LOG_QUEUE_LINES in its process measures the queue a process has.
+        config.log_queue_lines = std::env::var(callchain_telemetry::LOG_QUEUE_LINES.name)
+            .ok()
+            .and_then(|lines| lines.parse().ok())
+            .unwrap_or(0);
         let (dispatch, telemetry) = callchain_telemetry::build(&config, move || writer.clone())?;
 
         let runtime = tokio::runtime::Builder::new_multi_thread()
