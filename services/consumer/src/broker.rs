@@ -160,6 +160,13 @@ fn partition_ids(partitions: &TopicPartitionList) -> Vec<i32> {
 /// but only those the pipeline stored, and it stores them only once their
 /// rows are committed in Postgres (or their dead letters acknowledged).
 pub fn consumer(config: &Config, health: Arc<Health>) -> KafkaResult<StreamConsumer<Member>> {
+    client_config(config).create_with_context(Member { health })
+}
+
+/// The group consumer's settings, as [`consumer`] creates it with them
+/// (`make bench` reads the topic raw with the same ones, for the limit the
+/// consumer is held against).
+pub fn client_config(config: &Config) -> ClientConfig {
     let mut client = ClientConfig::new();
     if let Some(instance) = &config.group_instance_id {
         client.set("group.instance.id", instance);
@@ -185,8 +192,8 @@ pub fn consumer(config: &Config, health: Arc<Health>) -> KafkaResult<StreamConsu
         .set("fetch.wait.max.ms", "10")
         // `recv` says when a partition is read to its end: `/readyz` tells
         // a consumer with nothing to read from one that reads nothing.
-        .set("enable.partition.eof", "true")
-        .create_with_context(Member { health })
+        .set("enable.partition.eof", "true");
+    client
 }
 
 /// The producer of dead letters: idempotent and acknowledged by every

@@ -147,17 +147,36 @@ pub const OTEL_BSP_MAX_EXPORT_BATCH_SIZE: Setting = Setting {
 };
 
 /// The batch span processor's queue, batch and delay: the standard
-/// variables, read from the process as the SDK reads them, with this
-/// crate's defaults rather than the SDK's.
-fn batch_config(env: &Env) -> Result<opentelemetry_sdk::trace::BatchConfig, TelemetryError> {
-    const SPANS: &str = "a whole number of spans";
-    Ok(opentelemetry_sdk::trace::BatchConfigBuilder::default()
-        .with_max_queue_size(env.setting(&OTEL_BSP_MAX_QUEUE_SIZE, SPANS)?)
-        .with_max_export_batch_size(env.setting(&OTEL_BSP_MAX_EXPORT_BATCH_SIZE, SPANS)?)
-        .with_scheduled_delay(std::time::Duration::from_millis(
-            env.setting(&OTEL_BSP_SCHEDULE_DELAY, "a whole number of milliseconds")?,
-        ))
-        .build())
+/// `OTEL_BSP_*` variables, with this crate's defaults rather than the SDK's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanBatch {
+    /// [`OTEL_BSP_MAX_QUEUE_SIZE`].
+    pub max_queue_size: usize,
+    /// [`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`].
+    pub max_export_batch_size: usize,
+    /// [`OTEL_BSP_SCHEDULE_DELAY`].
+    pub scheduled_delay: std::time::Duration,
+}
+
+impl SpanBatch {
+    pub fn from_env(env: &Env) -> Result<Self, TelemetryError> {
+        const SPANS: &str = "a whole number of spans";
+        Ok(Self {
+            max_queue_size: env.setting(&OTEL_BSP_MAX_QUEUE_SIZE, SPANS)?,
+            max_export_batch_size: env.setting(&OTEL_BSP_MAX_EXPORT_BATCH_SIZE, SPANS)?,
+            scheduled_delay: std::time::Duration::from_millis(
+                env.setting(&OTEL_BSP_SCHEDULE_DELAY, "a whole number of milliseconds")?,
+            ),
+        })
+    }
+
+    fn config(self) -> opentelemetry_sdk::trace::BatchConfig {
+        opentelemetry_sdk::trace::BatchConfigBuilder::default()
+            .with_max_queue_size(self.max_queue_size)
+            .with_max_export_batch_size(self.max_export_batch_size)
+            .with_scheduled_delay(self.scheduled_delay)
+            .build()
+    }
 }
 
 /// `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`: the standard cap on attribute values.
@@ -197,6 +216,8 @@ pub struct TelemetryConfig {
     pub export: Export,
     /// An `EnvFilter` directive, as in `RUST_LOG`.
     pub log_filter: String,
+    /// The span queue, its export batches and their delay.
+    pub span_batch: SpanBatch,
     /// [`LOG_QUEUE_LINES`]: the most lines waiting for the log writer's
     /// thread; 0 writes each line in the thread that logs it.
     pub log_queue_lines: usize,
@@ -218,6 +239,7 @@ impl TelemetryConfig {
                 .setting(&RUST_LOG, "a log filter")
                 .expect("any text parses as a String"),
             log_queue_lines: env.setting(&LOG_QUEUE_LINES, "a whole number of lines")?,
+            span_batch: SpanBatch::from_env(env)?,
             attribute_value_length_limit: env.setting(&OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT, "a whole number")?,
         })
     }
@@ -306,9 +328,9 @@ impl Drop for TelemetryGuard {
 /// Sets up telemetry for this process from `env` (see
 /// [`TelemetryConfig::from_env`]), logging to stdout through the log
 /// writer's queue ([`LOG_QUEUE_LINES`]). Call once, first thing in `main`,
-/// inside the Tokio runtime (the OTLP exporter runs on it). The span
-/// queue's `OTEL_BSP_*` and the SDK's own variables (`OTEL_TRACES_SAMPLER`,
-/// ...) are read from the process environment.
+/// inside the Tokio runtime (the OTLP exporter runs on it). The SDK's own
+/// variables (`OTEL_TRACES_SAMPLER`, ...) it reads itself from the process
+/// environment.
 pub fn init(env: &Env, service: &str) -> Result<TelemetryGuard, TelemetryError> {
     let config = TelemetryConfig::from_env(env, service)?;
     let (dispatch, guard) = build(&config, std::io::stdout)?;
@@ -342,14 +364,14 @@ where
             records::SpanRecords::then(
                 limit,
                 BatchSpanProcessor::builder(exporter)
-                    .with_batch_config(batch_config(&Env::from_process())?)
+                    .with_batch_config(config.span_batch.config())
                     .build(),
             )
         }
         Export::Discard => records::SpanRecords::then(
             limit,
             BatchSpanProcessor::builder(DiscardExporter)
-                .with_batch_config(batch_config(&Env::from_process())?)
+                .with_batch_config(config.span_batch.config())
                 .build(),
         ),
         Export::Off => records::SpanRecords::new(limit),

@@ -5,10 +5,20 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use callchain_telemetry::{Export, TelemetryConfig, TelemetryGuard};
+use callchain_telemetry::{Export, SpanBatch, TelemetryConfig, TelemetryGuard};
 use tokio::sync::oneshot;
 
 use crate::logs::LogBuffer;
+
+/// The span queue of the services started from now on in this process;
+/// `None`: the shipped defaults. A benchmark sizes it for its bursts, then
+/// measures the defaults too.
+static SPAN_BATCH: std::sync::RwLock<Option<SpanBatch>> = std::sync::RwLock::new(None);
+
+/// Sets the span queue of the services started from now on (see [`SPAN_BATCH`]).
+pub fn set_span_batch(batch: Option<SpanBatch>) {
+    *SPAN_BATCH.write().expect("span batch") = batch;
+}
 
 /// A running service. Dropping it stops it abruptly.
 pub struct ServiceHandle {
@@ -58,6 +68,9 @@ impl ServiceHandle {
             .ok()
             .and_then(|lines| lines.parse().ok())
             .unwrap_or(0);
+        if let Some(batch) = *SPAN_BATCH.read().expect("span batch") {
+            config.span_batch = batch;
+        }
         let (dispatch, telemetry) = callchain_telemetry::build(&config, move || writer.clone())?;
 
         let runtime = tokio::runtime::Builder::new_multi_thread()
