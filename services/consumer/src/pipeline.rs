@@ -9,6 +9,9 @@
 //! 3. the highest offset of each partition is stored; librdkafka commits
 //!    stored offsets in the background, and once more at shutdown.
 //!
+//! While a batch is written, the next one's messages are received (and held,
+//! their offsets not stored), so Kafka's side and Postgres's overlap.
+//!
 //! A crash anywhere before step 3 replays the batch, which is harmless: rows
 //! are written `ON CONFLICT (event_id) DO NOTHING`.
 //!
@@ -463,7 +466,7 @@ impl Source {
         let mut failures = 0u32;
         loop {
             let result = if failures == 0 {
-                attempt().await
+                self.while_receiving(attempt()).await
             } else {
                 tokio::select! {
                     biased;
@@ -496,6 +499,27 @@ impl Source {
                 }
             }
         }
+    }
+
+    /// Runs `work` (a batch's write) while the next batch's messages are
+    /// received into `held`, up to a batch: Kafka's side of the next batch
+    /// (its receipt and process spans) overlaps Postgres's of this one, and
+    /// the next batch is in hand when this one is done. Nothing received is
+    /// stored before it is handled, so a crash replays it as before.
+    async fn while_receiving<T>(&mut self, work: impl Future<Output = T>) -> T {
+        let mut work = std::pin::pin!(work);
+        while self.held.len() < self.batch_size && self.failed.is_none() {
+            tokio::select! {
+                biased;
+                done = &mut work => return done,
+                received = self.kafka.recv() => {
+                    let received = received.map(|message| Consumed::new(&message, &self.group_id));
+                    let consumed = self.accept(received);
+                    self.held.extend(consumed);
+                }
+            }
+        }
+        work.await
     }
 
     /// Waits `delay`, still polling the consumer: librdkafka takes a consumer
