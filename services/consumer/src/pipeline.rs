@@ -106,6 +106,8 @@ struct Source {
     /// Messages that arrived while a batch was being retried; the next
     /// batches start with them.
     held: VecDeque<Consumed>,
+    /// Shutdown came while a batch was written: no batch after it.
+    stopping: bool,
     /// Why the client must be replaced, once the batch in hand is handled;
     /// from then on nothing more is taken from it.
     failed: Option<String>,
@@ -141,6 +143,7 @@ impl Pipeline {
                 batch_size: config.batch_size,
                 batch_timeout: config.batch_timeout,
                 held: VecDeque::new(),
+                stopping: false,
                 failed: None,
                 restarts: Backoff::new(),
                 stored: Offsets::default(),
@@ -340,6 +343,9 @@ impl Source {
     /// or until `batch_timeout` has passed; cut short (empty, even) when the
     /// client fails. `None` at shutdown.
     async fn next_batch(&mut self) -> Option<Vec<Consumed>> {
+        if self.stopping {
+            return None;
+        }
         let held = self.held.len().min(self.batch_size);
         let mut batch: Vec<Consumed> = self.held.drain(..held).collect();
         let mut fatal_check = tokio::time::interval(FATAL_CHECK_INTERVAL);
@@ -506,12 +512,17 @@ impl Source {
     /// (its receipt and process spans) overlaps Postgres's of this one, and
     /// the next batch is in hand when this one is done. Nothing received is
     /// stored before it is handled, so a crash replays it as before.
+    ///
+    /// Shutdown stops the receiving (the write goes on): what is held then
+    /// is left for the next consumer, as it was never stored.
     async fn while_receiving<T>(&mut self, work: impl Future<Output = T>) -> T {
         let mut work = std::pin::pin!(work);
-        while self.held.len() < self.batch_size && self.failed.is_none() {
+        let mut shutdown = std::pin::pin!(self.shutdown.wait());
+        while self.held.len() < self.batch_size && self.failed.is_none() && !self.stopping {
             tokio::select! {
                 biased;
                 done = &mut work => return done,
+                () = &mut shutdown => self.stopping = true,
                 received = self.kafka.recv() => {
                     let received = received.map(|message| Consumed::new(&message, &self.group_id));
                     let consumed = self.accept(received);
