@@ -29,13 +29,18 @@ struct Step {
     failed: usize,
 }
 
-/// Raises the rate from `start` by half each step, `seconds` a step,
+/// Raises the rate from `start` (unset: a third of the user service's raw
+/// transaction rate) by a quarter each step, `seconds` a step,
 /// [`super::limits::RUNS`] times; prints each ceiling and the stage that
 /// saturated, as a fraction of its limit.
-pub async fn ceiling(limits: Option<&Limits>, start: u64, seconds: u64) -> anyhow::Result<()> {
+pub async fn ceiling(limits: Option<&Limits>, start: Option<u64>, seconds: u64) -> anyhow::Result<()> {
+    let start = start
+        .or_else(|| limits.map(|limits| (limits.user.median() / 3.0) as u64))
+        .unwrap_or(200)
+        .max(20);
     println!(
-        "== the write ceiling: PATCH /v1/users/{{id}} through the outbox to the event row, the rate raised by half \
-         every {seconds} s until the lag's p99 passes {LAG_P99} ms"
+        "== the write ceiling: PATCH /v1/users/{{id}} through the outbox to the event row, from {start}/s, the rate \
+         raised by a quarter every {seconds} s until the lag's p99 passes {LAG_P99} ms"
     );
     let mut ceilings = Spread::default();
     let mut stages = Vec::new();
@@ -61,7 +66,7 @@ pub async fn ceiling(limits: Option<&Limits>, start: u64, seconds: u64) -> anyho
                 break step;
             }
             below = Some(step.rate);
-            rate += rate / 2;
+            rate += rate / 4;
             // Every event of the step is stored before the next begins.
             stack.wait_until_published(Duration::from_secs(120)).await?;
             stack.kafka.wait_until_consumed(Duration::from_secs(120)).await?;

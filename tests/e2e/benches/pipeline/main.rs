@@ -163,7 +163,7 @@ fn main() -> anyhow::Result<()> {
         if runs("ceiling") {
             ceiling::ceiling(
                 limits.as_ref(),
-                setting("BENCH_CEILING_START", 500),
+                std::env::var("BENCH_CEILING_START").ok().and_then(|v| v.parse().ok()),
                 setting("BENCH_CEILING_SECONDS", 5),
             )
             .await?;
