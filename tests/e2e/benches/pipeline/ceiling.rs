@@ -15,6 +15,9 @@ use super::limits::{Limits, Spread};
 /// The lag's p99 the ceiling stays under.
 const LAG_P99: f64 = 100.0;
 
+/// The lowest rate tried: below it the ceiling is given as 0.
+const MIN_RATE: u64 = 20;
+
 /// Where a step's writes stood when its load ended.
 struct Step {
     rate: u64,
@@ -30,14 +33,15 @@ struct Step {
 }
 
 /// Raises the rate from `start` (unset: a third of the user service's raw
-/// transaction rate) by a quarter each step, `seconds` a step,
+/// transaction rate; halved first while even it is past the bound) by a
+/// quarter each step, `seconds` a step,
 /// [`super::limits::RUNS`] times; prints each ceiling and the stage that
 /// saturated, as a fraction of its limit.
 pub async fn ceiling(limits: Option<&Limits>, start: Option<u64>, seconds: u64) -> anyhow::Result<()> {
     let start = start
         .or_else(|| limits.map(|limits| (limits.user.median() / 3.0) as u64))
         .unwrap_or(200)
-        .max(20);
+        .max(MIN_RATE);
     println!(
         "== the write ceiling: PATCH /v1/users/{{id}} through the outbox to the event row, from {start}/s, the rate \
          raised by a quarter every {seconds} s until the lag's p99 passes {LAG_P99} ms"
@@ -63,6 +67,14 @@ pub async fn ceiling(limits: Option<&Limits>, start: Option<u64>, seconds: u64) 
                 step.failed
             );
             if step.p99 > LAG_P99 || step.failed > 0 || step.answered < 0.95 * step.rate as f64 {
+                // Past it already at the start: the rate is halved until a
+                // step stays under the bound, then raised again from there.
+                if below.is_none() && rate / 2 >= MIN_RATE {
+                    rate /= 2;
+                    stack.wait_until_published(Duration::from_secs(120)).await?;
+                    stack.kafka.wait_until_consumed(Duration::from_secs(120)).await?;
+                    continue;
+                }
                 break step;
             }
             below = Some(step.rate);
