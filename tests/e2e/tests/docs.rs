@@ -97,17 +97,33 @@ fn the_readme_is_a_front_door_and_links_every_file_of_the_reference() {
     }
 }
 
-/// Every file of `docs/` is one the README links.
+/// Every file of `docs/` is one the README links, beside `docs/images/`,
+/// whose every picture a page of the reference shows.
 #[test]
 fn docs_holds_the_reference_and_nothing_else() {
     let mut found: Vec<String> = std::fs::read_dir(workspace_root().join("docs"))
         .expect("docs/ holds the reference")
         .map(|entry| format!("docs/{}", entry.unwrap().file_name().to_string_lossy()))
+        .filter(|file| file != "docs/images")
         .collect();
     found.sort();
     let mut expected: Vec<String> = REFERENCE.iter().map(|file| file.to_string()).collect();
     expected.sort();
     assert_eq!(found, expected);
+    let pages: String = REFERENCE
+        .iter()
+        .map(|file| read_workspace_file(file).unwrap())
+        .collect();
+    for picture in std::fs::read_dir(workspace_root().join("docs/images"))
+        .into_iter()
+        .flatten()
+    {
+        let name = picture.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            pages.contains(&format!("(images/{name})")),
+            "docs/images/{name} is shown by no page of the reference"
+        );
+    }
 }
 
 /// Text files of the repository a reader may meet, relative to its root:
