@@ -187,12 +187,20 @@ fn partition_ids(partitions: &TopicPartitionList) -> Vec<i32> {
 /// commit, harmlessly (rows are written `ON CONFLICT DO NOTHING`). librdkafka
 /// commits the stored offsets of revoked partitions as it revokes them.
 pub fn consumer(config: &Config, health: Arc<Health>, lag: Option<Arc<Lag>>) -> KafkaResult<StreamConsumer<Member>> {
+    let mut client = client_config(config);
+    if lag.is_some() {
+        client.set("statistics.interval.ms", lag::STATISTICS_INTERVAL_MS.to_string());
+    }
+    client.create_with_context(Member { health, lag })
+}
+
+/// The group consumer's settings, as [`consumer`] creates it with them
+/// (`make bench` reads the topic raw with the same ones, for the limit the
+/// consumer is held against).
+pub fn client_config(config: &Config) -> ClientConfig {
     let mut client = ClientConfig::new();
     if let Some(instance) = &config.group_instance_id {
         client.set("group.instance.id", instance);
-    }
-    if lag.is_some() {
-        client.set("statistics.interval.ms", lag::STATISTICS_INTERVAL_MS.to_string());
     }
     client
         .set("bootstrap.servers", &config.brokers)
@@ -216,8 +224,8 @@ pub fn consumer(config: &Config, health: Arc<Health>, lag: Option<Arc<Lag>>) -> 
         .set("fetch.wait.max.ms", "10")
         // `recv` says when a partition is read to its end: `/readyz` tells
         // a consumer with nothing to read from one that reads nothing.
-        .set("enable.partition.eof", "true")
-        .create_with_context(Member { health, lag })
+        .set("enable.partition.eof", "true");
+    client
 }
 
 /// The producer of dead letters: idempotent and acknowledged by every

@@ -33,14 +33,16 @@ mod lag;
 mod message;
 mod pipeline;
 mod shutdown;
-mod store;
+pub mod store;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
+pub use batch::EventRow;
 pub use broker::ASSIGNMENT_STRATEGY;
+pub use broker::client_config as kafka_client_config;
 pub use config::Config;
 
 use crate::{health::Health, pipeline::Pipeline, shutdown::Shutdown};

@@ -9,6 +9,9 @@
 //! 3. the highest offset of each partition is stored; librdkafka commits
 //!    stored offsets in the background, and once more at shutdown.
 //!
+//! While a batch is written, the next one's messages are received (and held,
+//! their offsets not stored), so Kafka's side and Postgres's overlap.
+//!
 //! A crash anywhere before step 3 replays the batch, which is harmless: rows
 //! are written `ON CONFLICT (event_id) DO NOTHING`.
 //!
@@ -105,6 +108,8 @@ struct Source {
     /// Messages that arrived while a batch was being retried; the next
     /// batches start with them.
     held: VecDeque<Consumed>,
+    /// Shutdown came while a batch was written: no batch after it.
+    stopping: bool,
     /// Why the client must be replaced, once the batch in hand is handled;
     /// from then on nothing more is taken from it.
     failed: Option<String>,
@@ -143,6 +148,7 @@ impl Pipeline {
                 batch_size: config.batch_size,
                 batch_timeout: config.batch_timeout,
                 held: VecDeque::new(),
+                stopping: false,
                 failed: None,
                 restarts: Backoff::new(),
                 stored: Offsets::default(),
@@ -342,6 +348,9 @@ impl Source {
     /// or until `batch_timeout` has passed; cut short (empty, even) when the
     /// client fails. `None` at shutdown.
     async fn next_batch(&mut self) -> Option<Vec<Consumed>> {
+        if self.stopping {
+            return None;
+        }
         let held = self.held.len().min(self.batch_size);
         let mut batch: Vec<Consumed> = self.held.drain(..held).collect();
         let mut fatal_check = tokio::time::interval(FATAL_CHECK_INTERVAL);
@@ -468,7 +477,7 @@ impl Source {
         let mut failures = 0u32;
         loop {
             let result = if failures == 0 {
-                attempt().await
+                self.while_receiving(attempt()).await
             } else {
                 tokio::select! {
                     biased;
@@ -501,6 +510,32 @@ impl Source {
                 }
             }
         }
+    }
+
+    /// Runs `work` (a batch's write) while the next batch's messages are
+    /// received into `held`, up to a batch: Kafka's side of the next batch
+    /// (its receipt and process spans) overlaps Postgres's of this one, and
+    /// the next batch is in hand when this one is done. Nothing received is
+    /// stored before it is handled, so a crash replays it as before.
+    ///
+    /// Shutdown stops the receiving (the write goes on): what is held then
+    /// is left for the next consumer, as it was never stored.
+    async fn while_receiving<T>(&mut self, work: impl Future<Output = T>) -> T {
+        let mut work = std::pin::pin!(work);
+        let mut shutdown = std::pin::pin!(self.shutdown.wait());
+        while self.held.len() < self.batch_size && self.failed.is_none() && !self.stopping {
+            tokio::select! {
+                biased;
+                done = &mut work => return done,
+                () = &mut shutdown => self.stopping = true,
+                received = self.kafka.recv() => {
+                    let received = received.map(|message| Consumed::new(&message, &self.group_id));
+                    let consumed = self.accept(received);
+                    self.held.extend(consumed);
+                }
+            }
+        }
+        work.await
     }
 
     /// Waits `delay`, still polling the consumer: librdkafka takes a consumer

@@ -22,7 +22,7 @@ pub mod fault;
 mod password;
 mod relay;
 mod service;
-mod store;
+pub mod store;
 
 use std::{future::Future, net::SocketAddr};
 

@@ -85,13 +85,23 @@ pub const OTEL_SERVICE_NAME: Setting = Setting {
           `user`, `consumer`).",
 };
 
+/// `LOG_QUEUE_LINES`: how many log lines may wait for stdout.
+pub const LOG_QUEUE_LINES: Setting = Setting {
+    name: "LOG_QUEUE_LINES",
+    default: Some("65536"),
+    doc: "The most log lines waiting to be written to stdout by the log writer's thread; past it a line is dropped \
+          (counted, and the count logged at shutdown), never waited for. `0` writes each line in the thread that \
+          logs it.",
+};
+
 /// The variables the OpenTelemetry SDK reads itself, from the process.
 const SDK_OWN: &str = "Read by the OpenTelemetry SDK itself; unset, the SDK's default.";
 
 /// Every variable the telemetry of a service reads, beside the service's
-/// own; those after the first three the OpenTelemetry SDK reads itself.
+/// own; `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` and `OTEL_RESOURCE_ATTRIBUTES` the OpenTelemetry SDK reads itself.
 pub const SETTINGS: &[Setting] = &[
     RUST_LOG,
+    LOG_QUEUE_LINES,
     OTEL_EXPORTER_OTLP_ENDPOINT,
     OTEL_SERVICE_NAME,
     Setting {
@@ -109,26 +119,70 @@ pub const SETTINGS: &[Setting] = &[
         default: None,
         doc: SDK_OWN,
     },
-    Setting {
-        name: "OTEL_BSP_MAX_QUEUE_SIZE",
-        default: None,
-        doc: "The most finished spans waiting for export; past it a span is dropped (and counted), never waited \
-              for. Read by the OpenTelemetry SDK itself; unset, the SDK's default.",
-    },
-    Setting {
-        name: "OTEL_BSP_SCHEDULE_DELAY",
-        default: None,
-        doc: SDK_OWN,
-    },
-    Setting {
-        name: "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
-        default: None,
-        doc: SDK_OWN,
-    },
+    OTEL_BSP_MAX_QUEUE_SIZE,
+    OTEL_BSP_SCHEDULE_DELAY,
+    OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
     OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT,
     metrics::OTEL_METRICS_EXPORTER,
     metrics::OTEL_METRIC_EXPORT_INTERVAL,
 ];
+
+/// `OTEL_BSP_MAX_QUEUE_SIZE`: the span queue of the batch processor. The
+/// SDK's own default (2,048) drops spans at a few thousand spans a second
+/// on a busy machine; this one holds a third of a second of the
+/// consumer's spans flat out (docs/performance.md).
+pub const OTEL_BSP_MAX_QUEUE_SIZE: Setting = Setting {
+    name: "OTEL_BSP_MAX_QUEUE_SIZE",
+    default: Some("32768"),
+    doc: "The most finished spans waiting for export; past it a span is dropped (and counted), never waited for.",
+};
+
+/// `OTEL_BSP_SCHEDULE_DELAY`: the longest a finished span waits for export.
+pub const OTEL_BSP_SCHEDULE_DELAY: Setting = Setting {
+    name: "OTEL_BSP_SCHEDULE_DELAY",
+    default: Some("1000"),
+    doc: "The longest a finished span waits before its batch is exported, in milliseconds; a full batch goes at once.",
+};
+
+/// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`: the spans of one export request.
+pub const OTEL_BSP_MAX_EXPORT_BATCH_SIZE: Setting = Setting {
+    name: "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    default: Some("2048"),
+    doc: "The most spans in one export request (the SDK's default is 512): fewer, larger requests at a high rate.",
+};
+
+/// The batch span processor's queue, batch and delay: the standard
+/// `OTEL_BSP_*` variables, with this crate's defaults rather than the SDK's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanBatch {
+    /// [`OTEL_BSP_MAX_QUEUE_SIZE`].
+    pub max_queue_size: usize,
+    /// [`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`].
+    pub max_export_batch_size: usize,
+    /// [`OTEL_BSP_SCHEDULE_DELAY`].
+    pub scheduled_delay: std::time::Duration,
+}
+
+impl SpanBatch {
+    pub fn from_env(env: &Env) -> Result<Self, TelemetryError> {
+        const SPANS: &str = "a whole number of spans";
+        Ok(Self {
+            max_queue_size: env.setting(&OTEL_BSP_MAX_QUEUE_SIZE, SPANS)?,
+            max_export_batch_size: env.setting(&OTEL_BSP_MAX_EXPORT_BATCH_SIZE, SPANS)?,
+            scheduled_delay: std::time::Duration::from_millis(
+                env.setting(&OTEL_BSP_SCHEDULE_DELAY, "a whole number of milliseconds")?,
+            ),
+        })
+    }
+
+    fn config(self) -> opentelemetry_sdk::trace::BatchConfig {
+        opentelemetry_sdk::trace::BatchConfigBuilder::default()
+            .with_max_queue_size(self.max_queue_size)
+            .with_max_export_batch_size(self.max_export_batch_size)
+            .with_scheduled_delay(self.scheduled_delay)
+            .build()
+    }
+}
 
 /// `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`: the standard cap on attribute values.
 pub const OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT: Setting = Setting {
@@ -167,6 +221,11 @@ pub struct TelemetryConfig {
     pub export: Export,
     /// An `EnvFilter` directive, as in `RUST_LOG`.
     pub log_filter: String,
+    /// The span queue, its export batches and their delay.
+    pub span_batch: SpanBatch,
+    /// [`LOG_QUEUE_LINES`]: the most lines waiting for the log writer's
+    /// thread; 0 writes each line in the thread that logs it.
+    pub log_queue_lines: usize,
     /// The longest a string attribute value may be, in characters, in the
     /// exported span and its record alike: a client cannot make one span
     /// large enough to push a whole export over the collector's limit.
@@ -190,6 +249,8 @@ impl TelemetryConfig {
             log_filter: env
                 .setting(&RUST_LOG, "a log filter")
                 .expect("any text parses as a String"),
+            log_queue_lines: env.setting(&LOG_QUEUE_LINES, "a whole number of lines")?,
+            span_batch: SpanBatch::from_env(env)?,
             attribute_value_length_limit: env.setting(&OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT, "a whole number")?,
             metrics: env.setting(&metrics::OTEL_METRICS_EXPORTER, "`otlp` or `none`")?,
             metric_export_interval: std::time::Duration::from_millis(
@@ -199,10 +260,13 @@ impl TelemetryConfig {
     }
 
     /// A config for `service` that exports as `export` says (an OTLP
-    /// endpoint, or `None` for nothing) and logs as [`RUST_LOG`]'s default.
+    /// endpoint, or `None` for nothing) and logs as [`RUST_LOG`]'s default,
+    /// each line written in the thread that logs it (no queue), so a test
+    /// reads a line as soon as it is logged.
     pub fn new(service: &str, export: impl Into<Export>) -> Self {
         Self {
             export: export.into(),
+            log_queue_lines: 0,
             ..Self::from_env(&Env::default(), service).expect("the settings' defaults parse")
         }
     }
@@ -230,12 +294,22 @@ pub struct TelemetryGuard {
     provider: SdkTracerProvider,
     meters: Option<opentelemetry_sdk::metrics::SdkMeterProvider>,
     export: Option<Arc<export::ExportCounts>>,
+    /// The queue to the log writer's thread, when lines go through one.
+    logs: Option<logs::LogQueue>,
+    /// Where the line saying how many lines were dropped goes, at shutdown.
+    dispatch: Dispatch,
 }
 
 impl TelemetryGuard {
     /// What span export has done so far; `None` when nothing is exported.
     pub fn export_counts(&self) -> Option<&export::ExportCounts> {
         self.export.as_deref()
+    }
+
+    /// How many log lines were dropped because the queue to the log writer
+    /// was full; `None` when each line is written in the thread that logs it.
+    pub fn logs_dropped(&self) -> Option<logs::DroppedLines> {
+        self.logs.as_ref().map(|queue| queue.dropped().clone())
     }
 
     /// Exports every finished span, and the metrics' values, now. Blocks
@@ -262,14 +336,30 @@ impl Drop for TelemetryGuard {
         {
             eprintln!("telemetry: shutting metric export down failed: {error}");
         }
+        // The span records of the last spans are queued by now; the count
+        // goes last, then every queued line is written out.
+        if let Some(mut queue) = self.logs.take() {
+            let dropped = queue.dropped().count();
+            if dropped > 0 {
+                tracing::dispatcher::with_default(&self.dispatch, || {
+                    tracing::warn!(
+                        target: "callchain::telemetry",
+                        dropped,
+                        "log lines were dropped: the queue to stdout was full (LOG_QUEUE_LINES)"
+                    );
+                });
+            }
+            queue.flush();
+        }
     }
 }
 
 /// Sets up telemetry for this process from `env` (see
-/// [`TelemetryConfig::from_env`]), logging to stdout. Call once, first thing in
-/// `main`, inside the Tokio runtime (the OTLP exporter runs on it). The
-/// OpenTelemetry SDK itself still reads its own variables (`OTEL_BSP_*`,
-/// `OTEL_TRACES_SAMPLER`, ...) from the process environment.
+/// [`TelemetryConfig::from_env`]), logging to stdout through the log
+/// writer's queue ([`LOG_QUEUE_LINES`]). Call once, first thing in `main`,
+/// inside the Tokio runtime (the OTLP exporter runs on it). The SDK's own
+/// variables (`OTEL_TRACES_SAMPLER`, ...) it reads itself from the process
+/// environment.
 pub fn init(env: &Env, service: &str) -> Result<TelemetryGuard, TelemetryError> {
     let config = TelemetryConfig::from_env(env, service)?;
     let (dispatch, guard) = build(&config, std::io::stdout)?;
@@ -309,9 +399,19 @@ where
             let exporter = export::CountingExporter::new(otlp::OtlpExporter::new(endpoint)?);
             export = Some((exporter.counts(), exporter.log_to()));
             // The SDK's batch processor: ending a span never waits for export.
-            records::SpanRecords::then(limit, BatchSpanProcessor::builder(exporter).build())
+            records::SpanRecords::then(
+                limit,
+                BatchSpanProcessor::builder(exporter)
+                    .with_batch_config(config.span_batch.config())
+                    .build(),
+            )
         }
-        Export::Discard => records::SpanRecords::then(limit, BatchSpanProcessor::builder(DiscardExporter).build()),
+        Export::Discard => records::SpanRecords::then(
+            limit,
+            BatchSpanProcessor::builder(DiscardExporter)
+                .with_batch_config(config.span_batch.config())
+                .build(),
+        ),
         Export::Off => records::SpanRecords::new(limit),
     };
     let sink = records.sink();
@@ -326,7 +426,13 @@ where
     if let (Some(layer), Some((counts, _))) = (&metrics_layer, &export) {
         layer.0.report_dropped_spans(Arc::downgrade(counts));
     }
-    let writer = logs::LogWriter::new(writer);
+    let (writer, log_queue) = match config.log_queue_lines {
+        0 => (logs::LogWriter::new(writer), None),
+        lines => {
+            let (writer, queue) = logs::LogQueue::new(writer, lines);
+            (writer, Some(queue))
+        }
+    };
     let subscriber = tracing_subscriber::registry()
         .with(EnvFilter::try_new(&config.log_filter)?)
         .with(metrics_layer)
@@ -353,14 +459,14 @@ where
         export::log_to(&log, &dispatch);
         counts
     });
-    Ok((
-        dispatch,
-        TelemetryGuard {
-            provider,
-            meters,
-            export,
-        },
-    ))
+    let guard = TelemetryGuard {
+        provider,
+        meters,
+        export,
+        logs: log_queue,
+        dispatch: dispatch.clone(),
+    };
+    Ok((dispatch, guard))
 }
 
 /// An exporter that accepts every batch and sends it nowhere.

@@ -273,6 +273,84 @@ impl LogWriter {
     }
 }
 
+/// The lines of a process, written to its stdout by a thread of their own:
+/// the thread that logs only hands its line to a bounded queue and goes on,
+/// and never waits on stdout (a full pipe, a slow terminal, a log shipper
+/// that stalls). When the queue is full the line is dropped and counted
+/// ([`DroppedLines`]). Dropping the queue writes out every line already
+/// handed to it, for at most a second when its writer is stuck.
+pub(crate) struct LogQueue {
+    guard: Option<tracing_appender::non_blocking::WorkerGuard>,
+    dropped: DroppedLines,
+}
+
+impl LogQueue {
+    /// A queue of at most `lines` lines into `writer`, and the writer the
+    /// logging threads hand their lines to.
+    pub(crate) fn new<W>(writer: W, lines: usize) -> (LogWriter, Self)
+    where
+        W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+    {
+        let (queue, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(true)
+            .buffered_lines_limit(lines)
+            .thread_name("log writer")
+            .finish(PerLine(writer));
+        let dropped = DroppedLines(queue.error_counter());
+        (
+            LogWriter::new(queue),
+            Self {
+                guard: Some(guard),
+                dropped,
+            },
+        )
+    }
+
+    pub(crate) fn dropped(&self) -> &DroppedLines {
+        &self.dropped
+    }
+
+    /// Writes out every line already queued, then stops the writing thread.
+    pub(crate) fn flush(&mut self) {
+        drop(self.guard.take());
+    }
+}
+
+/// How many log lines were dropped because the queue to stdout was full; a
+/// clone reads the same count (for the `callchain.logs.dropped` metric).
+#[derive(Clone)]
+pub struct DroppedLines(tracing_appender::non_blocking::ErrorCounter);
+
+impl DroppedLines {
+    pub fn count(&self) -> u64 {
+        self.0.dropped_lines() as u64
+    }
+}
+
+impl std::fmt::Debug for DroppedLines {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DroppedLines({})", self.count())
+    }
+}
+
+/// A [`MakeWriter`] as the one `io::Write` the writing thread owns: each
+/// line it is handed goes to a writer made for it, whole.
+struct PerLine<W>(W);
+
+impl<W> io::Write for PerLine<W>
+where
+    W: for<'w> MakeWriter<'w>,
+{
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.make_writer().write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.make_writer().flush()
+    }
+}
+
 impl std::fmt::Debug for LogWriter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("LogWriter")
@@ -289,8 +367,128 @@ impl<'a> MakeWriter<'a> for LogWriter {
 
 #[cfg(test)]
 mod tests {
-    use crate::test_support::service;
+    use std::{
+        sync::{Arc, Condvar, Mutex, mpsc},
+        time::Duration,
+    };
+
+    use crate::test_support::{Buffer, service};
     use serde_json::Value;
+
+    /// A stdout that blocks every write until it is opened, then writes
+    /// into `buffer`.
+    #[derive(Clone, Default)]
+    struct Gate {
+        open: Arc<(Mutex<bool>, Condvar)>,
+        buffer: Buffer,
+    }
+
+    impl Gate {
+        fn open(&self) {
+            *self.open.0.lock().unwrap() = true;
+            self.open.1.notify_all();
+        }
+    }
+
+    impl std::io::Write for Gate {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let (open, opened) = &*self.open;
+            let _open = opened.wait_while(open.lock().unwrap(), |open| !*open).unwrap();
+            self.buffer.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A service whose lines go through a queue of `lines` lines to `writer`.
+    fn queued<W: std::io::Write + Clone + Send + Sync + 'static>(
+        writer: W,
+        lines: usize,
+    ) -> (tracing::Dispatch, crate::TelemetryGuard) {
+        let mut config = crate::TelemetryConfig::new("unit", None);
+        config.log_queue_lines = lines;
+        config.log_filter = "info,callchain::span=off".to_owned();
+        crate::build(&config, move || writer.clone()).unwrap()
+    }
+
+    #[test]
+    fn a_stdout_that_blocks_never_blocks_the_thread_that_logs_and_each_line_it_costs_is_counted() {
+        let gate = Gate::default();
+        let (dispatch, guard) = queued(gate.clone(), 8);
+        let dropped = guard.logs_dropped().expect("lines go through a queue");
+
+        // The lines are logged on a thread of their own: were a line written
+        // in it, it would wait on the gate for good, and this test would say so.
+        let (done, logged) = mpsc::channel();
+        let logger = dispatch.clone();
+        std::thread::spawn(move || {
+            tracing::dispatcher::with_default(&logger, || {
+                for n in 0..200 {
+                    tracing::info!(n, "a line");
+                }
+            });
+            let _ = done.send(());
+        });
+        logged
+            .recv_timeout(Duration::from_secs(60))
+            .expect("logging 200 lines waited on a stdout that blocks");
+        let lost = dropped.count();
+        assert!(
+            lost >= 200 - 9,
+            "a queue of 8 (and the line being written) holds 9, yet only {lost} were dropped"
+        );
+
+        gate.open();
+        for _ in 0..600 {
+            if gate.buffer.text().lines().count() as u64 + lost >= 200 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        drop(guard);
+        let lines = gate.buffer.lines();
+        let written = lines.iter().filter(|line| line["message"] == "a line").count();
+        assert_eq!(
+            written as u64 + lost,
+            200,
+            "every line is either written or counted as dropped"
+        );
+        let told = lines
+            .iter()
+            .find(|line| line["target"] == "callchain::telemetry")
+            .expect("the count of dropped lines is logged at shutdown");
+        assert_eq!(told["dropped"], lost);
+    }
+
+    /// A stdout that takes its time over each line.
+    #[derive(Clone, Default)]
+    struct Slow(Buffer);
+
+    impl std::io::Write for Slow {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            std::thread::sleep(Duration::from_micros(200));
+            self.0.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_line_logged_before_shutdown_is_written_out_when_the_guard_drops() {
+        let stdout = Slow::default();
+        let (dispatch, guard) = queued(stdout.clone(), 65_536);
+        tracing::dispatcher::with_default(&dispatch, || {
+            for n in 0..500 {
+                tracing::info!(n, "a line");
+            }
+        });
+        assert_eq!(guard.logs_dropped().unwrap().count(), 0);
+        drop(guard);
+        let numbers: Vec<u64> = stdout.0.lines().iter().filter_map(|line| line["n"].as_u64()).collect();
+        assert_eq!(numbers, (0..500).collect::<Vec<_>>(), "every line, in order");
+    }
 
     #[test]
     fn log_line_inside_a_span_carries_trace_and_span_ids() {

@@ -5,7 +5,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use callchain_telemetry::{Export, TelemetryConfig, TelemetryGuard, metrics::MetricsExporter};
+use callchain_telemetry::{Export, SpanBatch, TelemetryConfig, TelemetryGuard, metrics::MetricsExporter};
 use tokio::sync::oneshot;
 
 use crate::logs::LogBuffer;
@@ -33,6 +33,16 @@ impl From<Option<String>> for Telemetry {
     fn from(endpoint: Option<String>) -> Self {
         Export::from(endpoint).into()
     }
+}
+
+/// The span queue of the services started from now on in this process;
+/// `None`: the shipped defaults. A benchmark sizes it for its bursts, then
+/// measures the defaults too.
+static SPAN_BATCH: std::sync::RwLock<Option<SpanBatch>> = std::sync::RwLock::new(None);
+
+/// Sets the span queue of the services started from now on (see [`SPAN_BATCH`]).
+pub fn set_span_batch(batch: Option<SpanBatch>) {
+    *SPAN_BATCH.write().expect("span batch") = batch;
 }
 
 /// A running service. Dropping it stops it abruptly.
@@ -78,6 +88,16 @@ impl ServiceHandle {
         let mut config = TelemetryConfig::new(name, telemetry.export);
         config.metrics = telemetry.metrics;
         config.log_filter = "info,sqlx=warn,h2=warn,tower=warn,hyper=warn".to_owned();
+        // A test reads a line as soon as it is logged, so each line is
+        // written in the thread that logs it; a benchmark that sets
+        // LOG_QUEUE_LINES in its process measures the queue a process has.
+        config.log_queue_lines = std::env::var(callchain_telemetry::LOG_QUEUE_LINES.name)
+            .ok()
+            .and_then(|lines| lines.parse().ok())
+            .unwrap_or(0);
+        if let Some(batch) = *SPAN_BATCH.read().expect("span batch") {
+            config.span_batch = batch;
+        }
         let (dispatch, telemetry) = callchain_telemetry::build(&config, move || writer.clone())?;
 
         let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -99,8 +99,8 @@ fn the_readme_is_a_front_door_and_links_every_file_of_the_reference() {
     }
 }
 
-/// Every file of `docs/` is one the README links; `docs/images/` holds the
-/// pictures the README shows, each of them shown.
+/// Every file of `docs/` is one the README links, beside `docs/images/`,
+/// whose every picture the README or a page of the reference shows.
 #[test]
 fn docs_holds_the_reference_and_nothing_else() {
     let mut found: Vec<String> = std::fs::read_dir(workspace_root().join("docs"))
@@ -113,11 +113,19 @@ fn docs_holds_the_reference_and_nothing_else() {
     expected.sort();
     assert_eq!(found, expected);
     let readme = read_workspace_file("README.md").unwrap();
-    if let Ok(images) = std::fs::read_dir(workspace_root().join("docs/images")) {
-        for image in images {
-            let path = format!("docs/images/{}", image.unwrap().file_name().to_string_lossy());
-            assert!(readme.contains(&format!("]({path})")), "the README shows {path}");
-        }
+    let pages: String = REFERENCE
+        .iter()
+        .map(|file| read_workspace_file(file).unwrap())
+        .collect();
+    for picture in std::fs::read_dir(workspace_root().join("docs/images"))
+        .into_iter()
+        .flatten()
+    {
+        let name = picture.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            readme.contains(&format!("](docs/images/{name})")) || pages.contains(&format!("(images/{name})")),
+            "docs/images/{name} is shown by neither the README nor a page of the reference"
+        );
     }
 }
 

@@ -2,6 +2,11 @@
 //! Kafka, Postgres, the in-process OTLP receiver) with the load generator in
 //! the same process. It prints figures; it asserts no time.
 //!
+//! 0. The limits ([`limits`]): Kafka's raw consume rate, Postgres's for the
+//!    consumer's batched insert, the user service's update transaction; the
+//!    consumer and the write ceiling are given as fractions of them. The
+//!    write ceiling ([`ceiling`]) and the shipped span queue's drops
+//!    ([`defaults`]) come after the consumer.
 //! 1. Consumer throughput: events fed straight into the topic, then the
 //!    consumer started; events per second written into Postgres with every
 //!    span exported, and again with every span recorded but none exported
@@ -24,9 +29,12 @@
 //!
 //! Sizes can be changed with BENCH_EVENTS, BENCH_WRITE_RATE,
 //! BENCH_WRITE_SECONDS, BENCH_READ_SECONDS, BENCH_INTEGRITY_RATE and
-//! BENCH_INTEGRITY_SECONDS; BENCH_ONLY=consumer,lag,protocols,integrity,metrics,relay
-//! runs only those (metrics: the price of metrics, `metrics.rs`; relay: the
-//! outbox relay's rate with one and two replicas, `relay.rs`);
+//! BENCH_INTEGRITY_SECONDS, BENCH_LIMIT_SECONDS, BENCH_CEILING_START and
+//! BENCH_CEILING_SECONDS;
+//! BENCH_ONLY=limits,consumer,ceiling,defaults,lag,protocols,integrity,metrics,relay
+//! runs only those (consumer and ceiling measure the limits too; metrics: the
+//! price of metrics, `metrics.rs`; relay: the outbox relay's rate with one and
+//! two replicas, `relay.rs`);
 //! BENCH_INTEGRITY_LOGS=<folder> keeps the integrity run's logs there, for
 //! `tracechain --check-all <folder>` (an absolute path: cargo runs a bench
 //! in its package's folder).
@@ -37,7 +45,10 @@
 //! there as docs/performance.md shows them, each headed, dated and naming
 //! the machine, to be pasted rather than retyped.
 
+mod ceiling;
+mod defaults;
 mod kill_broker;
+mod limits;
 mod relay;
 
 use std::{
@@ -86,6 +97,13 @@ fn runs(name: &str) -> bool {
 #[global_allocator]
 static ALLOCATOR: callchain_runtime::Allocator = callchain_runtime::Allocator;
 
+/// The bench's span queue: large enough for a whole run, in large batches.
+const BENCH_SPANS: callchain_telemetry::SpanBatch = callchain_telemetry::SpanBatch {
+    max_queue_size: 1_000_000,
+    max_export_batch_size: 2048,
+    scheduled_delay: Duration::from_millis(200),
+};
+
 fn main() -> anyhow::Result<()> {
     callchain_runtime::tune_allocator();
     // Every span must reach the receiver: a queue large enough for a whole
@@ -96,12 +114,15 @@ fn main() -> anyhow::Result<()> {
     // no other thread exists yet. (The workspace denies `unsafe` elsewhere.)
     #[allow(unsafe_code)]
     unsafe {
-        std::env::set_var("OTEL_BSP_MAX_QUEUE_SIZE", "1000000");
-        std::env::set_var("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2048");
-        std::env::set_var("OTEL_BSP_SCHEDULE_DELAY", "200");
         // Every request sampled (the SDK's default too, said out loud).
         std::env::set_var("OTEL_TRACES_SAMPLER", "parentbased_always_on");
+        // The services' log lines go through the queue a process has
+        // (`LOG_QUEUE_LINES=0 make bench` writes each in its thread).
+        if std::env::var_os("LOG_QUEUE_LINES").is_none() {
+            std::env::set_var("LOG_QUEUE_LINES", "65536");
+        }
     }
+    callchain_testkit::service::set_span_batch(Some(BENCH_SPANS));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -112,6 +133,11 @@ fn main() -> anyhow::Result<()> {
             std::thread::available_parallelism()?.get()
         );
         let events = setting("BENCH_EVENTS", 100_000);
+        let limits = if runs("limits") || runs("consumer") || runs("ceiling") {
+            Some(limits::measure(events, setting("BENCH_LIMIT_SECONDS", 5)).await?)
+        } else {
+            None
+        };
         if runs("consumer") {
             // The first run of a process pays for its memory (the allocator's
             // first pages): a warm-up takes that, and the two modes then take
@@ -130,12 +156,30 @@ fn main() -> anyhow::Result<()> {
                 figures(&exported),
                 figures(&recorded)
             );
+            if let Some(limits) = &limits {
+                println!(
+                    "   consumer, every span exported, as a fraction of its limit ({:.0} events/s): {:.2}",
+                    limits.consumer(),
+                    limits::Spread(exported.clone()).over(limits.consumer())
+                );
+            }
             let (exported, recorded) = (fastest(&exported), fastest(&recorded));
             println!(
                 "   consumer: {exported:.0} events/s exported, {recorded:.0} recorded only (the fastest of three runs each): \
                  export keeps {:.2} of the rate\n",
                 exported / recorded
             );
+        }
+        if runs("ceiling") {
+            ceiling::ceiling(
+                limits.as_ref(),
+                std::env::var("BENCH_CEILING_START").ok().and_then(|v| v.parse().ok()),
+                setting("BENCH_CEILING_SECONDS", 5),
+            )
+            .await?;
+        }
+        if runs("defaults") {
+            defaults::defaults(events, setting("BENCH_READ_SECONDS", 10), BENCH_SPANS).await?;
         }
         if runs("lag") {
             write_lag(setting("BENCH_WRITE_RATE", 500), setting("BENCH_WRITE_SECONDS", 10)).await?;
@@ -243,8 +287,9 @@ async fn consumer_throughput(count: u64, export: bool, note: &str) -> anyhow::Re
         let process = otlp.count_of(&format!("process {}", kafka.topic));
         let insert = otlp.count_of("INSERT user_events");
         println!(
-            "   spans received: {process} `process <topic>`, {insert} `INSERT user_events` (expected {count} each; dropped: {})",
-            (2 * count as usize).saturating_sub(process + insert)
+            "   spans received: {process} `process <topic>`, {insert} `INSERT user_events` (expected {count} each; dropped: {}, {:.0}/s)",
+            (2 * count as usize).saturating_sub(process + insert),
+            (2 * count as usize).saturating_sub(process + insert) as f64 / writing
         );
     }
     consumer.stop().await?;
@@ -499,6 +544,24 @@ async fn protocols(seconds: u64, markdown: Option<&Markdown>) -> anyhow::Result<
         )?;
     }
     let p50 = |rows: &[(&str, Measured)], n: usize| rows[n].1.outcome.percentile(50.0);
+    let rate = |rows: &[(&str, Measured)], n: usize| rows[n].1.outcome.rate();
+    println!(
+        "   REST requests/s / gRPC-direct requests/s, flat out: {:.2} (the better run of each; each round: {})",
+        rate(&flat.best, 0) / rate(&flat.best, 2),
+        flat.runs
+            .chunks(3)
+            .map(|round| {
+                let of = |name: &str| {
+                    round
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .map_or(f64::NAN, |(_, m)| m.outcome.rate())
+                };
+                format!("{:.2}", of(Protocol::Rest.name()) / of(Protocol::Grpc.name()))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!(
         "\n   REST p50 / gRPC p50 = {:.2} flat out, {:.2} paced\n",
         p50(&flat.best, 0) / p50(&flat.best, 2),
