@@ -433,6 +433,9 @@ where
             (writer, Some(queue))
         }
     };
+    if let (Some(layer), Some(queue)) = (&metrics_layer, &log_queue) {
+        layer.0.report_dropped_lines(queue.dropped().clone());
+    }
     let subscriber = tracing_subscriber::registry()
         .with(EnvFilter::try_new(&config.log_filter)?)
         .with(metrics_layer)

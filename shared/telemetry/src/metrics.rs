@@ -166,6 +166,17 @@ impl Instruments {
             })
             .build();
     }
+
+    /// Reports the log lines the queue to stdout dropped when full
+    /// (`callchain.logs.dropped`), read at each metric export.
+    pub(crate) fn report_dropped_lines(&self, dropped: crate::logs::DroppedLines) {
+        self.meter
+            .u64_observable_counter("callchain.logs.dropped")
+            .with_unit("{line}")
+            .with_description("Log lines dropped because the queue to stdout was full (LOG_QUEUE_LINES).")
+            .with_callback(move |counter| counter.observe(dropped.count(), &[]))
+            .build();
+    }
 }
 
 /// Runs `record` with the instruments of the service the calling thread
