@@ -701,6 +701,40 @@ pub async fn audit(row: &mut Row, parts: &Parts, users: &[LoadUser], answers: &[
 }
 
 /// Checks every process is still running: no restart by hand was needed.
+/// The end of a run in which the first user replica was `kill -9`ed at
+/// `killed` and was gone by `dead` (both on the load's clock): the load runs
+/// on a while, then the writes are audited, no request but those in flight
+/// at the kill may have answered 5xx, and every other service still lives.
+pub async fn after_the_first_replica_killed(
+    settings: &Settings,
+    row: &mut Row,
+    parts: &Parts,
+    mut services: Services,
+    load_users: &[LoadUser],
+    load: Load,
+    (killed, dead): (Duration, Duration),
+) -> anyhow::Result<()> {
+    tokio::time::sleep(settings.secs(10, 5)).await;
+    let answers = load.stop().await;
+    if let Some(took) = first_2xx_after(&answers, killed) {
+        row.recovered(took);
+    }
+    audit(row, parts, load_users, &answers).await?;
+    // In flight at the kill: sent before the replica was gone, answered
+    // after the kill began.
+    let in_flight = answers.iter().filter(|a| a.sent <= dead && a.done() >= killed).count();
+    row.check(
+        row.server_errors <= in_flight,
+        format!(
+            "no 5xx beyond the {in_flight} requests in flight ({} 5xx)",
+            row.server_errors
+        ),
+    );
+    services.users.remove(0);
+    all_alive(row, &mut services);
+    Ok(())
+}
+
 pub fn all_alive(row: &mut Row, services: &mut Services) {
     let dead = services.dead();
     row.must(

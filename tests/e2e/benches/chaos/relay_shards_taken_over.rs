@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use callchain_testkit::process::ServiceProcess;
 
-use crate::harness::{Parts, Row, Settings, all_alive, audit, first_2xx_after, start_load, warm_up};
+use crate::harness::{Parts, Row, Settings, after_the_first_replica_killed, start_load, warm_up};
 
 /// What the relay logs when the shards it publishes change.
 const SHARDS_CHANGED: &str = "the outbox relay publishes these shards";
@@ -75,21 +75,5 @@ pub async fn relay_shards_taken_over(settings: &Settings, row: &mut Row) -> anyh
             took.map_or_else(|| "never".to_owned(), |t| format!("{:.1} s", t.as_secs_f64()))
         ),
     );
-    tokio::time::sleep(settings.secs(10, 5)).await;
-    let answers = load.stop().await;
-    if let Some(took) = first_2xx_after(&answers, killed) {
-        row.recovered(took);
-    }
-    audit(row, &parts, &load_users, &answers).await?;
-    let in_flight = answers.iter().filter(|a| a.sent <= dead && a.done() >= killed).count();
-    row.check(
-        row.server_errors <= in_flight,
-        format!(
-            "no 5xx beyond the {in_flight} requests in flight ({} 5xx)",
-            row.server_errors
-        ),
-    );
-    services.users.remove(0);
-    all_alive(row, &mut services);
-    Ok(())
+    after_the_first_replica_killed(settings, row, &parts, services, &load_users, load, (killed, dead)).await
 }
