@@ -51,6 +51,9 @@ pub const KAFKA_PUBLISH_TIMEOUT_MS: Setting = Setting {
           failed and retries it later (the event, and its user's events after it, stay in the outbox), in \
           milliseconds.",
 };
+/// The most shards `RELAY_SHARDS` may ask for.
+pub const MAX_RELAY_SHARDS: u32 = 1024;
+
 pub const RELAY_SHARDS: Setting = Setting {
     name: "RELAY_SHARDS",
     default: Some("8"),
@@ -169,9 +172,9 @@ impl Config {
         );
         let relay_shards: u32 = env.setting(&RELAY_SHARDS, "a whole number from 1 to 1024")?;
         anyhow::ensure!(
-            (1..=crate::relay::MAX_SHARDS).contains(&relay_shards),
+            (1..=MAX_RELAY_SHARDS).contains(&relay_shards),
             "RELAY_SHARDS must be from 1 to {}, not {relay_shards}",
-            crate::relay::MAX_SHARDS
+            MAX_RELAY_SHARDS
         );
         Ok(Self {
             listen_addr: env.setting(&USER_LISTEN_ADDR, "an address such as 0.0.0.0:50051")?,

@@ -105,8 +105,6 @@ const NAMESPACE: i32 = 0x6f75_7462;
 /// runs (so the relays can be counted) and slots below it are the shards.
 const SLOTS: i32 = 1 << 16;
 const MEMBER: i32 = SLOTS - 1;
-/// The most shards `RELAY_SHARDS` may ask for.
-pub const MAX_SHARDS: u32 = 1024;
 /// How often a relay claims its share of the shards (and gives back what is
 /// beyond it): how long a dead relay's shards may wait for another.
 pub const CLAIM_EVERY: Duration = Duration::from_secs(1);
@@ -317,7 +315,7 @@ impl Relay {
             timeout: config.publish_timeout,
             producer: producer(&config.kafka_brokers, config.publish_timeout)?,
             backlog: Backlog::register(),
-            shards: i32::try_from(config.relay_shards.min(MAX_SHARDS)).unwrap_or(1),
+            shards: i32::try_from(config.relay_shards.min(crate::config::MAX_RELAY_SHARDS)).unwrap_or(1),
             holding: None,
         })
     }
