@@ -173,8 +173,7 @@ impl Config {
         let relay_shards: u32 = env.setting(&RELAY_SHARDS, "a whole number from 1 to 1024")?;
         anyhow::ensure!(
             (1..=MAX_RELAY_SHARDS).contains(&relay_shards),
-            "RELAY_SHARDS must be from 1 to {}, not {relay_shards}",
-            MAX_RELAY_SHARDS
+            "RELAY_SHARDS must be from 1 to {MAX_RELAY_SHARDS}, not {relay_shards}"
         );
         Ok(Self {
             listen_addr: env.setting(&USER_LISTEN_ADDR, "an address such as 0.0.0.0:50051")?,
