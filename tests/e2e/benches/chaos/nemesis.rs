@@ -91,6 +91,9 @@ struct Look {
     /// Each consumer's events written (its `/healthz`).
     written: Vec<Option<u64>>,
     rows: Option<usize>,
+    /// Events still in the outbox: not in Kafka yet, so no consumer's to
+    /// read (a relay's stall is not a consumer's).
+    outbox: Option<usize>,
     acknowledged: usize,
 }
 
@@ -149,12 +152,18 @@ pub async fn nemesis(settings: &Settings, row: &mut Row, plan: &Plan) -> anyhow:
                         .await
                         .ok()
                         .map(|n| n as usize);
+                let outbox = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox")
+                    .fetch_one(&db)
+                    .await
+                    .ok()
+                    .map(|n| n as usize);
                 let acknowledged = answers.lock().expect("answers").iter().filter(|a| a.is_2xx()).count();
                 looks.lock().expect("looks").push(Look {
                     at,
                     ready,
                     written,
                     rows,
+                    outbox,
                     acknowledged,
                 });
                 tokio::time::sleep(SAMPLE_EVERY).await;
@@ -435,7 +444,8 @@ async fn restart_service(fleet: &mut Fleet, target: Target) -> bool {
 /// For each service, the longest stretch in which its `/readyz` said ready
 /// while it did not serve:
 /// - the API: every write answered in the stretch failed;
-/// - a consumer: changes waited, and neither it nor any other wrote one.
+/// - a consumer: changes waited in Kafka (acknowledged, neither stored nor
+///   still in the outbox), and neither it nor any other wrote one.
 fn lies(looks: &[Look], answers: &[Answer]) -> Vec<(String, Duration)> {
     let mut found = Vec::new();
     // The API.
@@ -460,7 +470,13 @@ fn lies(looks: &[Look], answers: &[Answer]) -> Vec<(String, Duration)> {
             name.clone(),
             longest(
                 looks,
-                |look| look.ready.get(&name) == Some(&true) && look.rows.is_some_and(|rows| look.acknowledged > rows),
+                |look| {
+                    look.ready.get(&name) == Some(&true)
+                        && look
+                            .rows
+                            .zip(look.outbox)
+                            .is_some_and(|(rows, outbox)| look.acknowledged > rows + outbox)
+                },
                 |first, look| look.rows == first.rows && look.written.get(n) == first.written.get(n),
             ),
         ));
