@@ -104,7 +104,7 @@ pub async fn spawn_user(
 }
 
 /// [`spawn_user`], its settings changed by `settings` first.
-async fn spawn_user_with(
+pub async fn spawn_user_with(
     db: &TestDatabase,
     kafka: &Kafka,
     addr: SocketAddr,

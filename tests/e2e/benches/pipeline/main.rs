@@ -239,33 +239,11 @@ async fn consumer_throughput(count: u64, export: bool, note: &str) -> anyhow::Re
         Export::Discard
     };
     let mut consumer = spawn_consumer(&db, &kafka, spans).await?;
-    let mut last_report = Instant::now();
-    loop {
-        let written: i64 = sqlx::query_scalar("SELECT count(*) FROM user_events")
-            .fetch_one(db.pool())
-            .await?;
-        if written as u64 >= count {
-            break;
-        }
-        if last_report.elapsed() > Duration::from_secs(5) {
-            println!("   ... {written} written");
-            last_report = Instant::now();
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(600),
-            "only {written} of {count} after 10 min"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_rows(&db, count, started, true).await?;
     let wall = started.elapsed().as_secs_f64();
     let cpu = CpuTimes::now()?.since(&cpu);
     let per = |d: Duration| d.as_secs_f64() * 1e6 / count as f64;
-    let (first, last): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
-        sqlx::query_as("SELECT min(written_at), max(written_at) FROM user_events")
-            .fetch_one(db.pool())
-            .await?;
-    let writing = (last - first).num_microseconds().unwrap_or(1) as f64 / 1e6;
-    let rate = count as f64 / writing;
+    let (rate, writing) = writing_rate(&db, count).await?;
     println!(
         "   {rate:.0} events/s while writing ({count} rows in {writing:.2} s); {:.0} events/s from consumer start ({wall:.2} s)",
         count as f64 / wall
@@ -298,6 +276,40 @@ async fn consumer_throughput(count: u64, export: bool, note: &str) -> anyhow::Re
 }
 
 /// Produces `count` well-formed events, each in a trace of its own.
+/// Waits until `count` event rows are written (within 10 min of `started`),
+/// saying how many every 5 s when `progress`.
+async fn wait_for_rows(db: &TestDatabase, count: u64, started: Instant, progress: bool) -> anyhow::Result<()> {
+    let mut last_report = Instant::now();
+    loop {
+        let written: i64 = sqlx::query_scalar("SELECT count(*) FROM user_events")
+            .fetch_one(db.pool())
+            .await?;
+        if written as u64 >= count {
+            return Ok(());
+        }
+        if progress && last_report.elapsed() > Duration::from_secs(5) {
+            println!("   ... {written} written");
+            last_report = Instant::now();
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "only {written} of {count} after 10 min"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The rate at which the `count` rows were written, from the first row's
+/// `written_at` to the last's, and those seconds.
+async fn writing_rate(db: &TestDatabase, count: u64) -> anyhow::Result<(f64, f64)> {
+    let (first, last): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as("SELECT min(written_at), max(written_at) FROM user_events")
+            .fetch_one(db.pool())
+            .await?;
+    let writing = (last - first).num_microseconds().unwrap_or(1) as f64 / 1e6;
+    Ok((count as f64 / writing, writing))
+}
+
 async fn feed(kafka: &Kafka, count: u64) -> anyhow::Result<()> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", kafka.bootstrap())

@@ -7,12 +7,12 @@
 
 use std::time::{Duration, Instant};
 
-use callchain_e2e::stack::{Stack, consumer_config};
+use callchain_e2e::stack::{Stack, spawn_consumer};
 use callchain_telemetry::{Export, metrics::MetricsExporter};
-use callchain_testkit::service::{Telemetry, wait_until};
-use callchain_testkit::{kafka::Kafka, otlp::SpanCounter, postgres::TestDatabase, service::ServiceHandle};
+use callchain_testkit::service::Telemetry;
+use callchain_testkit::{kafka::Kafka, otlp::SpanCounter, postgres::TestDatabase};
 
-use super::{Pace, Protocol, Reader, fastest, feed};
+use super::{Pace, Protocol, Reader, fastest, feed, wait_for_rows, writing_rate};
 
 /// What each mode is called in the output.
 fn mode(metrics: MetricsExporter) -> &'static str {
@@ -82,38 +82,13 @@ async fn consumer_rate(counter: &SpanCounter, count: u64, metrics: MetricsExport
     let db = TestDatabase::create().await?;
     let kafka = Kafka::shared().await?;
     feed(&kafka, count).await?;
-    let config = consumer_config(&db, &kafka);
     let telemetry = Telemetry {
         export: Export::Otlp(counter.endpoint()),
         metrics,
     };
-    let mut consumer = ServiceHandle::spawn("consumer", telemetry, move |listener, shutdown| {
-        callchain_consumer::run(config, listener, async move {
-            let _ = shutdown.await;
-        })
-    })?;
-    let addr = consumer.addr;
-    wait_until(&mut consumer, || callchain_consumer::healthcheck(addr)).await?;
-    let started = Instant::now();
-    loop {
-        let written: i64 = sqlx::query_scalar("SELECT count(*) FROM user_events")
-            .fetch_one(db.pool())
-            .await?;
-        if written as u64 >= count {
-            break;
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(600),
-            "only {written} of {count} after 10 min"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let (first, last): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
-        sqlx::query_as("SELECT min(written_at), max(written_at) FROM user_events")
-            .fetch_one(db.pool())
-            .await?;
-    let writing = (last - first).num_microseconds().unwrap_or(1) as f64 / 1e6;
-    let rate = count as f64 / writing;
+    let mut consumer = spawn_consumer(&db, &kafka, telemetry).await?;
+    wait_for_rows(&db, count, Instant::now(), false).await?;
+    let (rate, _) = writing_rate(&db, count).await?;
     println!("   consumer, {}: {rate:.0} events/s while writing", mode(metrics));
     consumer.stop().await?;
     // The spans of this run are exported before the next run starts.

@@ -12,14 +12,10 @@
 
 use std::time::{Duration, Instant};
 
-use callchain_e2e::stack::user_config;
+use callchain_e2e::stack::{UserSettings, spawn_user_with};
 use callchain_events::{EventType, UserEvent, UserPayload};
 use callchain_telemetry::Export;
-use callchain_testkit::{
-    kafka::Kafka,
-    postgres::TestDatabase,
-    service::{ServiceHandle, wait_until},
-};
+use callchain_testkit::{kafka::Kafka, postgres::TestDatabase, service::ServiceHandle};
 
 /// The users whose events fill the outbox.
 const USERS: u64 = 1000;
@@ -99,16 +95,8 @@ pub async fn relay_ceiling(events: u64) -> anyhow::Result<()> {
 
 /// A user service (and its relay) on `db` with `shards` relay shards.
 async fn spawn_relay(db: &TestDatabase, kafka: &Kafka, shards: u32) -> anyhow::Result<ServiceHandle> {
-    let mut config = user_config(db, kafka);
-    config.relay_shards = shards;
-    let mut user = ServiceHandle::spawn("user", Export::Discard, move |listener, shutdown| {
-        callchain_user::run(config, listener, async move {
-            let _ = shutdown.await;
-        })
-    })?;
-    let addr = user.addr;
-    wait_until(&mut user, || callchain_user::healthcheck(addr)).await?;
-    Ok(user)
+    let settings: UserSettings = std::sync::Arc::new(move |config| config.relay_shards = shards);
+    spawn_user_with(db, kafka, "127.0.0.1:0".parse()?, Export::Discard, Some(&settings)).await
 }
 
 /// Commits `count` outbox rows in one transaction and waits until the
