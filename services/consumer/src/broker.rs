@@ -1,5 +1,6 @@
 //! The Kafka clients, configured, with librdkafka's own logs and errors
-//! routed into our JSON logs, and what an error from the consumer means.
+//! routed into our JSON logs ([`KafkaLogs`]), and what an error from the
+//! consumer means.
 
 use std::sync::Arc;
 
@@ -11,41 +12,13 @@ use rdkafka::{
     producer::FutureProducer,
 };
 
+use callchain_telemetry::kafka::{self, KafkaLogs};
+
 use crate::{
     config::Config,
     health::Health,
     lag::{self, Lag},
 };
-
-/// rdkafka reports through the `log` crate by default, which nothing here
-/// listens to; this context reports through `tracing` instead. Broker outages
-/// arrive here as errors: librdkafka reconnects by itself, so they are logged
-/// and nothing else. The dead-letter producer uses it; the group consumer
-/// uses [`Member`], which logs the same way.
-pub struct KafkaLogs;
-
-impl ClientContext for KafkaLogs {
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        log(level, facility, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(target: "librdkafka", error = %error, "kafka client error: {reason}");
-    }
-}
-
-fn log(level: RDKafkaLogLevel, facility: &str, message: &str) {
-    match level {
-        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
-            tracing::error!(target: "librdkafka", facility, "{message}")
-        }
-        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
-        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-            tracing::info!(target: "librdkafka", facility, "{message}")
-        }
-        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
-    }
-}
 
 /// The group consumer's context: librdkafka's logs and errors in ours, its
 /// assignments in [`Health`], for `/readyz`, and its statistics' lag per
@@ -59,7 +32,7 @@ pub struct Member {
 
 impl ClientContext for Member {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        log(level, facility, message);
+        kafka::log(level, facility, message);
     }
 
     fn stats(&self, statistics: Statistics) {

@@ -13,7 +13,7 @@ use rdkafka::{
 };
 use tracing::{Instrument as _, Span};
 
-use crate::broker::KafkaLogs;
+use callchain_telemetry::kafka::KafkaLogs;
 
 /// How long a send may wait for room in the producer's queue.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -67,7 +67,10 @@ use std::{
 };
 
 use callchain_events::headers;
-use callchain_telemetry::{kafka, propagation};
+use callchain_telemetry::{
+    kafka::{self, KafkaLogs},
+    propagation,
+};
 use rdkafka::{
     ClientConfig,
     error::{KafkaError, RDKafkaErrorCode},
@@ -298,7 +301,7 @@ pub struct Relay {
     pool: PgPool,
     brokers: String,
     timeout: Duration,
-    producer: FutureProducer,
+    producer: FutureProducer<KafkaLogs>,
     /// The outbox's gauges, measured at most once per [`TICK`].
     backlog: Option<Arc<Backlog>>,
     /// `RELAY_SHARDS`.
@@ -813,7 +816,7 @@ async fn subscribe(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     Ok(listener)
 }
 
-fn producer(brokers: &str, timeout: Duration) -> anyhow::Result<FutureProducer> {
+fn producer(brokers: &str, timeout: Duration) -> anyhow::Result<FutureProducer<KafkaLogs>> {
     Ok(ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("client.id", "user-outbox")
@@ -829,7 +832,7 @@ fn producer(brokers: &str, timeout: Duration) -> anyhow::Result<FutureProducer> 
             "topic.metadata.propagation.max.ms",
             TOPIC_PROPAGATION.as_millis().to_string(),
         )
-        .create()?)
+        .create_with_context(KafkaLogs)?)
 }
 
 /// Resolves once `stop` says the service is stopping.

@@ -107,7 +107,8 @@ async fn sigterm_under_load_answers_every_accepted_call_flushes_its_spans_and_ex
 
 /// With no broker to take the events, SIGTERM still stops the service within
 /// its bound: the relay's round is given up, and the events stay in the
-/// outbox for the next start.
+/// outbox for the next start; the relay's Kafka client says in the log why
+/// it cannot publish.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_with_the_broker_unreachable_exits_within_the_bound_and_keeps_the_events() {
     let db = TestDatabase::create().await.expect("a test database");
@@ -138,4 +139,12 @@ async fn sigterm_with_the_broker_unreachable_exits_within_the_bound_and_keeps_th
         .await
         .unwrap();
     assert_eq!(waiting, 1, "the unsent event waits in the outbox");
+    // librdkafka's own account of the broker it cannot reach is in the
+    // service's JSON log, not lost in the `log` crate.
+    let lines = user.log_lines();
+    assert!(
+        lines.iter().any(|line| line["target"] == "librdkafka"
+            && line["message"].as_str().is_some_and(|m| m.contains("127.0.0.1:1"))),
+        "a librdkafka line about the unreachable broker: {lines:?}"
+    );
 }

@@ -13,9 +13,47 @@ use opentelemetry::{
     propagation::{Extractor, Injector},
     trace::TraceContextExt as _,
 };
-use rdkafka::message::{BorrowedHeaders, Header, Headers as _, OwnedHeaders};
+use rdkafka::{
+    ClientContext,
+    config::RDKafkaLogLevel,
+    error::KafkaError,
+    message::{BorrowedHeaders, Header, Headers as _, OwnedHeaders},
+};
 use tracing::{Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+/// rdkafka reports through the `log` crate by default, which nothing here
+/// listens to; this context reports through `tracing` instead, so
+/// librdkafka's warnings (a broker down, a request timed out) reach the
+/// service's JSON log. Broker outages arrive as errors: librdkafka
+/// reconnects by itself, so they are logged and nothing else.
+pub struct KafkaLogs;
+
+impl ClientContext for KafkaLogs {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(target: "librdkafka", error = %error, "kafka client error: {reason}");
+    }
+}
+
+/// One librdkafka log line, at its level, in the service's log: what a
+/// client context of its own (with more to do than log) calls from its
+/// `log`.
+pub fn log(level: RDKafkaLogLevel, facility: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+            tracing::error!(target: "librdkafka", facility, "{message}");
+        }
+        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "librdkafka", facility, "{message}");
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+    }
+}
 
 struct HeaderInjector(Option<OwnedHeaders>);
 
