@@ -920,12 +920,15 @@ const UPDATE_CHAIN: [(&str, &str, SpanKind, Option<usize>); 8] = [
     ("consumer", "INSERT user_events", SpanKind::Client, Some(6)),
 ];
 
-/// Whether `spans` (one trace, as the OTLP receiver got it) are exactly
-/// the update chain, each span under the right parent.
+/// Whether `spans` (one trace, as the OTLP receiver got it) hold the whole
+/// update chain, each span under the right parent. A hop may be there more
+/// than once: an event the relay sent again (its first acknowledgement lost
+/// with a broker) has a `send` span per attempt, and the consumer's span
+/// hangs under the attempt it read; any of them completes the chain.
 fn is_whole_update_chain(spans: &[SpanRecord], topic: &str) -> bool {
     // Any span beyond the chain's (the role lookup an authenticated request
-    // makes when its cached answer has expired) must hang under a span of the
-    // same trace too.
+    // makes when its cached answer has expired, a second send) must hang
+    // under a span of the same trace too.
     let rooted = spans.iter().all(|s| {
         s.parent_span_id
             .as_deref()
@@ -934,22 +937,29 @@ fn is_whole_update_chain(spans: &[SpanRecord], topic: &str) -> bool {
     if !rooted {
         return false;
     }
-    let found: Vec<Option<&SpanRecord>> = UPDATE_CHAIN
-        .iter()
-        .map(|(service, name, kind, _)| {
-            let name = name.replace("<topic>", topic);
-            spans
-                .iter()
-                .find(|s| s.service == *service && s.name == name && s.kind == *kind)
-        })
-        .collect();
-    UPDATE_CHAIN.iter().zip(&found).all(|((.., parent), span)| {
-        let Some(span) = span else { return false };
-        match parent {
-            None => span.parent_span_id.is_none(),
-            Some(parent) => found[*parent].map(|p| p.span_id.as_str()) == span.parent_span_id.as_deref(),
+    // For each hop of the chain, the spans that are it: of its service, name
+    // and kind, under one of the spans that are its parent hop.
+    let mut hops: Vec<Vec<&str>> = Vec::with_capacity(UPDATE_CHAIN.len());
+    for (service, name, kind, parent) in &UPDATE_CHAIN {
+        let name = name.replace("<topic>", topic);
+        let these: Vec<&str> = spans
+            .iter()
+            .filter(|s| s.service == *service && s.name == name && s.kind == *kind)
+            .filter(|s| match parent {
+                None => s.parent_span_id.is_none(),
+                Some(parent) => s
+                    .parent_span_id
+                    .as_deref()
+                    .is_some_and(|id| hops[*parent].contains(&id)),
+            })
+            .map(|s| s.span_id.as_str())
+            .collect();
+        if these.is_empty() {
+            return false;
         }
-    })
+        hops.push(these);
+    }
+    true
 }
 
 /// Lines the services write for no request: the consumer's Kafka client and
