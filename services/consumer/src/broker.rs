@@ -187,6 +187,12 @@ pub fn client_config(config: &Config) -> ClientConfig {
         // partitions are consumed again within 10 s of the crash.
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1000")
+        // A broker that hangs (paused, or its machine stalled) keeps its
+        // connections open and answers nothing: a request is given up after
+        // 10 s rather than librdkafka's 60 s, and the connection with it, so
+        // the partitions it led are read from their new leaders once the
+        // cluster has moved them (its session, 9 s).
+        .set("socket.timeout.ms", "10000")
         .set("enable.auto.commit", "true")
         // Stored offsets reach the broker within a second (librdkafka's
         // default is 5 s), so a crash replays less.

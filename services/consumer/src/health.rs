@@ -4,7 +4,7 @@
 //! health listener.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -27,7 +27,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long the consumer may go without consuming before `/readyz` says
 /// so: without partitions (a rebalance takes a few seconds), with messages
-/// waiting and none handled, or with one batch in hand.
+/// waiting on a partition and none of it read, or with one batch in hand.
 pub const READY_GRACE: Duration = Duration::from_secs(10);
 
 /// What the pipeline reports as it goes.
@@ -45,11 +45,16 @@ pub struct Consumption {
     /// The Kafka client failed (or is being replaced): nothing is read
     /// until a fresh one has joined the group.
     client_failed: bool,
-    assigned: BTreeSet<i32>,
+    /// Each assigned partition, with its last sign of progress: its
+    /// assignment, or a message of it read. Each partition is held to its
+    /// own: a partition assigned, or another read, does not excuse one whose
+    /// messages wait (a leader that does not answer, say).
+    assigned: BTreeMap<i32, Instant>,
     /// The assigned partitions read to their end since their last message.
     at_end: BTreeSet<i32>,
-    /// The last sign of progress: a batch handled, a fresh client, a change
-    /// of assignment (each gets [`READY_GRACE`] to show more).
+    /// The last sign of progress of the member as a whole: a batch handled,
+    /// a fresh client, a change of assignment (a member left without
+    /// partitions gets [`READY_GRACE`] to be given some).
     progressed: Instant,
     /// Since when the batch in hand has been in hand.
     handling_since: Option<Instant>,
@@ -59,7 +64,7 @@ impl Default for Consumption {
     fn default() -> Self {
         Self {
             client_failed: false,
-            assigned: BTreeSet::new(),
+            assigned: BTreeMap::new(),
             at_end: BTreeSet::new(),
             progressed: Instant::now(),
             handling_since: None,
@@ -77,16 +82,21 @@ impl Consumption {
         if self.handling_since.is_some_and(|since| !within_grace(since)) {
             return Err("one batch has been in hand for longer than the grace");
         }
-        if within_grace(self.progressed) {
-            return Ok(());
-        }
         if self.assigned.is_empty() {
-            return Err("no partitions are assigned to this consumer");
+            return if within_grace(self.progressed) {
+                Ok(())
+            } else {
+                Err("no partitions are assigned to this consumer")
+            };
         }
-        if self.assigned.is_subset(&self.at_end) {
-            return Ok(());
+        let waiting = self
+            .assigned
+            .iter()
+            .any(|(partition, &since)| !self.at_end.contains(partition) && !within_grace(since));
+        if waiting {
+            return Err("messages wait on a partition and none of it was consumed within the grace");
         }
-        Err("messages wait and none was consumed within the grace")
+        Ok(())
     }
 }
 
@@ -138,11 +148,12 @@ impl Health {
     /// cooperative protocol assigns only what moves).
     pub fn assigned(&self, partitions: &[i32]) {
         let mut consumption = self.consumption();
+        let now = Instant::now();
         for partition in partitions {
-            consumption.assigned.insert(*partition);
+            consumption.assigned.insert(*partition, now);
             consumption.at_end.remove(partition);
         }
-        consumption.progressed = Instant::now();
+        consumption.progressed = now;
     }
 
     /// The group took `partitions` back; the others stay this member's.
@@ -155,9 +166,14 @@ impl Health {
         consumption.progressed = Instant::now();
     }
 
-    /// A message of `partition` arrived: it may not be its last.
+    /// A message of `partition` arrived: the partition is read, and the
+    /// message may not be its last.
     pub fn received(&self, partition: i32) {
-        self.consumption().at_end.remove(&partition);
+        let mut consumption = self.consumption();
+        consumption.at_end.remove(&partition);
+        if let Some(since) = consumption.assigned.get_mut(&partition) {
+            *since = Instant::now();
+        }
     }
 
     /// `partition` is read to its end.
@@ -303,7 +319,7 @@ mod tests {
     /// partitions 0..3 assigned.
     fn assigned_since(now: Instant, ago: Duration) -> Consumption {
         Consumption {
-            assigned: (0..3).collect(),
+            assigned: (0..3).map(|partition| (partition, now - ago)).collect(),
             progressed: now - ago,
             ..Consumption::default()
         }
@@ -331,6 +347,29 @@ mod tests {
         let mut consumption = assigned_since(now, READY_GRACE + Duration::from_millis(1));
         consumption.at_end = [0, 2].into();
         assert!(consumption.readiness(now).unwrap_err().contains("messages wait"));
+    }
+
+    /// A rebalance that gives the member another partition, or messages read
+    /// from one partition, said nothing of a partition whose messages wait
+    /// unread (its leader paused, say), yet each restarted the grace.
+    #[test]
+    fn a_partition_whose_messages_wait_is_not_excused_by_another_assigned_or_read() {
+        let health = Health::default();
+        health.assigned(&[0, 1, 2]);
+        health.at_end(0);
+        {
+            let mut consumption = health.consumption();
+            let long_ago = Instant::now() - READY_GRACE - Duration::from_millis(1);
+            consumption.assigned.values_mut().for_each(|since| *since = long_ago);
+            consumption.progressed = long_ago;
+        }
+        health.received(2);
+        health.assigned(&[5]);
+        health.handling();
+        health.handled();
+
+        let reason = health.readiness().unwrap_err();
+        assert!(reason.contains("messages wait on a partition"), "{reason}");
     }
 
     #[test]
@@ -384,7 +423,10 @@ mod tests {
         health.revoked(&[0, 9]);
 
         let consumption = health.consumption();
-        assert_eq!(consumption.assigned, BTreeSet::from([1, 2, 3, 8]));
+        assert_eq!(
+            consumption.assigned.keys().copied().collect::<BTreeSet<_>>(),
+            BTreeSet::from([1, 2, 3, 8])
+        );
         assert_eq!(consumption.at_end, BTreeSet::from([1]));
     }
 }

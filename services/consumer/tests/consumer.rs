@@ -10,7 +10,7 @@ use std::{
 
 use callchain_events::{EventType, UserEvent, UserPayload, headers};
 use callchain_testkit::{
-    kafka::Kafka,
+    kafka::{Cluster, Kafka},
     otlp::OtlpReceiver,
     postgres::{TestDatabase, admin_url},
     process::{ServiceProcess, free_addr},
@@ -49,6 +49,11 @@ impl Parts {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", "30000")
+            // A request a paused broker never answers is given up after 5 s,
+            // its connection after 10 s (not librdkafka's 60 s), and the
+            // message is sent to the partition's new leader within its 30 s.
+            .set("request.timeout.ms", "5000")
+            .set("socket.timeout.ms", "10000")
             .create()
             .expect("a producer");
         Self { db, kafka, producer }
@@ -1181,4 +1186,41 @@ async fn when_one_of_three_consumers_dies_its_partitions_move_and_the_others_kee
         i64::try_from(events.len()).unwrap(),
         "every event stored once"
     );
+}
+
+/// A Kafka node paused (`SIGSTOP`: its connections stay open, and nothing
+/// answers on them) loses its partitions' leadership to the two others once
+/// its session times out; the consumer, whose fetch from it is never
+/// answered, gives that request up and reads those partitions from their new
+/// leaders, rather than waiting out librdkafka's 60 s socket timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_partitions_of_a_paused_kafka_node_are_read_from_their_new_leaders() {
+    /// The node's session (9 s), the leaders' move, and the consumer's
+    /// request timeout, with room to spare: well short of 60 s.
+    const RECOVERY: Duration = Duration::from_secs(35);
+    let mut cluster = tokio::task::spawn_blocking(|| Cluster::start(3))
+        .await
+        .unwrap()
+        .expect("three Kafka nodes start");
+    let parts = Parts::on(Kafka::on_cluster(&cluster).await.expect("topics on the cluster")).await;
+    let (_consumer, _) = logged_consumer(&parts, "consumer-1", &[]).await;
+    // Spread over the partitions, so the consumer fetches from every node.
+    each_stored_once(&parts, &produce_events(&parts, 40).await).await;
+
+    let controller = tokio::task::block_in_place(|| cluster.controller()).expect("the cluster names its controller");
+    let victim = (1..=3).find(|&id| id != controller).unwrap();
+    cluster.node(victim).pause().expect("the node pauses");
+    let paused = tokio::time::Instant::now();
+    let events = produce_events(&parts, 40).await;
+    let stored = tokio::time::timeout(
+        RECOVERY.saturating_sub(paused.elapsed()),
+        each_stored_once(&parts, &events),
+    )
+    .await;
+    cluster.node(victim).resume().expect("the node runs again");
+    assert!(
+        stored.is_ok(),
+        "the events produced while node {victim} was paused were not all stored within {RECOVERY:?} of the pause"
+    );
+    eprintln!("every event stored {:?} after the pause", paused.elapsed());
 }

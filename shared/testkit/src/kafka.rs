@@ -348,6 +348,23 @@ impl Broker {
         }
     }
 
+    /// Pauses the broker (`SIGSTOP`): its connections stay open and nothing
+    /// answers on them, as with a node that hangs. `scripts/kafka.sh` execs
+    /// java in place of itself, so the child is the JVM.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal("STOP")
+    }
+
+    /// Lets a paused broker run again (`SIGCONT`).
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal("CONT")
+    }
+
+    fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let child = self.child.as_ref().context("the broker is not running")?;
+        crate::process::signal(child.id(), name)
+    }
+
     /// Starts it again on the same port and data: what it had acknowledged
     /// is still there.
     pub fn restart(&mut self) -> anyhow::Result<()> {
