@@ -195,13 +195,24 @@ fi
 
 # ---- the logs -----------------------------------------------------------------
 
+# A service's replicas (make dev's CONSUMER_REPLICAS=2, a second user
+# service) log to <service>2.log and on: one request reaches one of them, so
+# any replica's log carrying trace ids will do.
 for service in $SERVICES; do
     log=$(log_of "$service")
     if [ ! -f "$log" ]; then
         # make up: the logs are Docker's.
         continue
-    elif grep -q '"trace_id"' "$log"; then
-        ok "logs: $service's carry trace ids ($log)"
+    fi
+    traced=""
+    for replica in "$log" "$LOGS/$service"[0-9]*.log; do
+        if [ -f "$replica" ] && grep -q '"trace_id"' "$replica"; then
+            traced=$replica
+            break
+        fi
+    done
+    if [ -n "$traced" ]; then
+        ok "logs: $service's carry trace ids ($traced)"
     else
         bad "logs: $service's carry no trace id ($log)" \
             "its log lines are JSON with trace_id only inside a span: send a request; RUST_LOG must keep info"

@@ -165,3 +165,34 @@ async fn the_doctor_names_each_stopped_part_with_its_fix() {
     let output = doctor(&parts, &stack, logs.path());
     assert_names(&output, "api: not answering", "start it", &["user: up"]);
 }
+
+/// With `CONSUMER_REPLICAS=2`, the one event of a request is read by one of
+/// the two consumers: the doctor finds its trace id in `consumer2.log`
+/// rather than calling the consumers' logs untraced because `consumer.log`
+/// has none. No part runs: the logs' lines come last, whatever else fails.
+#[test]
+fn a_trace_id_in_a_replicas_log_counts_for_its_service() {
+    let logs = tempfile::tempdir().unwrap();
+    let untraced = json!({ "level": "INFO", "message": "consumer started" }).to_string();
+    let traced = json!({ "level": "INFO", "message": "event stored", "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736" })
+        .to_string();
+    std::fs::write(logs.path().join("consumer.log"), format!("{untraced}\n")).unwrap();
+    std::fs::write(logs.path().join("consumer2.log"), format!("{untraced}\n{traced}\n")).unwrap();
+    let output = Command::new(workspace_root().join("scripts/doctor.sh"))
+        .env("DOCTOR_LOGS", logs.path())
+        // Nothing listens on these: every other hop fails at once.
+        .env("DOCTOR_HOST", "127.0.0.1")
+        .env("API_PORT", "1")
+        .env("USER_PORT", "1")
+        .env("CONSUMER_PORT", "1")
+        .env("OTELCOL_HEALTH_PORT", "1")
+        .env("OTELCOL_METRICS_PORT", "1")
+        .env("JAEGER_QUERY_PORT", "1")
+        .env("VICTORIAMETRICS_PORT", "1")
+        .output()
+        .expect("scripts/doctor.sh runs");
+    let report = text(&output);
+    let consumer = line(&report, "✓", "logs: consumer's carry trace ids")
+        .unwrap_or_else(|| panic!("✓ for the consumers' logs:\n{report}"));
+    assert!(consumer.contains("consumer2.log"), "{consumer}");
+}
