@@ -616,6 +616,7 @@ impl Relay {
     async fn publish(&self, row: &OutboxRow) -> Result<(), RoundError> {
         let span = row.producer_span();
         let event_id = row.event_id.to_string();
+        kafka::record_message_id(&span, &event_id);
         let headers = kafka::inject_span(
             &span,
             OwnedHeaders::new()

@@ -121,9 +121,18 @@ pub fn producer_span(topic: &str, key: &str) -> Span {
         messaging.operation.name = "send",
         messaging.destination.name = topic,
         messaging.kafka.message.key = key,
+        messaging.message.id = Empty,
         messaging.destination.partition.id = Empty,
         messaging.kafka.offset = Empty,
     )
+}
+
+/// The id of the message sent (our event id): a message sent again, after
+/// an acknowledgement that never came, has a `send` span per attempt with
+/// the same id, so a reader of the trace can tell the attempts of one
+/// message from two messages.
+pub fn record_message_id(span: &Span, id: &str) {
+    span.record("messaging.message.id", id);
 }
 
 /// Where the broker stored the message.

@@ -158,10 +158,32 @@ impl<'a> Check<'a> {
         }
     }
 
-    /// Rule 2: every message is consumed.
+    /// Rule 2: every message is consumed. A message sent more than once
+    /// (the relay sends it again when an acknowledgement never came) has a
+    /// producer span per attempt with the same `messaging.message.id`; the
+    /// consumer stores a message once, so one attempt consumed is enough.
     fn every_message_consumed(&self, gaps: &mut Vec<Gap>) {
+        let consumed = |index: usize| {
+            self.traces.referrers[index]
+                .iter()
+                .any(|&other| self.traces.spans[other].kind == Kind::Consumer)
+        };
+        let message_id = |index: usize| {
+            let span = &self.traces.spans[index];
+            (span.kind == Kind::Producer)
+                .then(|| span.attribute("messaging.message.id"))
+                .flatten()
+        };
         for &index in self.indices {
-            if self.traces.spans[index].kind == Kind::Producer {
+            if self.traces.spans[index].kind != Kind::Producer {
+                continue;
+            }
+            let sent_again_and_consumed = message_id(index).is_some_and(|id| {
+                self.indices
+                    .iter()
+                    .any(|&other| other != index && message_id(other) == Some(id) && consumed(other))
+            });
+            if !sent_again_and_consumed {
                 self.answered(index, Answer::CONSUMER, gaps);
             }
         }
@@ -511,6 +533,35 @@ mod tests {
         assert!(
             gaps[0].message.contains("0000000000000003, which never appears"),
             "{gaps:?}"
+        );
+    }
+
+    /// The relay sent one event twice (the first acknowledgement lost with
+    /// a broker): the consumer read one of the two copies, and the trace is
+    /// whole. Two different messages are each owed a consumer.
+    #[test]
+    fn a_message_sent_twice_needs_one_of_its_sends_consumed() {
+        let mut spans = registration();
+        let first = spans
+            .iter()
+            .position(|span| span.kind == Kind::Producer)
+            .expect("the registration sends a message");
+        spans[first]
+            .attributes
+            .insert("messaging.message.id".to_owned(), "event-1".to_owned());
+        let mut again = spans[first].clone();
+        again.span_id = format!("{:0>16}", "99");
+        spans.push(again.clone());
+        assert_eq!(gaps(spans.clone()), vec![], "one message, consumed once");
+
+        let last = spans.len() - 1;
+        spans[last]
+            .attributes
+            .insert("messaging.message.id".to_owned(), "event-2".to_owned());
+        assert_eq!(
+            kinds(&gaps(spans)),
+            [GapKind::NoConsumer],
+            "another message, never consumed"
         );
     }
 
