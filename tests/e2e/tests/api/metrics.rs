@@ -343,16 +343,30 @@ async fn the_apis_throttled_shed_and_retried_calls_are_counted_and_its_breaker_s
     wait_until(&mut stack.user, || callchain_user::healthcheck(addr))
         .await
         .unwrap();
-    for _ in 0..50 {
+    // Until the API has reconnected to the restarted service, its calls fail
+    // in the API itself (no replica to send to), unretried, and may open the
+    // breaker first; once open for its 3 s, a probe reaches the faulty
+    // service, whose UNAVAILABLE is retried. So: until the breaker is open
+    // and a read has been retried.
+    let retried = |points: &[MetricPoint]| {
+        api_value(
+            points,
+            &[("rpc.service", "user.v1.UserService"), ("rpc.method", "GetUser")],
+        )
+        .is_some_and(|retries| retries >= 1.0)
+    };
+    for _ in 0..200 {
         assert_eq!(
             stack.http.get(&url).bearer_auth(&token).send().await.unwrap().status(),
             503
         );
         stack.api.flush().await;
         let state = stack.otlp.latest_points("callchain.upstream.breaker.state");
-        if api_value(&state, &[("callchain.breaker.state", "open")]) == Some(1.0) {
+        let retries = stack.otlp.latest_points("callchain.upstream.retries");
+        if api_value(&state, &[("callchain.breaker.state", "open")]) == Some(1.0) && retried(&retries) {
             break;
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let state = stack.otlp.latest_points("callchain.upstream.breaker.state");
     assert_eq!(
