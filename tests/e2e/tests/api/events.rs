@@ -470,11 +470,21 @@ async fn sequences_of(stack: &callchain_e2e::stack::Stack, user_id: uuid::Uuid) 
 /// How many messages the test's topic holds (a fresh topic, written only by
 /// the idempotent relay, so its offsets count its messages).
 fn messages_on_topic(stack: &callchain_e2e::stack::Stack) -> i64 {
-    use rdkafka::consumer::{BaseConsumer, Consumer as _};
-    let probe: BaseConsumer = rdkafka::ClientConfig::new()
+    messages_seen_by(&watermark_probe(stack), stack)
+}
+
+/// A client that reads the topic's watermarks; kept, it asks again
+/// without connecting anew.
+fn watermark_probe(stack: &callchain_e2e::stack::Stack) -> rdkafka::consumer::BaseConsumer {
+    rdkafka::ClientConfig::new()
         .set("bootstrap.servers", stack.kafka.bootstrap())
         .create()
-        .expect("a watermark probe");
+        .expect("a watermark probe")
+}
+
+/// How many messages `probe` finds on the topic's three partitions.
+fn messages_seen_by(probe: &rdkafka::consumer::BaseConsumer, stack: &callchain_e2e::stack::Stack) -> i64 {
+    use rdkafka::consumer::Consumer as _;
     (0..3)
         .map(|partition| {
             probe
@@ -602,8 +612,10 @@ async fn a_row_kafka_refuses_for_good_is_parked_with_its_reason_and_the_rest_is_
 /// are stored once each, in the order of its writes, with no holes.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broker_killed_mid_round_leaves_every_users_events_stored_once_each_in_order_without_holes() {
-    const USERS: usize = 4;
-    const UPDATES: usize = 30;
+    // More rows than one round sends (500), so a round is still to come or
+    // under way when the first message is seen, however late it is seen.
+    const USERS: usize = 8;
+    const UPDATES: usize = 70;
     let mut stack = stack_on_own_broker().await;
     let admin = stack.admin_token().await;
     stack.kafka.broker().kill();
@@ -627,8 +639,9 @@ async fn a_broker_killed_mid_round_leaves_every_users_events_stored_once_each_in
     // Back, and killed again as soon as the first of the outstanding
     // messages reaches the topic: the round is in flight.
     tokio::task::block_in_place(|| stack.kafka.broker().restart()).expect("the broker restarts");
+    let probe = watermark_probe(&stack);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while tokio::task::block_in_place(|| messages_on_topic(&stack)) == 0 {
+    while tokio::task::block_in_place(|| messages_seen_by(&probe, &stack)) == 0 {
         assert!(Instant::now() < deadline, "the relay never published after the restart");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
