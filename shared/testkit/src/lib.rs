@@ -1,5 +1,6 @@
 //! What tests need to run against the real parts.
 //!
+//! - [`chromium`]: headless Chromium, to read a page's DOM or picture.
 //! - [`postgres`]: a throwaway database per test on the machine's Postgres.
 //! - [`kafka`]: Apache Kafka: the run's shared broker with topics of the
 //!   test's own, or a broker of the test's own to stop and restart.
@@ -14,6 +15,7 @@
 //! It is the leaf of the test harness: it knows no service. The services
 //! wired together, and the call chain they must leave, live in `tests/e2e`.
 
+pub mod chromium;
 pub mod kafka;
 pub mod logs;
 pub mod otlp;

@@ -219,36 +219,14 @@ async fn with_half_the_user_calls_failing_jaegers_monitor_reads_an_error_rate_of
     assert!((0.3..=0.7).contains(&rate), "{rate}");
 }
 
-/// Runs headless Chromium (Debian's `chromium`) on `url` with `args`, in a
-/// fresh profile.
+/// Runs headless Chromium on vmui's `url` with `args`.
 fn chromium(url: &str, args: &[&str]) -> std::process::Output {
-    let profile = tempfile::tempdir().expect("a profile folder");
-    let output = std::process::Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            // vmui fetches the query's answer after it loads: time for it.
-            "--virtual-time-budget=15000",
-            "--window-size=1280,960",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(args)
-        .arg(url)
-        .output();
-    match output {
-        Ok(output) => output,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => panic!(
-            "`chromium` is not installed: the vmui test opens the page in Debian's package `chromium` \
-             (as root: apt-get install -y chromium; `make tools` installs it)"
-        ),
-        Err(error) => panic!("cannot run chromium: {error}"),
-    }
+    // vmui fetches the query's answer after it loads: time for it.
+    let args: Vec<&str> = ["--virtual-time-budget=15000", "--window-size=1280,960"]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    callchain_testkit::chromium::headless(url, &args, "the vmui test")
 }
 
 /// vmui, VictoriaMetrics' own UI, in headless Chromium: the API's request

@@ -1,38 +1,15 @@
 //! The waterfall page of a real registration, opened in headless Chromium
 //! (Debian's `chromium`): it draws one row per span.
 
-use std::{path::Path, process::Command};
+use std::path::Path;
+
+use callchain_testkit::chromium::headless;
 
 use crate::run::{folder_with, registration, stderr, tracechain};
 
-const CHROMIUM: &str = "chromium";
-
-/// Runs headless Chromium on `page` with `args`, in a profile of its own.
+/// Runs headless Chromium on `page` with `args`.
 fn chromium(page: &Path, args: &[&str]) -> std::process::Output {
-    let profile = tempfile::tempdir().expect("a profile folder");
-    let output = Command::new(CHROMIUM)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(args)
-        .arg(format!("file://{}", page.display()))
-        .output();
-    match output {
-        Ok(output) => output,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => panic!(
-            "`{CHROMIUM}` is not installed: the waterfall test opens the page in Debian's package `chromium` \
-             (as root: apt-get install -y chromium; `make tools` installs it)"
-        ),
-        Err(error) => panic!("cannot run {CHROMIUM}: {error}"),
-    }
+    headless(&format!("file://{}", page.display()), args, "the waterfall test")
 }
 
 #[test]
