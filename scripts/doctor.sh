@@ -56,6 +56,8 @@ query() { get "$STORE/api/v1/query" --data-urlencode "query=$1"; }
 
 # The service_name labels of a query's series, one a line.
 service_names() { grep -o '"service_name":"[^"]*"' | cut -d'"' -f4 | sort -u; }
+# The services of $SERVICES not among the names on stdin (sorted), one a line.
+missing_among() { comm -23 <(tr ' ' '\n' <<<"$SERVICES" | sort -u) -; }
 
 # ---- the services -----------------------------------------------------------
 
@@ -160,16 +162,14 @@ if ! get -o /dev/null "$STORE/health"; then
 else
     # The services' own metrics (http.server.request.duration, ...), without
     # the span metrics the collector makes for them.
-    found=$(query "count by (service_name) ({service_name=~\"$names\", __name__!~\"traces_span_metrics_.*\"})" | service_names)
-    missing=$(comm -23 <(tr ' ' '\n' <<<"$SERVICES" | sort -u) <(echo "$found"))
+    missing=$(query "count by (service_name) ({service_name=~\"$names\", __name__!~\"traces_span_metrics_.*\"})" | service_names | missing_among)
     if [ -n "$missing" ]; then
         bad "VictoriaMetrics: no series of $(paste -sd, <<<"$missing") in the last 5 minutes" \
             "those services export no metrics: check OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_METRIC_EXPORT_INTERVAL, and the collector's lines above"
     else
         ok "VictoriaMetrics: holds series of ${SERVICES// /, } ($STORE/vmui/)"
     fi
-    found=$(query "count by (service_name) (traces_span_metrics_calls_total{service_name=~\"$names\"})" | service_names)
-    missing=$(comm -23 <(tr ' ' '\n' <<<"$SERVICES" | sort -u) <(echo "$found"))
+    missing=$(query "count by (service_name) (traces_span_metrics_calls_total{service_name=~\"$names\"})" | service_names | missing_among)
     if [ -n "$missing" ]; then
         bad "VictoriaMetrics: no span metrics of $(paste -sd, <<<"$missing")" \
             "the collector makes them from spans (its span_metrics connector, every 5 s): see its lines above"

@@ -21,8 +21,13 @@ use callchain_testkit::{kafka::Kafka, postgres::TestDatabase, service::ServiceHa
 const USERS: u64 = 1000;
 /// Timed runs per arrangement.
 const RUNS: usize = 3;
-/// `RELAY_SHARDS`' default.
-const DEFAULT_SHARDS: u32 = 8;
+/// `RELAY_SHARDS`' default, as the user service states it.
+fn default_shards() -> u32 {
+    callchain_user::config::RELAY_SHARDS
+        .default
+        .and_then(|shards| shards.parse().ok())
+        .expect("RELAY_SHARDS has a numeric default")
+}
 
 /// One arrangement of relays: how many user services, with how many shards.
 struct Setup {
@@ -42,7 +47,8 @@ struct Setup {
 pub async fn relay_ceiling(events: u64) -> anyhow::Result<()> {
     println!("== relay: {events} outbox rows of {USERS} users, from commit to all acknowledged and deleted");
     let mut setups = Vec::new();
-    for (replicas, shards) in [(1, 1), (2, 1), (1, DEFAULT_SHARDS), (2, DEFAULT_SHARDS)] {
+    let shards = default_shards();
+    for (replicas, shards) in [(1, 1), (2, 1), (1, shards), (2, shards)] {
         let db = TestDatabase::create().await?;
         let kafka = Kafka::shared().await?;
         let mut services = Vec::new();
