@@ -163,26 +163,26 @@ impl<'a> Check<'a> {
     /// producer span per attempt with the same `messaging.message.id`; the
     /// consumer stores a message once, so one attempt consumed is enough.
     fn every_message_consumed(&self, gaps: &mut Vec<Gap>) {
-        let consumed = |index: usize| {
-            self.traces.referrers[index]
+        let producers = || {
+            self.indices
                 .iter()
-                .any(|&other| self.traces.spans[other].kind == Kind::Consumer)
+                .copied()
+                .filter(|&index| self.traces.spans[index].kind == Kind::Producer)
         };
-        let message_id = |index: usize| {
-            let span = &self.traces.spans[index];
-            (span.kind == Kind::Producer)
-                .then(|| span.attribute("messaging.message.id"))
-                .flatten()
-        };
-        for &index in self.indices {
-            if self.traces.spans[index].kind != Kind::Producer {
-                continue;
-            }
-            let sent_again_and_consumed = message_id(index).is_some_and(|id| {
-                self.indices
+        // The ids of the messages one of whose sends was consumed, in one
+        // pass, so a trace of many sends stays linear.
+        let consumed: HashSet<&str> = producers()
+            .filter(|&index| {
+                self.traces.referrers[index]
                     .iter()
-                    .any(|&other| other != index && message_id(other) == Some(id) && consumed(other))
-            });
+                    .any(|&other| self.traces.spans[other].kind == Kind::Consumer)
+            })
+            .filter_map(|index| self.traces.spans[index].attribute("messaging.message.id"))
+            .collect();
+        for index in producers() {
+            let sent_again_and_consumed = self.traces.spans[index]
+                .attribute("messaging.message.id")
+                .is_some_and(|id| consumed.contains(id));
             if !sent_again_and_consumed {
                 self.answered(index, Answer::CONSUMER, gaps);
             }
