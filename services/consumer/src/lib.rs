@@ -26,6 +26,7 @@
 
 mod batch;
 mod broker;
+mod close;
 pub mod config;
 mod dead_letter;
 mod health;

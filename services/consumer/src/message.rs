@@ -13,17 +13,21 @@ use crate::batch::EventRow;
 
 /// One message in hand, from receipt until its offset is stored; its
 /// `process user-events` span lives as long, and its
-/// `messaging.process.duration` is recorded when it goes.
+/// `messaging.process.duration` is recorded then (or when it goes, if
+/// sooner).
 pub struct Consumed {
     pub message: OwnedMessage,
     pub span: Span,
     received: std::time::Instant,
     group: std::sync::Arc<str>,
+    /// Its `messaging.process.duration` is recorded: dropping it records
+    /// nothing more.
+    recorded: bool,
 }
 
 impl Drop for Consumed {
     fn drop(&mut self) {
-        kafka::record_processed(self.received, self.message.topic(), &self.group);
+        self.record_processed();
     }
 }
 
@@ -45,6 +49,16 @@ impl Consumed {
             span,
             received,
             group: group.clone(),
+            recorded: false,
+        }
+    }
+
+    /// Records its `messaging.process.duration` now, once: its processing
+    /// is over, though it may be dropped later (off the consume loop).
+    pub fn record_processed(&mut self) {
+        if !self.recorded {
+            self.recorded = true;
+            kafka::record_processed(self.received, self.message.topic(), &self.group);
         }
     }
 

@@ -10,7 +10,9 @@
 //!    stored offsets in the background, and once more at shutdown.
 //!
 //! While a batch is written, the next one's messages are received (and held,
-//! their offsets not stored), so Kafka's side and Postgres's overlap.
+//! their offsets not stored), so Kafka's side and Postgres's overlap. A
+//! handled batch's spans, ended, are dropped on a thread of their own
+//! (`crate::close`), so ending them overlaps the next batch's write too.
 //!
 //! A crash anywhere before step 3 replays the batch, which is harmless: rows
 //! are written `ON CONFLICT (event_id) DO NOTHING`.
@@ -37,10 +39,12 @@ use rdkafka::{
 };
 use sqlx::PgPool;
 use tokio::time::Instant;
+use tracing::Span;
 
 use crate::{
     batch::{Backoff, Offsets},
     broker::{self, Member, Received},
+    close::Close,
     config::Config,
     dead_letter::DeadLetters,
     health::Health,
@@ -71,8 +75,9 @@ enum Retried<T> {
 
 /// What Postgres made of a write it answered.
 enum Write {
-    /// The rows are committed (new ones, or already there from a replay).
-    Committed,
+    /// The rows are committed (new ones, or already there from a replay);
+    /// the statements' spans, ended, are still to be dropped.
+    Committed(Vec<Span>),
     /// Postgres refused the rows themselves; no retry can change that.
     Refused(WriteError),
 }
@@ -129,6 +134,16 @@ struct Sink {
     pool: PgPool,
     dead_letters: DeadLetters,
     health: Arc<Health>,
+    /// Where handled batches are dropped, off this loop.
+    close: Close,
+}
+
+/// A batch's write: the events stored (committed, new or from before) with
+/// the statements' spans, and those Postgres refused, as dead letters.
+struct Written {
+    stored: Vec<Readable>,
+    spans: Vec<Span>,
+    refused: Vec<DeadLetter>,
 }
 
 impl Pipeline {
@@ -160,6 +175,7 @@ impl Pipeline {
                 pool,
                 dead_letters: DeadLetters::new(producer, dlq_topic(&config.topic)),
                 health,
+                close: Close::start(),
             },
             process_delay: config.process_delay,
         })
@@ -189,6 +205,7 @@ impl Pipeline {
                 break;
             }
         }
+        self.sink.close.finish().await;
         let Source {
             kafka,
             stored,
@@ -213,42 +230,56 @@ impl Pipeline {
                 Err(error) => dead.push(consumed.dead_letter(error.to_string())),
             }
         }
-        let Retried::Done(refused) = self.write(readable).await else {
+        let Retried::Done(written) = self.write(readable).await else {
             return Handled::StoppedWhileRetrying;
         };
-        dead.extend(refused);
+        dead.extend(written.refused);
         let Retried::Done(()) = self.send_dead_letters(dead).await else {
             return Handled::StoppedWhileRetrying;
         };
         self.source.store(&offsets);
+        self.sink.close.close(written.stored, written.spans).await;
         Handled::Stored
     }
 
-    /// Writes the events; returns those Postgres refused, as dead letters.
-    async fn write(&mut self, events: Vec<Readable>) -> Retried<Vec<DeadLetter>> {
+    /// Writes the events: those stored, and those Postgres refused, as dead
+    /// letters.
+    async fn write(&mut self, events: Vec<Readable>) -> Retried<Written> {
+        let mut written = Written {
+            stored: Vec::new(),
+            spans: Vec::new(),
+            refused: Vec::new(),
+        };
         if events.is_empty() {
-            return Retried::Done(Vec::new());
+            return Retried::Done(written);
         }
         let error = match self.write_retrying(&events).await {
-            Retried::Done(Write::Committed) => return Retried::Done(Vec::new()),
+            Retried::Done(Write::Committed(spans)) => {
+                written.stored = events;
+                written.spans = spans;
+                return Retried::Done(written);
+            }
             Retried::Done(Write::Refused(error)) => error,
             Retried::Stopped => return Retried::Stopped,
         };
         if events.len() == 1 {
-            return Retried::Done(events.into_iter().map(|event| refused(event, &error)).collect());
+            written.refused = events.into_iter().map(|event| refused(event, &error)).collect();
+            return Retried::Done(written);
         }
         // One row spoils the statement for all: write them one at a time to
         // find which, so the others are not held back by it.
         tracing::warn!(error = %error, events = events.len(), "Postgres refused a batch; writing its events one by one");
-        let mut rejected = Vec::new();
         for event in events {
             match self.write_retrying(std::slice::from_ref(&event)).await {
-                Retried::Done(Write::Committed) => {}
-                Retried::Done(Write::Refused(error)) => rejected.push(refused(event, &error)),
+                Retried::Done(Write::Committed(spans)) => {
+                    written.stored.push(event);
+                    written.spans.extend(spans);
+                }
+                Retried::Done(Write::Refused(error)) => written.refused.push(refused(event, &error)),
                 Retried::Stopped => return Retried::Stopped,
             }
         }
-        Retried::Done(rejected)
+        Retried::Done(written)
     }
 
     /// One write, retried while Postgres is unavailable, until Postgres
@@ -290,8 +321,8 @@ impl Pipeline {
 async fn write_once(pool: &PgPool, health: &Health, events: &[Readable]) -> Result<Write, WriteError> {
     let rows: Vec<_> = events.iter().map(|event| (&event.row, &event.consumed.span)).collect();
     match store::insert(pool, &rows).await {
-        Ok(rows) => {
-            health.written(rows);
+        Ok(inserted) => {
+            health.written(inserted.rows);
             // One line per event, inside its span: `grep <trace-id>` over the
             // logs finds where each request's event ended up.
             for event in events {
@@ -307,7 +338,7 @@ async fn write_once(pool: &PgPool, health: &Health, events: &[Readable]) -> Resu
                     );
                 });
             }
-            Ok(Write::Committed)
+            Ok(Write::Committed(inserted.spans))
         }
         Err(error @ WriteError::Rejected(_)) => {
             health.database_answered();

@@ -101,21 +101,32 @@ impl From<sqlx::Error> for WriteError {
     }
 }
 
-/// Writes `rows` in one transaction with one statement, and returns how
-/// many rows were new. Each row comes with the span its `INSERT user_events`
-/// span goes under (its message's process span); that span lasts as long as
-/// the statement.
-pub async fn insert(pool: &PgPool, rows: &[(&EventRow, &Span)]) -> Result<u64, WriteError> {
+/// A committed write: how many rows were new, and the statements' spans,
+/// ended (their end time is the statement's) but not yet dropped.
+///
+/// Dropping a span is when its data is built, its span record written and
+/// it is queued for export: most of the consumer's own work per event. The
+/// caller drops these off its loop (`crate::close`).
+pub struct Inserted {
+    pub rows: u64,
+    pub spans: Vec<Span>,
+}
+
+/// Writes `rows` in one transaction with one statement. Each row comes with
+/// the span its `INSERT user_events` span goes under (its message's process
+/// span); that span lasts as long as the statement.
+pub async fn insert(pool: &PgPool, rows: &[(&EventRow, &Span)]) -> Result<Inserted, WriteError> {
     tokio::time::timeout(WRITE_TIMEOUT, insert_in_transaction(pool, rows))
         .await
         .unwrap_or(Err(WriteError::TimedOut))
 }
 
-async fn insert_in_transaction(pool: &PgPool, rows: &[(&EventRow, &Span)]) -> Result<u64, WriteError> {
+async fn insert_in_transaction(pool: &PgPool, rows: &[(&EventRow, &Span)]) -> Result<Inserted, WriteError> {
     let columns: Columns = rows.iter().map(|&(row, _)| row).collect();
     let mut transaction = pool.begin().await?;
 
-    let stored = traced(rows, "user_events", INSERT_EVENTS, async {
+    let mut spans = Vec::new();
+    let stored = traced(rows, "user_events", INSERT_EVENTS, &mut spans, async {
         sqlx::query_with(INSERT_EVENTS, arguments(&columns)?)
             .execute(&mut *transaction)
             .await
@@ -125,7 +136,7 @@ async fn insert_in_transaction(pool: &PgPool, rows: &[(&EventRow, &Span)]) -> Re
     // Every row not stored is a replay, a duplicate or stale: only then is
     // there anything to record.
     let stale = if (stored as usize) < rows.len() {
-        traced(rows, "stale_user_events", RECORD_STALE, async {
+        traced(rows, "stale_user_events", RECORD_STALE, &mut spans, async {
             sqlx::query_as_with::<_, Stale, _>(RECORD_STALE, arguments(&columns)?)
                 .fetch_all(&mut *transaction)
                 .await
@@ -151,16 +162,18 @@ async fn insert_in_transaction(pool: &PgPool, rows: &[(&EventRow, &Span)]) -> Re
             );
         });
     }
-    Ok(stored)
+    Ok(Inserted { rows: stored, spans })
 }
 
-/// Runs `statement` inside one `INSERT <table>` span per row, each under
-/// that row's span; the spans last as long as the statement, whose duration
-/// is recorded once.
+/// Runs `statement` inside one `<operation> <table>` span per row, each
+/// under that row's span; the spans end with the statement, whose duration
+/// is recorded once. They go into `ended` when the statement succeeds, to
+/// be dropped later; a failed statement's are dropped here.
 async fn traced<T>(
     rows: &[(&EventRow, &Span)],
     table: &'static str,
     query: &'static str,
+    ended: &mut Vec<Span>,
     statement: impl Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T, sqlx::Error> {
     let started = std::time::Instant::now();
@@ -173,6 +186,14 @@ async fn traced<T>(
         spans.iter().for_each(|span| db::record_error(span, error));
     }
     db::record_duration(started, "INSERT", table, result.is_err());
+    if result.is_ok() {
+        // A span that was never entered ends when it is dropped; entered
+        // once, it ends when it is left: now, whenever it is dropped.
+        for span in &spans {
+            span.in_scope(|| {});
+        }
+        ended.extend(spans);
+    }
     result
 }
 

@@ -638,6 +638,17 @@ async fn the_process_span_is_a_child_of_the_producer_context_and_links_to_it() {
 
     let insert = trace.span("consumer", "INSERT user_events", SpanKind::Client);
     trace.assert_parent(insert, process);
+    // Each span ends when its work does, wherever it is dropped: the
+    // statement's within the process span, which ends once its event is
+    // stored.
+    assert!(
+        process.start_us <= insert.start_us && insert.start_us <= insert.end_us && insert.end_us <= process.end_us,
+        "the INSERT span ({}..{} µs) lies within the process span ({}..{} µs)",
+        insert.start_us,
+        insert.end_us,
+        process.start_us,
+        process.end_us
+    );
     assert_eq!(insert.attribute("db.system.name"), Some("postgresql"));
     assert_eq!(insert.attribute("db.operation.name"), Some("INSERT"));
     assert_eq!(insert.attribute("db.collection.name"), Some("user_events"));

@@ -185,6 +185,10 @@ fn service_name(resource: Option<&opentelemetry_proto::tonic::resource::v1::Reso
         .unwrap_or_default()
 }
 
+fn micros(unix_nano: u64) -> i64 {
+    i64::try_from(unix_nano / 1_000).unwrap_or(i64::MAX)
+}
+
 fn records(batch: &ResourceSpans) -> impl Iterator<Item = SpanRecord> + '_ {
     let service = service_name(batch.resource.as_ref());
     batch
@@ -206,6 +210,8 @@ fn records(batch: &ResourceSpans) -> impl Iterator<Item = SpanRecord> + '_ {
             service: service.clone(),
             attributes: attributes(&span.attributes),
             links: span.links.iter().map(|link| hex(&link.span_id)).collect(),
+            start_us: micros(span.start_time_unix_nano),
+            end_us: micros(span.end_time_unix_nano),
         })
 }
 

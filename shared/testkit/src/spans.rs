@@ -21,6 +21,9 @@ pub struct SpanRecord {
     pub attributes: BTreeMap<String, String>,
     /// Span ids this span links to.
     pub links: Vec<String>,
+    /// When it started and ended, in microseconds since the Unix epoch.
+    pub start_us: i64,
+    pub end_us: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

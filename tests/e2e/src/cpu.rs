@@ -22,7 +22,8 @@ pub fn group(comm: &str) -> &'static str {
     match comm {
         "api" => "api",
         "user" => "user",
-        "consumer" => "consumer",
+        // Its loop's runtime, and the thread that drops its handled batches.
+        "consumer" | "consumer-close" => "consumer",
         "otlp-receiver" => "receiver",
         comm if comm.starts_with("OpenTelemetry") => "span export",
         comm if comm.starts_with("rdk:") => "librdkafka",
@@ -138,6 +139,7 @@ mod tests {
     #[test]
     fn threads_are_grouped_by_their_names() {
         assert_eq!(group("api"), "api");
+        assert_eq!(group("consumer-close"), "consumer");
         assert_eq!(group("OpenTelemetry.T"), "span export");
         assert_eq!(group("rdk:broker1"), "librdkafka");
         assert_eq!(group("tokio-rt-worker"), "load generator");

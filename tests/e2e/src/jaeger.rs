@@ -44,6 +44,8 @@ pub fn span_record(span: &Span) -> SpanRecord {
         service: span.service.clone(),
         attributes: span.attributes.clone(),
         links: span.links.iter().map(|link| link.span_id.clone()).collect(),
+        start_us: span.start_us,
+        end_us: span.start_us + span.duration_us,
     }
 }
 
