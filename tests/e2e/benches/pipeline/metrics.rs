@@ -81,13 +81,13 @@ pub async fn price_of_metrics(events: u64, seconds: u64) -> anyhow::Result<()> {
 async fn consumer_rate(counter: &SpanCounter, count: u64, metrics: MetricsExporter) -> anyhow::Result<f64> {
     let db = TestDatabase::create().await?;
     let kafka = Kafka::shared().await?;
-    feed(&kafka, count).await?;
+    let fed = feed(&kafka, count).await?;
     let telemetry = Telemetry {
         export: Export::Otlp(counter.endpoint()),
         metrics,
     };
     let mut consumer = spawn_consumer(&db, &kafka, telemetry).await?;
-    wait_for_rows(&db, count, Instant::now(), false).await?;
+    wait_for_rows(&db, count, &fed, Instant::now(), false).await?;
     let (rate, _) = writing_rate(&db, count).await?;
     println!("   consumer, {}: {rate:.0} events/s while writing", mode(metrics));
     consumer.stop().await?;
