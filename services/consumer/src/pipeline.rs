@@ -186,6 +186,23 @@ impl Pipeline {
     /// half the shutdown bound) before it returns. A client that fails is
     /// replaced; `Err` only when no fresh one can be made.
     pub async fn run(mut self) -> anyhow::Result<()> {
+        let consumed = self.consume().await;
+        // Every handled batch's spans end before the caller flushes them,
+        // whichever way the loop ended.
+        self.sink.close.finish().await;
+        consumed?;
+        let Source {
+            kafka,
+            stored,
+            commit_timeout,
+            ..
+        } = self.source;
+        retire(kafka, commit_timeout, &stored).await;
+        Ok(())
+    }
+
+    /// The loop itself, until shutdown or a client that cannot be replaced.
+    async fn consume(&mut self) -> anyhow::Result<()> {
         self.source.subscribe()?;
         while let Some(batch) = self.source.next_batch().await {
             self.sink.health.handling();
@@ -205,14 +222,6 @@ impl Pipeline {
                 break;
             }
         }
-        self.sink.close.finish().await;
-        let Source {
-            kafka,
-            stored,
-            commit_timeout,
-            ..
-        } = self.source;
-        retire(kafka, commit_timeout, &stored).await;
         Ok(())
     }
 
