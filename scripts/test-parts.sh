@@ -24,9 +24,12 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 DIR=$CALLCHAIN_ROOT/.test
-# The parts' ports (see scripts/parts.sh), away from `make dev`'s; each can
-# be moved with TEST_<NAME>, e.g. TEST_KAFKA_PORT=49092.
-port_defaults TEST_ KAFKA_PORT=39092 KAFKA_CONTROLLER_PORT=39093 \
+# The parts' ports (see scripts/parts.sh), away from `make dev`'s and below
+# Linux's ephemeral ports (32768 and up): tests kill the broker and start it
+# again on its port, and meanwhile a client retrying it can connect to
+# itself from that very port, which then stays taken (TIME-WAIT) for a
+# minute. Each can be moved with TEST_<NAME>, e.g. TEST_KAFKA_PORT=29192.
+port_defaults TEST_ KAFKA_PORT=29092 KAFKA_CONTROLLER_PORT=29093 \
     OTELCOL_GRPC_PORT=24317 OTELCOL_HTTP_PORT=24318 OTELCOL_HEALTH_PORT=23133 OTELCOL_METRICS_PORT=28888 \
     JAEGER_QUERY_PORT=26686 JAEGER_QUERY_GRPC_PORT=26685 JAEGER_GRPC_PORT=25317 JAEGER_HTTP_PORT=25318 \
     JAEGER_HEALTH_PORT=23134 JAEGER_METRICS_PORT=28889 VICTORIAMETRICS_PORT=28428
