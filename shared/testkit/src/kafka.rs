@@ -472,10 +472,21 @@ impl Cluster {
 }
 
 /// A new cluster id in Kafka's form: 16 random bytes, URL-safe base64 without
-/// padding (what `kafka-storage.sh random-uuid` prints).
+/// padding (what `kafka-storage.sh random-uuid` prints), and, as Kafka's own,
+/// never starting with `-`: `kafka-storage format --cluster-id -x...` reads
+/// such an id as an option and fails (one id in 64).
 fn random_cluster_id() -> String {
+    loop {
+        let id = cluster_id_of(uuid::Uuid::new_v4().as_u128());
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
+}
+
+/// `bits` as a cluster id: 22 characters of URL-safe base64.
+fn cluster_id_of(bits: u128) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let bits = uuid::Uuid::new_v4().as_u128();
     // 22 characters of 6 bits hold 132 bits: the 128, then 4 zero bits.
     (0..22)
         .map(|i| {
@@ -484,4 +495,27 @@ fn random_cluster_id() -> String {
             char::from(ALPHABET[usize::try_from(sextet).expect("six bits")])
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_id_is_kafkas_base64_of_its_bits() {
+        assert_eq!(cluster_id_of(0), "A".repeat(22));
+        // The top six bits are the first character; `-` is 62.
+        assert_eq!(&cluster_id_of(62 << 122)[..2], "-A");
+        assert_eq!(cluster_id_of(u128::MAX), format!("{}w", "_".repeat(21)));
+    }
+
+    #[test]
+    fn no_cluster_id_starts_with_a_dash_which_kafka_storage_reads_as_an_option() {
+        // One in 64 would: among 10,000, some 156.
+        let dashed = (0..10_000)
+            .map(|_| random_cluster_id())
+            .filter(|id| id.starts_with('-'))
+            .count();
+        assert_eq!(dashed, 0);
+    }
 }
