@@ -22,12 +22,12 @@ const BACKLOG: usize = 2;
 /// A handled batch: its events and its statements' spans.
 type Handled = (Vec<Readable>, Vec<Span>);
 
-pub struct Close {
+pub struct Close(
+    /// Where batches go, and the thread's word that it dropped the last;
     /// `None` when no thread could be started: batches are dropped in the
     /// loop, as before.
-    batches: Option<mpsc::Sender<Handled>>,
-    done: Option<oneshot::Receiver<()>>,
-}
+    Option<(mpsc::Sender<Handled>, oneshot::Receiver<()>)>,
+);
 
 impl Close {
     pub fn start() -> Self {
@@ -47,16 +47,10 @@ impl Close {
                 let _ = finished.send(());
             });
         match thread {
-            Ok(_) => Self {
-                batches: Some(batches),
-                done: Some(done),
-            },
+            Ok(_) => Self(Some((batches, done))),
             Err(error) => {
                 tracing::warn!(error = %error, "no thread to end spans on; the consume loop ends them itself");
-                Self {
-                    batches: None,
-                    done: None,
-                }
+                Self(None)
             }
         }
     }
@@ -67,16 +61,16 @@ impl Close {
         for event in &mut events {
             event.consumed.record_processed();
         }
-        if let Some(batches) = &self.batches {
+        if let Some((batches, _)) = &self.0 {
             // The thread only stops once the sender is dropped.
             let _ = batches.send((events, spans)).await;
         }
     }
 
     /// Waits until every batch handed over is dropped.
-    pub async fn finish(mut self) {
-        self.batches = None;
-        if let Some(done) = self.done.take() {
+    pub async fn finish(self) {
+        if let Some((batches, done)) = self.0 {
+            drop(batches);
             let _ = done.await;
         }
     }
